@@ -1,0 +1,95 @@
+"""The model card: what a model version is, what it expects, and where it came from.
+
+Each model version is a folder ``<repository>/<name>/<version>/`` holding ``model.onnx`` and
+``card.yaml``. The card is checked against the ONNX graph before the server loads it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+Task = Literal["denoise", "refocus", "localise", "restore", "identity"]
+TensorDtype = Literal["uint8", "uint16", "float32"]
+
+CARD_FILE = "card.yaml"
+MODEL_FILE = "model.onnx"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TensorSpec(_Frozen):
+    name: str
+    dtype: TensorDtype
+    axes: str = Field(description="one letter per dimension, e.g. 'NCYX'")
+
+
+class Normalisation(_Frozen):
+    """How camera ADU become network units. ``in_graph``: the ONNX graph does it itself."""
+
+    kind: Literal["in_graph", "none"] = "in_graph"
+    offset_adu: float = 0.0
+    scale_adu: float = 1.0
+
+
+class Tiling(_Frozen):
+    """How a frame may be cut for the network."""
+
+    size_multiple_px: int = Field(default=1, ge=1, description="H and W must be multiples")
+    halo_px: int = Field(default=0, ge=0, description="receptive-field margin for tiling")
+    tile_px: int | None = Field(default=None, description="fixed tile size, None = any size")
+
+
+class TrainedFor(_Frozen):
+    """The operating range the training data covered (None = not constrained)."""
+
+    pixel_size_nm: tuple[float, float] | None = None
+    na: tuple[float, float] | None = None
+    emission_nm: tuple[float, float] | None = None
+    peak_photons: tuple[float, float] | None = None
+    modalities: tuple[str, ...] = ()
+
+
+class Provenance(_Frozen):
+    command: str
+    code_version: str
+    data: str = Field(description="what the training data was")
+    data_hash: str = ""
+    seed: int | None = None
+    trained_at: datetime | None = None
+    train_seconds: float | None = None
+
+
+class ModelCard(_Frozen):
+    schema_version: Literal[1] = 1
+    name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,63}$")
+    version: int = Field(ge=1)
+    task: Task
+    description: str = ""
+    inputs: tuple[TensorSpec, ...] = Field(min_length=1)
+    outputs: tuple[TensorSpec, ...] = Field(min_length=1)
+    normalisation: Normalisation = Normalisation()
+    tiling: Tiling = Tiling()
+    trained_for: TrainedFor = TrainedFor()
+    provenance: Provenance
+    metrics: dict[str, float] = Field(default_factory=dict, description="held-out metrics")
+    licence: str = "BSD-3-Clause"
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    @classmethod
+    def load(cls, path: Path) -> ModelCard:
+        with open(path, encoding="utf-8") as f:
+            return cls.model_validate(yaml.safe_load(f))
+
+    def dump(self, path: Path) -> None:
+        text = yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        path.write_text(text, encoding="utf-8")

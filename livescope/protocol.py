@@ -1,0 +1,261 @@
+"""The livescope wire protocol: message headers as versioned pydantic models.
+
+Every message is a ZeroMQ multipart message ``[header, payload...]``. The header is UTF-8 JSON
+of one of the models below, told apart by its ``type`` field; the payload (frames and results
+only) is the raw C-contiguous little-endian pixel buffer described by the header's ``shape``
+and ``dtype``. ``docs/protocol.md`` is the reference for writing a client in any language.
+
+This module knows nothing about sockets: it turns headers into bytes and back, and checks that
+a payload matches its header. ``livescope.transport`` does the sending.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from enum import Enum
+from typing import Annotated, Any, Literal, Union
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+
+PROTOCOL_VERSION = 1
+"""Bumped on any change that an older peer could misread."""
+
+PixelDtype = Literal["uint8", "uint16", "float32"]
+"""Pixel types a frame or an image result may carry (little-endian)."""
+
+DeliveryMode = Literal["lossless", "latest"]
+StageName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,63}(@[0-9]+)?$")]
+StreamId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
+
+
+class ErrorCode(str, Enum):
+    """Why the server refused a message or could not process a frame."""
+
+    bad_header = "bad_header"  # not JSON, or fields missing / of the wrong type
+    unknown_type = "unknown_type"  # `type` is not one this server speaks
+    protocol_version = "protocol_version"  # `protocol` differs from the server's
+    payload_size = "payload_size"  # payload bytes != prod(shape) * itemsize, or parts missing
+    unsupported_dtype = "unsupported_dtype"  # dtype not in PixelDtype
+    unknown_model = "unknown_model"  # a pipeline stage names no loaded model / version
+    unknown_pipeline = "unknown_pipeline"  # empty pipeline or a stage no task provides
+    frame_too_large = "frame_too_large"  # payload over the server's configured limit
+    inference_failed = "inference_failed"  # the model raised while processing this frame
+    bad_request = "bad_request"  # a control request the server cannot carry out
+    shutting_down = "shutting_down"  # server is draining; frame not accepted
+    internal = "internal"
+
+
+class ProtocolError(Exception):
+    """A message that cannot be accepted; `code` says why, the text says what to fix."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class _Header(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    protocol: int = PROTOCOL_VERSION
+
+
+class FrameHeader(_Header):
+    """A camera frame sent for restoration. Payload: the pixels, ``shape`` x ``dtype``."""
+
+    type: Literal["frame"] = "frame"
+    stream: StreamId
+    seq: int = Field(ge=0, description="frame number within the stream, from 0")
+    shape: tuple[int, int] = Field(description="(height, width) in pixels")
+    dtype: PixelDtype = "uint16"
+    axes: Literal["yx"] = "yx"
+    pixel_size_um: float | None = Field(default=None, gt=0)
+    z_um: float | None = Field(default=None, description="focus stage position in µm")
+    event_index: dict[str, int] = Field(default_factory=dict, description="useq event index")
+    pipeline: tuple[StageName, ...] = Field(min_length=1, description='e.g. ("denoise",)')
+    mode: DeliveryMode = "lossless"
+    t_acquired_ns: int | None = Field(default=None, description="camera time, Unix ns")
+    t_sent_ns: int = Field(default=0, description="client wall clock at send, Unix ns")
+
+    @field_validator("shape")
+    @classmethod
+    def _positive_shape(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if min(v) <= 0:
+            raise ValueError(f"shape must be positive, got {v}")
+        return v
+
+
+class Latency(BaseModel):
+    """Where the time went on the server, in ms, from receipt of the frame."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    queue_ms: float = Field(ge=0, description="receipt -> inference start")
+    inference_ms: float = Field(ge=0, description="all pipeline stages, batch shared")
+    total_ms: float = Field(ge=0, description="receipt -> result ready to send")
+    batch_size: int = Field(default=1, ge=1)
+
+
+class TableField(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    dtype: Literal["float32", "float64", "int32", "int64", "uint32"]
+    unit: str = ""
+
+
+class ResultHeader(_Header):
+    """The output of one pipeline stage for one frame.
+
+    ``kind="image"``: payload is ``shape`` x ``dtype`` pixels. ``kind="table"``: payload is
+    ``shape[0]`` packed little-endian records of ``fields`` (a numpy structured array).
+    """
+
+    type: Literal["result"] = "result"
+    stream: StreamId
+    seq: int = Field(ge=0)
+    stage: str = Field(description="the pipeline stage this output comes from")
+    model: str = Field(description="name@version that produced it")
+    final: bool = Field(description="True for the last stage of the pipeline")
+    kind: Literal["image", "table"] = "image"
+    shape: tuple[int, ...]
+    dtype: str
+    axes: str = "yx"
+    fields: tuple[TableField, ...] = ()
+    pixel_size_um: float | None = None
+    z_um: float | None = None
+    event_index: dict[str, int] = Field(default_factory=dict)
+    t_sent_ns: int = 0
+    latency: Latency
+
+
+class AckHeader(_Header):
+    """A frame that will get no result of its own: a duplicate, or dropped as superseded."""
+
+    type: Literal["ack"] = "ack"
+    stream: StreamId
+    seq: int = Field(ge=0)
+    status: Literal["duplicate", "dropped"]
+    detail: str = ""
+
+
+class ErrorHeader(_Header):
+    """A refused message. ``stream``/``seq`` are set when the refused message was a frame."""
+
+    type: Literal["error"] = "error"
+    code: ErrorCode
+    message: str
+    stream: str | None = None
+    seq: int | None = None
+    request_id: str | None = None
+
+
+class ControlRequest(_Header):
+    """A request to the server's control API; answered by a ``ControlReply``."""
+
+    type: Literal["control"] = "control"
+    request_id: str = Field(min_length=1, max_length=64)
+    command: str = Field(min_length=1, max_length=64)
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+class ControlReply(_Header):
+    type: Literal["reply"] = "reply"
+    request_id: str
+    ok: bool
+    data: dict[str, Any] = Field(default_factory=dict)
+    error: str | None = None
+
+
+Header = Union[FrameHeader, ResultHeader, AckHeader, ErrorHeader, ControlRequest, ControlReply]
+_HEADER_TYPES: dict[str, type[BaseModel]] = {
+    "frame": FrameHeader,
+    "result": ResultHeader,
+    "ack": AckHeader,
+    "error": ErrorHeader,
+    "control": ControlRequest,
+    "reply": ControlReply,
+}
+_header_adapter: TypeAdapter[Header] = TypeAdapter(
+    Annotated[Header, Field(discriminator="type")]
+)
+
+
+def encode_header(header: Header) -> bytes:
+    return header.model_dump_json().encode()
+
+
+def decode_header(raw: bytes) -> Header:
+    """Parse and validate a header; raise ProtocolError naming exactly what is wrong.
+
+    Checks, in order: JSON object, protocol version, known type, dtype, then every field.
+    """
+    try:
+        obj = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ProtocolError(ErrorCode.bad_header, f"header is not UTF-8 JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(ErrorCode.bad_header, "header must be a JSON object")
+    version = obj.get("protocol")
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(
+            ErrorCode.protocol_version,
+            f"protocol version {version!r} is not supported; this server speaks "
+            f"version {PROTOCOL_VERSION}",
+        )
+    kind = obj.get("type")
+    if kind not in _HEADER_TYPES:
+        raise ProtocolError(
+            ErrorCode.unknown_type,
+            f"unknown message type {kind!r}; expected one of {sorted(_HEADER_TYPES)}",
+        )
+    if kind == "frame" and "dtype" in obj and obj["dtype"] not in PixelDtype.__args__:
+        raise ProtocolError(
+            ErrorCode.unsupported_dtype,
+            f"dtype {obj['dtype']!r} is not supported; send one of {list(PixelDtype.__args__)}",
+        )
+    try:
+        return _header_adapter.validate_python(obj)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'][1:]) or 'header'}: {err['msg']}"
+            for err in e.errors()
+        )
+        raise ProtocolError(ErrorCode.bad_header, f"invalid {kind} header: {problems}") from None
+
+
+def expected_nbytes(shape: tuple[int, ...], dtype: str | np.dtype) -> int:
+    return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+
+
+def array_from_payload(
+    shape: tuple[int, ...], dtype: str | np.dtype, payload: memoryview | bytes
+) -> np.ndarray:
+    """View a received payload as an array without copying (read-only)."""
+    view = memoryview(payload)
+    want = expected_nbytes(shape, dtype)
+    if view.nbytes != want:
+        raise ProtocolError(
+            ErrorCode.payload_size,
+            f"payload is {view.nbytes} bytes but shape {tuple(shape)} x {np.dtype(dtype).name} "
+            f"needs {want}",
+        )
+    return np.frombuffer(view, dtype=np.dtype(dtype).newbyteorder("<")).reshape(shape)
+
+
+def table_dtype(fields: tuple[TableField, ...]) -> np.dtype:
+    return np.dtype([(f.name, np.dtype(f.dtype).newbyteorder("<")) for f in fields])
+
+
+_STAGE_RE = re.compile(r"^(?P<name>[a-z][a-z0-9_-]*)(@(?P<version>[0-9]+))?$")
+
+
+def split_stage(stage: str) -> tuple[str, int | None]:
+    """'denoise@3' -> ('denoise', 3); 'denoise' -> ('denoise', None)."""
+    m = _STAGE_RE.match(stage)
+    if m is None:
+        raise ValueError(f"not a stage name: {stage!r} (expected NAME or NAME@VERSION)")
+    version = m.group("version")
+    return m.group("name"), int(version) if version else None
