@@ -1,0 +1,477 @@
+"""The livescope client: stream frames to a server, get results back, subscribe to results.
+
+``StreamClient`` implements credit-based flow control (the ZeroMQ guide's pattern) on a DEALER
+socket owned by one background I/O thread, so ``submit`` can be called from a camera callback
+thread while results are read on another. At most ``max_in_flight`` frames are on the way.
+
+- ``lossless``: ``submit`` blocks while the window is full; frames not yet answered are resent
+  after a reconnect (the server de-duplicates by stream + seq). For calibration and recording.
+- ``latest``: ``submit`` never blocks; when the window is full the oldest unsent frame is dropped,
+  counted in ``stats.dropped_by_client`` and reported as a ``Refusal``. For live view.
+
+Every submitted frame ends as exactly one ``Result`` or ``Refusal``; ``stats`` accounts for all.
+Liveness is the Paranoid Pirate pattern: when the server is silent while frames are in flight
+the client pings; after ``liveness_s`` of silence it reconnects (Lazy Pirate) and resends.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zmq
+import zmq.utils.monitor
+from pydantic import BaseModel
+
+from livescope.protocol import (
+    AckHeader,
+    ControlReply,
+    ControlRequest,
+    DeliveryMode,
+    ErrorCode,
+    ErrorHeader,
+    FrameHeader,
+    ProtocolError,
+    ResultHeader,
+    array_from_payload,
+    decode_header,
+    table_dtype,
+)
+from livescope.security import apply_client_curve
+from livescope.transport import recv_parts, send_message
+
+DEFAULT_SERVER = "tcp://127.0.0.1:5760"
+DEFAULT_RESULTS = "tcp://127.0.0.1:5761"
+
+
+class ServerUnreachableError(ConnectionError):
+    pass
+
+
+class ControlError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Result:
+    """A restored frame (or a table) for one submitted frame."""
+
+    header: ResultHeader
+    data: np.ndarray  # read-only view on the received buffer
+
+    @property
+    def seq(self) -> int:
+        return self.header.seq
+
+    @property
+    def round_trip_ms(self) -> float | None:
+        """Client send -> result received, on this machine's clock."""
+        if not self.header.t_sent_ns:
+            return None
+        return (time.time_ns() - self.header.t_sent_ns) / 1e6
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A submitted frame that got no result: an error, or dropped (latest mode)."""
+
+    seq: int
+    reason: str  # an ErrorCode value, "dropped_by_client" or "dropped_by_server"
+    message: str
+
+
+FrameOutcome = Result | Refusal
+
+
+class ClientStats(BaseModel):
+    submitted: int = 0
+    sent: int = 0
+    resent: int = 0
+    results: int = 0
+    errors: int = 0
+    dropped_by_client: int = 0
+    dropped_by_server: int = 0
+    in_flight: int = 0
+    queued: int = 0
+    reconnects: int = 0
+
+    @property
+    def dropped(self) -> int:
+        return self.dropped_by_client + self.dropped_by_server
+
+    @property
+    def accounted(self) -> bool:
+        """True when every submitted frame is answered, dropped, or still on its way."""
+        return self.submitted == (self.results + self.errors + self.dropped
+                                  + self.in_flight + self.queued)
+
+
+def decode_result(parts: Sequence[zmq.Frame]) -> Result | ErrorHeader | AckHeader | ControlReply:
+    """Turn a received ``[header, payload?]`` into a Result or the header it carries."""
+    header = decode_header(parts[0].bytes)
+    if not isinstance(header, ResultHeader):
+        return header  # type: ignore[return-value]
+    if len(parts) != 2:
+        raise ProtocolError(ErrorCode.payload_size, "result message without its payload")
+    if header.kind == "table":
+        dtype = table_dtype(header.fields)
+        data = array_from_payload((header.shape[0],), dtype, parts[1].buffer)
+    else:
+        data = array_from_payload(header.shape, header.dtype, parts[1].buffer)
+    return Result(header, data)
+
+
+class StreamClient:
+    def __init__(
+        self,
+        server: str = DEFAULT_SERVER,
+        *,
+        stream: str | None = None,
+        pipeline: Sequence[str] = ("denoise",),
+        mode: DeliveryMode = "lossless",
+        max_in_flight: int = 4,
+        curve_secret_key: Path | None = None,
+        curve_server_key: Path | None = None,
+        heartbeat_s: float = 1.0,
+        liveness_s: float = 5.0,
+    ) -> None:
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
+        self.server = server
+        self.stream = stream or f"stream-{uuid.uuid4().hex[:8]}"
+        self.pipeline = tuple(pipeline)
+        self.mode = mode
+        self.max_in_flight = max_in_flight
+        self._curve = (curve_secret_key, curve_server_key)
+        self._heartbeat_s, self._liveness_s = heartbeat_s, liveness_s
+        self._identity = f"livescope-{uuid.uuid4().hex}".encode()
+        self._ctx = zmq.Context()
+        self._cond = threading.Condition()
+        self._unsent: deque[tuple[FrameHeader, np.ndarray]] = deque()
+        self._in_flight: OrderedDict[int, tuple[FrameHeader, np.ndarray]] = OrderedDict()
+        self._outcomes: deque[FrameOutcome] = deque()
+        self._controls: deque[ControlRequest] = deque()
+        self._replies: dict[str, ControlReply | ErrorHeader] = {}
+        self._stats = ClientStats()
+        self._seq = 0
+        self._closing = False
+        self._thread_error: BaseException | None = None
+        self._auth_failed = False
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._thread = threading.Thread(target=self._io_loop, name="livescope-client", daemon=True)
+        self._thread.start()
+
+    # -- public API ----------------------------------------------------------------------------
+
+    def connect(self, timeout_s: float = 5.0) -> None:
+        """Check that the server answers; raise ServerUnreachableError if it does not."""
+        try:
+            self.control("ping", timeout_s=timeout_s)
+        except TimeoutError:
+            why = ("the server refused this client's CURVE key" if self._auth_failed
+                   else f"no livescope server answered at {self.server} within {timeout_s:g} s")
+            raise ServerUnreachableError(why) from None
+
+    def submit(
+        self,
+        image: np.ndarray,
+        *,
+        event_index: dict[str, int] | None = None,
+        z_um: float | None = None,
+        pixel_size_um: float | None = None,
+        t_acquired_ns: int | None = None,
+        timeout_s: float = 30.0,
+    ) -> int:
+        """Queue one frame for the server; return its seq. The array must not change after."""
+        if image.ndim != 2:
+            raise ValueError(f"a frame is a 2-D image, got shape {image.shape}")
+        header = FrameHeader(
+            stream=self.stream, seq=self._seq, shape=image.shape, dtype=image.dtype.name,
+            pixel_size_um=pixel_size_um, z_um=z_um, event_index=event_index or {},
+            pipeline=self.pipeline, mode=self.mode, t_acquired_ns=t_acquired_ns)
+        with self._cond:
+            self._raise_if_broken()
+            if self.mode == "lossless":
+                ok = self._cond.wait_for(
+                    lambda: len(self._unsent) + len(self._in_flight) < self.max_in_flight
+                    or self._thread_error is not None, timeout_s)
+                self._raise_if_broken()
+                if not ok:
+                    raise ServerUnreachableError(
+                        f"no answer from {self.server} for {timeout_s:g} s with "
+                        f"{len(self._in_flight)} frames in flight")
+            else:
+                room = max(1, self.max_in_flight - len(self._in_flight))
+                while len(self._unsent) >= room:
+                    old, _ = self._unsent.popleft()
+                    self._stats.dropped_by_client += 1
+                    self._outcomes.append(Refusal(old.seq, "dropped_by_client",
+                                                  "superseded by a newer frame before sending"))
+            self._unsent.append((header, image))
+            self._seq += 1
+            self._stats.submitted += 1
+        self._wake()
+        return header.seq
+
+    def next_outcome(self, timeout_s: float | None = None) -> FrameOutcome | None:
+        """The next result or refusal, in arrival order; None after ``timeout_s``."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._outcomes or self._thread_error is not None,
+                                timeout_s)
+            if self._outcomes:
+                return self._outcomes.popleft()
+            self._raise_if_broken()
+            return None
+
+    def outcomes(self, timeout_s: float = 30.0) -> Iterator[FrameOutcome]:
+        """Yield outcomes until every submitted frame is answered (or ``timeout_s`` of silence)."""
+        while True:
+            with self._cond:
+                idle = not (self._unsent or self._in_flight or self._outcomes)
+            if idle:
+                return
+            outcome = self.next_outcome(timeout_s)
+            if outcome is None:
+                raise TimeoutError(f"no outcome for {timeout_s:g} s with frames outstanding")
+            yield outcome
+
+    def wait_idle(self, timeout_s: float = 30.0) -> bool:
+        """Wait until no frame is queued or in flight."""
+        with self._cond:
+            return self._cond.wait_for(
+                lambda: not (self._unsent or self._in_flight) or self._thread_error is not None,
+                timeout_s)
+
+    def control(self, command: str, *, timeout_s: float = 5.0, **args: object) -> dict:
+        """Call the server's control API; return the reply's data or raise ControlError."""
+        req = ControlRequest(request_id=uuid.uuid4().hex[:16], command=command, args=args)
+        with self._cond:
+            self._raise_if_broken()
+            self._controls.append(req)
+        self._wake()
+        with self._cond:
+            if not self._cond.wait_for(lambda: req.request_id in self._replies
+                                       or self._thread_error is not None, timeout_s):
+                raise TimeoutError(f"control {command!r}: no reply from {self.server}")
+            self._raise_if_broken()
+            reply = self._replies.pop(req.request_id)
+        if isinstance(reply, ErrorHeader):
+            raise ControlError(f"{reply.code.value}: {reply.message}")
+        if not reply.ok:
+            raise ControlError(reply.error or "request failed")
+        return reply.data
+
+    @property
+    def stats(self) -> ClientStats:
+        with self._cond:
+            return self._stats.model_copy(update={"in_flight": len(self._in_flight),
+                                                  "queued": len(self._unsent)})
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Wait (up to ``timeout_s``) for frames in flight, then stop. Idempotent."""
+        if self._thread.is_alive():
+            self.wait_idle(timeout_s)
+            with self._cond:
+                self._closing = True
+            self._wake()
+            self._thread.join()
+        self._wake_r.close()
+        self._wake_w.close()
+        self._ctx.term()
+
+    def __enter__(self) -> StreamClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the I/O thread ------------------------------------------------------------------------
+
+    def _raise_if_broken(self) -> None:
+        if self._thread_error is not None:
+            raise RuntimeError(f"client I/O thread failed: {self._thread_error}")
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except (BlockingIOError, OSError):
+            pass  # a wake-up is already pending
+
+    def _open_socket(self) -> tuple[zmq.Socket, zmq.Socket]:
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.routing_id = self._identity  # stable across reconnects: results find us again
+        sock.linger = 0
+        if self._curve[0] is not None:
+            apply_client_curve(sock, self._curve[0], self._curve[1])
+        monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+                                          | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+        sock.connect(self.server)
+        return sock, monitor
+
+    def _io_loop(self) -> None:
+        try:
+            self._run_io()
+        except BaseException as e:  # surfaced to the API threads, never silent
+            with self._cond:
+                self._thread_error = e
+                self._cond.notify_all()
+
+    def _run_io(self) -> None:
+        sock, monitor = self._open_socket()
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
+        poller.register(self._wake_r.fileno(), zmq.POLLIN)
+        connected_once = False
+        last_rx = last_ping = time.monotonic()
+        while True:
+            events = dict(poller.poll(int(self._heartbeat_s * 1000 / 4)))
+            if self._wake_r.fileno() in events:
+                try:
+                    while self._wake_r.recv(4096):
+                        pass
+                except (BlockingIOError, OSError):
+                    pass
+            if monitor in events:
+                while monitor.poll(0):
+                    event = zmq.utils.monitor.recv_monitor_message(monitor)["event"]
+                    if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                        if connected_once:
+                            self._resend_in_flight(sock)
+                        connected_once = True
+                    elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                        self._auth_failed = True
+            if sock in events:
+                while True:
+                    try:
+                        parts = recv_parts(sock, zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    last_rx = time.monotonic()
+                    self._receive(parts)
+            self._send_pending(sock)
+            now = time.monotonic()
+            with self._cond:
+                waiting = bool(self._in_flight)
+                if self._closing:
+                    break
+            if waiting and now - last_rx > self._liveness_s:
+                # Lazy Pirate: the connection is presumed dead; start over and resend.
+                poller.unregister(sock)
+                poller.unregister(monitor)
+                sock.disable_monitor()
+                monitor.close(0)
+                sock.close(0)
+                sock, monitor = self._open_socket()
+                poller.register(sock, zmq.POLLIN)
+                poller.register(monitor, zmq.POLLIN)
+                with self._cond:
+                    self._stats.reconnects += 1
+                self._resend_in_flight(sock)
+                last_rx = now
+            elif waiting and now - last_rx > self._heartbeat_s and now - last_ping > self._heartbeat_s:
+                send_message(sock, ControlRequest(request_id="heartbeat", command="ping"))
+                last_ping = now
+        sock.disable_monitor()
+        monitor.close(0)
+        sock.close(0)
+
+    def _send_pending(self, sock: zmq.Socket) -> None:
+        while True:
+            with self._cond:
+                if self._controls:
+                    send_message(sock, self._controls.popleft())
+                    continue
+                if not self._unsent or len(self._in_flight) >= self.max_in_flight:
+                    return
+                header, image = self._unsent.popleft()
+                header = header.model_copy(update={"t_sent_ns": time.time_ns()})
+                self._in_flight[header.seq] = (header, image)
+                self._stats.sent += 1
+            send_message(sock, header, image)
+
+    def _resend_in_flight(self, sock: zmq.Socket) -> None:
+        with self._cond:
+            frames = list(self._in_flight.values())
+            self._stats.resent += len(frames)
+        for header, image in frames:
+            send_message(sock, header, image)
+
+    def _receive(self, parts: list[zmq.Frame]) -> None:
+        try:
+            msg = decode_result(parts)
+        except ProtocolError:
+            return  # not something this client can attribute to a frame
+        with self._cond:
+            if isinstance(msg, Result):
+                if msg.header.final and self._in_flight.pop(msg.seq, None) is not None:
+                    self._stats.results += 1
+                    self._outcomes.append(msg)
+            elif isinstance(msg, ControlReply):
+                if msg.request_id != "heartbeat":
+                    self._replies[msg.request_id] = msg
+            elif isinstance(msg, ErrorHeader):
+                if msg.request_id is not None:
+                    self._replies[msg.request_id] = msg
+                elif msg.seq is not None and self._in_flight.pop(msg.seq, None) is not None:
+                    self._stats.errors += 1
+                    self._outcomes.append(Refusal(msg.seq, msg.code.value, msg.message))
+            elif isinstance(msg, AckHeader) and msg.status == "dropped":
+                if self._in_flight.pop(msg.seq, None) is not None:
+                    self._stats.dropped_by_server += 1
+                    self._outcomes.append(Refusal(msg.seq, "dropped_by_server", msg.detail))
+            elif (isinstance(msg, AckHeader) and msg.status == "duplicate"
+                  and "no longer cached" in msg.detail):
+                if self._in_flight.pop(msg.seq, None) is not None:
+                    self._stats.errors += 1
+                    self._outcomes.append(Refusal(msg.seq, "result_lost", msg.detail))
+            self._cond.notify_all()
+
+
+class ResultSubscriber:
+    """SUB socket on the server's results: every stage's output of the chosen streams."""
+
+    def __init__(self, address: str = DEFAULT_RESULTS, streams: Sequence[str] = (),
+                 *, curve_secret_key: Path | None = None, curve_server_key: Path | None = None):
+        self._ctx = zmq.Context()
+        self._sock = self._ctx.socket(zmq.SUB)
+        self._sock.linger = 0
+        if curve_secret_key is not None:
+            apply_client_curve(self._sock, curve_secret_key, curve_server_key)
+        self._streams = {s.encode() for s in streams}
+        # PUB filters by prefix: subscribe to each stream, then match exactly below.
+        for s in self._streams or {b""}:
+            self._sock.setsockopt(zmq.SUBSCRIBE, s)
+        self._sock.connect(address)
+
+    def recv(self, timeout_s: float | None = None) -> Result | None:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not self._sock.poll(None if left is None else int(left * 1000)):
+                return None
+            topic, *parts = recv_parts(self._sock)
+            if self._streams and topic.bytes not in self._streams:
+                continue
+            msg = decode_result(parts)
+            if isinstance(msg, Result):
+                return msg
+
+    def close(self) -> None:
+        self._sock.close(0)
+        self._ctx.term()
+
+    def __enter__(self) -> ResultSubscriber:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,40 @@
+"""Server configuration: one validated, immutable model built by the CLI or by tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from livescope.security import is_loopback
+
+
+class ServerConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    frames_address: str = "tcp://127.0.0.1:5760"
+    results_address: str = "tcp://127.0.0.1:5761"
+    metrics_port: int | None = Field(default=9760, ge=0, le=65535, description="None = off")
+    model_dirs: tuple[Path, ...] = Field(default=(), description="searched after the shipped models")
+    max_frame_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+    max_queued_frames: int = Field(default=256, ge=1)
+    result_cache_per_stream: int = Field(
+        default=32, ge=0, description="final results kept to answer resent duplicates")
+    provider: str | None = Field(default=None, description="tensorrt|cuda|cpu; None = probe")
+    intra_op_threads: int | None = Field(default=None, ge=1)
+    curve_secret_key: Path | None = None
+    curve_allowed_clients: Path | None = None
+    preload: bool = True
+
+    @model_validator(mode="after")
+    def _remote_needs_curve(self) -> ServerConfig:
+        exposed = [a for a in (self.frames_address, self.results_address) if not is_loopback(a)]
+        has_curve = self.curve_secret_key is not None and self.curve_allowed_clients is not None
+        if exposed and not has_curve:
+            raise ValueError(
+                f"binding {exposed[0]} exposes the server beyond this machine: give CURVE keys "
+                "(--curve-secret SERVER.key_secret and --allow CLIENT_KEYS_DIR; "
+                "see `livescope keys generate`)")
+        if (self.curve_secret_key is None) != (self.curve_allowed_clients is None):
+            raise ValueError("CURVE needs both a server secret key and an allow-list folder")
+        return self

@@ -1,0 +1,107 @@
+"""Execution providers: probe TensorRT -> CUDA -> CPU and remember what works.
+
+onnxruntime-gpu lists TensorRT and CUDA as available even where their libraries are missing;
+it then fails (or silently falls back to CPU) when a session is created. So each provider is
+tried on the real model, and kept only if the session reports it as its first provider.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from pathlib import Path
+
+import onnxruntime as ort
+
+log = logging.getLogger("livescope.server")
+
+PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+SHORT_NAMES = {"TensorrtExecutionProvider": "tensorrt", "CUDAExecutionProvider": "cuda",
+               "CPUExecutionProvider": "cpu"}
+
+# Providers that failed once are not tried again in this process: a failed TensorRT probe
+# costs seconds and floods stderr.
+_failed: set[str] = set()
+_announced: set[str] = set()
+
+
+def session_options(intra_op_threads: int | None = None) -> ort.SessionOptions:
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    # Idle inference threads must not spin: they would starve the socket threads on small CPUs.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    if intra_op_threads:
+        so.intra_op_num_threads = intra_op_threads
+    return so
+
+
+def _provider_options(name: str) -> dict[str, str]:
+    if name == "CUDAExecutionProvider":
+        # HEURISTIC: a new frame size must not stall for an exhaustive cuDNN search.
+        return {"cudnn_conv_algo_search": "HEURISTIC"}
+    if name == "TensorrtExecutionProvider":
+        return {"trt_fp16_enable": "False", "trt_engine_cache_enable": "True"}
+    return {}
+
+
+@contextlib.contextmanager
+def _quiet_probe(active: bool):
+    """Silence onnxruntime while a GPU provider is probed: a missing CUDA or TensorRT library
+    is an expected outcome here, reported once in our own log, not as pages of stderr."""
+    if not active:
+        yield
+        return
+    ort.set_default_logger_severity(4)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # its Python fallback path print()s
+            yield
+    finally:
+        ort.set_default_logger_severity(3)
+
+
+def candidate_providers(preferred: str | None = None) -> list[str]:
+    available = set(ort.get_available_providers())
+    order = [p for p in PREFERENCE if p in available and p not in _failed]
+    if preferred:
+        full = {v: k for k, v in SHORT_NAMES.items()}.get(preferred, preferred)
+        if full not in available:
+            raise ValueError(f"execution provider {preferred!r} is not available; have "
+                             f"{sorted(SHORT_NAMES.get(p, p) for p in available)}")
+        order = [full] + ([] if full == "CPUExecutionProvider" else ["CPUExecutionProvider"])
+    return order
+
+
+def create_session(
+    model_path: Path, *, preferred: str | None = None, intra_op_threads: int | None = None
+) -> tuple[ort.InferenceSession, str]:
+    """Create a session on the best provider that really works; return it and the provider."""
+    errors: list[str] = []
+    for name in candidate_providers(preferred):
+        providers: list = [(name, _provider_options(name))]
+        if name != "CPUExecutionProvider":
+            providers.append("CPUExecutionProvider")
+        try:
+            with _quiet_probe(name != "CPUExecutionProvider"):
+                sess = ort.InferenceSession(
+                    str(model_path), session_options(intra_op_threads), providers=providers
+                )
+        except Exception as e:  # onnxruntime raises several unrelated types here
+            if "CPUExecutionProvider" == name:
+                raise
+            errors.append(f"{name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+            _failed.add(name)
+            continue
+        if sess.get_providers()[0] != name:
+            errors.append(f"{name}: fell back to {sess.get_providers()[0]}")
+            _failed.add(name)
+            continue
+        if name not in _announced:
+            _announced.add(name)
+            log.info("execution provider in use: %s", SHORT_NAMES.get(name, name))
+            for err in errors:
+                log.info("  skipped %s", err)
+        return sess, SHORT_NAMES.get(name, name)
+    raise RuntimeError("no execution provider could run the model: " + "; ".join(errors))

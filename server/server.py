@@ -1,0 +1,409 @@
+"""The inference server: a ROUTER for frames and control, a PUB for results.
+
+Threads and who owns what (ZeroMQ sockets are used by one thread each):
+- the I/O thread (``serve_forever``) owns the ROUTER, the PUB and the receiving end of an inproc
+  pipe; it validates every message, answers control requests, de-duplicates resent frames and
+  queues the rest;
+- the worker thread takes frames from the queue, runs the pipeline on onnxruntime and hands
+  the results back through the inproc pipe, so the I/O thread stays responsive while a model runs.
+
+Every frame that enters gets exactly one answer: a result, an error, or an ack that says it
+was a duplicate or dropped (latest mode). Nothing is lost uncounted.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import zmq
+
+from livescope.protocol import (
+    AckHeader,
+    ControlReply,
+    ControlRequest,
+    ErrorCode,
+    ErrorHeader,
+    FrameHeader,
+    Latency,
+    ProtocolError,
+    ResultHeader,
+    array_from_payload,
+    decode_header,
+    encode_header,
+    expected_nbytes,
+)
+from livescope.security import CurveServer
+from livescope.server.config import ServerConfig
+from livescope.server.metrics import ServerMetrics
+from livescope.server.models import LoadedModel, ModelLoadError, ModelRegistry
+from livescope.server.queue import Job, QueueFullError, WorkQueue
+from livescope.server.repository import ModelRepository, UnknownModelError, shipped_models_root
+from livescope.transport import recv_parts, send_message
+
+log = logging.getLogger("livescope.server")
+
+_PIPE = "inproc://livescope-results"
+_REPLY, _PUBLISH = b"R", b"P"  # pipe message kinds: to the sender and PUB, or PUB only
+_MAX_STREAMS = 256  # per-stream de-duplication state kept for the most recent streams
+
+
+class ServerStartError(Exception):
+    """The server could not start (address in use, bad keys): a one-line message."""
+
+
+@dataclass
+class _StreamLedger:
+    """Per-stream memory for de-duplicating resent frames (lossless mode)."""
+
+    pending: set[int] = field(default_factory=set)
+    results: OrderedDict[int, list[zmq.Frame]] = field(default_factory=OrderedDict)
+    done: set[int] = field(default_factory=set)
+    done_order: deque[int] = field(default_factory=deque)
+
+    def finish(self, seq: int, parts: list[zmq.Frame] | None, cache: int) -> None:
+        self.pending.discard(seq)
+        self.done.add(seq)
+        self.done_order.append(seq)
+        if len(self.done_order) > 100_000:
+            self.done.discard(self.done_order.popleft())
+        if parts is not None and cache:
+            self.results[seq] = parts
+            while len(self.results) > cache:
+                self.results.popitem(last=False)
+
+
+class InferenceServer:
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.metrics = ServerMetrics()
+        self.repository = ModelRepository([shipped_models_root(), *config.model_dirs])
+        self.registry = ModelRegistry(self.repository, provider=config.provider,
+                                      intra_op_threads=config.intra_op_threads)
+        self.queue = WorkQueue(config.max_queued_frames)
+        self.ctx = zmq.Context()
+        self._stop = threading.Event()
+        self._ledgers: OrderedDict[str, _StreamLedger] = OrderedDict()
+        self._counts: dict[str, int] = {"frames": 0, "results": 0, "errors": 0, "dropped": 0,
+                                        "duplicates": 0}
+        self._started = time.monotonic()
+        self._curve: CurveServer | None = None
+        self._worker: threading.Thread | None = None
+        self.router: zmq.Socket | None = None
+
+    # -- start and stop ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Bind sockets, then load models; raise ServerStartError with a one-line reason."""
+        if self.config.curve_secret_key is not None:
+            self._curve = CurveServer(self.ctx, self.config.curve_secret_key,
+                                      self.config.curve_allowed_clients)
+        self.router = self._bind(zmq.ROUTER, self.config.frames_address)
+        self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting client keeps its id
+        self.router.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        self.pub = self._bind(zmq.PUB, self.config.results_address)
+        self.pipe_in = self.ctx.socket(zmq.PULL)
+        self.pipe_in.bind(_PIPE)
+        if self.config.metrics_port:
+            try:
+                self.metrics.serve(self.config.metrics_port)
+            except OSError as e:
+                self.close()
+                raise ServerStartError(
+                    f"metrics port {self.config.metrics_port} is unavailable ({e.strerror}); "
+                    "choose another with --metrics-port") from None
+        if self.config.preload:  # after binding, so a taken address fails fast
+            for problem in self.registry.preload():
+                log.warning("%s", problem)
+        self._worker = threading.Thread(target=self._work, name="livescope-worker", daemon=True)
+        self._worker.start()
+        log.info("serving frames on %s, results on %s", self.config.frames_address,
+                 self.config.results_address)
+
+    def _bind(self, kind: int, address: str) -> zmq.Socket:
+        sock = self.ctx.socket(kind)
+        sock.linger = 2000
+        if self._curve is not None:
+            self._curve.apply(sock)
+        try:
+            sock.bind(address)
+        except zmq.ZMQError as e:
+            sock.close(0)
+            self.close()
+            if e.errno == errno.EADDRINUSE:
+                raise ServerStartError(f"address {address} is already in use (is another "
+                                       "livescope server running?)") from None
+            raise ServerStartError(f"cannot bind {address}: {e}") from None
+        return sock
+
+    def request_stop(self) -> None:
+        """Stop taking frames, finish the ones in flight, then return from serve_forever."""
+        self._stop.set()
+
+    def close(self) -> None:
+        if self._curve is not None:
+            self._curve.stop()
+            self._curve = None
+        self.ctx.destroy(linger=2000)
+
+    # -- the I/O loop --------------------------------------------------------------------------
+
+    def serve_forever(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        poller.register(self.pipe_in, zmq.POLLIN)
+        draining = False
+        while True:
+            events = dict(poller.poll(50))
+            if self.pipe_in in events:
+                for _ in range(64):
+                    try:
+                        self._forward(recv_parts(self.pipe_in, zmq.NOBLOCK))
+                    except zmq.Again:
+                        break
+            if self.router in events:
+                for _ in range(64):
+                    try:
+                        parts = recv_parts(self.router, zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    self._handle(parts)
+            self.metrics.queue_depth.set(len(self.queue))
+            if self._stop.is_set() and not draining:
+                draining = True
+                self.queue.close()
+                log.info("stopping: finishing %d queued frames", len(self.queue))
+            if draining and not self._worker.is_alive() and not events:
+                break
+        self.close()
+        log.info("stopped")
+
+    def _handle(self, parts: list[zmq.Frame]) -> None:
+        identity, body = parts[0].bytes, parts[1:]
+        if not body:
+            return  # an empty message carries nothing to answer
+        try:
+            header = decode_header(body[0].bytes)
+        except ProtocolError as e:
+            self._error(identity, e.code, e.message, stream=None, seq=None)
+            return
+        if isinstance(header, FrameHeader):
+            self._accept_frame(identity, header, body[1:])
+        elif isinstance(header, ControlRequest):
+            self._control(identity, header)
+        else:
+            self._error(identity, ErrorCode.unknown_type,
+                        f"a client may send 'frame' or 'control' messages, not {header.type!r}",
+                        stream=None, seq=None)
+
+    def _accept_frame(self, identity: bytes, header: FrameHeader, payload: list[zmq.Frame]) -> None:
+        stream, seq = header.stream, header.seq
+        if len(payload) != 1:
+            self._error(identity, ErrorCode.payload_size,
+                        f"a frame message has 2 parts (header, pixels); got {1 + len(payload)}",
+                        stream=stream, seq=seq)
+            return
+        if self._stop.is_set():
+            self._error(identity, ErrorCode.shutting_down, "the server is shutting down",
+                        stream=stream, seq=seq)
+            return
+        if expected_nbytes(header.shape, header.dtype) > self.config.max_frame_bytes:
+            self._error(identity, ErrorCode.frame_too_large,
+                        f"frame of {header.shape[0]}x{header.shape[1]} {header.dtype} exceeds the "
+                        f"server's limit of {self.config.max_frame_bytes} bytes",
+                        stream=stream, seq=seq)
+            return
+        try:
+            image = array_from_payload(header.shape, header.dtype, payload[0].buffer)
+        except ProtocolError as e:
+            self._error(identity, e.code, e.message, stream=stream, seq=seq)
+            return
+        ledger = self._ledger(stream)
+        if seq in ledger.pending or seq in ledger.done:
+            self._duplicate(identity, header, ledger)
+            return
+        try:
+            stages = [self.registry.get(stage) for stage in header.pipeline]
+            self._check_stage_dtypes(header, stages)
+        except UnknownModelError as e:
+            code = ErrorCode.unknown_model if "@" in str(e) else ErrorCode.unknown_pipeline
+            self._error(identity, code, str(e), stream=stream, seq=seq)
+            return
+        except (ModelLoadError, ValueError) as e:
+            self._error(identity, ErrorCode.unknown_model, str(e), stream=stream, seq=seq)
+            return
+        job = Job(identity, header, image, stages, payload=payload[0])
+        try:
+            superseded = self.queue.put(job)
+        except QueueFullError as e:
+            self._error(identity, ErrorCode.internal, f"{e}; retry later", stream=stream, seq=seq)
+            return
+        ledger.pending.add(seq)
+        self._counts["frames"] += 1
+        self.metrics.frames.labels(header.mode).inc()
+        for old in superseded:
+            self._ledger(old.header.stream).finish(old.header.seq, None, 0)
+            self._counts["dropped"] += 1
+            self.metrics.dropped.labels("superseded").inc()
+            send_message(self.router, AckHeader(stream=old.header.stream, seq=old.header.seq,
+                                                status="dropped",
+                                                detail="superseded by a newer frame (latest mode)"),
+                         envelope=[old.identity])
+
+    @staticmethod
+    def _check_stage_dtypes(header: FrameHeader, stages: list[LoadedModel]) -> None:
+        dtype = header.dtype
+        for model in stages:
+            want = model.card.inputs[0].dtype
+            if want != dtype:
+                raise ValueError(f"stage {model.ref} takes {want} but receives {dtype}")
+            dtype = model.card.outputs[0].dtype
+
+    def _duplicate(self, identity: bytes, header: FrameHeader, ledger: _StreamLedger) -> None:
+        self._counts["duplicates"] += 1
+        self.metrics.duplicates.inc()
+        cached = ledger.results.get(header.seq)
+        if cached is not None:  # the sender lost our result: send it again
+            self.router.send_multipart([identity, *cached], copy=False)
+            return
+        detail = ("already queued; its result will follow" if header.seq in ledger.pending
+                  else "already processed; result no longer cached")
+        send_message(self.router, AckHeader(stream=header.stream, seq=header.seq,
+                                            status="duplicate", detail=detail),
+                     envelope=[identity])
+
+    def _ledger(self, stream: str) -> _StreamLedger:
+        ledger = self._ledgers.get(stream)
+        if ledger is None:
+            ledger = self._ledgers[stream] = _StreamLedger()
+            if len(self._ledgers) > _MAX_STREAMS:
+                self._ledgers.popitem(last=False)
+        else:
+            self._ledgers.move_to_end(stream)
+        return ledger
+
+    def _error(self, identity: bytes, code: ErrorCode, message: str, *, stream: str | None,
+               seq: int | None, request_id: str | None = None) -> None:
+        self._counts["errors"] += 1
+        self.metrics.errors.labels(code.value).inc()
+        log.debug("error to client: %s: %s", code.value, message)
+        send_message(self.router, ErrorHeader(code=code, message=message, stream=stream, seq=seq,
+                                              request_id=request_id), envelope=[identity])
+
+    def _forward(self, parts: list[zmq.Frame]) -> None:
+        """A message from the worker: [kind, identity, stream, header, payload?]."""
+        kind, identity, stream, body = parts[0].bytes, parts[1].bytes, parts[2].bytes, parts[3:]
+        if kind == _REPLY:
+            self.router.send_multipart([identity, *body], copy=False)
+            header = decode_header(body[0].bytes)
+            ledger = self._ledger(stream.decode())
+            if isinstance(header, ResultHeader):
+                self._counts["results"] += 1
+                ledger.finish(header.seq, body, self.config.result_cache_per_stream)
+            else:  # an error for this frame
+                self._counts["errors"] += 1
+                ledger.finish(header.seq, None, 0)
+                return
+        self.pub.send_multipart([stream, *body], copy=False)
+
+    # -- control -------------------------------------------------------------------------------
+
+    def _control(self, identity: bytes, req: ControlRequest) -> None:
+        handler = getattr(self, f"_cmd_{req.command}", None)
+        if handler is None:
+            reply = ControlReply(request_id=req.request_id, ok=False,
+                                 error=f"unknown command {req.command!r}; commands: "
+                                       f"{', '.join(self.commands())}")
+        else:
+            try:
+                reply = ControlReply(request_id=req.request_id, ok=True, data=handler(**req.args))
+            except (TypeError, ValueError, LookupError, ModelLoadError) as e:
+                reply = ControlReply(request_id=req.request_id, ok=False, error=str(e))
+        send_message(self.router, reply, envelope=[identity])
+
+    def commands(self) -> list[str]:
+        return sorted(n[5:] for n in dir(self) if n.startswith("_cmd_"))
+
+    def _cmd_ping(self) -> dict:
+        return {"time_ns": time.time_ns()}
+
+    def _cmd_health(self) -> dict:
+        loaded = self.registry.loaded()
+        return {"status": "stopping" if self._stop.is_set() else "serving",
+                "providers": sorted({m.provider for m in loaded}),
+                "models_loaded": [m.ref for m in loaded],
+                "queue_depth": len(self.queue),
+                "uptime_s": round(time.monotonic() - self._started, 3)}
+
+    def _cmd_stats(self) -> dict:
+        return {**self._counts, "queue_depth": len(self.queue), "streams": len(self._ledgers),
+                "uptime_s": round(time.monotonic() - self._started, 3)}
+
+    def _cmd_list_models(self) -> dict:
+        loaded = {m.ref: m for m in self.registry.loaded()}
+        models = []
+        for name in self.repository.names():
+            active = self.registry.resolve(name).card.version
+            for v in self.repository.versions(name):
+                models.append({"name": name, "version": v.card.version, "task": v.card.task,
+                               "active": v.card.version == active, "loaded": v.ref in loaded,
+                               "provider": loaded[v.ref].provider if v.ref in loaded else None,
+                               "metrics": v.card.metrics,
+                               "trained_by": v.card.provenance.command})
+        return {"models": models, "problems": self.repository.problems}
+
+    # -- the worker ----------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        pipe = self.ctx.socket(zmq.PUSH)
+        pipe.connect(_PIPE)
+        try:
+            while True:
+                job = self.queue.take(timeout_s=0.2)
+                if job is None:
+                    if self._stop.is_set() and len(self.queue) == 0:
+                        return
+                    continue
+                self._run_job(job, pipe)
+        finally:
+            pipe.close(linger=-1)
+
+    def _run_job(self, job: Job, pipe: zmq.Socket) -> None:
+        h = job.header
+        topic = h.stream.encode()
+        t_start = time.perf_counter()
+        x = job.image[None]
+        outputs: list[tuple[LoadedModel, np.ndarray]] = []
+        try:
+            for model in job.stages:
+                t0 = time.perf_counter()
+                x = model.run(x)
+                self.metrics.inference.labels(model.ref).observe(time.perf_counter() - t0)
+                outputs.append((model, x))
+        except Exception as e:  # any failure inside a model is this frame's error, not ours
+            log.warning("inference failed on %s seq %d: %s", h.stream, h.seq, e)
+            self.metrics.errors.labels(ErrorCode.inference_failed.value).inc()
+            err = ErrorHeader(code=ErrorCode.inference_failed, stream=h.stream, seq=h.seq,
+                              message=f"{job.stages[len(outputs)].ref} failed: {e}")
+            send_message(pipe, err, envelope=[_REPLY, job.identity, topic])
+            return
+        t_done = time.perf_counter()
+        latency = Latency(queue_ms=(t_start - job.t_received) * 1e3,
+                          inference_ms=(t_done - t_start) * 1e3,
+                          total_ms=(t_done - job.t_received) * 1e3)
+        self.metrics.total.observe(t_done - job.t_received)
+        for i, (model, out) in enumerate(outputs):
+            final = i == len(outputs) - 1
+            image = np.ascontiguousarray(out[0])
+            result = ResultHeader(stream=h.stream, seq=h.seq, stage=h.pipeline[i], model=model.ref,
+                                  final=final, shape=image.shape, dtype=image.dtype.name,
+                                  pixel_size_um=h.pixel_size_um, z_um=h.z_um,
+                                  event_index=h.event_index, t_sent_ns=h.t_sent_ns, latency=latency)
+            self.metrics.results.labels(model.ref).inc()
+            send_message(pipe, result, image,
+                         envelope=[_REPLY if final else _PUBLISH, job.identity, topic])
