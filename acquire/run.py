@@ -1,0 +1,216 @@
+"""One acquisition: run a useq sequence on a core, stream frames, collect restored results.
+
+The acquisition runs on the calling thread (pymmcore-plus's MDA runner); results are read on
+a second thread, written to disk and summarised. Progress is reported through a callback so
+that the CLI can draw it and tests can ignore it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import useq
+from pydantic import BaseModel, ConfigDict
+from pymmcore_plus import CMMCorePlus
+
+from livescope.acquire.results import RestoredWriter, restored_path
+from livescope.acquire.streamer import FrameStreamer
+from livescope.client import DeliveryMode, Refusal, Result, StreamClient
+
+
+class AcquisitionProgress(BaseModel):
+    acquired: int = 0
+    total: int = 0
+    restored: int = 0
+    refused: int = 0
+    elapsed_s: float = 0.0
+    latency_p50_ms: float | None = None
+
+    @property
+    def fps(self) -> float:
+        return self.acquired / self.elapsed_s if self.elapsed_s else 0.0
+
+
+class AcquisitionSummary(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    frames_acquired: int
+    frames_sent: int = 0
+    results: int = 0
+    errors: int = 0
+    dropped_by_client: int = 0
+    dropped_by_server: int = 0
+    acquisition_fps: float
+    restored_fps: float = 0.0
+    latency_p50_ms: float | None = None
+    latency_p99_ms: float | None = None
+    server_latency_p50_ms: float | None = None
+    models: tuple[str, ...] = ()
+    refusal_reasons: dict[str, int] = {}
+    raw_path: str | None = None
+    restored_path: str | None = None
+
+    @property
+    def dropped(self) -> int:
+        return self.dropped_by_client + self.dropped_by_server
+
+
+def run_acquisition(
+    core: CMMCorePlus,
+    sequence: useq.MDASequence,
+    *,
+    server: str | None = None,
+    pipeline: Sequence[str] = ("denoise",),
+    mode: DeliveryMode = "lossless",
+    output: Path | None = None,
+    stream: str | None = None,
+    max_in_flight: int = 4,
+    progress: Callable[[AcquisitionProgress], None] | None = None,
+    connect_timeout_s: float = 5.0,
+) -> AcquisitionSummary:
+    """Acquire ``sequence``; with ``server``, restore every frame live. Raises
+    ServerUnreachableError before acquiring anything if the server does not answer."""
+    total = len(list(sequence.iter_events()))
+    state = AcquisitionProgress(total=total)
+    t0 = time.perf_counter()
+    outputs: list = [str(output)] if output is not None else []
+    client = None
+    if server is not None:
+        client = StreamClient(server, stream=stream, pipeline=pipeline, mode=mode,
+                              max_in_flight=max_in_flight)
+        try:
+            client.connect(timeout_s=connect_timeout_s)
+        except Exception:
+            client.close(timeout_s=0)
+            raise
+        streamer = FrameStreamer(client)
+        streamer.on_error = lambda e: core.mda.cancel()
+        outputs.insert(0, streamer)
+    else:
+        counter = _Counter()
+        outputs.insert(0, counter)
+
+    collector = None
+    if client is not None:
+        writer = None
+        if output is not None:
+            writer = RestoredWriter(restored_path(output, pipeline[-1].split("@")[0]), sequence,
+                                    core.getPixelSizeUm() or None)
+        collector = _ResultCollector(client, writer, state, progress, t0)
+        collector.start()
+
+    core.mda.run(sequence, output=outputs, overwrite=True)
+    t_acquired = time.perf_counter() - t0
+    acquired = streamer.acquired if client is not None else counter.acquired
+
+    if client is None:
+        state.acquired, state.elapsed_s = acquired, t_acquired
+        if progress:
+            progress(state)
+        return AcquisitionSummary(frames_acquired=acquired, acquisition_fps=acquired / t_acquired,
+                                  raw_path=str(output) if output else None)
+
+    client.wait_idle(timeout_s=120)
+    collector.finish(streamer.acquired)
+    stats = client.stats
+    client.close(timeout_s=5)
+    if streamer.error is not None:
+        raise streamer.error
+    t_total = time.perf_counter() - t0
+    lat = np.array(collector.latencies_ms) if collector.latencies_ms else None
+    srv = np.array(collector.server_ms) if collector.server_ms else None
+    return AcquisitionSummary(
+        frames_acquired=acquired,
+        frames_sent=stats.sent,
+        results=stats.results,
+        errors=stats.errors,
+        dropped_by_client=stats.dropped_by_client,
+        dropped_by_server=stats.dropped_by_server,
+        acquisition_fps=acquired / t_acquired,
+        restored_fps=stats.results / t_total,
+        latency_p50_ms=float(np.percentile(lat, 50)) if lat is not None else None,
+        latency_p99_ms=float(np.percentile(lat, 99)) if lat is not None else None,
+        server_latency_p50_ms=float(np.percentile(srv, 50)) if srv is not None else None,
+        models=tuple(sorted(collector.models)),
+        refusal_reasons=collector.refusal_reasons,
+        raw_path=str(output) if output else None,
+        restored_path=str(collector.writer.path) if collector.writer and collector.writer.written else None,
+    )
+
+
+class _Counter:
+    def __init__(self) -> None:
+        self.acquired = 0
+
+    def frameReady(self, img: np.ndarray, event: useq.MDAEvent, meta: dict) -> None:
+        self.acquired += 1
+
+
+class _ResultCollector(threading.Thread):
+    """Reads outcomes as they arrive: latency, models used, restored frames to disk."""
+
+    def __init__(self, client: StreamClient, writer: RestoredWriter | None,
+                 state: AcquisitionProgress, progress: Callable | None, t0: float) -> None:
+        super().__init__(name="livescope-results", daemon=True)
+        self.client, self.writer, self.state, self.progress, self.t0 = (
+            client, writer, state, progress, t0)
+        self.latencies_ms: list[float] = []
+        self.server_ms: list[float] = []
+        self.models: set[str] = set()
+        self.refusal_reasons: dict[str, int] = {}
+        self._expected: int | None = None
+        self._seen = 0
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+
+    def finish(self, submitted: int, timeout_s: float = 60.0) -> None:
+        with self._lock:
+            self._expected = submitted
+        self._done.wait(timeout_s)
+        self.join(timeout_s)
+        if self.writer is not None:
+            self.writer.close()
+
+    def run(self) -> None:
+        last_report = 0.0
+        while True:
+            with self._lock:
+                if self._expected is not None and self._seen >= self._expected:
+                    break
+            outcome = self.client.next_outcome(timeout_s=0.1)
+            now = time.perf_counter()
+            if outcome is not None:
+                self._seen += 1
+                self._record(outcome)
+            if self.progress and (now - last_report > 0.2 or outcome is None):
+                last_report = now
+                self._report(now)
+        self._report(time.perf_counter())
+        self._done.set()
+
+    def _record(self, outcome: Result | Refusal) -> None:
+        if isinstance(outcome, Result):
+            self.state.restored += 1
+            h = outcome.header
+            self.models.add(h.model)
+            self.server_ms.append(h.latency.total_ms)
+            rt = outcome.round_trip_ms
+            if rt is not None:
+                self.latencies_ms.append(rt)
+        else:
+            self.state.refused += 1
+            self.refusal_reasons[outcome.reason] = self.refusal_reasons.get(outcome.reason, 0) + 1
+        if self.writer is not None:
+            self.writer.add(outcome)
+
+    def _report(self, now: float) -> None:
+        self.state.acquired = self.client.stats.submitted
+        self.state.elapsed_s = now - self.t0
+        if self.latencies_ms:
+            self.state.latency_p50_ms = float(np.median(self.latencies_ms[-200:]))
+        if self.progress:
+            self.progress(self.state)

@@ -1,0 +1,45 @@
+"""FrameStreamer: a pymmcore-plus MDA output handler that streams every frame to a server.
+
+Passed as ``core.mda.run(sequence, output=[streamer, ...])``. ``frameReady`` only hands the
+frame to the client's I/O thread (zero-copy), so the acquisition thread is never held up by
+the network; in lossless mode it waits only when the window of frames in flight is full.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import useq
+
+from livescope.client import StreamClient
+
+log = logging.getLogger("livescope.acquire")
+
+
+class FrameStreamer:
+    def __init__(self, client: StreamClient) -> None:
+        self.client = client
+        self.acquired = 0
+        self.error: Exception | None = None
+        self.on_error: Any = None  # called once with the exception (e.g. to cancel the MDA)
+
+    def frameReady(self, img: np.ndarray, event: useq.MDAEvent, meta: dict) -> None:
+        self.acquired += 1
+        if self.error is not None:
+            return
+        try:
+            self.client.submit(
+                img,
+                event_index=dict(event.index),
+                z_um=event.z_pos if event.z_pos is not None else meta.get("position", {}).get("z"),
+                pixel_size_um=meta.get("pixel_size_um") or None,
+                t_acquired_ns=time.time_ns(),
+            )
+        except Exception as e:  # pymmcore-plus would only log it: keep it and stop the run
+            self.error = e
+            log.error("streaming stopped: %s", e)
+            if self.on_error is not None:
+                self.on_error(e)

@@ -1,0 +1,90 @@
+"""The wire protocol: headers round-trip, and every malformed header is named precisely."""
+
+import json
+
+import numpy as np
+import pytest
+
+from livescope.protocol import (
+    PROTOCOL_VERSION,
+    ControlRequest,
+    ErrorCode,
+    FrameHeader,
+    Latency,
+    ProtocolError,
+    ResultHeader,
+    array_from_payload,
+    decode_header,
+    encode_header,
+    split_stage,
+)
+
+
+def frame_header(**over) -> dict:
+    h = {"type": "frame", "protocol": PROTOCOL_VERSION, "stream": "cam1", "seq": 0,
+         "shape": [4, 6], "dtype": "uint16", "pipeline": ["denoise"]}
+    h.update(over)
+    return h
+
+
+def test_a_frame_header_round_trips_through_json():
+    h = FrameHeader(stream="cam1", seq=7, shape=(512, 256), pipeline=("denoise", "localise@2"),
+                    pixel_size_um=0.108, z_um=-1.5, event_index={"t": 3, "z": 1}, mode="latest")
+    assert decode_header(encode_header(h)) == h
+
+
+def test_a_result_header_carries_model_version_and_latency():
+    r = ResultHeader(stream="s", seq=1, stage="denoise", model="denoise@3", final=True,
+                     shape=(4, 4), dtype="float32",
+                     latency=Latency(queue_ms=0.1, inference_ms=2.0, total_ms=2.2))
+    back = decode_header(encode_header(r))
+    assert back.model == "denoise@3" and back.latency.inference_ms == 2.0
+
+
+@pytest.mark.parametrize(
+    ("raw", "code", "words"),
+    [
+        (b"\xff\xfe not json", ErrorCode.bad_header, "not UTF-8 JSON"),
+        (b"[1, 2]", ErrorCode.bad_header, "JSON object"),
+        (json.dumps(frame_header(protocol=99)).encode(), ErrorCode.protocol_version, "99"),
+        (json.dumps(frame_header(type="teleport")).encode(), ErrorCode.unknown_type, "teleport"),
+        (json.dumps(frame_header(dtype="complex64")).encode(), ErrorCode.unsupported_dtype,
+         "complex64"),
+        (json.dumps(frame_header(seq=-1)).encode(), ErrorCode.bad_header, "seq"),
+        (json.dumps(frame_header(shape=[0, 5])).encode(), ErrorCode.bad_header, "shape"),
+        (json.dumps(frame_header(pipeline=[])).encode(), ErrorCode.bad_header, "pipeline"),
+        (json.dumps(frame_header(stream="has space")).encode(), ErrorCode.bad_header, "stream"),
+        (json.dumps(frame_header(extra_field=1)).encode(), ErrorCode.bad_header, "extra_field"),
+    ],
+)
+def test_a_malformed_header_is_refused_with_a_code_and_the_reason(raw, code, words):
+    with pytest.raises(ProtocolError) as e:
+        decode_header(raw)
+    assert e.value.code == code
+    assert words in e.value.message
+
+
+def test_a_payload_is_viewed_without_a_copy():
+    data = np.arange(24, dtype=np.uint16).tobytes()
+    arr = array_from_payload((4, 6), "uint16", data)
+    assert arr.shape == (4, 6) and arr[3, 5] == 23
+    assert not arr.flags.owndata
+
+
+def test_a_payload_of_the_wrong_size_is_refused():
+    with pytest.raises(ProtocolError) as e:
+        array_from_payload((4, 6), "uint16", b"\0" * 47)
+    assert e.value.code == ErrorCode.payload_size
+    assert "47 bytes" in e.value.message and "48" in e.value.message
+
+
+def test_control_requests_validate_their_fields():
+    req = ControlRequest(request_id="r1", command="stats")
+    assert decode_header(encode_header(req)) == req
+
+
+def test_stage_names_may_pin_a_version():
+    assert split_stage("denoise") == ("denoise", None)
+    assert split_stage("denoise@12") == ("denoise", 12)
+    with pytest.raises(ValueError):
+        split_stage("Denoise@x")

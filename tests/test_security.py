@@ -1,0 +1,50 @@
+"""CURVE: only clients whose public key is on the server's allow-list get anything."""
+
+import numpy as np
+import pytest
+
+from livescope.client import Result, ServerUnreachableError, StreamClient
+from livescope.security import generate_keys, is_loopback
+from livescope.server.config import ServerConfig
+
+
+@pytest.fixture
+def keys(tmp_path):
+    allowed = tmp_path / "allowed"
+    _, server_secret = generate_keys(tmp_path / "server", "server")
+    public, client_secret = generate_keys(tmp_path / "client", "alice")
+    allowed.mkdir()
+    public.rename(allowed / public.name)
+    _, stranger_secret = generate_keys(tmp_path / "stranger", "mallory")
+    return {"server_secret": server_secret, "server_public": tmp_path / "server" / "server.key",
+            "allowed": allowed, "client": client_secret, "stranger": stranger_secret}
+
+
+def test_loopback_addresses_are_recognised():
+    assert is_loopback("tcp://127.0.0.1:5760") and is_loopback("tcp://localhost:1")
+    assert is_loopback("ipc:///tmp/x") and is_loopback("tcp://[::1]:5760")
+    assert not is_loopback("tcp://0.0.0.0:5760") and not is_loopback("tcp://10.1.2.3:5760")
+
+
+def test_binding_beyond_loopback_requires_curve_keys():
+    with pytest.raises(ValueError, match="CURVE"):
+        ServerConfig(frames_address="tcp://0.0.0.0:5760")
+
+
+def test_an_allowed_client_is_served_and_others_get_nothing(own_server, keys):
+    srv = own_server("--curve-secret", str(keys["server_secret"]), "--allow", str(keys["allowed"]))
+    with StreamClient(srv.frames, pipeline=["identity"], curve_secret_key=keys["client"],
+                      curve_server_key=keys["server_public"]) as alice:
+        alice.connect()
+        alice.submit(np.full((8, 8), 4, np.uint16))
+        (o,) = list(alice.outcomes())
+        assert isinstance(o, Result) and o.data[0, 0] == 4
+    stranger = StreamClient(srv.frames, curve_secret_key=keys["stranger"],
+                            curve_server_key=keys["server_public"])
+    with pytest.raises(ServerUnreachableError, match="CURVE key"):
+        stranger.connect(timeout_s=1.5)
+    stranger.close(timeout_s=0)
+    plain = StreamClient(srv.frames)
+    with pytest.raises(ServerUnreachableError):
+        plain.connect(timeout_s=1.0)
+    plain.close(timeout_s=0)

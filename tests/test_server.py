@@ -1,0 +1,192 @@
+"""The server answers every message, refuses bad input by name, and keeps serving everyone."""
+
+import json
+
+import numpy as np
+import pytest
+import zmq
+
+from livescope.client import Result, ResultSubscriber, StreamClient
+from livescope.protocol import (
+    PROTOCOL_VERSION,
+    ErrorHeader,
+    FrameHeader,
+    ResultHeader,
+    decode_header,
+    encode_header,
+)
+
+
+def frame(seq=0, shape=(32, 48), dtype="uint16", pipeline=("identity",), stream="raw", **kw):
+    return FrameHeader(stream=stream, seq=seq, shape=shape, dtype=dtype, pipeline=pipeline, **kw)
+
+
+def reply(sock: zmq.Socket):
+    parts = sock.recv_multipart()
+    return decode_header(parts[0]), parts[1:]
+
+
+def assert_refused(sock, code: str, *words: str, seq=None):
+    header, _ = reply(sock)
+    assert isinstance(header, ErrorHeader), header
+    assert header.code.value == code, header.message
+    for w in words:
+        assert w in header.message
+    if seq is not None:
+        assert header.seq == seq
+    return header
+
+
+def test_a_frame_comes_back_restored_with_its_model_and_latency(server, dealer):
+    sock = dealer(server.frames)
+    img = np.arange(32 * 48, dtype=np.uint16).reshape(32, 48)
+    sock.send_multipart([encode_header(frame(event_index={"t": 2}, z_um=1.5)), img])
+    header, payload = reply(sock)
+    assert isinstance(header, ResultHeader)
+    assert header.model == "identity@1" and header.final
+    assert header.event_index == {"t": 2} and header.z_um == 1.5
+    assert header.latency.total_ms >= header.latency.inference_ms > 0
+    assert np.array_equal(np.frombuffer(payload[0], np.uint16).reshape(32, 48), img)
+
+
+@pytest.mark.parametrize(
+    ("parts", "code", "words"),
+    [
+        ([b"{not json"], "bad_header", ["JSON"]),
+        ([json.dumps({"type": "frame", "protocol": PROTOCOL_VERSION}).encode()], "bad_header",
+         ["stream"]),
+        ([json.dumps({"type": "warp", "protocol": PROTOCOL_VERSION}).encode()], "unknown_type",
+         ["warp"]),
+        ([json.dumps({"type": "frame", "protocol": 0}).encode()], "protocol_version",
+         ["version 0"]),
+        ([encode_header(frame().model_copy(update={"type": "result"}))], "bad_header", []),
+    ],
+)
+def test_a_malformed_message_is_refused_and_the_server_keeps_serving(server, dealer, parts, code,
+                                                                     words):
+    sock = dealer(server.frames)
+    sock.send_multipart(parts)
+    assert_refused(sock, code, *words)
+    good = np.ones((32, 48), np.uint16)
+    sock.send_multipart([encode_header(frame(seq=1, stream=f"after-{code}")), good])
+    assert isinstance(reply(sock)[0], ResultHeader)
+
+
+def test_a_payload_that_does_not_match_shape_and_dtype_is_refused(server, dealer):
+    sock = dealer(server.frames)
+    sock.send_multipart([encode_header(frame(seq=5, stream="size")), b"\0" * 100])
+    assert_refused(sock, "payload_size", "100 bytes", seq=5)
+
+
+def test_a_frame_without_its_pixels_is_refused(server, dealer):
+    sock = dealer(server.frames)
+    sock.send_multipart([encode_header(frame(seq=6, stream="nopixels"))])
+    assert_refused(sock, "payload_size", "2 parts", seq=6)
+
+
+def test_an_unsupported_dtype_is_refused(server, dealer):
+    sock = dealer(server.frames)
+    h = json.loads(encode_header(frame()))
+    h["dtype"] = "float64"
+    sock.send_multipart([json.dumps(h).encode(), b"\0" * (32 * 48 * 8)])
+    assert_refused(sock, "unsupported_dtype", "float64")
+
+
+def test_a_dtype_the_model_does_not_take_is_refused(server, dealer):
+    sock = dealer(server.frames)
+    sock.send_multipart([encode_header(frame(dtype="float32", stream="f32")),
+                         np.zeros((32, 48), np.float32)])
+    assert_refused(sock, "unknown_model", "uint16")
+
+
+def test_an_unknown_model_version_and_an_unknown_stage_are_refused(server, dealer):
+    sock = dealer(server.frames)
+    img = np.zeros((32, 48), np.uint16)
+    sock.send_multipart([encode_header(frame(pipeline=("identity@99",), stream="v99")), img])
+    assert_refused(sock, "unknown_model", "identity@99", "versions of identity")
+    sock.send_multipart([encode_header(frame(pipeline=("teleport",), stream="tp")), img])
+    assert_refused(sock, "unknown_pipeline", "teleport", "available")
+
+
+def test_a_frame_over_the_size_limit_is_refused(own_server, dealer):
+    srv = own_server("--max-frame-mb", "1")
+    sock = dealer(srv.frames)
+    big = np.zeros((1024, 1024), np.uint16)  # 2 MiB
+    sock.send_multipart([encode_header(frame(shape=big.shape, stream="big")), big])
+    assert_refused(sock, "frame_too_large", "1048576 bytes")
+    small = np.zeros((256, 256), np.uint16)
+    sock.send_multipart([encode_header(frame(shape=small.shape, seq=1, stream="big")), small])
+    assert isinstance(reply(sock)[0], ResultHeader)
+
+
+def test_bad_input_from_one_client_does_not_disturb_another(server, dealer):
+    bad = dealer(server.frames)
+    with StreamClient(server.frames, pipeline=["identity"], stream="good-neighbour") as good:
+        good.connect()
+        img = np.full((64, 64), 7, np.uint16)
+        for i in range(20):
+            bad.send_multipart([b"garbage %d" % i])
+            good.submit(img)
+        outcomes = list(good.outcomes())
+        assert all(isinstance(o, Result) for o in outcomes) and len(outcomes) == 20
+    for _ in range(20):
+        assert_refused(bad, "bad_header")
+
+
+def test_a_resent_frame_is_processed_once(server, dealer):
+    sock = dealer(server.frames)
+    img = np.full((32, 48), 3, np.uint16)
+    msg = [encode_header(frame(seq=0, stream="dedup")), img]
+    before = StreamClient(server.frames)
+    before.connect()
+    frames_before = before.control("stats")["frames"]
+    sock.send_multipart(msg)
+    first, _ = reply(sock)
+    sock.send_multipart(msg)  # as a client does after a reconnect
+    second, _ = reply(sock)
+    stats = before.control("stats")
+    before.close()
+    assert isinstance(first, ResultHeader) and first.seq == 0
+    assert isinstance(second, ResultHeader) and second.seq == 0  # the cached result, resent
+    assert stats["frames"] - frames_before == 1 and stats["duplicates"] >= 1
+
+
+def test_results_are_published_on_the_stream_topic(server):
+    with ResultSubscriber(server.results, streams=["pub-a"]) as sub:
+        import time
+
+        time.sleep(0.3)  # PUB/SUB: a subscription needs a moment to reach the publisher
+        with StreamClient(server.frames, pipeline=["identity"], stream="pub-a") as a, \
+                StreamClient(server.frames, pipeline=["identity"], stream="pub-ab") as ab:
+            a.connect()
+            ab.connect()
+            ab.submit(np.zeros((16, 16), np.uint16))
+            a.submit(np.full((16, 16), 9, np.uint16))
+            a.wait_idle()
+            ab.wait_idle()
+        got = sub.recv(timeout_s=5)
+        assert got is not None and got.header.stream == "pub-a" and got.data[0, 0] == 9
+        assert sub.recv(timeout_s=0.3) is None  # 'pub-ab' shares the prefix but is not ours
+
+
+def test_the_control_api_reports_health_stats_and_models(server):
+    with StreamClient(server.frames) as c:
+        c.connect()
+        assert c.control("health")["status"] == "serving"
+        assert "cpu" in c.control("health")["providers"]
+        assert {"frames", "results", "errors", "dropped"} <= set(c.control("stats"))
+        names = {m["name"] for m in c.control("list_models")["models"]}
+        assert "identity" in names
+        from livescope.client import ControlError
+
+        with pytest.raises(ControlError, match="unknown command 'warp'"):
+            c.control("warp")
+
+
+def test_the_server_also_speaks_ipc(own_server, tmp_path):
+    srv = own_server(frames=f"ipc://{tmp_path}/frames", results=f"ipc://{tmp_path}/results")
+    with StreamClient(srv.frames, pipeline=["identity"]) as c:
+        c.connect()
+        c.submit(np.full((8, 8), 5, np.uint16))
+        (o,) = list(c.outcomes())
+        assert isinstance(o, Result) and o.data[0, 0] == 5
