@@ -93,6 +93,128 @@ def serve(
     server.serve_forever()
 
 
+# -- acquire and demo ----------------------------------------------------------------------------
+
+SPECIMENS = ("filaments", "cells", "beads")
+
+
+@app.command()
+def acquire(
+    mm_config: Annotated[Optional[Path], typer.Option(
+        help="Your Micro-Manager config; default: the built-in virtual microscope.")] = None,
+    sequence: Annotated[Optional[Path], typer.Option(help="useq-schema MDASequence, YAML or JSON.")] = None,
+    frames: Annotated[Optional[int], typer.Option(help="Acquire N frames (a time series).")] = None,
+    exposure_ms: Annotated[Optional[float], typer.Option(help="Camera exposure, ms.")] = None,
+    server: Annotated[Optional[str], typer.Option(
+        help="Restore live on this server; without it, only acquire (and save).")] = None,
+    pipeline: Annotated[str, typer.Option(help="Stages, comma-separated, e.g. denoise.")] = "denoise",
+    mode: Annotated[str, typer.Option(help="lossless (every frame) or latest (live view).")] = "lossless",
+    output: Annotated[Optional[Path], typer.Option(
+        help="Save raw frames to PATH.ome.zarr or PATH.ome.tiff (restored: PATH.<stage>.ome.*).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
+    specimen: Annotated[str, typer.Option(help="Virtual microscope: filaments, cells or beads.")] = "filaments",
+    size: Annotated[int, typer.Option(help="Virtual microscope: camera size in pixels.")] = 512,
+    seed: Annotated[int, typer.Option(help="Virtual microscope: random seed.")] = 0,
+) -> None:
+    """Run a useq-schema acquisition on Micro-Manager (pymmcore-plus), restoring frames live."""
+    if mode not in ("lossless", "latest"):
+        fail(f"--mode must be lossless or latest, not {mode!r}")
+    if specimen not in SPECIMENS:
+        fail(f"--specimen must be one of {', '.join(SPECIMENS)}, not {specimen!r}")
+    stages = tuple(s.strip() for s in pipeline.split(",") if s.strip())
+    if server is not None and not stages:
+        fail("--pipeline names no stage")
+    _check_output(output, overwrite, stages)
+    summary = _acquire(mm_config=mm_config, sequence=sequence, frames=frames,
+                       exposure_ms=exposure_ms, server=server, stages=stages, mode=mode,
+                       output=output, specimen=specimen, size=size, seed=seed)
+    from livescope.console import print_summary
+
+    print_summary(summary)
+    if summary.errors:
+        raise typer.Exit(1)
+
+
+def _check_output(output: Path | None, overwrite: bool, stages: tuple[str, ...]) -> None:
+    if output is None:
+        return
+    if not output.name.endswith((".ome.zarr", ".ome.tiff", ".ome.tif")):
+        fail(f"--output must end in .ome.zarr or .ome.tiff: {output}")
+    if output.exists() and not overwrite:
+        fail(f"{output} exists; choose another --output or pass --overwrite")
+    if not output.parent.is_dir():
+        fail(f"folder does not exist: {output.parent}")
+
+
+def _acquire(*, mm_config, sequence, frames, exposure_ms, server, stages, mode, output,
+             specimen="filaments", size=512, seed=0, rig=None):
+    from livescope.acquire.microscope import MicroscopeError, open_microscope
+    from livescope.acquire.run import run_acquisition
+    from livescope.acquire.sequence import SequenceError, load_sequence
+    from livescope.acquire.virtual import VirtualRigConfig
+    from livescope.client import ServerUnreachableError
+    from livescope.console import acquisition_progress
+
+    if sequence is None and frames is None:
+        frames = 100
+    try:
+        seq = load_sequence(sequence, frames=frames, exposure_ms=exposure_ms)
+    except SequenceError as e:
+        fail(str(e))
+    if rig is None and mm_config is None:
+        rig = VirtualRigConfig(sensor_shape_px=(size, size), specimen=specimen, seed=seed)
+    try:
+        core = open_microscope(mm_config, rig=rig)
+    except MicroscopeError as e:
+        fail(str(e))
+    total = len(list(seq.iter_events()))
+    try:
+        with acquisition_progress(total, "acquiring" if server is None else "restoring") as bar:
+            return run_acquisition(core, seq, server=server, pipeline=stages or ("denoise",),
+                                   mode=mode, output=output, progress=bar)
+    except ServerUnreachableError as e:
+        fail(f"{e} (start one with `livescope serve`)")
+    except KeyboardInterrupt:
+        core.mda.cancel()
+        fail("interrupted", code=130)
+
+
+@app.command()
+def demo(
+    frames: Annotated[Optional[int], typer.Option(help="Frames to acquire (default: sized for ~1 min).")] = None,
+    size: Annotated[Optional[int], typer.Option(help="Camera size in pixels (default: by hardware).")] = None,
+    output: Annotated[Path, typer.Option(help="Folder for the raw and restored data.")] = Path("livescope-demo"),
+) -> None:
+    """One command: start a server, acquire on the virtual microscope, restore live, summarise."""
+    from livescope.console import console, print_summary
+    from livescope.launch import ServerLaunchError, spawn_server
+
+    console.print("[bold]livescope demo[/]: starting the inference server ...")
+    try:
+        server = spawn_server("--log-level", "warning")
+    except ServerLaunchError as e:
+        fail(str(e))
+    try:
+        provider = _control(server.frames, "health")["providers"]
+        gpu = any(p in ("cuda", "tensorrt") for p in provider)
+        size = size or (1024 if gpu else 256)
+        frames = frames or (1000 if gpu else 300)
+        console.print(f"server ready on {server.frames} (provider: {', '.join(provider)}); "
+                      f"virtual microscope, {size}x{size} px, {frames} frames, pipeline: denoise")
+        output.mkdir(parents=True, exist_ok=True)
+        raw = output / "raw.ome.zarr"
+        summary = _acquire(mm_config=None, sequence=None, frames=frames, exposure_ms=None,
+                           server=server.frames, stages=("denoise",), mode="lossless",
+                           output=raw, specimen="filaments", size=size, seed=0)
+        print_summary(summary)
+    finally:
+        code = server.stop()
+        if code not in (0, None):
+            console.print(f"[yellow]server exited with {code}[/]")
+    if summary.dropped or summary.errors or summary.results != summary.frames_acquired:
+        fail("not every frame was restored (see the summary above)", code=1)
+
+
 # -- keys ----------------------------------------------------------------------------------------
 
 

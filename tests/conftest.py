@@ -2,50 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 import zmq
 
+from livescope.launch import ServerProcess, free_port, spawn_server
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class ServerProcess:
-    frames: str
-    results: str
-    proc: subprocess.Popen
-    args: tuple[str, ...]
-
-    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        return self.proc.wait(timeout_s)
+__all__ = ["free_port", "start_server"]
 
 
 def start_server(*extra: str, frames: str | None = None, results: str | None = None) -> ServerProcess:
-    frames = frames or f"tcp://127.0.0.1:{free_port()}"
-    results = results or f"tcp://127.0.0.1:{free_port()}"
-    args = ("serve", "--frames", frames, "--results", results, "--metrics-port", "0",
-            "--log-level", "warning", "--threads", "1", *extra)
-    proc = subprocess.Popen([sys.executable, "-m", "livescope.cli", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    line = proc.stdout.readline()
-    if line.strip() != "ready":
-        proc.kill()
-        raise RuntimeError(f"server did not start: {line!r} {proc.stderr.read()}")
-    return ServerProcess(frames, results, proc, args)
+    return spawn_server("--log-level", "warning", "--threads", "1", *extra,
+                        frames=frames, results=results)
 
 
 @pytest.fixture(scope="session")

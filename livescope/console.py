@@ -1,0 +1,59 @@
+"""Terminal display for acquisitions: a live progress bar and the closing summary (rich)."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from livescope.acquire.run import AcquisitionProgress, AcquisitionSummary
+
+console = Console()
+
+
+@contextmanager
+def acquisition_progress(total: int, title: str = "acquiring"):
+    """Yields a callback for run_acquisition(progress=...) that updates a live bar."""
+    bar = Progress(TextColumn(f"[bold]{title}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console,
+                   transient=True)
+    with bar:
+        task = bar.add_task(title, total=total, detail="")
+
+        def update(p: AcquisitionProgress) -> None:
+            latency = f"{p.latency_p50_ms:5.1f} ms" if p.latency_p50_ms is not None else "  -  "
+            bar.update(task, completed=p.acquired,
+                       detail=f"{p.fps:5.1f} fps  restored {p.restored}  "
+                              f"refused {p.refused}  latency p50 {latency}")
+
+        yield update
+
+
+def print_summary(s: AcquisitionSummary, extra: dict[str, str] | None = None) -> None:
+    table = Table(title="acquisition summary", show_header=False)
+    table.add_row("frames acquired", str(s.frames_acquired))
+    table.add_row("acquisition rate", f"{s.acquisition_fps:.1f} fps")
+    if s.frames_sent or s.results:
+        table.add_row("sent / restored", f"{s.frames_sent} / {s.results}")
+        table.add_row("dropped", f"{s.dropped} (client {s.dropped_by_client}, "
+                                 f"server {s.dropped_by_server})")
+        table.add_row("errors", str(s.errors))
+        for reason, n in s.refusal_reasons.items():
+            table.add_row(f"  refused: {reason}", str(n))
+        table.add_row("restored rate", f"{s.restored_fps:.1f} fps")
+        if s.latency_p50_ms is not None:
+            table.add_row("latency send->result", f"p50 {s.latency_p50_ms:.1f} ms, "
+                                                  f"p99 {s.latency_p99_ms:.1f} ms")
+            table.add_row("  of which server", f"p50 {s.server_latency_p50_ms:.1f} ms")
+        table.add_row("models", ", ".join(s.models) or "-")
+    if s.raw_path:
+        table.add_row("raw data", s.raw_path)
+    if s.restored_path:
+        table.add_row("restored data", s.restored_path)
+    for k, v in (extra or {}).items():
+        table.add_row(k, v)
+    console.print(table)
