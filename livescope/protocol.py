@@ -57,9 +57,17 @@ class ProtocolError(Exception):
 
 
 class _Header(BaseModel):
+    """What a client sends is strict: a misspelled field is an error, not silently ignored."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     protocol: int = PROTOCOL_VERSION
+
+
+class _ServerHeader(_Header):
+    """What the server sends is read leniently, so older clients survive added fields."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
 
 
 class FrameHeader(_Header):
@@ -106,7 +114,7 @@ class TableField(BaseModel):
     unit: str = ""
 
 
-class ResultHeader(_Header):
+class ResultHeader(_ServerHeader):
     """The output of one pipeline stage for one frame.
 
     ``kind="image"``: payload is ``shape`` x ``dtype`` pixels. ``kind="table"``: payload is
@@ -131,7 +139,7 @@ class ResultHeader(_Header):
     latency: Latency
 
 
-class AckHeader(_Header):
+class AckHeader(_ServerHeader):
     """A frame that will get no result of its own: a duplicate, or dropped as superseded."""
 
     type: Literal["ack"] = "ack"
@@ -141,7 +149,7 @@ class AckHeader(_Header):
     detail: str = ""
 
 
-class ErrorHeader(_Header):
+class ErrorHeader(_ServerHeader):
     """A refused message. ``stream``/``seq`` are set when the refused message was a frame."""
 
     type: Literal["error"] = "error"
@@ -161,7 +169,7 @@ class ControlRequest(_Header):
     args: dict[str, Any] = Field(default_factory=dict)
 
 
-class ControlReply(_Header):
+class ControlReply(_ServerHeader):
     type: Literal["reply"] = "reply"
     request_id: str
     ok: bool

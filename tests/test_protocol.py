@@ -88,3 +88,12 @@ def test_stage_names_may_pin_a_version():
     assert split_stage("denoise@12") == ("denoise", 12)
     with pytest.raises(ValueError):
         split_stage("Denoise@x")
+
+
+def test_a_client_reads_server_headers_with_fields_it_does_not_know():
+    r = ResultHeader(stream="s", seq=1, stage="denoise", model="denoise@3", final=True,
+                     shape=(4, 4), dtype="float32",
+                     latency=Latency(queue_ms=0.1, inference_ms=2.0, total_ms=2.2))
+    newer = json.loads(encode_header(r))
+    newer["gpu_temperature_c"] = 61
+    assert decode_header(json.dumps(newer).encode()) == r
