@@ -215,6 +215,52 @@ def demo(
         fail("not every frame was restored (see the summary above)", code=1)
 
 
+# -- train -------------------------------------------------------------------------------------
+
+
+@train_app.command("denoise")
+def train_denoise(
+    models: ModelsOpt = None,
+    budget_minutes: Annotated[float, typer.Option(help="Training time budget.")] = 7.0,
+    steps: Annotated[Optional[int], typer.Option(help="Train exactly N steps (reproducible).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for data and training.")] = 0,
+    frames_per_condition: Annotated[int, typer.Option(
+        help="Virtual-microscope frames per specimen and signal level.")] = 8,
+    data: Annotated[Optional[list[Path]], typer.Option(help="Your own noisy stacks.")] = None,
+) -> None:
+    """Train a Noise2Void denoiser on virtual-microscope frames; add it as a new version."""
+    if data:
+        fail("training on your own stacks (--data) is not available yet; this version trains "
+             "on virtual-microscope frames")
+    import shlex
+
+    from livescope.console import console
+    from livescope.models import export
+    from livescope.models.data import VirtualDenoiseData
+    from livescope.models.train_denoise import DenoiseTrainConfig, train_and_publish
+
+    repository = models or _default_models_dir()
+    repository.mkdir(parents=True, exist_ok=True)
+    config = DenoiseTrainConfig(steps=steps, seed=seed,
+                                budget_seconds=None if steps else budget_minutes * 60.0)
+    source = VirtualDenoiseData(frames_per_condition=frames_per_condition, seed=seed)
+    command = shlex.join(["livescope", *sys.argv[1:]])
+    with console.status("training denoise ...") as status:
+        def report(p) -> None:
+            status.update(f"training denoise: step {p.step}, {100 * p.fraction:4.1f}%, "
+                          f"loss {p.loss:.4f}")
+
+        try:
+            folder, card = train_and_publish(repository, data=source, config=config,
+                                             command=command, progress=report)
+        except export.ExportError as e:
+            fail(str(e), code=1)
+    for key, value in card.metrics.items():
+        console.print(f"  {key}: {value:.3f}")
+    console.print(f"wrote {folder}")
+    typer.echo(card.ref)
+
+
 # -- keys ----------------------------------------------------------------------------------------
 
 

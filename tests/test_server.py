@@ -190,3 +190,29 @@ def test_the_server_also_speaks_ipc(own_server, tmp_path):
         c.submit(np.full((8, 8), 5, np.uint16))
         (o,) = list(c.outcomes())
         assert isinstance(o, Result) and o.data[0, 0] == 5
+
+
+def _rss_mb_and_threads(pid: int) -> tuple[float, int]:
+    status = open(f"/proc/{pid}/status").read().split("\n")
+    fields = dict(line.split(":", 1) for line in status if ":" in line)
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["Threads"])
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/status"), reason="needs /proc")
+def test_refused_messages_leak_neither_memory_nor_threads(own_server, dealer):
+    srv = own_server()
+    sock = dealer(srv.frames)
+    junk = np.zeros((512, 512), np.uint16)  # 512 kB each, sent with a header claiming more
+
+    def burst(n: int, stream: str) -> None:
+        for i in range(n):
+            sock.send_multipart([encode_header(frame(seq=i, shape=(600, 600), stream=stream)), junk])
+        for _ in range(n):
+            assert_refused(sock, "payload_size")
+
+    burst(50, "warm-up")
+    rss0, threads0 = _rss_mb_and_threads(srv.proc.pid)
+    burst(500, "leak")  # 250 MB of refused payload
+    rss1, threads1 = _rss_mb_and_threads(srv.proc.pid)
+    assert threads1 == threads0
+    assert rss1 - rss0 < 40, f"server grew by {rss1 - rss0:.0f} MB"
