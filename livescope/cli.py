@@ -186,7 +186,8 @@ def demo(
     output: Annotated[Path, typer.Option(help="Folder for the raw and restored data.")] = Path("livescope-demo"),
 ) -> None:
     """One command: start a server, acquire on the virtual microscope, restore live, summarise."""
-    from livescope.console import console, print_summary
+    from livescope.acquire.demo import run_demo
+    from livescope.console import acquisition_progress, console, print_summary
     from livescope.launch import ServerLaunchError, spawn_server
 
     console.print("[bold]livescope demo[/]: starting the inference server ...")
@@ -195,23 +196,28 @@ def demo(
     except ServerLaunchError as e:
         fail(str(e))
     try:
-        provider = _control(server.frames, "health")["providers"]
-        gpu = any(p in ("cuda", "tensorrt") for p in provider)
-        size = size or (1024 if gpu else 256)
-        frames = frames or (1000 if gpu else 300)
-        console.print(f"server ready on {server.frames} (provider: {', '.join(provider)}); "
-                      f"virtual microscope, {size}x{size} px, {frames} frames, pipeline: denoise")
+        providers = _control(server.frames, "health")["providers"]
+        gpu = any(p in ("cuda", "tensorrt") for p in providers)
+        size = size or (1024 if gpu else 512)
+        frames = frames or (1500 if gpu else 400)
+        console.print(f"server ready on {server.frames} (provider: {', '.join(providers)}); "
+                      f"virtual microscope: filaments, {size}x{size} px, {frames} frames; "
+                      "pipeline: denoise")
         output.mkdir(parents=True, exist_ok=True)
-        raw = output / "raw.ome.zarr"
-        summary = _acquire(mm_config=None, sequence=None, frames=frames, exposure_ms=None,
-                           server=server.frames, stages=("denoise",), mode="lossless",
-                           output=raw, specimen="filaments", size=size, seed=0)
-        print_summary(summary)
+        with acquisition_progress(frames, "restoring") as bar:
+            report = run_demo(server.frames, frames=frames, size=size, output=output,
+                              progress=bar)
+    except KeyboardInterrupt:
+        fail("interrupted", code=130)
     finally:
-        code = server.stop()
-        if code not in (0, None):
-            console.print(f"[yellow]server exited with {code}[/]")
-    if summary.dropped or summary.errors or summary.results != summary.frames_acquired:
+        server.stop()
+    extra = {}
+    if report.psnr_raw_db is not None:
+        extra["PSNR vs ground truth"] = (f"raw {report.psnr_raw_db:.1f} dB -> restored "
+                                         f"{report.psnr_restored_db:.1f} dB")
+    print_summary(report.summary, extra)
+    s = report.summary
+    if s.dropped or s.errors or s.results != s.frames_acquired:
         fail("not every frame was restored (see the summary above)", code=1)
 
 

@@ -59,6 +59,9 @@ class ModelRepository:
                 continue
             for card_path in sorted(root.glob(f"*/*/{CARD_FILE}")):
                 folder = card_path.parent
+                # Staging folders (".incoming-*", written by training) are not versions yet.
+                if folder.parent.name.startswith(".") or not folder.name.isdigit():
+                    continue
                 where = f"{folder.parent.name}/{folder.name} in {root}"
                 try:
                     card = ModelCard.load(card_path)

@@ -1,0 +1,219 @@
+"""The denoiser: N2V2 UNet, Noise2Void training, ONNX export and publishing a model version."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from livescope.modelcard import CARD_FILE, MODEL_FILE, ModelCard
+from livescope.models import export
+from livescope.models.data import VirtualDenoiseData, virtual_frames
+from livescope.models.n2v import apply_blind_spots, blind_spot_mask, masked_mse, neighbourhood_median
+from livescope.models.repository_write import write_version
+from livescope.models.train_denoise import (
+    DenoiseTrainConfig,
+    psnr_db,
+    train_and_publish,
+    train_denoise,
+)
+from livescope.models.unet import InGraphNormalised, UNet, UNetConfig
+
+SHIPPED = Path(__file__).resolve().parents[1] / "models" / "shipped"
+TINY_DATA = VirtualDenoiseData(
+    specimens=("filaments", "beads"),
+    signal_photons_per_ms=(1.0, 8.0),
+    frames_per_condition=1,
+    sensor_shape_px=(64, 64),
+)
+TINY_TRAINING = DenoiseTrainConfig(base_channels=8, patch_px=32, batch_size=4, steps=3, seed=1)
+
+
+def cpu_session(model: Path | bytes) -> ort.InferenceSession:
+    source = str(model) if isinstance(model, Path) else model
+    return ort.InferenceSession(source, providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory) -> tuple[Path, ModelCard]:
+    """A version written by a training run of a few steps on a few small virtual frames."""
+    repository = tmp_path_factory.mktemp("repository")
+    return train_and_publish(repository, data=TINY_DATA, config=TINY_TRAINING, command="test")
+
+
+# --- the network ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_unet_keeps_the_shape_of_frames_whose_sides_are_multiples_of_2_to_the_depth(depth):
+    net = UNet(UNetConfig(depth=depth, base_channels=4)).eval()
+    m = 2**depth
+    with torch.no_grad():
+        for shape in [(1, 1, m, m), (2, 1, 3 * m, 5 * m), (1, 1, 16 * m, 8 * m)]:
+            assert net(torch.zeros(shape)).shape == shape
+
+
+def test_unet_receptive_field_is_within_the_halo_recorded_for_tiling():
+    config = UNetConfig(depth=2, base_channels=4)
+    x = torch.zeros(1, 1, 128, 128, requires_grad=True)
+    UNet(config)(x)[0, 0, 64, 64].backward()
+    reached = (x.grad[0, 0] != 0).nonzero()
+    assert (reached - 64).abs().max() <= config.halo_px
+
+
+# --- Noise2Void masking --------------------------------------------------------------------
+
+
+def test_blind_spots_are_one_per_box_and_replace_only_masked_pixels_by_their_neighbours_median():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 1, 32, 48, generator=g)
+    mask = blind_spot_mask(x.shape, 8, g)
+    assert mask.view(2, 1, 4, 8, 6, 8).sum(dim=(3, 5)).eq(1).all()
+
+    masked = apply_blind_spots(x, mask, radius_px=2)
+    assert torch.equal(masked[~mask], x[~mask])
+    assert not torch.equal(masked[mask], x[mask])
+    n, _, y, xx = mask.nonzero()[0].tolist()
+    if 2 <= y < 30 and 2 <= xx < 46:  # away from the border: the 24 neighbours, centre excluded
+        window = x[n, 0, y - 2 : y + 3, xx - 2 : xx + 3].flatten()
+        neighbours = torch.cat([window[:12], window[13:]])
+        assert masked[n, 0, y, xx] == neighbours.median()
+    assert torch.equal(neighbourhood_median(x)[mask], masked[mask])
+
+
+def test_n2v_loss_sees_only_the_masked_pixels():
+    g = torch.Generator().manual_seed(1)
+    noisy = torch.randn(1, 1, 16, 16, generator=g)
+    mask = blind_spot_mask(noisy.shape, 4, g)
+    prediction = torch.zeros_like(noisy, requires_grad=True)
+    loss = masked_mse(prediction, noisy, mask)
+    loss.backward()
+    assert torch.isclose(loss, (noisy[mask] ** 2).mean())
+    assert prediction.grad[~mask].eq(0).all() and prediction.grad[mask].ne(0).all()
+    changed = torch.where(mask, prediction, prediction + 100.0)
+    assert torch.isclose(masked_mse(changed, noisy, mask), loss)
+
+
+def test_training_is_reproducible_for_a_seed():
+    frames = np.random.default_rng(0).poisson(50, (2, 32, 32)).astype(np.uint16) + 100
+    config = DenoiseTrainConfig(base_channels=4, patch_px=16, batch_size=2, steps=2, seed=3)
+    a, b = train_denoise(frames, config), train_denoise(frames, config)
+    assert all(torch.equal(p, q) for p, q in zip(a.net.parameters(), b.net.parameters()))
+    assert a.steps == 2 and (a.offset_adu, a.scale_adu) == (b.offset_adu, b.scale_adu)
+
+
+def test_a_time_budgeted_run_is_reproduced_exactly_by_the_step_count_it_reports():
+    frames = np.random.default_rng(0).poisson(50, (2, 32, 32)).astype(np.uint16) + 100
+    small = dict(base_channels=4, patch_px=16, batch_size=2, seed=5)
+    budgeted = train_denoise(frames, DenoiseTrainConfig(budget_seconds=0.5, **small))
+    assert budgeted.steps >= 20  # the warm-up always runs; then as many steps as fit
+    counted = train_denoise(frames, DenoiseTrainConfig(steps=budgeted.steps, **small))
+    assert all(torch.equal(p, q) for p, q in zip(budgeted.net.parameters(), counted.net.parameters()))
+
+
+# --- export and publishing -----------------------------------------------------------------
+
+
+def test_a_tiny_training_run_publishes_an_onnx_with_uint16_input_and_dynamic_n_h_w(published):
+    folder, card = published
+    assert folder.name == "1" and folder.parent.name == "denoise"
+    graph = onnx.load(folder / MODEL_FILE).graph
+    assert [(i.name, i.type.tensor_type.elem_type) for i in graph.input] == [
+        ("raw", onnx.TensorProto.UINT16)
+    ]
+    assert [(o.name, o.type.tensor_type.elem_type) for o in graph.output] == [
+        ("restored", onnx.TensorProto.FLOAT)
+    ]
+    session = cpu_session(folder / MODEL_FILE)
+    m = card.tiling.size_multiple_px
+    for shape in [(1, 1, 16 * m, 16 * m), (3, 1, 5 * m, 9 * m)]:
+        raw = np.random.default_rng(0).integers(90, 400, shape).astype(np.uint16)
+        out = session.run(["restored"], {"raw": raw})[0]
+        assert out.shape == shape and out.dtype == np.float32
+
+
+def test_the_published_card_describes_the_graph_and_where_it_came_from(published):
+    folder, card = published
+    assert ModelCard.load(folder / CARD_FILE) == card
+    assert (card.name, card.version, card.task) == ("denoise", 1, "denoise")
+    assert [(t.name, t.dtype, t.axes) for t in card.inputs] == [("raw", "uint16", "NCYX")]
+    assert [(t.name, t.dtype, t.axes) for t in card.outputs] == [("restored", "float32", "NCYX")]
+    assert card.normalisation.kind == "in_graph" and card.normalisation.scale_adu > 0
+    assert card.tiling.size_multiple_px == 4 and card.tiling.halo_px > 0
+    assert card.provenance.seed == 1 and card.provenance.data_hash.startswith("sha256:")
+    assert {"psnr_noisy_db_at_1_photons_per_ms", "psnr_denoised_db_at_8_photons_per_ms"} <= set(
+        card.metrics
+    )
+    assert sorted(p.name for p in folder.iterdir()) == sorted([CARD_FILE, MODEL_FILE])
+    assert [p.name for p in folder.parent.parent.iterdir()] == ["denoise"]  # no leftovers
+
+
+def test_the_next_version_is_the_largest_existing_one_plus_one(published):
+    folder, card = published
+    repository = folder.parent.parent
+    (repository / "denoise" / "7").mkdir()  # a gap: versions need not be contiguous
+
+    def copy_of_version_1(staging: Path, version: int) -> ModelCard:
+        shutil.copy(folder / MODEL_FILE, staging / MODEL_FILE)
+        return card.model_copy(update={"version": version})
+
+    written, new_card = write_version(repository, "denoise", copy_of_version_1)
+    assert written == repository / "denoise" / "8" and new_card.version == 8
+    assert ModelCard.load(written / CARD_FILE).version == 8
+    shutil.rmtree(written)
+    (repository / "denoise" / "7").rmdir()
+
+
+def test_an_export_that_disagrees_with_torch_writes_nothing(published, tmp_path):
+    folder, card = published
+    proto = onnx.load(folder / MODEL_FILE)
+    other = UNet(UNetConfig(depth=2, base_channels=8))  # not the weights that were exported
+    module = InGraphNormalised(other, card.normalisation.offset_adu, card.normalisation.scale_adu)
+    raw = np.full((1, 1, 32, 32), 150, np.uint16)
+
+    def fill(staging: Path, version: int) -> ModelCard:
+        export.save(proto, staging / MODEL_FILE)
+        export.check_parity(module, proto, raw)
+        raise AssertionError("parity should have failed")
+
+    with pytest.raises(export.ExportError, match="disagree"):
+        write_version(tmp_path, "denoise", fill)
+    assert [p.name for p in tmp_path.iterdir()] == []
+
+
+def test_a_module_that_cannot_be_exported_writes_nothing(tmp_path):
+    class Broken(torch.nn.Module):
+        def forward(self, raw):
+            raise RuntimeError("broken on purpose")
+
+    def fill(staging: Path, version: int) -> ModelCard:
+        export.save(export.to_onnx(Broken(), 4), staging / MODEL_FILE)
+        raise AssertionError("export should have failed")
+
+    with pytest.raises(export.ExportError, match="broken on purpose"):
+        write_version(tmp_path, "denoise", fill)
+    assert [p.name for p in tmp_path.iterdir()] == []
+
+
+# --- the shipped model ---------------------------------------------------------------------
+
+
+def test_the_shipped_denoiser_loads_validates_and_makes_a_virtual_frame_closer_to_clean():
+    folder = SHIPPED / "denoise" / "1"
+    card = ModelCard.load(folder / CARD_FILE)
+    assert card.ref == "denoise@1" and card.task == "denoise"
+    assert (folder / MODEL_FILE).stat().st_size < 5_000_000
+    export.check_contract(onnx.load(folder / MODEL_FILE))
+
+    frames = virtual_frames(
+        VirtualDenoiseData(specimens=("filaments",), signal_photons_per_ms=(2.0,),
+                           frames_per_condition=1, seed=12345)
+    )
+    noisy, clean = frames.noisy_adu[0], frames.clean_adu[0]
+    restored = cpu_session(folder / MODEL_FILE).run(["restored"], {"raw": noisy[None, None]})[0][0, 0]
+    assert psnr_db(restored, clean) > psnr_db(noisy, clean) + 3.0
