@@ -12,6 +12,7 @@ a payload matches its header. ``livescope.transport`` does the sending.
 from __future__ import annotations
 
 import json
+import math
 import re
 from enum import Enum
 from typing import Annotated, Any, Literal, Union
@@ -235,7 +236,7 @@ def decode_header(raw: bytes) -> Header:
 
 
 def expected_nbytes(shape: tuple[int, ...], dtype: str | np.dtype) -> int:
-    return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    return math.prod(shape) * np.dtype(dtype).itemsize
 
 
 def array_from_payload(

@@ -49,7 +49,8 @@ from livescope.transport import recv_parts, send_message
 log = logging.getLogger("livescope.server")
 
 _PIPE = "inproc://livescope-results"
-_REPLY, _PUBLISH = b"R", b"P"  # pipe message kinds: to the sender and PUB, or PUB only
+# Pipe message kinds: a final result (sender + PUB), an intermediate one (PUB), an error (sender).
+_REPLY, _PUBLISH, _ERROR = b"R", b"P", b"E"
 _MAX_STREAMS = 256  # per-stream de-duplication state kept for the most recent streams
 
 
@@ -296,19 +297,23 @@ class InferenceServer:
                                               request_id=request_id), envelope=[identity])
 
     def _forward(self, parts: list[zmq.Frame]) -> None:
-        """A message from the worker: [kind, identity, stream, header, payload?]."""
-        kind, identity, stream, body = parts[0].bytes, parts[1].bytes, parts[2].bytes, parts[3:]
-        if kind == _REPLY:
-            self.router.send_multipart([identity, *body], copy=False)
-            header = decode_header(body[0].bytes)
-            ledger = self._ledger(stream.decode())
-            if isinstance(header, ResultHeader):
-                self._counts["results"] += 1
-                ledger.finish(header.seq, body, self.config.result_cache_per_stream)
-            else:  # an error for this frame
-                self._counts["errors"] += 1
-                ledger.finish(header.seq, None, 0)
-                return
+        """A message from the worker: [kind, identity, stream, seq, header, payload?].
+
+        The envelope says what the header holds, so results need not be parsed again here.
+        """
+        kind, identity, stream = parts[0].bytes, parts[1].bytes, parts[2].bytes
+        seq, body = int(parts[3].bytes), parts[4:]
+        if kind == _PUBLISH:
+            self.pub.send_multipart([stream, *body], copy=False)
+            return
+        self.router.send_multipart([identity, *body], copy=False)
+        ledger = self._ledger(stream.decode())
+        if kind == _ERROR:
+            self._counts["errors"] += 1
+            ledger.finish(seq, None, 0)
+            return
+        self._counts["results"] += 1
+        ledger.finish(seq, body, self.config.result_cache_per_stream)
         self.pub.send_multipart([stream, *body], copy=False)
 
     # -- control -------------------------------------------------------------------------------
@@ -390,7 +395,7 @@ class InferenceServer:
             self.metrics.errors.labels(ErrorCode.inference_failed.value).inc()
             err = ErrorHeader(code=ErrorCode.inference_failed, stream=h.stream, seq=h.seq,
                               message=f"{job.stages[len(outputs)].ref} failed: {e}")
-            send_message(pipe, err, envelope=[_REPLY, job.identity, topic])
+            send_message(pipe, err, envelope=[_ERROR, job.identity, topic, b"%d" % h.seq])
             return
         t_done = time.perf_counter()
         latency = Latency(queue_ms=(t_start - job.t_received) * 1e3,
@@ -405,5 +410,5 @@ class InferenceServer:
                                   pixel_size_um=h.pixel_size_um, z_um=h.z_um,
                                   event_index=h.event_index, t_sent_ns=h.t_sent_ns, latency=latency)
             self.metrics.results.labels(model.ref).inc()
-            send_message(pipe, result, image,
-                         envelope=[_REPLY if final else _PUBLISH, job.identity, topic])
+            send_message(pipe, result, image, envelope=[_REPLY if final else _PUBLISH,
+                                                        job.identity, topic, b"%d" % h.seq])
