@@ -68,7 +68,7 @@ def run_acquisition(
     mode: DeliveryMode = "lossless",
     output: Path | None = None,
     stream: str | None = None,
-    max_in_flight: int = 4,
+    max_in_flight: int = 2,
     progress: Callable[[AcquisitionProgress], None] | None = None,
     connect_timeout_s: float = 5.0,
 ) -> AcquisitionSummary:

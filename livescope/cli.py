@@ -106,9 +106,14 @@ def acquire(
     frames: Annotated[Optional[int], typer.Option(help="Acquire N frames (a time series).")] = None,
     exposure_ms: Annotated[Optional[float], typer.Option(help="Camera exposure, ms.")] = None,
     server: Annotated[Optional[str], typer.Option(
-        help="Restore live on this server; without it, only acquire (and save).")] = None,
-    pipeline: Annotated[str, typer.Option(help="Stages, comma-separated, e.g. denoise.")] = "denoise",
+        help="Restore live on this server. Without it and without --pipeline: only acquire.")] = None,
+    pipeline: Annotated[Optional[str], typer.Option(
+        help="Stages, comma-separated (default denoise); implies the default server "
+             "tcp://127.0.0.1:5760 when --server is not given.")] = None,
     mode: Annotated[str, typer.Option(help="lossless (every frame) or latest (live view).")] = "lossless",
+    in_flight: Annotated[int, typer.Option(
+        min=1, help="Frames on their way to the server at once: 2 keeps it busy at least "
+                    "latency; raise it for fast models on slow links.")] = 2,
     output: Annotated[Optional[Path], typer.Option(
         help="Save raw frames to PATH.ome.zarr or PATH.ome.tiff (restored: PATH.<stage>.ome.*).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
@@ -121,13 +126,16 @@ def acquire(
         fail(f"--mode must be lossless or latest, not {mode!r}")
     if specimen not in SPECIMENS:
         fail(f"--specimen must be one of {', '.join(SPECIMENS)}, not {specimen!r}")
-    stages = tuple(s.strip() for s in pipeline.split(",") if s.strip())
-    if server is not None and not stages:
+    stages = tuple(s.strip() for s in (pipeline or "denoise").split(",") if s.strip())
+    if not stages:
         fail("--pipeline names no stage")
+    if server is None and pipeline is not None:
+        server = "tcp://127.0.0.1:5760"
     _check_output(output, overwrite, stages)
     summary = _acquire(mm_config=mm_config, sequence=sequence, frames=frames,
                        exposure_ms=exposure_ms, server=server, stages=stages, mode=mode,
-                       output=output, specimen=specimen, size=size, seed=seed)
+                       output=output, specimen=specimen, size=size, seed=seed,
+                       in_flight=in_flight)
     from livescope.console import print_summary
 
     print_summary(summary)
@@ -147,7 +155,7 @@ def _check_output(output: Path | None, overwrite: bool, stages: tuple[str, ...])
 
 
 def _acquire(*, mm_config, sequence, frames, exposure_ms, server, stages, mode, output,
-             specimen="filaments", size=512, seed=0, rig=None):
+             specimen="filaments", size=512, seed=0, in_flight=2):
     from livescope.acquire.microscope import MicroscopeError, open_microscope
     from livescope.acquire.run import run_acquisition
     from livescope.acquire.sequence import SequenceError, load_sequence
@@ -161,7 +169,8 @@ def _acquire(*, mm_config, sequence, frames, exposure_ms, server, stages, mode, 
         seq = load_sequence(sequence, frames=frames, exposure_ms=exposure_ms)
     except SequenceError as e:
         fail(str(e))
-    if rig is None and mm_config is None:
+    rig = None
+    if mm_config is None:
         rig = VirtualRigConfig(sensor_shape_px=(size, size), specimen=specimen, seed=seed)
     try:
         core = open_microscope(mm_config, rig=rig)
@@ -171,7 +180,8 @@ def _acquire(*, mm_config, sequence, frames, exposure_ms, server, stages, mode, 
     try:
         with acquisition_progress(total, "acquiring" if server is None else "restoring") as bar:
             return run_acquisition(core, seq, server=server, pipeline=stages or ("denoise",),
-                                   mode=mode, output=output, progress=bar)
+                                   mode=mode, output=output, progress=bar,
+                                   max_in_flight=in_flight)
     except ServerUnreachableError as e:
         fail(f"{e} (start one with `livescope serve`)")
     except KeyboardInterrupt:

@@ -101,3 +101,12 @@ def test_the_cli_refuses_to_serve_on_an_address_in_use(server):
     r = cli("serve", "--frames", server.frames, "--results", "tcp://127.0.0.1:0",
             "--metrics-port", "0")
     assert_one_line_error(r, "already in use")
+
+
+def test_asking_for_a_pipeline_without_a_server_uses_the_default_server_address():
+    r = cli("acquire", "--frames", "2", "--size", "32", "--pipeline", "denoise")
+    # Nothing listens on the default port in the test environment: the error names it.
+    if r.returncode == 0:  # a real server happens to run on this machine
+        assert "restored" in r.stdout
+    else:
+        assert_one_line_error(r, "tcp://127.0.0.1:5760")
