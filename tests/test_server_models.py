@@ -1,0 +1,75 @@
+"""The server with models from a user repository, and its queue's scheduling rules."""
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from livescope.client import Refusal, Result, StreamClient
+from livescope.modelcard import ModelCard, Provenance, TensorSpec
+from livescope.protocol import FrameHeader
+from livescope.server.queue import Job, QueueFullError, WorkQueue
+
+
+def write_tiling_only_model(repo):
+    """uint16 -> uint16 that reshapes into 64x64 tiles: runs on 64x64 frames, raises on 8x8."""
+    dims = ["N", 1, "H", "W"]
+    shape = helper.make_tensor("tile", TensorProto.INT64, [4], [-1, 1, 64, 64])
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["raw", "tile"], ["restored"])], "tiles",
+        [helper.make_tensor_value_info("raw", TensorProto.UINT16, dims)],
+        [helper.make_tensor_value_info("restored", TensorProto.UINT16, dims)], [shape])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 10
+    folder = repo / "tiles" / "1"
+    folder.mkdir(parents=True)
+    onnx.save(model, folder / "model.onnx")
+    ModelCard(name="tiles", version=1, task="restore",
+              inputs=(TensorSpec(name="raw", dtype="uint16", axes="NCYX"),),
+              outputs=(TensorSpec(name="restored", dtype="uint16", axes="NCYX"),),
+              normalisation={"kind": "none"},
+              provenance=Provenance(command="tests", code_version="0", data="none")
+              ).dump(folder / "card.yaml")
+
+
+def test_a_model_failing_on_one_frame_fails_that_frame_only(own_server, tmp_path):
+    write_tiling_only_model(tmp_path)
+    srv = own_server("--models", str(tmp_path))
+    with StreamClient(srv.frames, pipeline=["tiles"]) as c:
+        c.connect()
+        c.submit(np.zeros((8, 8), np.uint16))      # the model raises
+        c.submit(np.full((64, 64), 2, np.uint16))  # and still serves the next frame
+        bad, good = list(c.outcomes())
+    assert isinstance(bad, Refusal) and bad.reason == "inference_failed"
+    assert "tiles@1" in bad.message
+    assert isinstance(good, Result) and good.data[0, 0] == 2
+
+
+def job(stream: str, seq: int, mode: str = "lossless") -> Job:
+    h = FrameHeader(stream=stream, seq=seq, shape=(2, 2), pipeline=("identity",), mode=mode)
+    return Job(b"id", h, np.zeros((2, 2), np.uint16), stages=[])
+
+
+def test_the_queue_keeps_each_stream_in_order_and_serves_streams_in_turn():
+    q = WorkQueue(max_jobs=10)
+    for j in (job("a", 0), job("a", 1), job("a", 2), job("b", 0), job("b", 1)):
+        q.put(j)
+    order = [(j.header.stream, j.header.seq) for j in iter(lambda: q.take(0.01), None)]
+    assert order == [("a", 0), ("b", 0), ("a", 1), ("b", 1), ("a", 2)]
+
+
+def test_a_latest_frame_supersedes_the_waiting_frames_of_its_stream_only():
+    q = WorkQueue(max_jobs=10)
+    q.put(job("live", 0, "latest"))
+    q.put(job("rec", 0))
+    dropped = q.put(job("live", 1, "latest"))
+    assert [(j.header.stream, j.header.seq) for j in dropped] == [("live", 0)]
+    assert len(q) == 2
+
+
+def test_a_full_queue_refuses_instead_of_growing():
+    q = WorkQueue(max_jobs=2)
+    q.put(job("a", 0))
+    q.put(job("a", 1))
+    with pytest.raises(QueueFullError):
+        q.put(job("a", 2))
