@@ -3,7 +3,9 @@
 Both sides move the same bytes the same way: each uint16 frame goes to another process and
 comes back whole, with the same window of frames in flight. livescope runs its real server
 (`livescope serve`, identity model on onnxruntime, headers validated, results published);
-the baseline is a PUSH/PULL echo process. Runs alternate (A B A B ...) and medians are
+the baseline is a PUSH/PULL echo process. The server's mean model run time is reported next
+to the difference in ms per frame: the identity model really copies the frame, which the
+echo never does. Runs alternate (A B A B ...) and medians are
 compared, so drifting machine load hits both alike. Prints JSON.
 
     python bench/transport.py [--sizes 512 2048] [--repeats 5] [--seconds 2]
@@ -89,9 +91,13 @@ def main() -> None:
             livescope_fps(frame, 20, client)
             n = max(20, int(probe * args.seconds))
             bare, ours = [], []
+            before = client.control("stats")["inference"].get("identity@1", {"frames": 0, "mean_ms": 0})
             for _ in range(args.repeats):
                 bare.append(bare_fps(frame, n, push, pull))
                 ours.append(livescope_fps(frame, n, client))
+            after = client.control("stats")["inference"]["identity@1"]
+            model_ms = ((after["mean_ms"] * after["frames"] - before["mean_ms"] * before["frames"])
+                        / (after["frames"] - before["frames"]))
             report["sizes"][f"{size}x{size}"] = {
                 "frames_per_run": n,
                 "bare_pyzmq_fps": round(median(bare), 1),
@@ -99,6 +105,10 @@ def main() -> None:
                 "bare_pyzmq_MBps": round(median(bare) * mb, 1),
                 "livescope_MBps": round(median(ours) * mb, 1),
                 "ratio": round(median(ours) / median(bare), 3),
+                # The identity model's own run inside the server (a real onnxruntime copy of the
+                # frame), which the bare echo does not do; compare with the difference in ms/frame.
+                "server_model_run_ms_mean": round(model_ms, 3),
+                "ms_per_frame_difference": round(1e3 / median(ours) - 1e3 / median(bare), 3),
                 "ratio_per_repeat": [round(o / b, 3) for o, b in zip(ours, bare)],
             }
         client.close()

@@ -93,6 +93,9 @@ class InferenceServer:
         self._counts: dict[str, int] = {"frames": 0, "results": 0, "errors": 0, "dropped": 0,
                                         "duplicates": 0}
         self._started = time.monotonic()
+        # model ref -> [frames, seconds]: written by the worker, read by the stats command
+        self._inference: dict[str, list[float]] = {}
+        self._inference_lock = threading.Lock()
         self._curve: CurveServer | None = None
         self._worker: threading.Thread | None = None
         self.router: zmq.Socket | None = None
@@ -346,8 +349,11 @@ class InferenceServer:
                 "uptime_s": round(time.monotonic() - self._started, 3)}
 
     def _cmd_stats(self) -> dict:
+        with self._inference_lock:
+            inference = {ref: {"frames": int(n), "mean_ms": round(1e3 * t / n, 3)}
+                         for ref, (n, t) in self._inference.items()}
         return {**self._counts, "queue_depth": len(self.queue), "streams": len(self._ledgers),
-                "uptime_s": round(time.monotonic() - self._started, 3)}
+                "uptime_s": round(time.monotonic() - self._started, 3), "inference": inference}
 
     def _cmd_list_models(self) -> dict:
         loaded = {m.ref: m for m in self.registry.loaded()}
@@ -388,7 +394,12 @@ class InferenceServer:
             for model in job.stages:
                 t0 = time.perf_counter()
                 x = model.run(x)
-                self.metrics.inference.labels(model.ref).observe(time.perf_counter() - t0)
+                dt = time.perf_counter() - t0
+                self.metrics.inference.labels(model.ref).observe(dt)
+                with self._inference_lock:
+                    acc = self._inference.setdefault(model.ref, [0, 0.0])
+                    acc[0] += 1
+                    acc[1] += dt
                 outputs.append((model, x))
         except Exception as e:  # any failure inside a model is this frame's error, not ours
             log.warning("inference failed on %s seq %d: %s", h.stream, h.seq, e)
