@@ -91,12 +91,14 @@ def main() -> None:
             livescope_fps(frame, 20, client)
             n = max(20, int(probe * args.seconds))
             bare, ours = [], []
-            before = client.control("stats")["inference"].get("identity@1", {"frames": 0, "mean_ms": 0})
+            before = client.control("stats")["inference"].get(
+                "identity@1", {"frames": 0, "mean_ms_per_frame": 0})
             for _ in range(args.repeats):
                 bare.append(bare_fps(frame, n, push, pull))
                 ours.append(livescope_fps(frame, n, client))
             after = client.control("stats")["inference"]["identity@1"]
-            model_ms = ((after["mean_ms"] * after["frames"] - before["mean_ms"] * before["frames"])
+            model_ms = ((after["mean_ms_per_frame"] * after["frames"]
+                         - before["mean_ms_per_frame"] * before["frames"])
                         / (after["frames"] - before["frames"]))
             report["sizes"][f"{size}x{size}"] = {
                 "frames_per_run": n,

@@ -60,6 +60,9 @@ def serve(
     provider: Annotated[Optional[str], typer.Option(help="tensorrt, cuda or cpu; default: probe.")] = None,
     threads: Annotated[Optional[int], typer.Option(help="onnxruntime intra-op threads.")] = None,
     max_frame_mb: Annotated[float, typer.Option(help="Largest frame accepted, MiB.")] = 64.0,
+    batch_max_frames: Annotated[int, typer.Option(min=1, help="Micro-batch size limit.")] = 8,
+    batch_wait_ms: Annotated[float, typer.Option(
+        min=0, help="Wait this long for more frames to batch; 0 batches what is waiting.")] = 0.0,
     curve_secret: Annotated[Optional[Path], typer.Option(help="Server secret key (.key_secret).")] = None,
     allow: Annotated[Optional[Path], typer.Option(help="Folder of allowed client public keys.")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning.")] = "info",
@@ -79,6 +82,7 @@ def serve(
             frames_address=frames, results_address=results, metrics_port=metrics_port or None,
             model_dirs=(models or _default_models_dir(),), provider=provider,
             intra_op_threads=threads, max_frame_bytes=int(max_frame_mb * 2**20),
+            batch_max_frames=batch_max_frames, batch_wait_ms=batch_wait_ms,
             curve_secret_key=curve_secret, curve_allowed_clients=allow)
     except ValidationError as e:
         fail(e.errors()[0]["msg"].removeprefix("Value error, "))
@@ -296,13 +300,13 @@ def keys_generate(
 # -- status and models ---------------------------------------------------------------------------
 
 
-def _control(server: str, command: str, **args: object) -> dict:
+def _control(server: str, command: str, *, timeout_s: float = 5.0, **args: object) -> dict:
     from livescope.client import ControlError, ServerUnreachableError, StreamClient
 
     client = StreamClient(server)
     try:
         client.connect(timeout_s=3.0)
-        return client.control(command, **args)
+        return client.control(command, timeout_s=timeout_s, **args)
     except ServerUnreachableError as e:
         fail(str(e))
     except ControlError as e:
@@ -343,6 +347,42 @@ def models_list(server: ServerOpt = "tcp://127.0.0.1:5760") -> None:
         table.add_row(f"{m['name']}@{m['version']}", m["task"], "yes" if m["active"] else "",
                       "yes" if m["loaded"] else "", m["provider"] or "", metrics)
     Console().print(table)
+    for problem in data["problems"]:
+        typer.echo(f"warning: {problem}", err=True)
+
+
+ModelRefArg = Annotated[str, typer.Argument(help="NAME@VERSION, e.g. denoise@2.")]
+
+
+@models_app.command("activate")
+def models_activate(model: ModelRefArg, server: ServerOpt = "tcp://127.0.0.1:5760") -> None:
+    """Load a version completely, then switch its stage to it atomically (hot-swap).
+
+    Frames already on their way finish on the version they started with; if loading fails, the
+    active version stays in service."""
+    data = _control(server, "activate", timeout_s=300.0, model=model)
+    typer.echo(f"active: {data['active']} (was {data['previous']})")
+
+
+@models_app.command("load")
+def models_load(model: ModelRefArg, server: ServerOpt = "tcp://127.0.0.1:5760") -> None:
+    """Load a version (warm it up) without activating it."""
+    data = _control(server, "load", timeout_s=300.0, model=model)
+    typer.echo(f"loaded {data['model']} on {data['provider']} in {data['load_s']:.2f} s")
+
+
+@models_app.command("unload")
+def models_unload(model: ModelRefArg, server: ServerOpt = "tcp://127.0.0.1:5760") -> None:
+    """Free a loaded version that is not active."""
+    typer.echo(f"unloaded {_control(server, 'unload', model=model)['unloaded']}")
+
+
+@models_app.command("rescan")
+def models_rescan(server: ServerOpt = "tcp://127.0.0.1:5760") -> None:
+    """Re-read the model repositories (new versions become loadable; nothing is activated)."""
+    data = _control(server, "rescan")
+    for name, versions in data["models"].items():
+        typer.echo(f"{name}: versions {', '.join(map(str, versions))}")
     for problem in data["problems"]:
         typer.echo(f"warning: {problem}", err=True)
 

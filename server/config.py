@@ -18,6 +18,9 @@ class ServerConfig(BaseModel):
     model_dirs: tuple[Path, ...] = Field(default=(), description="searched after the shipped models")
     max_frame_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     max_queued_frames: int = Field(default=256, ge=1)
+    batch_max_frames: int = Field(default=8, ge=1, description="micro-batch size limit")
+    batch_wait_ms: float = Field(
+        default=0.0, ge=0, description="wait for more frames to batch; 0 = batch what waits")
     result_cache_per_stream: int = Field(
         default=32, ge=0, description="final results kept to answer resent duplicates")
     provider: str | None = Field(default=None, description="tensorrt|cuda|cpu; None = probe")

@@ -18,10 +18,12 @@ class ServerMetrics:
                                ["reason"], registry=r)
         self.duplicates = Counter("livescope_frames_duplicate", "Resent frames de-duplicated",
                                   registry=r)
-        self.inference = Histogram("livescope_inference_seconds", "Inference time per frame",
+        self.inference = Histogram("livescope_inference_seconds", "Inference time per batch",
                                    ["model"], buckets=_LATENCY_BUCKETS_S, registry=r)
         self.total = Histogram("livescope_server_latency_seconds", "Receipt to result",
                                buckets=_LATENCY_BUCKETS_S, registry=r)
+        self.batch_size = Histogram("livescope_batch_frames", "Frames per micro-batch",
+                                    buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
         self.queue_depth = Gauge("livescope_queue_depth", "Frames waiting for inference", registry=r)
         self.provider = Gauge("livescope_execution_provider", "1 for the provider in use",
                               ["model", "provider"], registry=r)

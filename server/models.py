@@ -14,6 +14,7 @@ import numpy as np
 import onnxruntime as ort
 
 from livescope.modelcard import ModelCard
+from livescope.protocol import split_stage
 from livescope.server.buffers import BufferPool
 from livescope.server.providers import create_session
 from livescope.server.repository import ModelRepository, ModelVersion, UnknownModelError
@@ -107,8 +108,10 @@ class LoadedModel:
 class ModelRegistry:
     """The models the server can run: loaded sessions and the active version of each name.
 
-    Thread-safe: the I/O thread resolves stages, the worker runs them, control requests load
-    and activate versions.
+    Thread-safe. The I/O thread resolves stage names to versions (cheap, never loads); the
+    worker and control requests load versions (slow, outside the lock). A name's active version
+    is pinned when first used (its newest then) and changes only through ``activate``, so new
+    versions appearing in the repository never swap a model implicitly.
     """
 
     repository: ModelRepository
@@ -116,36 +119,76 @@ class ModelRegistry:
     intra_op_threads: int | None = None
     _loaded: dict[str, LoadedModel] = field(default_factory=dict)
     _active: dict[str, int] = field(default_factory=dict)
-    _lock: threading.RLock = field(default_factory=threading.RLock)
+    _loading: dict[str, threading.Lock] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def resolve(self, stage: str) -> ModelVersion:
-        """The version a stage name ('denoise' or 'denoise@2') runs, without loading it."""
-        from livescope.protocol import split_stage
-
+        """The version a stage ('denoise' = the active version, or 'denoise@2') runs."""
         name, version = split_stage(stage)
         with self._lock:
             if version is None:
                 version = self._active.get(name)
-            return self.repository.resolve(name, version)
+            resolved = self.repository.resolve(name, version)
+            self._active.setdefault(name, resolved.card.version)
+            return resolved
 
-    def get(self, stage: str) -> LoadedModel:
-        version = self.resolve(stage)
+    def active(self, name: str) -> int | None:
+        with self._lock:
+            return self._active.get(name)
+
+    def load(self, version: ModelVersion) -> LoadedModel:
+        """The loaded model of a version, loading it now if needed (may take seconds)."""
         with self._lock:
             model = self._loaded.get(version.ref)
-            if model is None:
-                model = LoadedModel.load(version, provider=self.provider,
-                                         intra_op_threads=self.intra_op_threads)
+            if model is not None:
+                return model
+            ref_lock = self._loading.setdefault(version.ref, threading.Lock())
+        with ref_lock:  # one load per version, however many ask at once
+            with self._lock:
+                if version.ref in self._loaded:
+                    return self._loaded[version.ref]
+            model = LoadedModel.load(version, provider=self.provider,
+                                     intra_op_threads=self.intra_op_threads)
+            with self._lock:
                 self._loaded[version.ref] = model
             return model
 
+    def activate(self, ref: str) -> LoadedModel:
+        """Load ``name@version`` completely, then make it the active version atomically.
+
+        Frames already resolved keep the version they were resolved to; if loading fails, the
+        previous active version stays in service.
+        """
+        name, version = split_stage(ref)
+        model = self.load(self.repository.resolve(name, version))
+        with self._lock:
+            self._active[name] = model.card.version
+        return model
+
+    def unload(self, ref: str) -> None:
+        name, version = split_stage(ref)
+        if version is None:
+            raise ValueError(f"unload needs NAME@VERSION, got {ref!r}")
+        with self._lock:
+            if self._active.get(name) == version:
+                raise ValueError(f"{ref} is active; activate another version of {name} first")
+            if self._loaded.pop(ref, None) is None:
+                raise ValueError(f"{ref} is not loaded")
+
     def preload(self) -> list[str]:
-        """Load the newest version of every model; return problems instead of raising."""
+        """Activate, for every name, the newest version that loads; return the problems.
+
+        A broken new version (corrupt graph, card that disagrees) must not take its stage out
+        of service: the next older one that loads is served instead, and the problem reported.
+        """
         problems = []
         for name in self.repository.names():
-            try:
-                self.get(name)
-            except (ModelLoadError, UnknownModelError) as e:
-                problems.append(str(e))
+            for version in reversed(self.repository.versions(name)):
+                try:
+                    self.activate(version.ref)
+                    break
+                except (ModelLoadError, UnknownModelError) as e:
+                    problems.append(str(e))
         return problems
 
     def loaded(self) -> list[LoadedModel]:

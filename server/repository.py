@@ -75,6 +75,11 @@ class ModelRepository:
                     problems.append(f"{where}: {MODEL_FILE} missing")
                     continue
                 versions.setdefault(card.name, {})[card.version] = ModelVersion(card, folder)
+            for onnx_path in sorted(root.glob(f"*/*/{MODEL_FILE}")):
+                folder = onnx_path.parent
+                if not folder.parent.name.startswith(".") and not (folder / CARD_FILE).is_file():
+                    problems.append(f"{folder.parent.name}/{folder.name} in {root}: {CARD_FILE} "
+                                    "missing; a model without its card is not served")
         for p in problems:
             log.warning("model repository: %s", p)
         self._versions, self.problems = versions, problems

@@ -19,6 +19,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
+from queue import SimpleQueue
 
 import numpy as np
 import zmq
@@ -35,22 +36,30 @@ from livescope.protocol import (
     ResultHeader,
     array_from_payload,
     decode_header,
-    encode_header,
     expected_nbytes,
+    split_stage,
 )
 from livescope.security import CurveServer
 from livescope.server.config import ServerConfig
 from livescope.server.metrics import ServerMetrics
 from livescope.server.models import LoadedModel, ModelLoadError, ModelRegistry
 from livescope.server.queue import Job, QueueFullError, WorkQueue
-from livescope.server.repository import ModelRepository, UnknownModelError, shipped_models_root
+from livescope.server.repository import (
+    ModelRepository,
+    ModelVersion,
+    UnknownModelError,
+    shipped_models_root,
+)
 from livescope.transport import recv_parts, send_message
 
 log = logging.getLogger("livescope.server")
 
 _PIPE = "inproc://livescope-results"
-# Pipe message kinds: a final result (sender + PUB), an intermediate one (PUB), an error (sender).
-_REPLY, _PUBLISH, _ERROR = b"R", b"P", b"E"
+# Pipe message kinds: a final result (sender + PUB), an intermediate one (PUB), an error
+# (sender), a control reply (sender).
+_REPLY, _PUBLISH, _ERROR, _CONTROL = b"R", b"P", b"E", b"C"
+# Control commands that may take seconds (loading a model) run on the control thread.
+_SLOW_COMMANDS = frozenset({"load", "activate", "unload", "rescan"})
 _MAX_STREAMS = 256  # per-stream de-duplication state kept for the most recent streams
 
 
@@ -98,6 +107,10 @@ class InferenceServer:
         self._inference_lock = threading.Lock()
         self._curve: CurveServer | None = None
         self._worker: threading.Thread | None = None
+        self._control_requests: SimpleQueue = SimpleQueue()
+        self._load_problems: list[str] = []
+        self._control_thread = threading.Thread(target=self._control_loop,
+                                                name="livescope-control", daemon=True)
         self.router: zmq.Socket | None = None
 
     # -- start and stop ------------------------------------------------------------------------
@@ -122,10 +135,12 @@ class InferenceServer:
                     f"metrics port {self.config.metrics_port} is unavailable ({e.strerror}); "
                     "choose another with --metrics-port") from None
         if self.config.preload:  # after binding, so a taken address fails fast
-            for problem in self.registry.preload():
+            self._load_problems = self.registry.preload()
+            for problem in self._load_problems:
                 log.warning("%s", problem)
         self._worker = threading.Thread(target=self._work, name="livescope-worker", daemon=True)
         self._worker.start()
+        self._control_thread.start()
         log.info("serving frames on %s, results on %s", self.config.frames_address,
                  self.config.results_address)
 
@@ -184,6 +199,8 @@ class InferenceServer:
                 log.info("stopping: finishing %d queued frames", len(self.queue))
             if draining and not self._worker.is_alive() and not events:
                 break
+        self._control_requests.put(None)
+        self._control_thread.join(timeout=10)
         self.close()
         log.info("stopped")
 
@@ -232,13 +249,13 @@ class InferenceServer:
             self._duplicate(identity, header, ledger)
             return
         try:
-            stages = [self.registry.get(stage) for stage in header.pipeline]
+            stages = [self.registry.resolve(stage) for stage in header.pipeline]
             self._check_stage_dtypes(header, stages)
         except UnknownModelError as e:
             code = ErrorCode.unknown_model if "@" in str(e) else ErrorCode.unknown_pipeline
             self._error(identity, code, str(e), stream=stream, seq=seq)
             return
-        except (ModelLoadError, ValueError) as e:
+        except ValueError as e:
             self._error(identity, ErrorCode.unknown_model, str(e), stream=stream, seq=seq)
             return
         job = Job(identity, header, image, stages, payload=payload[0])
@@ -260,13 +277,13 @@ class InferenceServer:
                          envelope=[old.identity])
 
     @staticmethod
-    def _check_stage_dtypes(header: FrameHeader, stages: list[LoadedModel]) -> None:
+    def _check_stage_dtypes(header: FrameHeader, stages: list[ModelVersion]) -> None:
         dtype = header.dtype
-        for model in stages:
-            want = model.card.inputs[0].dtype
+        for version in stages:
+            want = version.card.inputs[0].dtype
             if want != dtype:
-                raise ValueError(f"stage {model.ref} takes {want} but receives {dtype}")
-            dtype = model.card.outputs[0].dtype
+                raise ValueError(f"stage {version.ref} takes {want} but receives {dtype}")
+            dtype = version.card.outputs[0].dtype
 
     def _duplicate(self, identity: bytes, header: FrameHeader, ledger: _StreamLedger) -> None:
         self._counts["duplicates"] += 1
@@ -309,6 +326,9 @@ class InferenceServer:
         if kind == _PUBLISH:
             self.pub.send_multipart([stream, *body], copy=False)
             return
+        if kind == _CONTROL:
+            self.router.send_multipart([identity, *body], copy=False)
+            return
         self.router.send_multipart([identity, *body], copy=False)
         ledger = self._ledger(stream.decode())
         if kind == _ERROR:
@@ -322,17 +342,32 @@ class InferenceServer:
     # -- control -------------------------------------------------------------------------------
 
     def _control(self, identity: bytes, req: ControlRequest) -> None:
+        if req.command in _SLOW_COMMANDS:
+            self._control_requests.put((identity, req))
+            return
+        send_message(self.router, self._execute(req), envelope=[identity])
+
+    def _execute(self, req: ControlRequest) -> ControlReply:
         handler = getattr(self, f"_cmd_{req.command}", None)
         if handler is None:
-            reply = ControlReply(request_id=req.request_id, ok=False,
-                                 error=f"unknown command {req.command!r}; commands: "
-                                       f"{', '.join(self.commands())}")
-        else:
-            try:
-                reply = ControlReply(request_id=req.request_id, ok=True, data=handler(**req.args))
-            except (TypeError, ValueError, LookupError, ModelLoadError) as e:
-                reply = ControlReply(request_id=req.request_id, ok=False, error=str(e))
-        send_message(self.router, reply, envelope=[identity])
+            return ControlReply(request_id=req.request_id, ok=False,
+                                error=f"unknown command {req.command!r}; commands: "
+                                      f"{', '.join(self.commands())}")
+        try:
+            return ControlReply(request_id=req.request_id, ok=True, data=handler(**req.args))
+        except (TypeError, ValueError, LookupError, ModelLoadError) as e:
+            return ControlReply(request_id=req.request_id, ok=False, error=str(e))
+
+    def _control_loop(self) -> None:
+        """The control thread: slow commands, answered through the pipe."""
+        pipe = self.ctx.socket(zmq.PUSH)
+        pipe.connect(_PIPE)
+        try:
+            while (item := self._control_requests.get()) is not None:
+                identity, req = item
+                send_message(pipe, self._execute(req), envelope=[_CONTROL, identity, b"", b"0"])
+        finally:
+            pipe.close(linger=-1)
 
     def commands(self) -> list[str]:
         return sorted(n[5:] for n in dir(self) if n.startswith("_cmd_"))
@@ -350,7 +385,7 @@ class InferenceServer:
 
     def _cmd_stats(self) -> dict:
         with self._inference_lock:
-            inference = {ref: {"frames": int(n), "mean_ms": round(1e3 * t / n, 3)}
+            inference = {ref: {"frames": int(n), "mean_ms_per_frame": round(1e3 * t / n, 3)}
                          for ref, (n, t) in self._inference.items()}
         return {**self._counts, "queue_depth": len(self.queue), "streams": len(self._ledgers),
                 "uptime_s": round(time.monotonic() - self._started, 3), "inference": inference}
@@ -359,14 +394,39 @@ class InferenceServer:
         loaded = {m.ref: m for m in self.registry.loaded()}
         models = []
         for name in self.repository.names():
-            active = self.registry.resolve(name).card.version
+            active = self.registry.active(name) or self.registry.resolve(name).card.version
             for v in self.repository.versions(name):
                 models.append({"name": name, "version": v.card.version, "task": v.card.task,
                                "active": v.card.version == active, "loaded": v.ref in loaded,
                                "provider": loaded[v.ref].provider if v.ref in loaded else None,
                                "metrics": v.card.metrics,
                                "trained_by": v.card.provenance.command})
-        return {"models": models, "problems": self.repository.problems}
+        return {"models": models, "problems": self.repository.problems + self._load_problems}
+
+    def _cmd_load(self, model: str) -> dict:
+        name, version = split_stage(model)
+        loaded = self.registry.load(self.repository.resolve(name, version))
+        self.metrics.provider.labels(loaded.ref, loaded.provider).set(1)
+        return {"model": loaded.ref, "provider": loaded.provider,
+                "load_s": round(loaded.load_seconds, 3)}
+
+    def _cmd_activate(self, model: str) -> dict:
+        name, _ = split_stage(model)
+        previous = self.registry.active(name)
+        loaded = self.registry.activate(model)
+        self.metrics.provider.labels(loaded.ref, loaded.provider).set(1)
+        log.info("activated %s (was %s@%s)", loaded.ref, name, previous)
+        return {"active": loaded.ref, "previous": f"{name}@{previous}" if previous else None}
+
+    def _cmd_unload(self, model: str) -> dict:
+        self.registry.unload(model)
+        return {"unloaded": model}
+
+    def _cmd_rescan(self) -> dict:
+        self.repository.rescan()
+        return {"models": {n: [v.card.version for v in self.repository.versions(n)]
+                           for n in self.repository.names()},
+                "problems": self.repository.problems}
 
     # -- the worker ----------------------------------------------------------------------------
 
@@ -375,51 +435,63 @@ class InferenceServer:
         pipe.connect(_PIPE)
         try:
             while True:
-                job = self.queue.take(timeout_s=0.2)
-                if job is None:
+                jobs = self.queue.take_batch(self.config.batch_max_frames, timeout_s=0.2,
+                                             wait_s=self.config.batch_wait_ms / 1e3)
+                if not jobs:
                     if self._stop.is_set() and len(self.queue) == 0:
                         return
                     continue
-                self._run_job(job, pipe)
+                self._run_batch(jobs, pipe)
         finally:
             pipe.close(linger=-1)
 
-    def _run_job(self, job: Job, pipe: zmq.Socket) -> None:
-        h = job.header
-        topic = h.stream.encode()
+    def _run_batch(self, jobs: list[Job], pipe: zmq.Socket) -> None:
+        """Run one micro-batch through its pipeline; send each frame's results in order."""
         t_start = time.perf_counter()
-        x = job.image[None]
+        x = jobs[0].image[None] if len(jobs) == 1 else np.stack([j.image for j in jobs])
         outputs: list[tuple[LoadedModel, np.ndarray]] = []
+        stage = jobs[0].stages[0]
         try:
-            for model in job.stages:
+            for stage in jobs[0].stages:
+                model = self.registry.load(stage)
                 t0 = time.perf_counter()
                 x = model.run(x)
-                dt = time.perf_counter() - t0
-                self.metrics.inference.labels(model.ref).observe(dt)
-                with self._inference_lock:
-                    acc = self._inference.setdefault(model.ref, [0, 0.0])
-                    acc[0] += 1
-                    acc[1] += dt
+                self._record_inference(model.ref, time.perf_counter() - t0, len(jobs))
                 outputs.append((model, x))
-        except Exception as e:  # any failure inside a model is this frame's error, not ours
-            log.warning("inference failed on %s seq %d: %s", h.stream, h.seq, e)
-            self.metrics.errors.labels(ErrorCode.inference_failed.value).inc()
-            err = ErrorHeader(code=ErrorCode.inference_failed, stream=h.stream, seq=h.seq,
-                              message=f"{job.stages[len(outputs)].ref} failed: {e}")
-            send_message(pipe, err, envelope=[_ERROR, job.identity, topic, b"%d" % h.seq])
+        except Exception as e:  # any failure inside a model is these frames' error, not ours
+            log.warning("inference failed in %s on %d frame(s): %s", stage.ref, len(jobs), e)
+            self.metrics.errors.labels(ErrorCode.inference_failed.value).inc(len(jobs))
+            for job in jobs:
+                h = job.header
+                err = ErrorHeader(code=ErrorCode.inference_failed, stream=h.stream, seq=h.seq,
+                                  message=f"{stage.ref} failed: {e}")
+                send_message(pipe, err, envelope=[_ERROR, job.identity, h.stream.encode(),
+                                                  b"%d" % h.seq])
             return
         t_done = time.perf_counter()
-        latency = Latency(queue_ms=(t_start - job.t_received) * 1e3,
-                          inference_ms=(t_done - t_start) * 1e3,
-                          total_ms=(t_done - job.t_received) * 1e3)
-        self.metrics.total.observe(t_done - job.t_received)
-        for i, (model, out) in enumerate(outputs):
-            final = i == len(outputs) - 1
-            image = np.ascontiguousarray(out[0])
-            result = ResultHeader(stream=h.stream, seq=h.seq, stage=h.pipeline[i], model=model.ref,
-                                  final=final, shape=image.shape, dtype=image.dtype.name,
-                                  pixel_size_um=h.pixel_size_um, z_um=h.z_um,
-                                  event_index=h.event_index, t_sent_ns=h.t_sent_ns, latency=latency)
-            self.metrics.results.labels(model.ref).inc()
-            send_message(pipe, result, image, envelope=[_REPLY if final else _PUBLISH,
-                                                        job.identity, topic, b"%d" % h.seq])
+        self.metrics.batch_size.observe(len(jobs))
+        for k, job in enumerate(jobs):
+            h = job.header
+            latency = Latency(queue_ms=(t_start - job.t_received) * 1e3,
+                              inference_ms=(t_done - t_start) * 1e3,
+                              total_ms=(t_done - job.t_received) * 1e3, batch_size=len(jobs))
+            self.metrics.total.observe(t_done - job.t_received)
+            envelope_tail = [job.identity, h.stream.encode(), b"%d" % h.seq]
+            for i, (model, out) in enumerate(outputs):
+                final = i == len(outputs) - 1
+                image = np.ascontiguousarray(out[k])
+                result = ResultHeader(stream=h.stream, seq=h.seq, stage=h.pipeline[i],
+                                      model=model.ref, final=final, shape=image.shape,
+                                      dtype=image.dtype.name, pixel_size_um=h.pixel_size_um,
+                                      z_um=h.z_um, event_index=h.event_index,
+                                      t_sent_ns=h.t_sent_ns, latency=latency)
+                self.metrics.results.labels(model.ref).inc()
+                send_message(pipe, result, image,
+                             envelope=[_REPLY if final else _PUBLISH, *envelope_tail])
+
+    def _record_inference(self, ref: str, seconds: float, frames: int) -> None:
+        self.metrics.inference.labels(ref).observe(seconds)
+        with self._inference_lock:
+            acc = self._inference.setdefault(ref, [0, 0.0])
+            acc[0] += frames
+            acc[1] += seconds
