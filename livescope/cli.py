@@ -59,6 +59,9 @@ def serve(
     models: ModelsOpt = None,
     provider: Annotated[Optional[str], typer.Option(help="tensorrt, cuda or cpu; default: probe.")] = None,
     threads: Annotated[Optional[int], typer.Option(help="onnxruntime intra-op threads.")] = None,
+    fp16: Annotated[bool, typer.Option(help="TensorRT: allow fp16 kernels.")] = False,
+    graph_opt: Annotated[str, typer.Option(
+        help="onnxruntime graph optimisation: disable, basic, extended, all.")] = "all",
     max_frame_mb: Annotated[float, typer.Option(help="Largest frame accepted, MiB.")] = 64.0,
     batch_max_frames: Annotated[int, typer.Option(min=1, help="Micro-batch size limit.")] = 8,
     batch_wait_ms: Annotated[float, typer.Option(
@@ -74,18 +77,23 @@ def serve(
 
     from livescope.security import SecurityError
     from livescope.server.config import ServerConfig
+    from livescope.server.providers import RuntimeOptions
     from livescope.server.server import InferenceServer, ServerStartError
 
     _setup_logging(log_level)
     try:
         config = ServerConfig(
             frames_address=frames, results_address=results, metrics_port=metrics_port or None,
-            model_dirs=(models or _default_models_dir(),), provider=provider,
-            intra_op_threads=threads, max_frame_bytes=int(max_frame_mb * 2**20),
+            model_dirs=(models or _default_models_dir(),),
+            runtime=RuntimeOptions(provider=provider, intra_op_threads=threads, fp16=fp16,
+                                   graph_optimisation=graph_opt),
+            max_frame_bytes=int(max_frame_mb * 2**20),
             batch_max_frames=batch_max_frames, batch_wait_ms=batch_wait_ms,
             curve_secret_key=curve_secret, curve_allowed_clients=allow)
     except ValidationError as e:
-        fail(e.errors()[0]["msg"].removeprefix("Value error, "))
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        fail(f"{where + ': ' if where else ''}{err['msg'].removeprefix('Value error, ')}")
     server = InferenceServer(config)
     try:
         server.start()

@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from livescope.security import is_loopback
+from livescope.server.providers import RuntimeOptions
 
 
 class ServerConfig(BaseModel):
@@ -23,8 +24,7 @@ class ServerConfig(BaseModel):
         default=0.0, ge=0, description="wait for more frames to batch; 0 = batch what waits")
     result_cache_per_stream: int = Field(
         default=32, ge=0, description="final results kept to answer resent duplicates")
-    provider: str | None = Field(default=None, description="tensorrt|cuda|cpu; None = probe")
-    intra_op_threads: int | None = Field(default=None, ge=1)
+    runtime: RuntimeOptions = RuntimeOptions()
     curve_secret_key: Path | None = None
     curve_allowed_clients: Path | None = None
     preload: bool = True

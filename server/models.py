@@ -16,7 +16,7 @@ import onnxruntime as ort
 from livescope.modelcard import ModelCard
 from livescope.protocol import split_stage
 from livescope.server.buffers import BufferPool
-from livescope.server.providers import create_session
+from livescope.server.providers import RuntimeOptions, create_session
 from livescope.server.repository import ModelRepository, ModelVersion, UnknownModelError
 
 _ORT_DTYPES = {"tensor(uint16)": "uint16", "tensor(uint8)": "uint8", "tensor(float)": "float32"}
@@ -62,12 +62,11 @@ class LoadedModel:
         return self.version.ref
 
     @classmethod
-    def load(cls, version: ModelVersion, *, provider: str | None = None,
-             intra_op_threads: int | None = None, warmup_shape: tuple[int, int] = (64, 64)) -> LoadedModel:
+    def load(cls, version: ModelVersion, options: RuntimeOptions = RuntimeOptions(), *,
+             warmup_shape: tuple[int, int] = (64, 64)) -> LoadedModel:
         t0 = time.perf_counter()
         try:
-            sess, used = create_session(version.onnx_path, preferred=provider,
-                                        intra_op_threads=intra_op_threads)
+            sess, used = create_session(version.onnx_path, options)
         except Exception as e:
             raise ModelLoadError(f"{version.ref}: cannot load {version.onnx_path}: "
                                  f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
@@ -115,8 +114,7 @@ class ModelRegistry:
     """
 
     repository: ModelRepository
-    provider: str | None = None
-    intra_op_threads: int | None = None
+    options: RuntimeOptions = RuntimeOptions()
     _loaded: dict[str, LoadedModel] = field(default_factory=dict)
     _active: dict[str, int] = field(default_factory=dict)
     _loading: dict[str, threading.Lock] = field(default_factory=dict)
@@ -147,8 +145,7 @@ class ModelRegistry:
             with self._lock:
                 if version.ref in self._loaded:
                     return self._loaded[version.ref]
-            model = LoadedModel.load(version, provider=self.provider,
-                                     intra_op_threads=self.intra_op_threads)
+            model = LoadedModel.load(version, self.options)
             with self._lock:
                 self._loaded[version.ref] = model
             return model

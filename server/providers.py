@@ -11,8 +11,10 @@ import contextlib
 import io
 import logging
 from pathlib import Path
+from typing import Literal
 
 import onnxruntime as ort
+from pydantic import BaseModel, ConfigDict, Field
 
 log = logging.getLogger("livescope.server")
 
@@ -26,24 +28,41 @@ _failed: set[str] = set()
 _announced: set[str] = set()
 
 
-def session_options(intra_op_threads: int | None = None) -> ort.SessionOptions:
+class RuntimeOptions(BaseModel):
+    """How sessions are created: one set for every model a server runs."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    provider: str | None = Field(default=None, description="tensorrt|cuda|cpu; None = probe")
+    intra_op_threads: int | None = Field(default=None, ge=1)
+    fp16: bool = Field(default=False, description="TensorRT: allow fp16 kernels")
+    graph_optimisation: Literal["disable", "basic", "extended", "all"] = "all"
+
+
+_OPT_LEVELS = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+               "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+               "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+               "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+
+
+def session_options(options: RuntimeOptions) -> ort.SessionOptions:
     so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.graph_optimization_level = _OPT_LEVELS[options.graph_optimisation]
     so.log_severity_level = 3
     # Idle inference threads must not spin: they would starve the socket threads on small CPUs.
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    if intra_op_threads:
-        so.intra_op_num_threads = intra_op_threads
+    if options.intra_op_threads:
+        so.intra_op_num_threads = options.intra_op_threads
     return so
 
 
-def _provider_options(name: str) -> dict[str, str]:
+def _provider_options(name: str, options: RuntimeOptions) -> dict[str, str]:
     if name == "CUDAExecutionProvider":
         # HEURISTIC: a new frame size must not stall for an exhaustive cuDNN search.
         return {"cudnn_conv_algo_search": "HEURISTIC"}
     if name == "TensorrtExecutionProvider":
-        return {"trt_fp16_enable": "False", "trt_engine_cache_enable": "True"}
+        return {"trt_fp16_enable": str(options.fp16), "trt_engine_cache_enable": "True"}
     return {}
 
 
@@ -75,18 +94,18 @@ def candidate_providers(preferred: str | None = None) -> list[str]:
 
 
 def create_session(
-    model_path: Path, *, preferred: str | None = None, intra_op_threads: int | None = None
+    model_path: Path, options: RuntimeOptions = RuntimeOptions()
 ) -> tuple[ort.InferenceSession, str]:
     """Create a session on the best provider that really works; return it and the provider."""
     errors: list[str] = []
-    for name in candidate_providers(preferred):
-        providers: list = [(name, _provider_options(name))]
+    for name in candidate_providers(options.provider):
+        providers: list = [(name, _provider_options(name, options))]
         if name != "CPUExecutionProvider":
             providers.append("CPUExecutionProvider")
         try:
             with _quiet_probe(name != "CPUExecutionProvider"):
                 sess = ort.InferenceSession(
-                    str(model_path), session_options(intra_op_threads), providers=providers
+                    str(model_path), session_options(options), providers=providers
                 )
         except Exception as e:  # onnxruntime raises several unrelated types here
             if "CPUExecutionProvider" == name:

@@ -93,8 +93,7 @@ class InferenceServer:
         self.config = config
         self.metrics = ServerMetrics()
         self.repository = ModelRepository([shipped_models_root(), *config.model_dirs])
-        self.registry = ModelRegistry(self.repository, provider=config.provider,
-                                      intra_op_threads=config.intra_op_threads)
+        self.registry = ModelRegistry(self.repository, config.runtime)
         self.queue = WorkQueue(config.max_queued_frames)
         self.ctx = zmq.Context()
         self._stop = threading.Event()
@@ -138,6 +137,8 @@ class InferenceServer:
             self._load_problems = self.registry.preload()
             for problem in self._load_problems:
                 log.warning("%s", problem)
+            for model in self.registry.loaded():
+                self.metrics.provider.labels(model.ref, model.provider).set(1)
         self._worker = threading.Thread(target=self._work, name="livescope-worker", daemon=True)
         self._worker.start()
         self._control_thread.start()
