@@ -23,7 +23,9 @@ class ServerConfig(BaseModel):
     batch_wait_ms: float = Field(
         default=0.0, ge=0, description="wait for more frames to batch; 0 = batch what waits")
     result_cache_per_stream: int = Field(
-        default=32, ge=0, description="final results kept to answer resent duplicates")
+        default=8, ge=0, description="final results kept to answer resent duplicates")
+    result_cache_bytes: int = Field(
+        default=256 * 2**20, ge=0, description="memory for those results, all streams together")
     runtime: RuntimeOptions = RuntimeOptions()
     curve_secret_key: Path | None = None
     curve_allowed_clients: Path | None = None

@@ -76,16 +76,28 @@ class _StreamLedger:
     done: set[int] = field(default_factory=set)
     done_order: deque[int] = field(default_factory=deque)
 
-    def finish(self, seq: int, parts: list[zmq.Frame] | None, cache: int) -> None:
+    def finish(self, seq: int, parts: list[zmq.Frame] | None, cache: int) -> int:
+        """Mark ``seq`` answered; keep its result for resends. Returns cached bytes added."""
         self.pending.discard(seq)
         self.done.add(seq)
         self.done_order.append(seq)
         if len(self.done_order) > 100_000:
             self.done.discard(self.done_order.popleft())
+        added = 0
         if parts is not None and cache:
             self.results[seq] = parts
+            added += _nbytes(parts)
             while len(self.results) > cache:
-                self.results.popitem(last=False)
+                added -= self.evict_oldest()
+        return added
+
+    def evict_oldest(self) -> int:
+        _, parts = self.results.popitem(last=False)
+        return _nbytes(parts)
+
+
+def _nbytes(parts: list[zmq.Frame]) -> int:
+    return sum(len(p) for p in parts)
 
 
 class InferenceServer:
@@ -98,6 +110,7 @@ class InferenceServer:
         self.ctx = zmq.Context()
         self._stop = threading.Event()
         self._ledgers: OrderedDict[str, _StreamLedger] = OrderedDict()
+        self._cached_bytes = 0  # results kept for resends, across all streams
         self._counts: dict[str, int] = {"frames": 0, "results": 0, "errors": 0, "dropped": 0,
                                         "duplicates": 0}
         self._started = time.monotonic()
@@ -299,12 +312,21 @@ class InferenceServer:
                                             status="duplicate", detail=detail),
                      envelope=[identity])
 
+    def _trim_result_cache(self) -> None:
+        """Keep cached results within budget, evicting from the least recently active streams."""
+        for ledger in self._ledgers.values():
+            while ledger.results and self._cached_bytes > self.config.result_cache_bytes:
+                self._cached_bytes -= ledger.evict_oldest()
+            if self._cached_bytes <= self.config.result_cache_bytes:
+                return
+
     def _ledger(self, stream: str) -> _StreamLedger:
         ledger = self._ledgers.get(stream)
         if ledger is None:
             ledger = self._ledgers[stream] = _StreamLedger()
             if len(self._ledgers) > _MAX_STREAMS:
-                self._ledgers.popitem(last=False)
+                _, old = self._ledgers.popitem(last=False)
+                self._cached_bytes -= sum(_nbytes(p) for p in old.results.values())
         else:
             self._ledgers.move_to_end(stream)
         return ledger
@@ -337,7 +359,8 @@ class InferenceServer:
             ledger.finish(seq, None, 0)
             return
         self._counts["results"] += 1
-        ledger.finish(seq, body, self.config.result_cache_per_stream)
+        self._cached_bytes += ledger.finish(seq, body, self.config.result_cache_per_stream)
+        self._trim_result_cache()
         self.pub.send_multipart([stream, *body], copy=False)
 
     # -- control -------------------------------------------------------------------------------
@@ -389,6 +412,7 @@ class InferenceServer:
             inference = {ref: {"frames": int(n), "mean_ms_per_frame": round(1e3 * t / n, 3)}
                          for ref, (n, t) in self._inference.items()}
         return {**self._counts, "queue_depth": len(self.queue), "streams": len(self._ledgers),
+                "result_cache_bytes": self._cached_bytes,
                 "uptime_s": round(time.monotonic() - self._started, 3), "inference": inference}
 
     def _cmd_list_models(self) -> dict:

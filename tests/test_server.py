@@ -216,3 +216,21 @@ def test_refused_messages_leak_neither_memory_nor_threads(own_server, dealer):
     rss1, threads1 = _rss_mb_and_threads(srv.proc.pid)
     assert threads1 == threads0
     assert rss1 - rss0 < 40, f"server grew by {rss1 - rss0:.0f} MB"
+
+
+def test_results_kept_for_resends_stay_within_their_memory_budget(server):
+    frame_mb = 1024 * 1024 * 2 / 2**20  # a 1024x1024 uint16 result: 2 MiB
+    clients = [StreamClient(server.frames, pipeline=["identity"], stream=f"budget-{i}")
+               for i in range(40)]
+    for c in clients:
+        c.connect()
+        for _ in range(8):
+            c.submit(np.zeros((1024, 1024), np.uint16))
+    for c in clients:
+        list(c.outcomes())
+    stats = clients[0].control("stats")
+    for c in clients:
+        c.close()
+    # 40 streams x 8 results x 2 MiB = 640 MiB if unbounded; the budget is 256 MiB
+    assert stats["result_cache_bytes"] <= 256 * 2**20
+    assert stats["result_cache_bytes"] >= 64 * frame_mb * 2**20  # and the cache still works
