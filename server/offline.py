@@ -1,0 +1,210 @@
+"""Offline restoration: a whole stack through a model, on the same runtime the server uses.
+
+``run_offline`` is what ``livescope denoise|refocus|restore IN OUT`` do: resolve the model in the
+repository (shipped + the user's), load it (same providers, same card checks), read the stack,
+restore it frame batch by frame batch (tiled when frames are larger than a tile), and write the
+result atomically in the input's layout. Outputs are float32 in the input's intensity units
+(ADU, baseline included): the model's graph undoes its own normalisation.
+
+Large frames are cut by ``livescope.server.tiling`` with the card's halo; when the device runs
+out of memory the tile is made smaller and the batch retried (logged), then the model is
+reloaded on the CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from livescope.modelcard import ModelCard
+from livescope.stackio import Stack, StackError, read_stack, stack_format, write_stack
+from livescope.server.tiling import DEFAULT_TILE_PX, run_tiled, smaller_tile
+
+log = logging.getLogger("livescope.server")
+
+Progress = Callable[[int, int], None]
+"""progress(frames_done, frames_total)"""
+
+_DTYPE_RANGE = {"uint8": (0, 255), "uint16": (0, 65535)}
+
+
+class OfflineError(Exception):
+    """The model cannot be used for this command; a one-line message for the user."""
+
+
+class RunsFrames(Protocol):
+    """What restore_stack needs of a model: ``LoadedModel`` has it."""
+
+    @property
+    def card(self) -> ModelCard: ...
+
+    def run(self, frames: np.ndarray) -> np.ndarray: ...
+
+
+class OfflineSummary(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str
+    provider: str
+    input: str
+    output: str
+    frames: int
+    frame_shape: tuple[int, int]
+    tile_px: int | None
+    clipped_pixels: int
+    seconds: float
+
+    @property
+    def frames_per_s(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else float("inf")
+
+    def line(self) -> str:
+        h, w = self.frame_shape
+        tiles = f", tiles of {self.tile_px} px" if self.tile_px else ""
+        clipped = f", {self.clipped_pixels} input pixels clipped" if self.clipped_pixels else ""
+        return (f"{self.model} ({self.provider}): {self.frames} frames of {h}x{w} px in "
+                f"{self.seconds:.1f} s ({self.frames_per_s:.1f} frames/s{tiles}{clipped}) -> {self.output}")
+
+
+def to_model_dtype(frames: np.ndarray, dtype: str) -> tuple[np.ndarray, int]:
+    """Frames in the model's input dtype, and how many pixels had to be clipped to fit it.
+
+    Integer inputs take values as they are (ADU); float stacks are rounded to the nearest ADU.
+    """
+    if frames.dtype.name == dtype:
+        return frames, 0
+    if dtype == "float32":
+        return frames.astype(np.float32), 0
+    lo, hi = _DTYPE_RANGE[dtype]
+    x = np.rint(frames) if frames.dtype.kind == "f" else frames
+    clipped = int(np.count_nonzero((x < lo) | (x > hi)))
+    return np.clip(x, lo, hi).astype(dtype), clipped
+
+
+def _is_out_of_memory(e: BaseException) -> bool:
+    text = str(e).lower()
+    return isinstance(e, MemoryError) or any(
+        s in text for s in ("out of memory", "failed to allocate memory", "cudnn_status_alloc",
+                            "cublas_status_alloc"))
+
+
+def tiling_for(card: ModelCard, tile_px: int | None = None) -> tuple[int, bool]:
+    """(tile size, whether the model needs exactly that size) for a card."""
+    if card.tiling.tile_px is not None:
+        return card.tiling.tile_px, True
+    return tile_px or DEFAULT_TILE_PX, False
+
+
+def restore_stack(model: RunsFrames, stack: Stack | np.ndarray, *, batch: int = 4,
+                  tile_px: int | None = None, progress: Progress | None = None) -> np.ndarray:
+    """Run the model on every frame of a (T, H, W) stack; return float32 (T, H, W).
+
+    ``batch`` frames (or tiles, for frames larger than a tile) go to the model per call.
+    ``tile_px`` overrides the default tile size for models that accept any size.
+    """
+    frames = stack.frames if isinstance(stack, Stack) else stack
+    if frames.ndim != 3:
+        raise ValueError(f"frames must be (T, H, W), got shape {frames.shape}")
+    card = model.card
+    tile, fixed = tiling_for(card, tile_px)
+    t = frames.shape[0]
+    out: np.ndarray | None = None
+    in_dtype = card.inputs[0].dtype
+    done = 0
+    while done < t:
+        chunk, _ = to_model_dtype(frames[done:done + batch], in_dtype)
+        try:
+            y = run_tiled(model.run, chunk, tile_px=tile, halo_px=card.tiling.halo_px,
+                          size_multiple_px=card.tiling.size_multiple_px, fixed_size=fixed,
+                          batch_tiles=batch)
+        except Exception as e:
+            smaller = None if fixed else smaller_tile(
+                min(tile, max(frames.shape[1:])), halo_px=card.tiling.halo_px,
+                size_multiple_px=card.tiling.size_multiple_px)
+            if not _is_out_of_memory(e) or smaller is None:
+                raise
+            log.warning("%s: out of memory with tiles of %d px; retrying with %d px",
+                        card.ref, tile, smaller)
+            tile = smaller
+            continue
+        if out is None:
+            out = np.empty((t, *y.shape[1:]), np.float32)
+        out[done:done + len(chunk)] = y
+        done += len(chunk)
+        if progress is not None:
+            progress(done, t)
+    return out if out is not None else np.empty((0, *frames.shape[1:]), np.float32)
+
+
+def _check_image_model(card: ModelCard, task: str | None) -> None:
+    if card.inputs[0].axes != "NCYX" or card.outputs[0].axes != "NCYX":
+        raise OfflineError(f"{card.ref} maps {card.inputs[0].axes} to {card.outputs[0].axes}, not "
+                           "image to image; it cannot restore a stack"
+                           + ("; use `livescope localise`" if card.task == "localise" else ""))
+    if task is not None and card.task not in (task, "identity"):
+        raise OfflineError(f"{card.ref} is a {card.task} model, not a {task} model; "
+                           f"name a {task} model with --model")
+
+
+def run_offline(task_stage: str, in_path: str | os.PathLike, out_path: str | os.PathLike, *,
+                model_dirs: Sequence[str | os.PathLike] = (), overwrite: bool = False,
+                progress: Progress | None = None, batch: int = 4, tile_px: int | None = None,
+                provider: str | None = None, threads: int | None = None,
+                task: str | None = None) -> OfflineSummary:
+    """Read IN, restore it with the model ``task_stage`` ('denoise' or 'denoise@2'), write OUT.
+
+    ``task``: the command's task; a model trained for another task is refused.
+    Raises StackError (input or output) or OfflineError (model), each with a one-line message.
+    """
+    from livescope.protocol import split_stage
+    from livescope.server.models import LoadedModel, ModelLoadError
+    from livescope.server.providers import RuntimeOptions
+    from livescope.server.repository import ModelRepository, UnknownModelError, shipped_models_root
+
+    in_path, out_path = Path(in_path), Path(out_path)
+    stack_format(out_path)  # refuse a bad output name before any work
+    if out_path.exists() and not overwrite:
+        raise StackError(f"{out_path} already exists; choose another output or allow overwriting")
+    try:
+        name, version = split_stage(task_stage)
+        repo = ModelRepository([shipped_models_root(), *map(Path, model_dirs)])
+        model_version = repo.resolve(name, version)
+    except (ValueError, UnknownModelError) as e:
+        raise OfflineError(str(e).strip("'\"")) from None
+    _check_image_model(model_version.card, task)
+    stack = read_stack(in_path)
+    try:
+        model = LoadedModel.load(model_version, RuntimeOptions(provider=provider,
+                                                               intra_op_threads=threads))
+    except (ModelLoadError, ValueError) as e:
+        raise OfflineError(str(e)) from None
+
+    t0 = time.perf_counter()
+    in_dtype = model_version.card.inputs[0].dtype
+    clipped = 0 if stack.frames.dtype.name == in_dtype else sum(
+        to_model_dtype(stack.frames[i:i + 64], in_dtype)[1] for i in range(0, stack.n_frames, 64))
+    try:
+        restored = restore_stack(model, stack, batch=batch, tile_px=tile_px, progress=progress)
+    except Exception as e:
+        if not _is_out_of_memory(e) or model.provider == "cpu":
+            raise
+        log.warning("%s: out of memory on %s even with small tiles; running on the CPU",
+                    model.ref, model.provider)
+        model = LoadedModel.load(model_version, RuntimeOptions(provider="cpu",
+                                                               intra_op_threads=threads))
+        restored = restore_stack(model, stack, batch=batch, tile_px=tile_px, progress=progress)
+    seconds = time.perf_counter() - t0
+    write_stack(out_path, restored, stack, overwrite=overwrite)
+    tile, fixed = tiling_for(model.card, tile_px)
+    h, w = stack.frames.shape[1:]
+    return OfflineSummary(model=model.ref, provider=model.provider, input=str(in_path),
+                          output=str(out_path), frames=stack.n_frames, frame_shape=(h, w),
+                          tile_px=tile if fixed or max(h, w) > tile else None,
+                          clipped_pixels=clipped, seconds=seconds)
