@@ -243,6 +243,68 @@ def demo(
         fail("not every frame was restored (see the summary above)", code=1)
 
 
+# -- offline restoration -----------------------------------------------------------------------
+
+InArg = Annotated[Path, typer.Argument(help="TIFF, OME-TIFF or OME-Zarr stack (first axis = frames).")]
+OutArg = Annotated[Path, typer.Argument(help="Output .ome.tiff / .tif / .ome.zarr (float32, input units).")]
+
+
+def _offline(task: str, model: str | None, inp: Path, out: Path, models: Path | None,
+             overwrite: bool, tile: int | None, batch: int, provider: str | None) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from livescope.console import console
+    from livescope.server.offline import OfflineError, run_offline
+    from livescope.stackio import StackError
+
+    bar = Progress("[bold]" + task, BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                   console=console, transient=True)
+    try:
+        with bar:
+            job = bar.add_task(task, total=None)
+            summary = run_offline(model or task, inp, out, task=task, overwrite=overwrite,
+                                  model_dirs=[models or _default_models_dir()], tile_px=tile,
+                                  batch=batch, provider=provider,
+                                  progress=lambda done, total: bar.update(job, completed=done,
+                                                                          total=total))
+    except (StackError, OfflineError) as e:
+        fail(str(e))
+    console.print(summary.line())
+
+
+_OfflineOpts = dict(
+    models=typer.Option(None, "--models", help="Your model repository, searched after the shipped models."),
+    overwrite=typer.Option(False, help="Replace an existing output."),
+    tile=typer.Option(None, help="Tile size in pixels for large frames (default: by model and memory)."),
+    batch=typer.Option(4, min=1, help="Frames (or tiles) per model call."),
+    provider=typer.Option(None, help="tensorrt, cuda or cpu; default: probe."),
+)
+
+
+@app.command()
+def denoise(
+    inp: InArg, out: OutArg,
+    model: Annotated[Optional[str], typer.Option(help="denoise[@VERSION]; default: newest.")] = None,
+    models: Optional[Path] = _OfflineOpts["models"], overwrite: bool = _OfflineOpts["overwrite"],
+    tile: Optional[int] = _OfflineOpts["tile"], batch: int = _OfflineOpts["batch"],
+    provider: Optional[str] = _OfflineOpts["provider"],
+) -> None:
+    """Denoise a stack with the newest (or the named) denoise model."""
+    _offline("denoise", model, inp, out, models, overwrite, tile, batch, provider)
+
+
+@app.command()
+def restore(
+    inp: InArg, out: OutArg,
+    model: Annotated[Optional[str], typer.Option(help="restore[@VERSION]; default: newest.")] = None,
+    models: Optional[Path] = _OfflineOpts["models"], overwrite: bool = _OfflineOpts["overwrite"],
+    tile: Optional[int] = _OfflineOpts["tile"], batch: int = _OfflineOpts["batch"],
+    provider: Optional[str] = _OfflineOpts["provider"],
+) -> None:
+    """Cross-modality restoration (e.g. confocal -> STED) of a stack."""
+    _offline("restore", model, inp, out, models, overwrite, tile, batch, provider)
+
+
 # -- train -------------------------------------------------------------------------------------
 
 

@@ -18,6 +18,7 @@ from livescope.protocol import split_stage
 from livescope.server.buffers import BufferPool
 from livescope.server.providers import RuntimeOptions, create_session
 from livescope.server.repository import ModelRepository, ModelVersion, UnknownModelError
+from livescope.server.tiling import is_out_of_memory, run_shrinking_on_oom, smaller_tile
 
 _ORT_DTYPES = {"tensor(uint16)": "uint16", "tensor(uint8)": "uint8", "tensor(float)": "float32"}
 
@@ -52,6 +53,7 @@ class LoadedModel:
     load_seconds: float
     _pool: BufferPool = field(default_factory=BufferPool)
     _out_channels: int | None = None
+    _tile_px: int | None = None  # set once the whole frame did not fit in memory
 
     @property
     def card(self) -> ModelCard:
@@ -80,8 +82,34 @@ class LoadedModel:
         model.load_seconds = time.perf_counter() - t0
         return model
 
+    def run_frames(self, frames: np.ndarray) -> np.ndarray:
+        """Frames of any size: whole while they fit, else in tiles with the card's halo.
+
+        Tiles are used for models with a fixed input size, and after the device ran out of
+        memory on a whole frame (the tile size that worked is kept for the next frames).
+        """
+        t = self.card.tiling
+        fixed = t.tile_px is not None
+        if not fixed and self._tile_px is None:
+            try:
+                return self.run(frames)
+            except Exception as e:
+                if not is_out_of_memory(e):
+                    raise
+                whole = max(frames.shape[1:]) + (-max(frames.shape[1:])) % t.size_multiple_px
+                self._tile_px = smaller_tile(whole, halo_px=t.halo_px,
+                                             size_multiple_px=t.size_multiple_px)
+                if self._tile_px is None:
+                    raise
+        out, used = run_shrinking_on_oom(
+            self.run, frames, tile_px=t.tile_px or self._tile_px, halo_px=t.halo_px,
+            size_multiple_px=t.size_multiple_px, fixed_size=fixed, name=self.ref)
+        if not fixed:
+            self._tile_px = used
+        return out
+
     def run(self, frames: np.ndarray) -> np.ndarray:
-        """(N, H, W) frames -> (N, H, W) output of the model's first output."""
+        """(N, H, W) frames -> (N, H, W) output of the model's first output, in one call."""
         n, h, w = frames.shape
         m = self.card.tiling.size_multiple_px
         ph, pw = (-h) % m, (-w) % m

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict
 
 from livescope.modelcard import ModelCard
 from livescope.stackio import Stack, StackError, read_stack, stack_format, write_stack
-from livescope.server.tiling import DEFAULT_TILE_PX, run_tiled, smaller_tile
+from livescope.server.tiling import DEFAULT_TILE_PX, is_out_of_memory, run_shrinking_on_oom
 
 log = logging.getLogger("livescope.server")
 
@@ -88,13 +88,6 @@ def to_model_dtype(frames: np.ndarray, dtype: str) -> tuple[np.ndarray, int]:
     return np.clip(x, lo, hi).astype(dtype), clipped
 
 
-def _is_out_of_memory(e: BaseException) -> bool:
-    text = str(e).lower()
-    return isinstance(e, MemoryError) or any(
-        s in text for s in ("out of memory", "failed to allocate memory", "cudnn_status_alloc",
-                            "cublas_status_alloc"))
-
-
 def tiling_for(card: ModelCard, tile_px: int | None = None) -> tuple[int, bool]:
     """(tile size, whether the model needs exactly that size) for a card."""
     if card.tiling.tile_px is not None:
@@ -120,20 +113,10 @@ def restore_stack(model: RunsFrames, stack: Stack | np.ndarray, *, batch: int = 
     done = 0
     while done < t:
         chunk, _ = to_model_dtype(frames[done:done + batch], in_dtype)
-        try:
-            y = run_tiled(model.run, chunk, tile_px=tile, halo_px=card.tiling.halo_px,
-                          size_multiple_px=card.tiling.size_multiple_px, fixed_size=fixed,
-                          batch_tiles=batch)
-        except Exception as e:
-            smaller = None if fixed else smaller_tile(
-                min(tile, max(frames.shape[1:])), halo_px=card.tiling.halo_px,
-                size_multiple_px=card.tiling.size_multiple_px)
-            if not _is_out_of_memory(e) or smaller is None:
-                raise
-            log.warning("%s: out of memory with tiles of %d px; retrying with %d px",
-                        card.ref, tile, smaller)
-            tile = smaller
-            continue
+        y, tile = run_shrinking_on_oom(model.run, chunk, tile_px=tile,
+                                       halo_px=card.tiling.halo_px,
+                                       size_multiple_px=card.tiling.size_multiple_px,
+                                       fixed_size=fixed, batch_tiles=batch, name=card.ref)
         if out is None:
             out = np.empty((t, *y.shape[1:]), np.float32)
         out[done:done + len(chunk)] = y
@@ -171,7 +154,7 @@ def run_offline(task_stage: str, in_path: str | os.PathLike, out_path: str | os.
     in_path, out_path = Path(in_path), Path(out_path)
     stack_format(out_path)  # refuse a bad output name before any work
     if out_path.exists() and not overwrite:
-        raise StackError(f"{out_path} already exists; choose another output or allow overwriting")
+        raise StackError(f"{out_path} already exists; choose another output or pass --overwrite")
     try:
         name, version = split_stage(task_stage)
         repo = ModelRepository([shipped_models_root(), *map(Path, model_dirs)])
@@ -193,7 +176,7 @@ def run_offline(task_stage: str, in_path: str | os.PathLike, out_path: str | os.
     try:
         restored = restore_stack(model, stack, batch=batch, tile_px=tile_px, progress=progress)
     except Exception as e:
-        if not _is_out_of_memory(e) or model.provider == "cpu":
+        if not is_out_of_memory(e) or model.provider == "cpu":
             raise
         log.warning("%s: out of memory on %s even with small tiles; running on the CPU",
                     model.ref, model.provider)

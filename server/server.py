@@ -480,7 +480,7 @@ class InferenceServer:
             for stage in jobs[0].stages:
                 model = self.registry.load(stage)
                 t0 = time.perf_counter()
-                x = model.run(x)
+                x = model.run_frames(x)
                 self._record_inference(model.ref, time.perf_counter() - t0, len(jobs))
                 outputs.append((model, x))
         except Exception as e:  # any failure inside a model is these frames' error, not ours

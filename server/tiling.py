@@ -20,10 +20,13 @@ several per call (``batch_tiles``).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
+
+log = logging.getLogger("livescope.server")
 
 RunFn = Callable[[np.ndarray], np.ndarray]
 """(N, H, W) frames -> (N, H, W) outputs, e.g. ``LoadedModel.run``."""
@@ -191,3 +194,40 @@ def smaller_tile(tile_px: int, *, halo_px: int, size_multiple_px: int = 1) -> in
     m = size_multiple_px
     tile = (int(tile_px / 2**0.5) // m) * m
     return tile if tile - 2 * _round_up(halo_px, m) >= m else None
+
+
+# -- running out of memory ---------------------------------------------------------------------
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """onnxruntime reports device allocation failures as plain runtime errors."""
+    text = str(e).lower()
+    return isinstance(e, MemoryError) or any(
+        s in text for s in ("out of memory", "failed to allocate memory", "cudnn_status_alloc",
+                            "cublas_status_alloc"))
+
+
+def run_shrinking_on_oom(run: RunFn, frames: np.ndarray, *, tile_px: int, halo_px: int,
+                         size_multiple_px: int = 1, fixed_size: bool = False,
+                         batch_tiles: int = 4, name: str = "model") -> tuple[np.ndarray, int]:
+    """``run_tiled``, retried with smaller tiles while the model runs out of memory.
+
+    Returns the output and the tile size that worked (callers keep it for the next frames).
+    Raises the error when it is not out-of-memory, or no smaller tile is left.
+    """
+    tile = tile_px
+    while True:
+        try:
+            out = run_tiled(run, frames, tile_px=tile, halo_px=halo_px,
+                            size_multiple_px=size_multiple_px, fixed_size=fixed_size,
+                            batch_tiles=batch_tiles)
+            return out, tile
+        except Exception as e:
+            smaller = None if fixed_size else smaller_tile(
+                min(tile, _round_up(max(frames.shape[1:]), size_multiple_px)), halo_px=halo_px,
+                size_multiple_px=size_multiple_px)
+            if not is_out_of_memory(e) or smaller is None:
+                raise
+            log.warning("%s: out of memory with tiles of %d px; retrying with %d px",
+                        name, tile, smaller)
+            tile = smaller

@@ -73,3 +73,19 @@ def test_a_full_queue_refuses_instead_of_growing():
     q.put(job("a", 1))
     with pytest.raises(QueueFullError):
         q.put(job("a", 2))
+
+
+def test_a_model_with_a_fixed_input_size_serves_frames_of_any_size(own_server, tmp_path):
+    from livescope.models.identity import write_identity
+
+    folder = write_identity(tmp_path, version=2)
+    card = ModelCard.load(folder / "card.yaml")
+    card.model_copy(update={"tiling": card.tiling.model_copy(update={"tile_px": 64})}).dump(
+        folder / "card.yaml")
+    srv = own_server("--models", str(tmp_path))
+    img = np.arange(100 * 150, dtype=np.uint16).reshape(100, 150)
+    with StreamClient(srv.frames, pipeline=["identity@2"]) as c:
+        c.connect()
+        c.submit(img)
+        (o,) = list(c.outcomes())
+    assert isinstance(o, Result) and np.array_equal(o.data, img)

@@ -1,0 +1,33 @@
+"""`livescope denoise IN OUT`: a stack in, the restored stack out, mistakes in one line."""
+
+import subprocess
+import sys
+
+import numpy as np
+import tifffile
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "livescope.cli", *args], capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_denoise_writes_a_float32_stack_of_the_same_shape(tmp_path):
+    noisy = np.random.default_rng(0).poisson(120, (3, 64, 80)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "in.tif", noisy, photometric="minisblack")
+    r = cli("denoise", str(tmp_path / "in.tif"), str(tmp_path / "out.ome.tif"))
+    assert r.returncode == 0, r.stderr
+    assert "denoise@1" in r.stdout
+    out = tifffile.imread(tmp_path / "out.ome.tif")
+    assert out.shape == (3, 64, 80) and out.dtype == np.float32
+    assert out.std() < noisy.std()
+
+
+def test_denoise_refuses_an_existing_output_and_a_missing_input(tmp_path):
+    tifffile.imwrite(tmp_path / "in.tif", np.zeros((1, 16, 16), np.uint16))
+    (tmp_path / "out.tif").write_bytes(b"keep me")
+    for args, words in ((("in.tif", "out.tif"), "--overwrite"), (("nope.tif", "x.tif"), "nope.tif")):
+        r = cli("denoise", *(str(tmp_path / a) for a in args))
+        assert r.returncode == 2 and "Traceback" not in r.stderr
+        assert r.stderr.startswith("livescope: error:") and words in r.stderr
+    assert (tmp_path / "out.tif").read_bytes() == b"keep me"
