@@ -178,6 +178,13 @@ class ModelRegistry:
                 self._loaded[version.ref] = model
             return model
 
+    def fall_back_to_cpu(self, version: ModelVersion) -> LoadedModel:
+        """Replace a version's session by a CPU one (its device ran out of memory)."""
+        model = LoadedModel.load(version, self.options.model_copy(update={"provider": "cpu"}))
+        with self._lock:
+            self._loaded[version.ref] = model
+        return model
+
     def activate(self, ref: str) -> LoadedModel:
         """Load ``name@version`` completely, then make it the active version atomically.
 

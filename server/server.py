@@ -44,6 +44,7 @@ from livescope.server.config import ServerConfig
 from livescope.server.metrics import ServerMetrics
 from livescope.server.models import LoadedModel, ModelLoadError, ModelRegistry
 from livescope.server.queue import Job, QueueFullError, WorkQueue
+from livescope.server.tiling import is_out_of_memory
 from livescope.server.repository import (
     ModelRepository,
     ModelVersion,
@@ -480,7 +481,17 @@ class InferenceServer:
             for stage in jobs[0].stages:
                 model = self.registry.load(stage)
                 t0 = time.perf_counter()
-                x = model.run_frames(x)
+                try:
+                    y = model.run_frames(x)
+                except Exception as e:
+                    if not is_out_of_memory(e) or model.provider == "cpu":
+                        raise
+                    log.warning("%s: out of memory on %s even in small tiles; moving it to the "
+                                "CPU", model.ref, model.provider)
+                    model = self.registry.fall_back_to_cpu(stage)
+                    self.metrics.provider.labels(model.ref, model.provider).set(1)
+                    y = model.run_frames(x)
+                x = y
                 self._record_inference(model.ref, time.perf_counter() - t0, len(jobs))
                 outputs.append((model, x))
         except Exception as e:  # any failure inside a model is these frames' error, not ours

@@ -89,3 +89,56 @@ def test_a_model_with_a_fixed_input_size_serves_frames_of_any_size(own_server, t
         c.submit(img)
         (o,) = list(c.outcomes())
     assert isinstance(o, Result) and np.array_equal(o.data, img)
+
+
+def test_frames_waiting_together_run_as_one_batch_without_reordering_a_stream(own_server):
+    srv = own_server("--batch-wait-ms", "30", "--batch-max-frames", "8")
+    clients = [StreamClient(srv.frames, pipeline=["identity"], max_in_flight=8, stream=f"b{i}")
+               for i in range(2)]
+    for c in clients:
+        c.connect()
+    for i in range(24):
+        for c in clients:
+            c.submit(np.full((32, 32), i, np.uint16))
+    for c in clients:
+        got = list(c.outcomes())
+        c.close()
+        assert [o.seq for o in got] == list(range(24))
+        assert all(o.data[0, 0] == o.seq for o in got)
+        assert max(o.header.latency.batch_size for o in got) > 1
+
+
+def test_every_stage_of_a_pipeline_is_published_and_the_sender_gets_the_last(server):
+    import time
+
+    from livescope.client import ResultSubscriber
+
+    with ResultSubscriber(server.results, streams=["two-stage"]) as sub:
+        time.sleep(0.3)
+        with StreamClient(server.frames, pipeline=["identity", "identity@1"],
+                          stream="two-stage") as c:
+            c.connect()
+            c.submit(np.full((16, 16), 5, np.uint16))
+            (final,) = list(c.outcomes())
+        published = [sub.recv(timeout_s=5) for _ in range(2)]
+    assert final.header.final and final.header.stage == "identity@1"
+    assert [(r.header.stage, r.header.final) for r in published] == [
+        ("identity", False), ("identity@1", True)]
+
+
+def test_prometheus_metrics_count_frames_per_model(own_server):
+    import urllib.request
+
+    from livescope.launch import free_port
+
+    port = free_port()
+    srv = own_server("--metrics-port", str(port))
+    with StreamClient(srv.frames, pipeline=["identity"]) as c:
+        c.connect()
+        for _ in range(3):
+            c.submit(np.zeros((8, 8), np.uint16))
+        list(c.outcomes())
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert 'livescope_results_total{model="identity@1"} 3.0' in text
+    assert 'livescope_execution_provider{model="identity@1",provider="cpu"} 1.0' in text
+    assert "livescope_queue_depth" in text and "livescope_inference_seconds_bucket" in text
