@@ -142,3 +142,24 @@ def test_prometheus_metrics_count_frames_per_model(own_server):
     assert 'livescope_results_total{model="identity@1"} 3.0' in text
     assert 'livescope_execution_provider{model="identity@1",provider="cpu"} 1.0' in text
     assert "livescope_queue_depth" in text and "livescope_inference_seconds_bucket" in text
+
+
+def test_a_frame_too_large_for_the_device_is_run_in_smaller_tiles_and_the_size_is_kept():
+    from livescope.server.models import LoadedModel
+    from livescope.server.repository import ModelRepository, shipped_models_root
+
+    class SmallDevice(LoadedModel):
+        """The real identity session on a 'device' that holds at most 96x96 pixels per call."""
+
+        def run(self, frames):
+            if frames.shape[0] * frames.shape[1] * frames.shape[2] > 96 * 96:
+                raise RuntimeError("CUDA failure 2: out of memory")
+            return super().run(frames)
+
+    version = ModelRepository([shipped_models_root()]).resolve("identity")
+    real = LoadedModel.load(version)
+    model = SmallDevice(real.version, real.session, real.provider, real.load_seconds)
+    img = np.arange(200 * 170, dtype=np.uint16).reshape(1, 200, 170)
+    assert np.array_equal(model.run_frames(img), img)
+    assert model._tile_px is not None and model._tile_px <= 96
+    assert np.array_equal(model.run_frames(img), img)  # straight to tiles the second time
