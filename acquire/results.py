@@ -12,7 +12,11 @@ from pathlib import Path
 import ome_writers
 import useq
 
-from livescope.client import FrameOutcome, Result
+from livescope.client import FrameOutcome, Refusal, Result
+
+
+def _Gap(seq: int) -> Refusal:  # noqa: N802 - reads as a value
+    return Refusal(seq, "unanswered", "the server never answered this frame")
 
 
 def restored_path(raw: Path, stage: str) -> Path:
@@ -66,6 +70,11 @@ class RestoredWriter:
         return self._stream
 
     def close(self) -> None:
+        """Write what is held, leaving frames that were never answered as gaps."""
+        while self._held:
+            if self._next not in self._held:
+                self._held[self._next] = _Gap(self._next)
+            self.add(self._held.pop(self._next))
         if self._stream is not None:
             if self._pending_skips:
                 self._stream.skip(frames=self._pending_skips)

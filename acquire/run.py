@@ -49,6 +49,9 @@ class AcquisitionSummary(BaseModel):
     latency_p50_ms: float | None = None
     latency_p99_ms: float | None = None
     server_latency_p50_ms: float | None = None
+    unanswered: int = 0  # sent or queued, but the server never answered
+    not_streamed: int = 0  # acquired after streaming stopped (saved raw, never sent)
+    stopped_reason: str | None = None  # why restoration stopped before the end, if it did
     models: tuple[str, ...] = ()
     refusal_reasons: dict[str, int] = {}
     raw_path: str | None = None
@@ -71,9 +74,15 @@ def run_acquisition(
     max_in_flight: int = 2,
     progress: Callable[[AcquisitionProgress], None] | None = None,
     connect_timeout_s: float = 5.0,
+    server_timeout_s: float = 30.0,
 ) -> AcquisitionSummary:
-    """Acquire ``sequence``; with ``server``, restore every frame live. Raises
-    ServerUnreachableError before acquiring anything if the server does not answer."""
+    """Acquire ``sequence``; with ``server``, restore every frame live.
+
+    Raises ServerUnreachableError before acquiring anything if the server does not answer. If
+    it stops answering later (``server_timeout_s`` with the window full), the acquisition is
+    cancelled: what was acquired is saved, and the summary counts the unanswered frames and
+    says why it stopped.
+    """
     total = len(list(sequence.iter_events()))
     state = AcquisitionProgress(total=total)
     t0 = time.perf_counter()
@@ -87,7 +96,7 @@ def run_acquisition(
         except Exception:
             client.close(timeout_s=0)
             raise
-        streamer = FrameStreamer(client)
+        streamer = FrameStreamer(client, submit_timeout_s=server_timeout_s)
         streamer.on_error = lambda e: core.mda.cancel()
         outputs.insert(0, streamer)
     else:
@@ -114,12 +123,14 @@ def run_acquisition(
         return AcquisitionSummary(frames_acquired=acquired, acquisition_fps=acquired / t_acquired,
                                   raw_path=str(output) if output else None)
 
-    client.wait_idle(timeout_s=120)
-    collector.finish(streamer.acquired)
+    client.wait_idle(timeout_s=0 if streamer.error is not None else server_timeout_s)
+    collector.finish(client.stats.submitted - client.stats.in_flight - client.stats.queued)
     stats = client.stats
-    client.close(timeout_s=5)
-    if streamer.error is not None:
-        raise streamer.error
+    client.close(timeout_s=0)
+    unanswered = stats.in_flight + stats.queued
+    stopped = str(streamer.error) if streamer.error is not None else (
+        f"the server did not answer {unanswered} frames within {server_timeout_s:g} s"
+        if unanswered else None)
     t_total = time.perf_counter() - t0
     lat = np.array(collector.latencies_ms) if collector.latencies_ms else None
     srv = np.array(collector.server_ms) if collector.server_ms else None
@@ -135,6 +146,9 @@ def run_acquisition(
         latency_p50_ms=float(np.percentile(lat, 50)) if lat is not None else None,
         latency_p99_ms=float(np.percentile(lat, 99)) if lat is not None else None,
         server_latency_p50_ms=float(np.percentile(srv, 50)) if srv is not None else None,
+        unanswered=unanswered,
+        not_streamed=acquired - stats.submitted,
+        stopped_reason=stopped,
         models=tuple(sorted(collector.models)),
         refusal_reasons=collector.refusal_reasons,
         raw_path=str(output) if output else None,

@@ -20,8 +20,9 @@ log = logging.getLogger("livescope.acquire")
 
 
 class FrameStreamer:
-    def __init__(self, client: StreamClient) -> None:
+    def __init__(self, client: StreamClient, submit_timeout_s: float = 30.0) -> None:
         self.client = client
+        self.submit_timeout_s = submit_timeout_s
         self.acquired = 0
         self.error: Exception | None = None
         self.on_error: Any = None  # called once with the exception (e.g. to cancel the MDA)
@@ -37,6 +38,7 @@ class FrameStreamer:
                 z_um=event.z_pos if event.z_pos is not None else meta.get("position", {}).get("z"),
                 pixel_size_um=meta.get("pixel_size_um") or None,
                 t_acquired_ns=time.time_ns(),
+                timeout_s=self.submit_timeout_s,
             )
         except Exception as e:  # pymmcore-plus would only log it: keep it and stop the run
             self.error = e

@@ -151,6 +151,9 @@ def acquire(
     from livescope.console import print_summary
 
     print_summary(summary)
+    if summary.stopped_reason:
+        fail(f"restoration stopped: {summary.stopped_reason}; the raw data acquired is saved",
+             code=1)
     if summary.errors:
         raise typer.Exit(1)
 

@@ -42,6 +42,10 @@ def print_summary(s: AcquisitionSummary, extra: dict[str, str] | None = None) ->
         table.add_row("dropped", f"{s.dropped} (client {s.dropped_by_client}, "
                                  f"server {s.dropped_by_server})")
         table.add_row("errors", str(s.errors))
+        if s.unanswered:
+            table.add_row("[red]unanswered[/]", str(s.unanswered))
+        if s.not_streamed:
+            table.add_row("[red]not streamed[/] (raw saved)", str(s.not_streamed))
         for reason, n in s.refusal_reasons.items():
             table.add_row(f"  refused: {reason}", str(n))
         table.add_row("restored rate", f"{s.restored_fps:.1f} fps")

@@ -110,3 +110,27 @@ def test_asking_for_a_pipeline_without_a_server_uses_the_default_server_address(
         assert "restored" in r.stdout
     else:
         assert_one_line_error(r, "tcp://127.0.0.1:5760")
+
+
+def test_a_server_that_dies_mid_acquisition_stops_it_and_nothing_acquired_is_lost(own_server,
+                                                                                 tmp_path):
+    import threading
+
+    srv = own_server()
+    core = open_microscope(rig=VirtualRigConfig(sensor_shape_px=(64, 64), seed=1))
+    seq = useq.MDASequence(time_plan={"interval": 0.05, "loops": 400})
+    out = tmp_path / "run.ome.zarr"
+    killer = threading.Timer(2.0, srv.proc.kill)
+    killer.start()
+    summary = run_acquisition(core, seq, server=srv.frames, pipeline=("identity",), output=out,
+                              server_timeout_s=2.0)
+    killer.join()
+    assert summary.stopped_reason is not None
+    assert 0 < summary.frames_acquired < 400
+    assert summary.unanswered + summary.not_streamed > 0
+    assert summary.frames_acquired == (summary.results + summary.errors + summary.dropped
+                                       + summary.unanswered + summary.not_streamed)
+    raw = read_zarr(out)
+    assert np.count_nonzero(raw.reshape(raw.shape[0], -1).max(axis=1)) == summary.frames_acquired
+    restored = read_zarr(tmp_path / "run.identity.ome.zarr")
+    assert np.count_nonzero(restored.reshape(restored.shape[0], -1).max(axis=1)) == summary.results
