@@ -126,6 +126,8 @@ def acquire(
     in_flight: Annotated[int, typer.Option(
         min=1, help="Frames on their way to the server at once: 2 keeps it busy at least "
                     "latency; raise it for fast models on slow links.")] = 2,
+    server_timeout: Annotated[float, typer.Option(
+        min=0.1, help="Stop restoring if the server answers nothing for this long, s.")] = 30.0,
     output: Annotated[Optional[Path], typer.Option(
         help="Save raw frames to PATH.ome.zarr or PATH.ome.tiff (restored: PATH.<stage>.ome.*).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
@@ -147,7 +149,7 @@ def acquire(
     summary = _acquire(mm_config=mm_config, sequence=sequence, frames=frames,
                        exposure_ms=exposure_ms, server=server, stages=stages, mode=mode,
                        output=output, specimen=specimen, size=size, seed=seed,
-                       in_flight=in_flight)
+                       in_flight=in_flight, server_timeout_s=server_timeout)
     from livescope.console import print_summary
 
     print_summary(summary)
@@ -170,7 +172,7 @@ def _check_output(output: Path | None, overwrite: bool, stages: tuple[str, ...])
 
 
 def _acquire(*, mm_config, sequence, frames, exposure_ms, server, stages, mode, output,
-             specimen="filaments", size=512, seed=0, in_flight=2):
+             specimen="filaments", size=512, seed=0, in_flight=2, server_timeout_s=30.0):
     from livescope.acquire.microscope import MicroscopeError, open_microscope
     from livescope.acquire.run import run_acquisition
     from livescope.acquire.sequence import SequenceError, load_sequence
@@ -196,7 +198,7 @@ def _acquire(*, mm_config, sequence, frames, exposure_ms, server, stages, mode, 
         with acquisition_progress(total, "acquiring" if server is None else "restoring") as bar:
             return run_acquisition(core, seq, server=server, pipeline=stages or ("denoise",),
                                    mode=mode, output=output, progress=bar,
-                                   max_in_flight=in_flight)
+                                   max_in_flight=in_flight, server_timeout_s=server_timeout_s)
     except ServerUnreachableError as e:
         fail(f"{e} (start one with `livescope serve`)")
     except KeyboardInterrupt:
