@@ -29,6 +29,8 @@ from .virtual.scene import VirtualRigConfig, VirtualScene
 
 CAMERA, FOCUS, XY_STAGE, SHUTTER, LIGHT_PATH = "Camera", "Z", "XY", "Shutter", "LightPath"
 MODALITY_GROUP = "Modality"
+MODALITY_PRESETS = {"widefield": "Widefield", "confocal": "Confocal", "sted": "STED"}
+"""The `Modality` group's preset for each optics modality (``--modality`` names the keys)."""
 
 _INSTALL_HINT = "`mmcore install` installs the Micro-Manager device adapters"
 
@@ -49,11 +51,13 @@ def open_microscope(mm_config: Path | None = None, *, rig: VirtualRigConfig | No
 
 class VirtualMicroscope(UniMMCore):
     """The virtual microscope, ready to use: devices `Camera`, `Z`, `XY`, `Shutter` (open) and
-    `LightPath`, the rig's pixel size, and the `Modality` config group.
+    `LightPath`, the rig's pixel size, and the `Modality` config group (presets `Widefield`,
+    `Confocal`, `STED`, each switching the PSF; the rig's ``modality`` is selected at start).
 
     Besides the core API it keeps what simulation-aware code may look behind: ``rig``,
     ``scene`` and ``virtual_camera`` (whose ``last_ground_truth`` is the last frame's clean
-    expectation).
+    expectation, and ``truth_of(img)`` any recent frame's `FrameTruth`). The camera's
+    `Specimen` property swaps the specimen; `LightPath`'s read-only properties record the optics.
 
     Auto-shutter is off and the shutter is left open: UniMMCore (pymmcore-plus 0.18) does not
     open a Python shutter around a Python camera's exposures, so with auto-shutter on every
@@ -64,12 +68,13 @@ class VirtualMicroscope(UniMMCore):
         # Pointing the adapter search at a folder without adapters skips the search for a
         # Micro-Manager installation (and its error log): Python devices need none.
         super().__init__(mm_path=str(Path(__file__).parent / "virtual"))
-        self.rig = rig
-        self.scene = VirtualScene(rig)
+        scene = VirtualScene(rig)
         xy, focus, shutter = VirtualXYStage(), VirtualFocusStage(), VirtualShutter()
-        self.virtual_camera = VirtualCamera(self.scene, xy=xy, focus=focus, shutter=shutter)
+        self.light_path = VirtualLightPath(scene, rig.modality)
+        self.virtual_camera = VirtualCamera(scene, xy=xy, focus=focus, shutter=shutter,
+                                            light_path=self.light_path)
         for label, device in [(CAMERA, self.virtual_camera), (FOCUS, focus), (XY_STAGE, xy),
-                              (SHUTTER, shutter), (LIGHT_PATH, VirtualLightPath())]:
+                              (SHUTTER, shutter), (LIGHT_PATH, self.light_path)]:
             self.loadPyDevice(label, device)
         self.initializeAllDevices()
         self.setCameraDevice(CAMERA)
@@ -90,7 +95,21 @@ class VirtualMicroscope(UniMMCore):
         self.defineConfigGroup(MODALITY_GROUP)
         for modality in MODALITIES:
             self.defineConfig(MODALITY_GROUP, modality, LIGHT_PATH, "Label", modality)
-        self.setConfig(MODALITY_GROUP, MODALITIES[0])
+        self.setConfig(MODALITY_GROUP, MODALITY_PRESETS[rig.modality])
+        # Python devices' properties reach the cache (and so the metadata that pymmcore-plus
+        # writes with the data: the optics, read-only on `LightPath`) only on an update.
+        self.updateSystemStateCache()
+
+
+    @property
+    def scene(self) -> VirtualScene:
+        """The physics the camera renders (a new one after the camera's `Specimen` changes)."""
+        return self.virtual_camera.scene
+
+    @property
+    def rig(self) -> VirtualRigConfig:
+        """The virtual rig's parameters (the current specimen's)."""
+        return self.virtual_camera.scene.config
 
 
 def _open_rig(path: Path) -> CMMCorePlus:

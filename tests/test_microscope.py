@@ -46,8 +46,9 @@ def test_the_virtual_microscope_has_its_devices_in_their_roles_and_the_rigs_pixe
     assert microscope.getPixelSizeUm() == pytest.approx(6.5 / 60.0)
     assert microscope.getExposure() == RIG.exposure_ms
     assert (microscope.getImageHeight(), microscope.getImageWidth()) == RIG.sensor_shape_px
-    assert "Widefield" in microscope.getAvailableConfigs("Modality")
+    assert set(microscope.getAvailableConfigs("Modality")) == {"Widefield", "Confocal", "STED"}
     assert microscope.getCurrentConfig("Modality") == "Widefield"
+    assert float(microscope.getProperty("LightPath", "NumericalAperture")) == RIG.na
 
 
 def test_an_mda_over_time_and_z_delivers_every_frame_with_its_event_index(microscope):
@@ -60,6 +61,90 @@ def test_an_mda_over_time_and_z_delivers_every_frame_with_its_event_index(micros
     for _, img, meta in collector.frames:
         assert img.dtype == np.uint16 and img.shape == RIG.sensor_shape_px
         assert meta["pixel_size_um"] == pytest.approx(RIG.pixel_size_um)
+
+
+def _signal(truth: np.ndarray) -> np.ndarray:
+    """A clean frame less baseline and background, in ADU."""
+    background_adu = RIG.background_photons_per_ms * RIG.exposure_ms * RIG.qe / RIG.e_per_adu
+    return truth.astype(np.float64) - RIG.baseline_adu - background_adu
+
+
+def _sharpness(signal: np.ndarray) -> float:
+    """Fraction of the signal's power above 1/4 of the sampling frequency."""
+    spectrum = np.abs(np.fft.rfft2(signal)) ** 2
+    fy, fx = np.meshgrid(np.fft.fftfreq(signal.shape[0]), np.fft.rfftfreq(signal.shape[1]), indexing="ij")
+    return float(spectrum[np.hypot(fy, fx) > 0.25].sum() / spectrum.sum())
+
+
+def test_an_mda_over_positions_z_and_modality_moves_with_the_stage_blurs_with_defocus_and_sharpens_with_sted():
+    # A 12 µm specimen: the field of view (10 x 14 µm) sees most of it.
+    microscope = open_microscope(rig=RIG.model_copy(update={"field_um": 12.0}))
+    p = RIG.pixel_size_um
+    sequence = useq.MDASequence(
+        stage_positions=[(0.0, 0.0, 0.0), (8 * p, -3 * p, 0.0)],
+        z_plan={"range": 2.0, "step": 1.0},
+        channels=[{"group": "Modality", "config": c} for c in ("Widefield", "Confocal", "STED")],
+        axis_order="pcz",
+    )
+    truths: dict[tuple[int, str, float], np.ndarray] = {}
+
+    class Truths:
+        def frameReady(self, img, event, meta):
+            # Frames arrive after the camera moved on: find each one's own truth by its pixels.
+            truth = microscope.virtual_camera.truth_of(img)
+            assert truth.defocus_um == event.z_pos and truth.modality == event.channel.config.lower()
+            truths[event.index["p"], event.channel.config, event.z_pos] = truth.clean_adu
+
+    microscope.mda.run(sequence, output=[Truths()])
+    microscope.unloadAllDevices()
+    assert len(truths) == 2 * 3 * 3
+
+    for modality in ("Widefield", "Confocal", "STED"):
+        for z in (-1.0, 0.0, 1.0):
+            # The second position is 8 px right and 3 px up: the image moved left and down.
+            before, after = truths[0, modality, z], truths[1, modality, z]
+            np.testing.assert_allclose(after[3:, :-8], before[:-3, 8:], atol=1e-3 * np.ptp(before))
+        in_focus, defocused = _signal(truths[0, modality, 0.0]), _signal(truths[0, modality, 1.0])
+        assert _sharpness(defocused) < _sharpness(in_focus) / 5
+
+    sharpness = [_sharpness(_signal(truths[0, m, 0.0])) for m in ("Widefield", "Confocal", "STED")]
+    assert sharpness == sorted(sharpness) and sharpness[2] > 2 * sharpness[0]
+    # Widefield keeps a defocused specimen's light; the pinhole sections it away. (STED keeps more
+    # than confocal, relative to its in-focus signal: its doughnut spreads out of focus.)
+    kept = {m: _signal(truths[0, m, 1.0]).sum() / _signal(truths[0, m, 0.0]).sum()
+            for m in ("Widefield", "Confocal", "STED")}
+    assert kept["Widefield"] > 0.95 and kept["Confocal"] < 0.3 and kept["STED"] < 0.8
+
+
+def test_the_sample_drifts_between_frames_by_the_configured_amount():
+    p = RIG.pixel_size_um
+    rig = RIG.model_copy(update={"drift_um_per_frame": (2 * p, p, 0.0)})
+    core = open_microscope(rig=rig)
+    truths, drifts = [], []
+    for _ in range(3):
+        core.snap()
+        truths.append(core.virtual_camera.last_ground_truth)
+        drifts.append(core.virtual_camera.last_drift_um)
+    core.unloadAllDevices()
+    assert drifts[0] == (0.0, 0.0, 0.0) and drifts[2] == pytest.approx((4 * p, 2 * p, 0.0))
+    # The sample moved right and down: so did its image.
+    np.testing.assert_allclose(truths[2][2:, 4:], truths[0][:-2, :-4], atol=1e-3 * np.ptp(truths[0]))
+
+
+def test_the_virtual_microscope_starts_in_the_rigs_modality():
+    core = open_microscope(rig=RIG.model_copy(update={"modality": "sted"}))
+    assert core.getCurrentConfig("Modality") == "STED"
+    core.unloadAllDevices()
+
+
+def test_ome_tiff_written_by_pymmcore_plus_records_pixel_size_and_optics(microscope, tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    out = tmp_path / "stack.ome.tiff"
+    microscope.mda.run(useq.MDASequence(z_plan={"range": 1.0, "step": 1.0}), output=str(out))
+    with tifffile.TiffFile(out) as tif:
+        ome = tif.ome_metadata
+    assert f'PhysicalSizeX="{RIG.pixel_size_um}"' in ome and 'PhysicalSizeZ="1.0"' in ome
+    assert '{"name": "NumericalAperture", "value": 1.4}' in ome
 
 
 def test_a_sequence_made_from_flags_runs_its_frames_at_its_exposure(microscope):

@@ -168,3 +168,14 @@ def test_the_camera_draws_the_same_noise_from_the_same_generator_state():
 def test_a_rig_with_na_above_the_immersion_index_is_refused():
     with pytest.raises(ValueError, match="immersion index"):
         VirtualRigConfig(na=1.6)
+
+
+def test_a_frames_ground_truth_is_found_from_its_pixels_with_the_roi_applied(microscope):
+    microscope.setROI(10, 20, 64, 32)
+    frames = [microscope.snap() for _ in range(3)]
+    truths = [microscope.virtual_camera.truth_of(frame) for frame in frames]
+    assert [t.frame_number for t in truths] == [0, 1, 2]
+    for frame, truth in zip(frames, truths):
+        assert frame.shape == truth.clean_adu.shape == (32, 64)
+        assert abs((frame - truth.clean_adu).mean()) < 1.0
+    assert microscope.virtual_camera.truth_of(np.zeros((32, 64), np.uint16)) is None

@@ -1,10 +1,12 @@
 """The virtual microscope: physics (specimen, optics, camera) and its Micro-Manager devices.
 
-`VirtualScene` renders frames from a `VirtualRigConfig` with numpy only; the devices in
+`VirtualScene` renders frames from a `VirtualRigConfig` with numpy/scipy only; the devices in
 `livescope.acquire.virtual.devices` (which need pymmcore-plus) put it behind a Micro-Manager
 core, see `livescope.acquire.microscope.open_microscope`.
 """
 
+from .optics import Optics
 from .scene import VirtualRigConfig, VirtualScene
+from .specimen import EmitterKinetics, EmitterSet
 
-__all__ = ["VirtualRigConfig", "VirtualScene"]
+__all__ = ["EmitterKinetics", "EmitterSet", "Optics", "VirtualRigConfig", "VirtualScene"]

@@ -6,12 +6,21 @@ shutter means no light reaches the sample: the frame is baseline plus read noise
 
 Noise is drawn from a generator seeded by (rig seed, frame number), so a run is reproducible:
 the n-th frame of two cameras built from the same config is the same frame.
+
+The light path (state device, switched by the `Modality` config group) selects the PSF:
+widefield, confocal or STED. The sample drifts between successive frames by the rig's
+``drift_um_per_frame`` plus a seeded random walk of ``drift_jitter_um``; the camera keeps the
+drift of its last frame (``last_drift_um``), the ground truth for registration. The camera's
+`Specimen` property swaps the specimen (filaments, cells, beads, smlm).
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 from pymmcore_plus import FocusDirection, Keyword
@@ -26,11 +35,34 @@ from pymmcore_plus.experimental.unicore import (
 
 from .camera import CameraModel, expected_adu, read_out
 from .scene import VirtualScene
+from .specimen import EmitterSet
 
 _NOISE_STREAM = 0xca3  # keeps the camera's random stream apart from the specimen's
 
-MODALITIES = ("Widefield",)
-"""Light paths the virtual rig has; the camera renders widefield (confocal and STED come later)."""
+MODALITIES = ("Widefield", "Confocal", "STED")
+"""Light paths the virtual rig has (the presets of the `Modality` config group)."""
+
+SPECIMENS = ("filaments", "cells", "beads", "smlm")
+_DRIFT_STREAM = 0xd71f7
+_OPTICS_MODALITY = {"Widefield": "widefield", "Confocal": "confocal", "STED": "sted"}
+
+
+@dataclass(frozen=True)
+class FrameTruth:
+    """What the virtual camera knows about one frame it delivered.
+
+    ``clean_adu``: the noise-free expectation (float32 ADU, baseline included) of the frame as
+    delivered (ROI applied); ``emitters``: the active molecules (smlm, else None); the stage
+    position (µm) and defocus, the sample's drift (x, y, z, µm) and the light path.
+    """
+
+    frame_number: int
+    clean_adu: np.ndarray
+    emitters: EmitterSet | None
+    stage_xy_um: tuple[float, float]
+    defocus_um: float
+    drift_um: tuple[float, float, float]
+    modality: str
 
 
 class VirtualShutter(ShutterDevice):
@@ -113,11 +145,13 @@ class VirtualXYStage(XYStageDevice):
 
 
 class VirtualLightPath(StateDevice):
-    """Selects the imaging modality; the `Modality` config group switches it."""
+    """Selects the imaging modality; the `Modality` config group switches it. Its read-only
+    properties record the optics (they travel with the rig's property state in metadata)."""
 
-    def __init__(self) -> None:
+    def __init__(self, scene: VirtualScene, modality: str = "widefield") -> None:
         super().__init__(dict(enumerate(MODALITIES)))
-        self._state = 0
+        self._rig = scene.config
+        self._state = [_OPTICS_MODALITY[m] for m in MODALITIES].index(modality)
 
     def get_state(self) -> int:
         return self._state
@@ -125,24 +159,71 @@ class VirtualLightPath(StateDevice):
     def set_state(self, position: int) -> None:
         self._state = int(position)
 
+    @property
+    def modality(self) -> str:
+        """The optics' name of the selected light path: widefield, confocal or sted."""
+        return _OPTICS_MODALITY[MODALITIES[self._state]]
+
+    @pymm_property(name="NumericalAperture", is_read_only=True, property_type=float)
+    def numerical_aperture(self) -> float:
+        return self._rig.na
+
+    @pymm_property(name="ImmersionIndex", is_read_only=True, property_type=float)
+    def immersion_index(self) -> float:
+        return self._rig.immersion_index
+
+    @pymm_property(name="Emission-nm", is_read_only=True, property_type=float)
+    def emission_nm(self) -> float:
+        return self._rig.emission_nm
+
+    @pymm_property(name="Excitation-nm", is_read_only=True, property_type=float)
+    def excitation_nm(self) -> float:
+        return self._rig.excitation_nm
+
+    @pymm_property(name="Pinhole-AU", is_read_only=True, property_type=float)
+    def pinhole_au(self) -> float:
+        return self._rig.pinhole_au
+
+    @pymm_property(name="STED-SaturationFactor", is_read_only=True, property_type=float)
+    def sted_saturation(self) -> float:
+        return self._rig.sted_saturation
+
 
 class VirtualCamera(SimpleCameraDevice):
     """A scientific camera looking at the virtual scene.
 
     `snap` takes at least the exposure time, like a real camera, so a live loop runs at the
     camera's frame rate rather than as fast as the CPU renders. `last_ground_truth` is the
-    noise-free expectation (float32 ADU, baseline included, full sensor) of the last frame.
+    noise-free expectation (float32 ADU, baseline included, full sensor) of the last frame;
+    ``last_emitters`` the active molecules of the last frame (smlm specimen, else None);
+    ``last_drift_um`` the sample's drift (x, y, z) at the last frame.
+
+    An MDA delivers frames to its outputs after the camera has moved on, so "the last frame"
+    may not be the one an output is handling: `truth_of(img)` finds the `FrameTruth` of any of
+    the recent frames from its pixels.
     """
 
+    TRUTH_MEMORY_BYTES = 256 * 2**20  # clean frames kept for `truth_of`
+
     def __init__(self, scene: VirtualScene, *, xy: VirtualXYStage, focus: VirtualFocusStage,
-                 shutter: VirtualShutter) -> None:
+                 shutter: VirtualShutter, light_path: VirtualLightPath | None = None) -> None:
         super().__init__()
         self._scene = scene
-        self._xy, self._focus, self._shutter = xy, focus, shutter
+        self._xy, self._focus, self._shutter, self._light_path = xy, focus, shutter, light_path
         self._camera: CameraModel = scene.camera
         self._exposure_ms = scene.config.exposure_ms
         self._frame = 0
+        self._drift = np.zeros(3)
+        self._drift_rng = np.random.default_rng([scene.config.seed, _DRIFT_STREAM])
         self.last_ground_truth: np.ndarray | None = None
+        self.last_emitters = None
+        self.last_drift_um: tuple[float, float, float] = (0.0, 0.0, 0.0)
+        self._truths: OrderedDict[bytes, FrameTruth] = OrderedDict()
+
+    def truth_of(self, frame: np.ndarray) -> FrameTruth | None:
+        """The ground truth of a recent frame (as delivered, ROI applied), or None if it is
+        not one of them."""
+        return self._truths.get(_digest(frame))
         self.set_property_limits(Keyword.Exposure, (0.001, 60_000.0))
 
     def sensor_shape(self) -> tuple[int, int]:
@@ -159,6 +240,32 @@ class VirtualCamera(SimpleCameraDevice):
             raise ValueError(f"exposure must be positive, got {exposure} ms")
         self._exposure_ms = float(exposure)
 
+    def _remember(self, buffer: np.ndarray, stage_xy_um: tuple[float, float]) -> None:
+        x, y, w, h = self.get_roi()
+        window = (slice(y, y + h), slice(x, x + w))
+        truth = FrameTruth(self._frame, self.last_ground_truth[window], self.last_emitters, stage_xy_um,
+                           self._focus.defocus_um, self.last_drift_um,
+                           self._light_path.modality if self._light_path is not None else "widefield")
+        self._truths[_digest(buffer[window])] = truth
+        keep = max(4, self.TRUTH_MEMORY_BYTES // max(self.last_ground_truth.nbytes, 1))
+        while len(self._truths) > keep:
+            self._truths.popitem(last=False)
+
+    @property
+    def scene(self) -> VirtualScene:
+        """What the camera looks at (replaced when the `Specimen` property changes)."""
+        return self._scene
+
+    @pymm_property(name="Specimen", allowed_values=SPECIMENS, property_type=str)
+    def specimen(self) -> str:
+        """The specimen on the stage: filaments, cells, beads or smlm (single molecules)."""
+        return self._scene.config.specimen
+
+    @specimen.setter
+    def specimen(self, value: str) -> None:
+        if value != self._scene.config.specimen:
+            self._scene = VirtualScene(self._scene.config.model_copy(update={"specimen": value}))
+
     @pymm_property(name="BitDepth", limits=(8, 16), property_type=int)
     def bit_depth(self) -> int:
         """ADC bits: frames stay uint16, clipped at 2^bits - 1."""
@@ -172,13 +279,29 @@ class VirtualCamera(SimpleCameraDevice):
         started = time.perf_counter()
         exposure_ms = self._exposure_ms
         rng = np.random.default_rng([self._scene.config.seed, _NOISE_STREAM, self._frame])
+        if self._frame:
+            self._drift += self._scene.config.drift_um_per_frame
+            if self._scene.config.drift_jitter_um:
+                self._drift += self._drift_rng.normal(0.0, self._scene.config.drift_jitter_um, 3)
+        # The sample moved by the drift: the field of view sits that much the other way on it.
+        dx, dy, dz = self._drift
+        self.last_drift_um = (float(dx), float(dy), float(dz))
+        x_um, y_um = self._xy.sample_position_um
         if self._shutter.get_open():
-            x_um, y_um = self._xy.sample_position_um
-            photons = self._scene.expected_photons(x_um, y_um, self._focus.defocus_um, exposure_ms)
+            modality = self._light_path.modality if self._light_path is not None else None
+            photons = self._scene.expected_photons(x_um - dx, y_um - dy, self._focus.defocus_um - dz,
+                                                   exposure_ms, modality=modality)
+            self.last_emitters = self._scene.last_emitters
         else:
             photons = np.zeros(self.sensor_shape(), np.float32)
+            self.last_emitters = None
         buffer[...] = read_out(photons, rng, self._camera)
         self.last_ground_truth = expected_adu(photons, self._camera)
+        self._remember(buffer, (x_um, y_um) if self._shutter.get_open() else self._xy.sample_position_um)
         self._frame += 1
         time.sleep(max(0.0, exposure_ms / 1000 - (time.perf_counter() - started)))
         return {}
+
+
+def _digest(frame: np.ndarray) -> bytes:
+    return hashlib.blake2b(np.ascontiguousarray(frame).data, digest_size=16).digest()

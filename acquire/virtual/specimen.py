@@ -1,33 +1,44 @@
 """Fluorescent specimens, seeded, in sample coordinates (µm).
 
-A specimen lies in the focal plane z = 0 and fills the square [-field/2, field/2]^2 around the
-origin; x runs along camera columns, y along rows. `render` gives the amount of fluorophore in
-each pixel of any window, the same for the same seed whatever the window, so a scene can render
-the field tile by tile as the stage explores it. Amounts are in each specimen's own unit
+A specimen fills the square [-field/2, field/2]^2 around the origin; x runs along camera
+columns, y along rows, z up from the coverslip (z = 0) into the sample. Filaments, beads and
+single molecules spread over 0 <= z <= ``depth_um`` (0: all on the coverslip; above 0,
+filaments rise and fall smoothly along their length); nuclei lie flat at z = 0. `render` gives
+the amount of fluorophore in each pixel of any window, the same for the same seed whatever the
+window, so a scene can render the field tile by tile as the stage explores it. Amounts are in each specimen's own unit
 (per µm of filament, per bead, per µm^2 of nucleus); `in_focus_peak` says how bright one such
 unit looks through the optics, so a scene can set the signal level in photons.
 
 Point-like fluorophores are spread over the 4 nearest pixels (bilinear), which keeps filaments
 smooth at any pixel size but widens the image slightly (~0.4 px in quadrature); a later issue
 renders each emitter through the PSF exactly.
+
+Single molecules (``"smlm"``) are the one dynamic specimen: dye molecules on filaments that
+blink (off <-> on) and bleach, frame by frame, each emitting a random number of photons while
+on. The scene steps them once per frame and keeps the list of active emitters (`EmitterSet`)
+as the frame's ground truth.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
-SpecimenKind = Literal["filaments", "cells", "beads"]
+SpecimenKind = Literal["filaments", "cells", "beads", "smlm"]
 
 _SPECIMEN_STREAM = 0x5bec  # keeps the specimen's random stream apart from the camera's
 
 
 class Specimen(Protocol):
-    def render(self, x0_um: float, y0_um: float, shape: tuple[int, int], pixel_size_um: float) -> np.ndarray:
+    def render(self, x0_um: float, y0_um: float, shape: tuple[int, int], pixel_size_um: float,
+               z_range_um: tuple[float, float] | None = None) -> np.ndarray:
         """Fluorophore amount per pixel of the window whose top-left pixel corner is at
-        (x0_um, y0_um); float32 of ``shape`` = (rows, cols)."""
+        (x0_um, y0_um); float32 of ``shape`` = (rows, cols). With ``z_range_um`` = (lo, hi):
+        only the fluorophores at lo <= z < hi."""
         ...
 
     def in_focus_peak(self, psf_sigma_um: float, pixel_size_um: float) -> float:
@@ -35,15 +46,22 @@ class Specimen(Protocol):
         ...
 
 
-def make_specimen(kind: SpecimenKind, field_um: float, seed: int) -> Specimen:
+def make_specimen(kind: SpecimenKind, field_um: float, seed: int,
+                  kinetics: EmitterKinetics | None = None, depth_um: float = 0.0) -> Specimen:
     rng = np.random.default_rng([_SPECIMEN_STREAM, seed])
+    # Depth draws come from their own stream: a flat specimen is the same with or without them.
+    z_rng = np.random.default_rng([_SPECIMEN_STREAM, seed, 3])
+    if depth_um < 0:
+        raise ValueError(f"specimen depth must not be negative, got {depth_um} µm")
+    if kind == "smlm":
+        return SingleMolecules(field_um, rng, kinetics or EmitterKinetics(), depth_um, z_rng)
     if kind == "filaments":
-        return Filaments(field_um, rng)
+        return Filaments(field_um, rng, depth_um, z_rng)
     if kind == "cells":
         return Nuclei(field_um, rng)
     if kind == "beads":
-        return Beads(field_um, rng)
-    raise ValueError(f"unknown specimen {kind!r}; choose filaments, cells or beads")
+        return Beads(field_um, rng, depth_um, z_rng)
+    raise ValueError(f"unknown specimen {kind!r}; choose filaments, cells, beads or smlm")
 
 
 def _centre_fraction(psf_sigma_um: float, pixel_size_um: float) -> float:
@@ -66,7 +84,8 @@ class Filaments:
     PERSISTENCE_UM = 15.0  # bends like microtubules in a cell, not like isolated ones (mm)
     STEP_UM = 0.02  # spacing of the fluorophores drawn along a filament
 
-    def __init__(self, field_um: float, rng: np.random.Generator) -> None:
+    def __init__(self, field_um: float, rng: np.random.Generator, depth_um: float = 0.0,
+                 z_rng: np.random.Generator | None = None) -> None:
         n = max(1, round(self.PER_UM2 * field_um**2))
         half = field_um / 2
         lengths = rng.uniform(*self.LENGTH_UM, n)
@@ -83,9 +102,19 @@ class Filaments:
         keep &= (np.abs(x) <= half) & (np.abs(y) <= half)
         self.x_um, self.y_um = x[keep], y[keep]
         self.amount = np.broadcast_to(self.STEP_UM * brightness[:, None], keep.shape)[keep]
+        self.z_um = np.zeros_like(self.x_um)
+        if depth_um > 0:  # each filament rises and falls between 0 and depth, smoothly
+            z_rng = z_rng or rng
+            phase = z_rng.uniform(0.0, 2 * np.pi, (n, 1))
+            period = z_rng.uniform(20.0, 60.0, (n, 1))
+            s = np.arange(steps)[None, :] * self.STEP_UM
+            z = depth_um / 2 * (1 + np.sin(phase + 2 * np.pi * s / period))
+            self.z_um = z[keep]
 
-    def render(self, x0_um: float, y0_um: float, shape: tuple[int, int], pixel_size_um: float) -> np.ndarray:
-        return _splat(self.x_um, self.y_um, self.amount, x0_um, y0_um, shape, pixel_size_um)
+    def render(self, x0_um: float, y0_um: float, shape: tuple[int, int], pixel_size_um: float,
+               z_range_um: tuple[float, float] | None = None) -> np.ndarray:
+        return _splat(self.x_um, self.y_um, self.amount, x0_um, y0_um, shape, pixel_size_um,
+                      _in_range(self.z_um, z_range_um))
 
     def in_focus_peak(self, psf_sigma_um: float, pixel_size_um: float) -> float:
         # A filament along a pixel row: each pixel holds one pixel-length of it.
@@ -100,13 +129,17 @@ class Beads:
 
     PER_UM2 = 0.01  # 1600 beads over a 400 µm field, ~30 in a 55 µm field of view
 
-    def __init__(self, field_um: float, rng: np.random.Generator) -> None:
+    def __init__(self, field_um: float, rng: np.random.Generator, depth_um: float = 0.0,
+                 z_rng: np.random.Generator | None = None) -> None:
         n = max(1, round(self.PER_UM2 * field_um**2))
         self.x_um, self.y_um = rng.uniform(-field_um / 2, field_um / 2, (2, n))
         self.amount = rng.lognormal(0.0, 0.15, n)  # bead-to-bead dye load varies
+        self.z_um = (z_rng or rng).uniform(0.0, depth_um, n) if depth_um > 0 else np.zeros(n)
 
-    def render(self, x0_um: float, y0_um: float, shape: tuple[int, int], pixel_size_um: float) -> np.ndarray:
-        return _splat(self.x_um, self.y_um, self.amount, x0_um, y0_um, shape, pixel_size_um)
+    def render(self, x0_um: float, y0_um: float, shape: tuple[int, int], pixel_size_um: float,
+               z_range_um: tuple[float, float] | None = None) -> np.ndarray:
+        return _splat(self.x_um, self.y_um, self.amount, x0_um, y0_um, shape, pixel_size_um,
+                      _in_range(self.z_um, z_range_um))
 
     def in_focus_peak(self, psf_sigma_um: float, pixel_size_um: float) -> float:
         return _centre_fraction(psf_sigma_um, pixel_size_um) ** 2
@@ -154,9 +187,12 @@ class Nuclei:
         return np.column_stack([a * r * np.cos(t), b * r * np.sin(t),
                                 rng.uniform(0.25, 0.5, k), rng.uniform(0.3, 0.7, k)])
 
-    def render(self, x0_um: float, y0_um: float, shape: tuple[int, int], pixel_size_um: float) -> np.ndarray:
+    def render(self, x0_um: float, y0_um: float, shape: tuple[int, int], pixel_size_um: float,
+               z_range_um: tuple[float, float] | None = None) -> np.ndarray:
         h, w = shape
         out = np.zeros(shape, np.float32)
+        if z_range_um is not None and not z_range_um[0] <= 0.0 < z_range_um[1]:
+            return out  # nuclei lie flat on the coverslip
         xs = x0_um + (np.arange(w) + 0.5) * pixel_size_um  # pixel centres
         ys = y0_um + (np.arange(h) + 0.5) * pixel_size_um
         hits = ((self.cx + self.a > xs[0]) & (self.cx - self.a < xs[-1])
@@ -186,16 +222,127 @@ class Nuclei:
         return pixel_size_um**2
 
 
+# -- single molecules -----------------------------------------------------------------------------
+
+
+class EmitterKinetics(BaseModel):
+    """Photophysics of the single-molecule specimen, as rates (the frame's exposure sets the
+    per-frame probabilities: p = 1 - exp(-rate x exposure))."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    per_um: float = Field(default=5.0, gt=0, description="labelled molecules per µm of filament")
+    on_rate_per_s: float = Field(default=1.0, ge=0, description="off -> on (activation), 1/s")
+    off_rate_per_s: float = Field(default=50.0, ge=0, description="on -> off (blinking), 1/s")
+    bleach_rate_per_s: float = Field(default=2.0, ge=0, description="on -> bleached, 1/s of on-time")
+    photons_mean: float = Field(default=2000.0, gt=0, description="photons per frame of an active molecule")
+    photons_cv: float = Field(default=0.5, gt=0, description="coefficient of variation of the photons (Gamma)")
+
+    def probabilities(self, exposure_ms: float) -> tuple[float, float, float]:
+        """Per-frame probabilities (switch on, switch off, bleach) for ``exposure_ms`` frames."""
+        t = exposure_ms / 1000.0
+        return tuple(-math.expm1(-rate * t) for rate in (self.on_rate_per_s, self.off_rate_per_s,
+                                                        self.bleach_rate_per_s))
+
+    def duty_cycle(self, exposure_ms: float) -> float:
+        """Steady-state fraction of frames a molecule (not yet bleached) is on."""
+        p_on, p_off, _ = self.probabilities(exposure_ms)
+        return p_on / (p_on + p_off) if p_on + p_off > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class EmitterSet:
+    """Emitters of one frame: ids, positions (µm, sample coordinates) and photons emitted."""
+
+    id: np.ndarray
+    x_um: np.ndarray
+    y_um: np.ndarray
+    z_um: np.ndarray
+    photons: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.id.size)
+
+    def select(self, keep: np.ndarray) -> EmitterSet:
+        return EmitterSet(self.id[keep], self.x_um[keep], self.y_um[keep], self.z_um[keep], self.photons[keep])
+
+
+class SingleMolecules:
+    """Dye molecules along filaments, blinking and bleaching frame by frame.
+
+    Each molecule is off, on or bleached. Every `step` (one frame of ``exposure_ms``), an on
+    molecule bleaches with p_bleach, else switches off with p_off; an off one switches on with
+    p_on. They start in the steady state (on with the duty cycle). An on molecule emits a
+    Gamma-distributed number of photons in the frame (mean ``photons_mean``).
+    """
+
+    dynamic = True
+    OFF, ON, BLEACHED = 0, 1, 2
+
+    def __init__(self, field_um: float, rng: np.random.Generator, kinetics: EmitterKinetics,
+                 depth_um: float = 0.0, z_rng: np.random.Generator | None = None) -> None:
+        filaments = Filaments(field_um, rng, depth_um, z_rng)
+        keep = rng.random(filaments.x_um.size) < kinetics.per_um * Filaments.STEP_UM
+        self.x_um, self.y_um, self.z_um = filaments.x_um[keep], filaments.y_um[keep], filaments.z_um[keep]
+        self.kinetics = kinetics
+        self._rng = rng
+        self.state = np.full(self.x_um.size, self.OFF, np.int8)
+        self._started = False
+        self.photons = np.zeros(self.x_um.size, np.float32)
+
+    def step(self, exposure_ms: float) -> None:
+        """Advance the molecules by one frame of ``exposure_ms`` and draw their photons."""
+        k = self.kinetics
+        p_on, p_off, p_bleach = k.probabilities(exposure_ms)
+        n = self.state.size
+        if not self._started:
+            self.state[self._rng.random(n) < k.duty_cycle(exposure_ms)] = self.ON
+            self._started = True
+        else:
+            u = self._rng.random(n)
+            on, off = self.state == self.ON, self.state == self.OFF
+            self.state[on & (u < p_bleach)] = self.BLEACHED
+            self.state[on & (u >= p_bleach) & (u < p_bleach + (1 - p_bleach) * p_off)] = self.OFF
+            self.state[off & (u < p_on)] = self.ON
+        self.photons[:] = 0.0
+        on = np.flatnonzero(self.state == self.ON)
+        shape = 1.0 / k.photons_cv**2
+        self.photons[on] = self._rng.gamma(shape, k.photons_mean / shape, on.size)
+
+    def active(self) -> EmitterSet:
+        on = np.flatnonzero(self.state == self.ON)
+        return EmitterSet(on, self.x_um[on], self.y_um[on], self.z_um[on], self.photons[on].copy())
+
+    def render(self, x0_um: float, y0_um: float, shape: tuple[int, int], pixel_size_um: float,
+               z_range_um: tuple[float, float] | None = None) -> np.ndarray:
+        """Photons emitted in this frame per pixel (the active molecules)."""
+        on = self.active()
+        return _splat(on.x_um, on.y_um, on.photons, x0_um, y0_um, shape, pixel_size_um,
+                      _in_range(on.z_um, z_range_um))
+
+    def in_focus_peak(self, psf_sigma_um: float, pixel_size_um: float) -> float:
+        return 1.0  # amounts are photons already
+
+
 # -- rendering points -----------------------------------------------------------------------------
 
 
+def _in_range(z_um: np.ndarray, z_range_um: tuple[float, float] | None) -> np.ndarray | None:
+    if z_range_um is None:
+        return None
+    return (z_um >= z_range_um[0]) & (z_um < z_range_um[1])
+
+
 def _splat(x_um: np.ndarray, y_um: np.ndarray, amount: np.ndarray, x0_um: float, y0_um: float,
-           shape: tuple[int, int], pixel_size_um: float) -> np.ndarray:
-    """Sum point amounts into pixels, each point shared bilinearly among its 4 nearest pixels."""
+           shape: tuple[int, int], pixel_size_um: float, select: np.ndarray | None = None) -> np.ndarray:
+    """Sum point amounts into pixels, each point shared bilinearly among its 4 nearest pixels
+    (only the points where ``select`` is true, if given)."""
     h, w = shape
     col = (x_um - x0_um) / pixel_size_um - 0.5  # pixel centres at integer coordinates
     row = (y_um - y0_um) / pixel_size_um - 0.5
     near = (col > -1) & (col < w) & (row > -1) & (row < h)
+    if select is not None:
+        near &= select
     col, row, amount = col[near], row[near], amount[near]
     c0, r0 = np.floor(col), np.floor(row)
     fc, fr = col - c0, row - r0
