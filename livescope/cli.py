@@ -107,7 +107,8 @@ def serve(
 
 # -- acquire and demo ----------------------------------------------------------------------------
 
-SPECIMENS = ("filaments", "cells", "beads")
+SPECIMENS = ("filaments", "cells", "beads", "smlm")
+MODALITIES = ("widefield", "confocal", "sted")
 
 
 @app.command()
@@ -131,7 +132,12 @@ def acquire(
     output: Annotated[Optional[Path], typer.Option(
         help="Save raw frames to PATH.ome.zarr or PATH.ome.tiff (restored: PATH.<stage>.ome.*).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
-    specimen: Annotated[str, typer.Option(help="Virtual microscope: filaments, cells or beads.")] = "filaments",
+    specimen: Annotated[str, typer.Option(
+        help="Virtual microscope: filaments, cells, beads or smlm (blinking molecules).")] = "filaments",
+    modality: Annotated[str, typer.Option(
+        help="Virtual microscope: widefield, confocal or sted (the Modality preset at start).")] = "widefield",
+    depth: Annotated[float, typer.Option(
+        min=0, help="Virtual microscope: specimen thickness in µm (0 = a flat specimen).")] = 0.0,
     size: Annotated[int, typer.Option(help="Virtual microscope: camera size in pixels.")] = 512,
     seed: Annotated[int, typer.Option(help="Virtual microscope: random seed.")] = 0,
 ) -> None:
@@ -140,6 +146,8 @@ def acquire(
         fail(f"--mode must be lossless or latest, not {mode!r}")
     if specimen not in SPECIMENS:
         fail(f"--specimen must be one of {', '.join(SPECIMENS)}, not {specimen!r}")
+    if modality not in MODALITIES:
+        fail(f"--modality must be one of {', '.join(MODALITIES)}, not {modality!r}")
     stages = tuple(s.strip() for s in (pipeline or "denoise").split(",") if s.strip())
     if not stages:
         fail("--pipeline names no stage")
@@ -149,7 +157,8 @@ def acquire(
     summary = _acquire(mm_config=mm_config, sequence=sequence, frames=frames,
                        exposure_ms=exposure_ms, server=server, stages=stages, mode=mode,
                        output=output, specimen=specimen, size=size, seed=seed,
-                       in_flight=in_flight, server_timeout_s=server_timeout)
+                       in_flight=in_flight, server_timeout_s=server_timeout,
+                       modality=modality, depth_um=depth)
     from livescope.console import print_summary
 
     print_summary(summary)
@@ -172,7 +181,8 @@ def _check_output(output: Path | None, overwrite: bool, stages: tuple[str, ...])
 
 
 def _acquire(*, mm_config, sequence, frames, exposure_ms, server, stages, mode, output,
-             specimen="filaments", size=512, seed=0, in_flight=2, server_timeout_s=30.0):
+             specimen="filaments", size=512, seed=0, in_flight=2, server_timeout_s=30.0,
+             modality="widefield", depth_um=0.0):
     from livescope.acquire.microscope import MicroscopeError, open_microscope
     from livescope.acquire.run import run_acquisition
     from livescope.acquire.sequence import SequenceError, load_sequence
@@ -188,7 +198,8 @@ def _acquire(*, mm_config, sequence, frames, exposure_ms, server, stages, mode, 
         fail(str(e))
     rig = None
     if mm_config is None:
-        rig = VirtualRigConfig(sensor_shape_px=(size, size), specimen=specimen, seed=seed)
+        rig = VirtualRigConfig(sensor_shape_px=(size, size), specimen=specimen, seed=seed,
+                               modality=modality, specimen_depth_um=depth_um)
     try:
         core = open_microscope(mm_config, rig=rig)
     except MicroscopeError as e:

@@ -134,3 +134,15 @@ def test_a_server_that_dies_mid_acquisition_stops_it_and_nothing_acquired_is_los
     assert np.count_nonzero(raw.reshape(raw.shape[0], -1).max(axis=1)) == summary.frames_acquired
     restored = read_zarr(tmp_path / "run.identity.ome.zarr")
     assert np.count_nonzero(restored.reshape(restored.shape[0], -1).max(axis=1)) == summary.results
+
+
+def test_the_cli_acquires_any_specimen_in_any_modality(tmp_path):
+    import tifffile
+
+    out = tmp_path / "sted.ome.tiff"
+    r = cli("acquire", "--frames", "2", "--size", "64", "--specimen", "smlm", "--modality", "sted",
+            "--output", str(out))
+    assert r.returncode == 0, r.stderr
+    with tifffile.TiffFile(out) as tif:
+        assert tif.series[0].shape[0] == 2
+        assert "STED" in tif.ome_metadata or "sted" in tif.ome_metadata.lower()
