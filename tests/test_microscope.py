@@ -256,3 +256,21 @@ def test_flags_may_add_to_a_sequence_file_but_not_contradict_it(tmp_path):
 def test_flags_out_of_range_are_errors(flags):
     with pytest.raises(SequenceError):
         load_sequence(**flags)
+
+
+def test_binning_sums_pixels_before_readout_and_scales_the_pixel_size():
+    from livescope.acquire.microscope import open_microscope as open_scope
+    from livescope.acquire.virtual import VirtualRigConfig as Rig
+
+    core = open_scope(rig=Rig(sensor_shape_px=(128, 96), seed=2, specimen="cells"))
+    core.snapImage()
+    full = core.getImage().astype(float)
+    size = core.getPixelSizeUm()
+    core.setProperty("Camera", "Binning", "2")
+    core.snapImage()
+    binned = core.getImage().astype(float)
+    baseline = core.rig.baseline_adu
+    assert binned.shape == (64, 48)
+    assert abs(core.getPixelSizeUm() - 2 * size) < 1e-12
+    # four pixels' charge, one read-out: four times the signal per pixel, same baseline
+    assert abs((binned.mean() - baseline) / (full.mean() - baseline) - 4) < 0.3

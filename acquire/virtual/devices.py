@@ -189,6 +189,9 @@ class VirtualLightPath(StateDevice):
         return self._rig.sted_saturation
 
 
+BINNINGS = (1, 2, 4)
+
+
 class VirtualCamera(SimpleCameraDevice):
     """A scientific camera looking at the virtual scene.
 
@@ -219,15 +222,31 @@ class VirtualCamera(SimpleCameraDevice):
         self.last_emitters = None
         self.last_drift_um: tuple[float, float, float] = (0.0, 0.0, 0.0)
         self._truths: OrderedDict[bytes, FrameTruth] = OrderedDict()
+        self._binning = 1
+        self.set_property_limits(Keyword.Exposure, (0.001, 60_000.0))
+        # As strings: pymmcore-plus compares allowed values before converting the type, and
+        # Micro-Manager passes property values as strings.
+        self.set_property_allowed_values(Keyword.Binning, [str(b) for b in BINNINGS])
 
     def truth_of(self, frame: np.ndarray) -> FrameTruth | None:
         """The ground truth of a recent frame (as delivered, ROI applied), or None if it is
         not one of them."""
         return self._truths.get(_digest(frame))
-        self.set_property_limits(Keyword.Exposure, (0.001, 60_000.0))
 
     def sensor_shape(self) -> tuple[int, int]:
-        return self._scene.config.sensor_shape_px
+        h, w = self._scene.config.sensor_shape_px
+        return h // self._binning, w // self._binning
+
+    def get_binning(self) -> int:
+        return self._binning
+
+    def set_binning(self, value: int) -> None:
+        """Charge binning: b x b pixels read out as one, with one read noise (the ROI resets)."""
+        value = int(value)
+        if value not in BINNINGS:
+            raise ValueError(f"binning must be one of {BINNINGS}, got {value}")
+        self._binning = value
+        self.clear_roi()
 
     def dtype(self) -> np.dtype:
         return np.dtype(np.uint16)
@@ -293,14 +312,23 @@ class VirtualCamera(SimpleCameraDevice):
                                                    exposure_ms, modality=modality)
             self.last_emitters = self._scene.last_emitters
         else:
-            photons = np.zeros(self.sensor_shape(), np.float32)
+            photons = np.zeros(self._scene.config.sensor_shape_px, np.float32)
             self.last_emitters = None
+        photons = _bin(photons, self._binning)
         buffer[...] = read_out(photons, rng, self._camera)
         self.last_ground_truth = expected_adu(photons, self._camera)
         self._remember(buffer, (x_um, y_um) if self._shutter.get_open() else self._xy.sample_position_um)
         self._frame += 1
         time.sleep(max(0.0, exposure_ms / 1000 - (time.perf_counter() - started)))
         return {}
+
+
+def _bin(photons: np.ndarray, b: int) -> np.ndarray:
+    """Sum b x b blocks (charge binning); a remainder at the edges is cut off, as on a sensor."""
+    if b == 1:
+        return photons
+    h, w = photons.shape[0] // b * b, photons.shape[1] // b * b
+    return photons[:h, :w].reshape(h // b, b, w // b, b).sum(axis=(1, 3))
 
 
 def _digest(frame: np.ndarray) -> bytes:
