@@ -12,7 +12,8 @@ import typer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Deep-learning image restoration inside the microscope's acquisition loop.")
-models_app = typer.Typer(no_args_is_help=True, help="Inspect the model repository of a server.")
+models_app = typer.Typer(no_args_is_help=True,
+                        help="A server's model versions: list, load, activate (hot-swap), unload, rescan.")
 keys_app = typer.Typer(no_args_is_help=True, help="CURVE keys for serving beyond this machine.")
 train_app = typer.Typer(no_args_is_help=True, help="Train a model and add it to a repository.")
 app.add_typer(models_app, name="models")
