@@ -328,42 +328,80 @@ def restore(
 @train_app.command("denoise")
 def train_denoise(
     models: ModelsOpt = None,
-    budget_minutes: Annotated[float, typer.Option(help="Training time budget.")] = 7.0,
-    steps: Annotated[Optional[int], typer.Option(help="Train exactly N steps (reproducible).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed for data and training.")] = 0,
+    data: Annotated[Optional[list[Path]], typer.Option(
+        help="Your own noisy stack (TIFF, OME-TIFF, OME-Zarr; frames = every axis before Y, X), "
+             "raw camera counts; repeat for several. Without it: virtual-microscope frames.")] = None,
+    budget_minutes: Annotated[Optional[float], typer.Option(
+        min=0.01, help="Training time budget, minutes (default 7 unless --steps / --epochs).")] = None,
+    steps: Annotated[Optional[int], typer.Option(
+        min=1, help="Train exactly N steps (reproducible; overrides the budget).")] = None,
+    epochs: Annotated[Optional[int], typer.Option(
+        min=1, help="With --data: train N passes over the data's patches (within the budget "
+                    "if one is given).")] = None,
+    patch: Annotated[int, typer.Option(
+        min=8, help="Training patch side, px (a multiple of 8).")] = 32,
+    seed: Annotated[int, typer.Option(help="Seed for data, held-out split and training.")] = 0,
     frames_per_condition: Annotated[int, typer.Option(
         help="Virtual-microscope frames per specimen and signal level.")] = 8,
-    data: Annotated[Optional[list[Path]], typer.Option(help="Your own noisy stacks.")] = None,
 ) -> None:
-    """Train a Noise2Void denoiser on virtual-microscope frames; add it as a new version."""
-    if data:
-        fail("training on your own stacks (--data) is not available yet; this version trains "
-             "on virtual-microscope frames")
+    """Train a Noise2Void (N2V2) denoiser on your noisy stacks or on virtual-microscope frames;
+    add it as a new version of `denoise` in the model repository."""
     import shlex
+    from functools import partial
+
+    from pydantic import ValidationError
 
     from livescope.console import console
-    from livescope.models import export
-    from livescope.models.data import VirtualDenoiseData
-    from livescope.models.train_denoise import DenoiseTrainConfig, train_and_publish
 
     repository = models or _default_models_dir()
-    repository.mkdir(parents=True, exist_ok=True)
-    config = DenoiseTrainConfig(steps=steps, seed=seed,
-                                budget_seconds=None if steps else budget_minutes * 60.0)
-    source = VirtualDenoiseData(frames_per_condition=frames_per_condition, seed=seed)
+    if repository.exists() and not repository.is_dir():
+        fail(f"--models {repository} is a file, not a folder")
+    if epochs is not None and not data:
+        fail("--epochs needs --data (virtual-microscope training is set by --steps or the budget)")
+    own = None
+    if data:  # checked before torch is even imported: a mistake costs no time
+        from livescope.models.user_data import TrainingDataError, load_training_stacks
+
+        try:
+            own = load_training_stacks(data, patch, seed)
+        except TrainingDataError as e:
+            fail(str(e))
+    from livescope.models import export
+    from livescope.models.train_denoise import DenoiseTrainConfig
+
+    budget_s = None if steps else (budget_minutes or (None if epochs else 7.0))
+    budget_s = budget_s * 60.0 if budget_s else None
+    try:
+        config = DenoiseTrainConfig(steps=steps, seed=seed, patch_px=patch, budget_seconds=budget_s)
+    except ValidationError as e:
+        fail(f"--patch: {e.errors()[0]['msg'].removeprefix('Value error, ')}")
     command = shlex.join(["livescope", *sys.argv[1:]])
+    if own is not None:
+        from livescope.models.train_denoise import steps_per_epoch, train_and_publish_own_data
+
+        if epochs is not None and steps is None:
+            config = DenoiseTrainConfig(**(config.model_dump() | {
+                "steps": epochs * steps_per_epoch(own.train_adu, config)}))
+        console.print(f"training data: {own.describe()}")
+        train = partial(train_and_publish_own_data, repository, own)
+    else:
+        from livescope.models.data import VirtualDenoiseData
+        from livescope.models.train_denoise import train_and_publish
+
+        source = VirtualDenoiseData(frames_per_condition=frames_per_condition, seed=seed)
+        train = partial(train_and_publish, repository, data=source)
+    repository.mkdir(parents=True, exist_ok=True)
     with console.status("training denoise ...") as status:
         def report(p) -> None:
             status.update(f"training denoise: step {p.step}, {100 * p.fraction:4.1f}%, "
                           f"loss {p.loss:.4f}")
 
         try:
-            folder, card = train_and_publish(repository, data=source, config=config,
-                                             command=command, progress=report)
+            folder, card = train(config=config, command=command, progress=report)
         except export.ExportError as e:
             fail(str(e), code=1)
     for key, value in card.metrics.items():
-        console.print(f"  {key}: {value:.3f}")
+        console.print(f"  {key}: {value:.4g}")
     console.print(f"wrote {folder}")
     typer.echo(card.ref)
 

@@ -5,6 +5,10 @@
 trains on virtual-microscope frames (noisy only), exports to ONNX, checks torch/onnxruntime
 parity, measures held-out PSNR against the scene's clean frames, and writes
 ``DIR/denoise/<next version>/`` atomically. It prints ``denoise@<version>``.
+
+``train_and_publish_own_data`` does the same on the user's own noisy stacks (``livescope train
+denoise --data STACK``; read and checked by ``models/user_data.py``); with no clean images, its
+held-out metric is the Noise2Void loss on a held-out part of the stacks.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from livescope.models.data import FrameSet, VirtualDenoiseData, random_patches, 
 from livescope.models.n2v import apply_blind_spots, blind_spot_mask, masked_mse
 from livescope.models.repository_write import write_version
 from livescope.models.unet import InGraphNormalised, UNet, UNetConfig, parameter_count
+from livescope.models.user_data import UserTrainingData
 
 
 class DenoiseTrainConfig(BaseModel):
@@ -221,22 +226,7 @@ def train_and_publish(
     def fill(folder: Path, version: int) -> ModelCard:
         export.save(proto, folder / MODEL_FILE)
         return ModelCard(
-            name=name,
-            version=version,
-            task="denoise",
-            description=(
-                f"Noise2Void (N2V2) UNet, depth {unet.depth}, {unet.base_channels} base channels, "
-                f"{parameter_count(trained.net)} parameters; self-supervised on noisy frames only; "
-                f"{trained.steps} steps of {config.batch_size} patches of {config.patch_px} px "
-                f"(reproduce exactly with --steps {trained.steps} and the seed); train config: "
-                f"{config.model_dump_json(exclude_none=True)}"
-            ),
-            inputs=(TensorSpec(name=export.INPUT_NAME, dtype="uint16", axes="NCYX"),),
-            outputs=(TensorSpec(name=export.OUTPUT_NAME, dtype="float32", axes="NCYX"),),
-            normalisation=Normalisation(
-                kind="in_graph", offset_adu=trained.offset_adu, scale_adu=trained.scale_adu
-            ),
-            tiling=Tiling(size_multiple_px=unet.size_multiple_px, halo_px=unet.halo_px),
+            **_served_card_fields(name, version, trained, config),
             trained_for=TrainedFor(
                 pixel_size_nm=(rig.pixel_size_um * 1e3,) * 2,
                 na=(rig.na,) * 2,
@@ -252,6 +242,129 @@ def train_and_publish(
                 code_version=livescope.__version__,
                 data=f"train: {data.describe()}; held out: {held_out.describe()}",
                 data_hash=frames.hash(),
+                seed=config.seed,
+                trained_at=datetime.now(timezone.utc).replace(microsecond=0),
+                train_seconds=round(trained.train_seconds, 1),
+            ),
+            metrics=metrics,
+        )
+
+    return write_version(repository, name, fill)
+
+
+def _served_card_fields(name: str, version: int, trained: TrainedDenoiser,
+                        config: DenoiseTrainConfig) -> dict:
+    """The card fields every denoiser version has: what it is, its tensors, units and tiling."""
+    unet = trained.net.config
+    return dict(
+        name=name,
+        version=version,
+        task="denoise",
+        description=(
+            f"Noise2Void (N2V2) UNet, depth {unet.depth}, {unet.base_channels} base channels, "
+            f"{parameter_count(trained.net)} parameters; self-supervised on noisy frames only; "
+            f"{trained.steps} steps of {config.batch_size} patches of {config.patch_px} px "
+            f"(reproduce exactly with --steps {trained.steps} and the seed); train config: "
+            f"{config.model_dump_json(exclude_none=True)}"
+        ),
+        inputs=(TensorSpec(name=export.INPUT_NAME, dtype="uint16", axes="NCYX"),),
+        outputs=(TensorSpec(name=export.OUTPUT_NAME, dtype="float32", axes="NCYX"),),
+        normalisation=Normalisation(
+            kind="in_graph", offset_adu=trained.offset_adu, scale_adu=trained.scale_adu
+        ),
+        tiling=Tiling(size_multiple_px=unet.size_multiple_px, halo_px=unet.halo_px),
+    )
+
+
+# -- training on the user's own stacks -----------------------------------------------------------
+
+MAX_VALIDATION_PATCHES = 256
+
+
+def validation_patches(frames: np.ndarray, patch_px: int, seed: int) -> np.ndarray:
+    """Non-overlapping patches (N, patch, patch) tiled from ``frames`` (T, H, W); a seeded choice
+    of at most MAX_VALIDATION_PATCHES."""
+    t, h, w = frames.shape
+    patches = np.stack([frames[i, y : y + patch_px, x : x + patch_px]
+                        for i in range(t)
+                        for y in range(0, h - patch_px + 1, patch_px)
+                        for x in range(0, w - patch_px + 1, patch_px)])
+    if len(patches) > MAX_VALIDATION_PATCHES:
+        pick = np.random.default_rng(seed).choice(len(patches), MAX_VALIDATION_PATCHES, replace=False)
+        patches = patches[np.sort(pick)]
+    return patches
+
+
+def n2v_validation_mse_adu2(trained: TrainedDenoiser, held_out_adu: np.ndarray,
+                            config: DenoiseTrainConfig) -> dict[str, float]:
+    """The Noise2Void loss on held-out frames, in ADU^2: the MSE between each blind-spot pixel's
+    prediction and its own noisy value, over seeded masks of held-out patches.
+
+    With independent noise this is the error against the clean image plus the noise variance, so
+    only differences matter; ``..._median_filter`` is the same loss for the blind-spot fill alone
+    (the neighbourhood median), a baseline the trained network should beat.
+    """
+    patches = validation_patches(held_out_adu, config.patch_px, config.seed)
+    data = (torch.from_numpy(patches.astype(np.float32))[:, None] - trained.offset_adu) / trained.scale_adu
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    model_sum = median_sum = count = 0.0
+    trained.net.eval()
+    with torch.no_grad():
+        for batch in data.split(config.batch_size):
+            mask = blind_spot_mask(batch.shape, config.mask_box_px, generator)
+            masked = apply_blind_spots(batch, mask, config.median_radius_px)
+            n = float(mask.sum())
+            model_sum += float(masked_mse(trained.net(masked), batch, mask)) * n
+            median_sum += float(masked_mse(masked, batch, mask)) * n
+            count += n
+    scale2 = trained.scale_adu**2
+    return {
+        "n2v_validation_mse_adu2": round(model_sum / count * scale2, 4),
+        "n2v_validation_mse_adu2_median_filter": round(median_sum / count * scale2, 4),
+        "n2v_validation_patches": float(len(patches)),
+    }
+
+
+def steps_per_epoch(frames: np.ndarray, config: DenoiseTrainConfig) -> int:
+    """Steps that draw as many patches as ``frames`` hold without overlap (one epoch)."""
+    t, h, w = frames.shape
+    return max(1, math.ceil(t * (h // config.patch_px) * (w // config.patch_px) / config.batch_size))
+
+
+def train_and_publish_own_data(
+    repository: Path,
+    data: UserTrainingData,
+    *,
+    name: str = "denoise",
+    config: DenoiseTrainConfig = DenoiseTrainConfig(budget_seconds=420.0),
+    command: str = "livescope.models.train_denoise.train_and_publish_own_data()",
+    progress: Callable[[TrainProgress], None] | None = None,
+) -> tuple[Path, ModelCard]:
+    """Train on the user's stacks (``models.user_data.load_training_stacks``), export, check
+    parity, measure the N2V validation loss on the held-out part, write the next version.
+
+    No clean images exist, so the held-out metric is the self-supervised loss itself.
+    """
+    trained = train_denoise(data.train_adu, config, progress)
+    served = trained.served()
+    unet = trained.net.config
+    proto = export.to_onnx(served, unet.size_multiple_px)
+    rng = np.random.default_rng(config.seed)
+    for raw in export.parity_inputs(data.held_out_adu, unet.size_multiple_px, rng):
+        export.check_parity(served, proto, raw)
+    metrics = n2v_validation_mse_adu2(trained, data.held_out_adu, config)
+    metrics["n2v_train_loss_final"] = round(trained.final_loss, 6)
+
+    def fill(folder: Path, version: int) -> ModelCard:
+        export.save(proto, folder / MODEL_FILE)
+        return ModelCard(
+            **_served_card_fields(name, version, trained, config),
+            trained_for=TrainedFor(pixel_size_nm=data.pixel_size_nm),
+            provenance=Provenance(
+                command=command,
+                code_version=livescope.__version__,
+                data=data.describe(),
+                data_hash=data.data_hash,
                 seed=config.seed,
                 trained_at=datetime.now(timezone.utc).replace(microsecond=0),
                 train_seconds=round(trained.train_seconds, 1),
