@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -195,6 +196,22 @@ def _ort_denoiser(proto) -> Callable[[np.ndarray], np.ndarray]:
     return lambda raw: session.run([export.OUTPUT_NAME], {export.INPUT_NAME: raw})[0][:, 0]
 
 
+def _train_and_export(
+    frames: np.ndarray, held_out: np.ndarray, config: DenoiseTrainConfig,
+    progress: Callable[[TrainProgress], None] | None,
+) -> tuple[TrainedDenoiser, onnx.ModelProto]:
+    """Train, export to ONNX, and check torch/onnxruntime parity on held-out frames (raises
+    ExportError, so nothing is written, when they disagree)."""
+    trained = train_denoise(frames, config, progress)
+    served = trained.served()
+    unet = trained.net.config
+    proto = export.to_onnx(served, unet.size_multiple_px)
+    rng = np.random.default_rng(config.seed)
+    for raw in export.parity_inputs(held_out, unet.size_multiple_px, rng):
+        export.check_parity(served, proto, raw)
+    return trained, proto
+
+
 def train_and_publish(
     repository: Path,
     *,
@@ -213,13 +230,8 @@ def train_and_publish(
     if held_out is None:
         held_out = data.model_copy(update={"frames_per_condition": 2, "seed": data.seed + 10_000})
     frames, held_out_frames = virtual_frames(data), virtual_frames(held_out)
-    trained = train_denoise(frames.noisy_adu, config, progress)
-    served = trained.served()
-    unet = trained.net.config
-    proto = export.to_onnx(served, unet.size_multiple_px)
-    rng = np.random.default_rng(config.seed)
-    for raw in export.parity_inputs(held_out_frames.noisy_adu, unet.size_multiple_px, rng):
-        export.check_parity(served, proto, raw)
+    trained, proto = _train_and_export(frames.noisy_adu, held_out_frames.noisy_adu, config,
+                                       progress)
     metrics = held_out_metrics(_ort_denoiser(proto), held_out_frames)
     rig = VirtualRigConfig()  # the optics and camera the data were simulated with
 
@@ -345,13 +357,7 @@ def train_and_publish_own_data(
 
     No clean images exist, so the held-out metric is the self-supervised loss itself.
     """
-    trained = train_denoise(data.train_adu, config, progress)
-    served = trained.served()
-    unet = trained.net.config
-    proto = export.to_onnx(served, unet.size_multiple_px)
-    rng = np.random.default_rng(config.seed)
-    for raw in export.parity_inputs(data.held_out_adu, unet.size_multiple_px, rng):
-        export.check_parity(served, proto, raw)
+    trained, proto = _train_and_export(data.train_adu, data.held_out_adu, config, progress)
     metrics = n2v_validation_mse_adu2(trained, data.held_out_adu, config)
     metrics["n2v_train_loss_final"] = round(trained.final_loss, 6)
 
