@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import statistics
-import time
 from collections.abc import Iterator
 
 from livescope.launch import free_port, spawn_server
 
-__all__ = ["free_port", "livescope_server", "median", "timed"]
+__all__ = ["free_port", "livescope_server", "median"]
 
 
 @contextlib.contextmanager
@@ -22,9 +21,3 @@ def livescope_server(*extra: str, threads: int | None = None) -> Iterator[str]:
 
 def median(xs: list[float]) -> float:
     return float(statistics.median(xs))
-
-
-def timed(fn, *args) -> float:
-    t0 = time.perf_counter()
-    fn(*args)
-    return time.perf_counter() - t0
