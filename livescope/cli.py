@@ -332,7 +332,7 @@ def train_denoise(
         help="Your own noisy stack (TIFF, OME-TIFF, OME-Zarr; frames = every axis before Y, X), "
              "raw camera counts; repeat for several. Without it: virtual-microscope frames.")] = None,
     budget_minutes: Annotated[Optional[float], typer.Option(
-        min=0.01, help="Training time budget, minutes (default 7 unless --steps / --epochs).")] = None,
+        min=0.01, help="Training time budget, minutes (default 5 unless --steps / --epochs).")] = None,
     steps: Annotated[Optional[int], typer.Option(
         min=1, help="Train exactly N steps (reproducible; overrides the budget).")] = None,
     epochs: Annotated[Optional[int], typer.Option(
@@ -340,24 +340,41 @@ def train_denoise(
                     "if one is given).")] = None,
     patch: Annotated[int, typer.Option(
         min=8, help="Training patch side, px (a multiple of 8).")] = 32,
+    struct: Annotated[Optional[str], typer.Option(
+        help="structN2V for correlated camera noise: 'row' (horizontal stripes, e.g. sCMOS "
+             "read-out) or 'column'.")] = None,
+    struct_span: Annotated[int, typer.Option(
+        min=1, help="With --struct: neighbours hidden either side of each blind spot, px.")] = 4,
+    depth: Annotated[int, typer.Option(min=1, max=4, help="UNet depth (downsamplings).")] = 2,
+    channels: Annotated[int, typer.Option(
+        min=4, help="UNet channels at full resolution (doubled at every level down).")] = 16,
+    intensity: Annotated[str, typer.Option(
+        help="ADU -> network units: 'sqrt' (variance-stabilising, for a wide range of signals) "
+             "or 'linear'.")] = "sqrt",
     seed: Annotated[int, typer.Option(help="Seed for data, held-out split and training.")] = 0,
     frames_per_condition: Annotated[int, typer.Option(
-        help="Virtual-microscope frames per specimen and signal level.")] = 8,
+        min=1, help="Virtual-microscope frames per modality, specimen and signal level.")] = 4,
 ) -> None:
     """Train a Noise2Void (N2V2) denoiser on your noisy stacks or on virtual-microscope frames;
     add it as a new version of `denoise` in the model repository."""
+    import math
     import shlex
     from functools import partial
 
-    from pydantic import ValidationError
-
-    from livescope.console import console
+    from livescope.console import console, training_progress
 
     repository = models or _default_models_dir()
     if repository.exists() and not repository.is_dir():
         fail(f"--models {repository} is a file, not a folder")
     if epochs is not None and not data:
         fail("--epochs needs --data (virtual-microscope training is set by --steps or the budget)")
+    if struct not in (None, "row", "column"):
+        fail(f"--struct must be 'row' or 'column', not {struct!r}")
+    if intensity not in ("sqrt", "linear"):
+        fail(f"--intensity must be 'sqrt' or 'linear', not {intensity!r}")
+    if patch % math.lcm(2**depth, 8):
+        fail(f"--patch {patch} must be a multiple of {math.lcm(2**depth, 8)} (8, and 2**depth for "
+             f"--depth {depth})")
     own = None
     if data:  # checked before torch is even imported: a mistake costs no time
         from livescope.models.user_data import TrainingDataError, load_training_stacks
@@ -369,12 +386,11 @@ def train_denoise(
     from livescope.models import export
     from livescope.models.train_denoise import DenoiseTrainConfig
 
-    budget_s = None if steps else (budget_minutes or (None if epochs else 7.0))
+    budget_s = None if steps else (budget_minutes or (None if epochs else 5.0))
     budget_s = budget_s * 60.0 if budget_s else None
-    try:
-        config = DenoiseTrainConfig(steps=steps, seed=seed, patch_px=patch, budget_seconds=budget_s)
-    except ValidationError as e:
-        fail(f"--patch: {e.errors()[0]['msg'].removeprefix('Value error, ')}")
+    config = DenoiseTrainConfig(steps=steps, seed=seed, patch_px=patch, budget_seconds=budget_s,
+                                depth=depth, base_channels=channels, intensity=intensity,
+                                struct_axis=struct or "none", struct_span_px=struct_span if struct else 0)
     command = shlex.join(["livescope", *sys.argv[1:]])
     if own is not None:
         from livescope.models.train_denoise import steps_per_epoch, train_and_publish_own_data
@@ -391,11 +407,7 @@ def train_denoise(
         source = VirtualDenoiseData(frames_per_condition=frames_per_condition, seed=seed)
         train = partial(train_and_publish, repository, data=source)
     repository.mkdir(parents=True, exist_ok=True)
-    with console.status("training denoise ...") as status:
-        def report(p) -> None:
-            status.update(f"training denoise: step {p.step}, {100 * p.fraction:4.1f}%, "
-                          f"loss {p.loss:.4f}")
-
+    with training_progress("training denoise") as report:
         try:
             folder, card = train(config=config, command=command, progress=report)
         except export.ExportError as e:

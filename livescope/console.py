@@ -1,4 +1,4 @@
-"""Terminal display for acquisitions: a live progress bar and the closing summary (rich)."""
+"""Terminal display: live progress bars for acquisitions and training, and the closing summary (rich)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from rich.table import Table
 
 if TYPE_CHECKING:
     from livescope.acquire.run import AcquisitionProgress, AcquisitionSummary
+    from livescope.models.train_denoise import TrainProgress
 
 console = Console()
 
@@ -31,6 +32,31 @@ def acquisition_progress(total: int, title: str = "acquiring"):
                               f"refused {p.refused}  latency p50 {latency}")
 
         yield update
+
+
+@contextmanager
+def training_progress(title: str):
+    """Yields a callback for training (progress=...): a bar with the step, the training loss,
+    the latest and best held-out loss, and the time left."""
+    bar = Progress(TextColumn(f"[bold]{title}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                   TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console,
+                   transient=True)
+    with bar:
+        task = bar.add_task(title, total=1.0, detail="")
+
+        def update(p: TrainProgress) -> None:
+            steps = f"step {p.step}" + (f"/{p.total_steps}" if p.total_steps else "")
+            held_out = (f"  val {p.validation_loss:.4f} (best {p.best_validation_loss:.4f})"
+                        if p.validation_loss is not None else "")
+            eta = f"  ETA {_duration(p.eta_s)}" if p.eta_s is not None else ""
+            bar.update(task, completed=p.fraction, detail=f"{steps}  loss {p.loss:.4f}{held_out}{eta}")
+
+        yield update
+
+
+def _duration(seconds: float) -> str:
+    minutes, s = divmod(int(round(seconds)), 60)
+    return f"{minutes}:{s:02d}"
 
 
 def print_summary(s: AcquisitionSummary, extra: dict[str, str] | None = None) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 Task = Literal["denoise", "refocus", "localise", "restore", "identity"]
 TensorDtype = Literal["uint8", "uint16", "float32"]
@@ -31,11 +31,17 @@ class TensorSpec(_Frozen):
 
 
 class Normalisation(_Frozen):
-    """How camera ADU become network units. ``in_graph``: the ONNX graph does it itself."""
+    """How camera ADU become network units. ``in_graph``: the ONNX graph does it itself (the
+    constants are recorded here for people; the server does not apply them).
+
+    ``transform`` 'linear': d / scale with d = ADU - offset_adu; 'sqrt': sign(d) (sqrt(|d| + 1) - 1)
+    / scale; and back, plus ``bias_adu`` (see ``livescope.models.intensity``)."""
 
     kind: Literal["in_graph", "none"] = "in_graph"
+    transform: Literal["linear", "sqrt"] = "linear"
     offset_adu: float = 0.0
-    scale_adu: float = 1.0
+    scale: float = Field(default=1.0, gt=0, validation_alias=AliasChoices("scale", "scale_adu"))
+    bias_adu: float = 0.0
 
 
 class Tiling(_Frozen):

@@ -15,18 +15,21 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 Specimen = str  # "filaments" | "cells" | "beads"
+Modality = str  # "widefield" | "confocal" | "sted"
 
 
 class VirtualDenoiseData(BaseModel):
-    """A set of virtual-microscope frames: every specimen at every signal level."""
+    """A set of virtual-microscope frames: every modality x specimen x signal level."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    modalities: tuple[Modality, ...] = ("widefield", "confocal")
     specimens: tuple[Specimen, ...] = ("filaments", "cells", "beads")
     signal_photons_per_ms: tuple[float, ...] = Field(
-        default=(0.5, 1.0, 2.0, 4.0, 8.0), description="signal levels, low to high SNR"
+        default=(0.5, 1.5, 5.0, 15.0, 50.0),
+        description="peak signal rates, low to high SNR (x exposure: 5 to 500 photons at 10 ms)",
     )
-    frames_per_condition: int = Field(default=8, ge=1, description="frames per specimen x level")
+    frames_per_condition: int = Field(default=4, ge=1, description="frames per condition")
     sensor_shape_px: tuple[int, int] = (256, 256)
     exposure_ms: float = Field(default=10.0, gt=0)
     stage_range_um: float = Field(default=150.0, ge=0, description="x, y uniform in +- this")
@@ -35,7 +38,7 @@ class VirtualDenoiseData(BaseModel):
 
     def describe(self) -> str:
         return (
-            f"virtual microscope ({', '.join(self.specimens)}), signal "
+            f"virtual microscope ({', '.join(self.modalities)}; {', '.join(self.specimens)}), signal "
             f"{', '.join(f'{s:g}' for s in self.signal_photons_per_ms)} photons/ms, "
             f"{self.frames_per_condition} frames each of {self.sensor_shape_px[0]}x"
             f"{self.sensor_shape_px[1]} px, {self.exposure_ms:g} ms, stage +-{self.stage_range_um:g} um,"
@@ -47,8 +50,9 @@ class VirtualDenoiseData(BaseModel):
 class FrameSet:
     noisy_adu: np.ndarray  # (T, H, W) uint16, as the camera gives it
     clean_adu: np.ndarray  # (T, H, W) float32, the noise-free expectation
+    modality: tuple[Modality, ...]  # (T,)
     specimen: tuple[Specimen, ...]  # (T,)
-    signal_photons_per_ms: np.ndarray  # (T,)
+    peak_photons: np.ndarray  # (T,) peak signal of an in-focus structure: rate x exposure
 
     def hash(self) -> str:
         """sha256 of the noisy frames (what training saw)."""
@@ -60,30 +64,34 @@ def virtual_frames(spec: VirtualDenoiseData) -> FrameSet:
     from livescope.acquire.virtual import VirtualRigConfig, VirtualScene
 
     rng = np.random.default_rng(spec.seed)
-    noisy, clean, specimens, signals = [], [], [], []
-    for specimen in spec.specimens:
-        for signal in spec.signal_photons_per_ms:
-            config = VirtualRigConfig(
-                sensor_shape_px=spec.sensor_shape_px,
-                specimen=specimen,
-                signal_photons_per_ms=signal,
-                exposure_ms=spec.exposure_ms,
-                seed=int(rng.integers(2**31)),
-            )
-            scene = VirtualScene(config)
-            for _ in range(spec.frames_per_condition):
-                x_um, y_um = rng.uniform(-spec.stage_range_um, spec.stage_range_um, 2)
-                z_um = rng.uniform(-spec.max_defocus_um, spec.max_defocus_um)
-                frame, expected = scene.snap(x_um, y_um, z_um, spec.exposure_ms, rng)
-                noisy.append(frame)
-                clean.append(expected)
-                specimens.append(specimen)
-                signals.append(signal)
+    noisy, clean, modalities, specimens, signals = [], [], [], [], []
+    conditions = [(m, s, level) for m in spec.modalities for s in spec.specimens
+                  for level in spec.signal_photons_per_ms]
+    for modality, specimen, signal in conditions:
+        config = VirtualRigConfig(
+            sensor_shape_px=spec.sensor_shape_px,
+            modality=modality,
+            specimen=specimen,
+            signal_photons_per_ms=signal,
+            exposure_ms=spec.exposure_ms,
+            seed=int(rng.integers(2**31)),
+        )
+        scene = VirtualScene(config)
+        for _ in range(spec.frames_per_condition):
+            x_um, y_um = rng.uniform(-spec.stage_range_um, spec.stage_range_um, 2)
+            z_um = rng.uniform(-spec.max_defocus_um, spec.max_defocus_um)
+            frame, expected = scene.snap(x_um, y_um, z_um, spec.exposure_ms, rng)
+            noisy.append(frame)
+            clean.append(expected)
+            modalities.append(modality)
+            specimens.append(specimen)
+            signals.append(signal)
     return FrameSet(
         noisy_adu=np.stack(noisy).astype(np.uint16),
         clean_adu=np.stack(clean).astype(np.float32),
+        modality=tuple(modalities),
         specimen=tuple(specimens),
-        signal_photons_per_ms=np.asarray(signals, dtype=np.float64),
+        peak_photons=np.asarray(signals, dtype=np.float64) * spec.exposure_ms,
     )
 
 

@@ -5,7 +5,7 @@ CARE UNet, both kept here: downsampling by max-blur-pooling instead of max-pooli
 connection at the top (full-resolution) level, so the output cannot copy the input pixel grid.
 
 ``UNet`` works in network units (normalised intensities); ``InGraphNormalised`` wraps it into the
-served contract: uint16 camera ADU in, float32 ADU out, normalisation inside the graph.
+served contract: uint16 camera ADU in, float32 ADU out, the intensity transform inside the graph.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from livescope.models.intensity import IntensityTransform
 
 
 @dataclass(frozen=True)
@@ -110,14 +112,13 @@ def parameter_count(module: nn.Module) -> int:
 
 
 class InGraphNormalised(nn.Module):
-    """The served model: uint16 ADU ``raw`` -> float32 ADU ``restored``, normalising in the graph."""
+    """The served model: uint16 ADU ``raw`` -> float32 ADU ``restored``; the intensity transform
+    (``models.intensity``) is part of the graph."""
 
-    def __init__(self, net: nn.Module, offset_adu: float, scale_adu: float) -> None:
+    def __init__(self, net: nn.Module, transform: IntensityTransform) -> None:
         super().__init__()
         self.net = net
-        self.offset_adu = float(offset_adu)
-        self.scale_adu = float(scale_adu)
+        self.transform = transform
 
     def forward(self, raw: torch.Tensor) -> torch.Tensor:
-        x = (raw.to(torch.float32) - self.offset_adu) / self.scale_adu
-        return self.net(x) * self.scale_adu + self.offset_adu
+        return self.transform.to_adu(self.net(self.transform.to_network(raw)))

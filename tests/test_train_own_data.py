@@ -31,8 +31,8 @@ def noisy_stack(frames: int = 8, height: int = 64, width: int = 64, seed: int = 
 
 def train(tmp_path: Path, *data: Path, extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     args = [a for path in data for a in ("--data", str(path))]
-    return cli("train", "denoise", *args, "--steps", "20", "--models", str(tmp_path / "repo"),
-               *extra)
+    return cli("train", "denoise", *args, "--steps", "20", "--patch", "32",
+               "--models", str(tmp_path / "repo"), *extra)
 
 
 def float_stack(value: float) -> np.ndarray:
