@@ -26,7 +26,9 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -56,7 +58,7 @@ TEST_SEED, VALIDATION_SEED, TRAIN_SEED = 20_000, 30_000, 1
 SPECIMENS = ("filaments", "cells")
 GAUSSIAN_SIGMAS_PX = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 SSIM_SIGMA_PX = 1.5  # Wang et al. 2004: Gaussian window, sigma 1.5 px, K1 0.01, K2 0.03
-CAREAMICS = "not run: needs its own virtual environment (careamics 0.3.5 pins torch 2.11); see issue 5"
+CAREAMICS_SCRIPT = REPO_ROOT / "bench" / "careamics_n2v2.py"
 
 Denoiser = Callable[[np.ndarray], np.ndarray]  # (N, H, W) -> (N, H, W) float32, same units
 
@@ -141,9 +143,15 @@ def warm_up_torch() -> None:
     train_denoise(frames, DenoiseTrainConfig(steps=3, seed=TRAIN_SEED))
 
 
-def self_trained(frames: np.ndarray, budget_s: float) -> tuple[Denoiser, dict]:
-    """Noise2Void on ``frames`` themselves for ``budget_s``, exported, run with onnxruntime."""
-    trained = train_denoise(frames, DenoiseTrainConfig(budget_seconds=budget_s, seed=TRAIN_SEED))
+def self_trained(frames: np.ndarray, budget_s: float, args: argparse.Namespace
+                 ) -> tuple[Denoiser, dict, ort.InferenceSession]:
+    """Noise2Void on ``frames`` themselves for ``budget_s`` (what ``livescope train denoise
+    --data STACK --budget-minutes M`` does: a seeded tenth of the frames held out for early
+    stopping), exported, run with onnxruntime."""
+    held = np.random.default_rng(TRAIN_SEED).permutation(len(frames))[: max(1, len(frames) // 10)]
+    train = np.delete(frames, held, axis=0) if len(frames) > 1 else frames
+    config = DenoiseTrainConfig(budget_seconds=budget_s, seed=TRAIN_SEED, intensity=args.intensity)
+    trained = train_denoise(train, config, held_out=frames[held])
     proto = export.to_onnx(trained.served(), trained.net.config.size_multiple_px)
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
 
@@ -152,8 +160,46 @@ def self_trained(frames: np.ndarray, budget_s: float) -> tuple[Denoiser, dict]:
                                for f in stack])
 
     info = {"steps": trained.steps, "train_seconds": round(trained.train_seconds, 1),
-            "budget_seconds": budget_s, "seed": TRAIN_SEED}
-    return run, info
+            "stopped_because": trained.stopped_because, "best_step": trained.best_step,
+            "budget_seconds": budget_s, "seed": TRAIN_SEED, "config": config.model_dump(exclude_none=True)}
+    return run, info, session
+
+
+def careamics(train: np.ndarray, test: np.ndarray, budget_s: float,
+              args: argparse.Namespace) -> tuple[np.ndarray | None, dict]:
+    """careamics' N2V2 trained on ``train`` for ``budget_s`` and run on ``test``, in its own
+    virtual environment (``--careamics-python``) by bench/careamics_n2v2.py."""
+    if args.careamics_python is None:
+        return None, {"skipped": "no --careamics-python given (careamics lives in its own venv)"}
+    with tempfile.TemporaryDirectory() as folder:
+        d = Path(folder)
+        np.save(d / "train.npy", train)
+        np.save(d / "test.npy", test)
+        command = [str(args.careamics_python), str(CAREAMICS_SCRIPT), "--train", str(d / "train.npy"),
+                   "--predict", str(d / "test.npy"), "--out", str(d / "out.npy"),
+                   "--report", str(d / "report.json"), "--budget-seconds", str(budget_s),
+                   "--seed", str(TRAIN_SEED), "--timing-size", "512"]
+        log(f"careamics: training for {budget_s / 60:g} min")
+        done = subprocess.run(command, stdout=sys.stderr, stderr=sys.stderr)
+        if done.returncode != 0:
+            return None, {"failed": f"exit {done.returncode}: {' '.join(command)}"}
+        return np.load(d / "out.npy"), json.loads((d / "report.json").read_text())
+
+
+def ort_ms_at_512(session: ort.InferenceSession, repeats: int) -> float:
+    """Median ms of one 512x512 uint16 frame through ``session`` (after 2 warm-up runs)."""
+    frame = virtual_frames(VirtualDenoiseData(modalities=("widefield",), specimens=("filaments",),
+                                              signal_photons_per_ms=(2.0,), frames_per_condition=1,
+                                              sensor_shape_px=(512, 512), seed=TEST_SEED)).noisy_adu
+    feed = {export.INPUT_NAME: frame[None]}
+    for _ in range(2):
+        session.run([export.OUTPUT_NAME], feed)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        session.run([export.OUTPUT_NAME], feed)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return round(median(times), 2)
 
 
 def ort_ms_per_frame(model: LoadedModel, repeats: int) -> dict:
@@ -175,7 +221,7 @@ def ort_ms_per_frame(model: LoadedModel, repeats: int) -> dict:
 # -- one comparison --------------------------------------------------------------------------------
 
 def compare(noisy: np.ndarray, clean: np.ndarray, sigma_px: float, shipped: Denoiser,
-            ours: Denoiser) -> tuple[dict, dict[str, np.ndarray]]:
+            ours: Denoiser, theirs: np.ndarray | None) -> tuple[dict, dict[str, np.ndarray]]:
     """Scores of every method on one test stack, and each method's first output frame."""
     outputs: dict[str, np.ndarray] = {"noisy": noisy.astype(np.float32),
                                       "gaussian": gaussian(noisy, sigma_px)}
@@ -183,6 +229,8 @@ def compare(noisy: np.ndarray, clean: np.ndarray, sigma_px: float, shipped: Deno
         outputs["nl_means"] = nl_means(noisy)
     outputs["shipped"] = shipped(noisy)
     outputs["self_trained"] = ours(noisy)
+    if theirs is not None:
+        outputs["careamics_n2v2"] = theirs
     table = {name: scores(images, clean) for name, images in outputs.items()}
     table["gaussian"]["sigma_px"] = sigma_px
     classical = [k for k in ("gaussian", "nl_means") if k in table]
@@ -190,6 +238,9 @@ def compare(noisy: np.ndarray, clean: np.ndarray, sigma_px: float, shipped: Deno
     table["self_trained_minus_best_classical_psnr_db"] = round(
         table["self_trained"]["psnr_db"] - table[best]["psnr_db"], 3)
     table["best_classical"] = best
+    if theirs is not None:
+        table["self_trained_minus_careamics_psnr_db"] = round(
+            table["self_trained"]["psnr_db"] - table["careamics_n2v2"]["psnr_db"], 3)
     return table, {k: v[0] for k, v in outputs.items()}
 
 
@@ -201,9 +252,12 @@ def virtual_level(level: float, args: argparse.Namespace, shipped: Denoiser) -> 
     test, val = virtual_frames(spec), virtual_frames(validation)
     sigma = best_gaussian_sigma(val.noisy_adu, val.clean_adu)
     log(f"level {level:g} photons/ms: training on the test stack for {args.budget_minutes:g} min")
-    ours, info = self_trained(test.noisy_adu, args.budget_minutes * 60.0)
-    table, panels = compare(test.noisy_adu, test.clean_adu, sigma, shipped, ours)
+    ours, info, session = self_trained(test.noisy_adu, args.budget_minutes * 60.0, args)
+    theirs, their_info = careamics(test.noisy_adu, test.noisy_adu, args.budget_minutes * 60.0, args)
+    table, panels = compare(test.noisy_adu, test.clean_adu, sigma, shipped, ours, theirs)
     table["self_trained"].update(info)
+    table.setdefault("careamics_n2v2", {}).update(their_info)
+    table["self_trained_onnxruntime_ms_at_512"] = ort_ms_at_512(session, args.timing_repeats)
     table["peak_photons"] = level * spec.exposure_ms
     panels["reference"] = test.clean_adu[0]
     return table, panels
@@ -222,22 +276,44 @@ def real_data(args: argparse.Namespace, shipped: Denoiser) -> tuple[dict, dict |
     fov2 = read("fov2_raw.tif")[:4]
     sigma = best_gaussian_sigma(fov2, np.broadcast_to(read("fov2_gt.tif").astype(np.float32), fov2.shape))
     log(f"FMD: training on fov1+fov2 raw ({len(train)} frames) for {args.fmd_budget_minutes:g} min")
-    ours, info = self_trained(train, args.fmd_budget_minutes * 60.0)
-    table, panels = compare(test, np.broadcast_to(gt, test.shape), sigma, shipped, ours)
+    ours, info, _ = self_trained(train, args.fmd_budget_minutes * 60.0, args)
+    theirs = None
+    if args.fmd_careamics:
+        theirs, their_info = careamics(train, test, args.fmd_budget_minutes * 60.0, args)
+    table, panels = compare(test, np.broadcast_to(gt, test.shape), sigma, shipped, ours, theirs)
     table["self_trained"].update(info)
+    if args.fmd_careamics:
+        table.setdefault("careamics_n2v2", {}).update(their_info)
     table["data"] = (f"FMD Confocal_BPAE_B (Zhang et al., CVPR 2019): train fov1+fov2 raw "
                      f"({len(train)} frames 512x512, uint8 values as uint16); test fov3 raw, first "
                      f"{len(test)} of 50 frames, against fov3_gt (50-frame mean); Gaussian sigma "
                      f"chosen on fov2 (4 frames) against fov2_gt")
-    table["shipped_note"] = ("the shipped model was trained on virtual widefield frames (offset "
-                             "~100 ADU, 5-80 photons); FMD is out of its domain, shown for context")
+    table["shipped_note"] = ("the shipped model was trained on virtual widefield and confocal sCMOS "
+                             "frames (offset ~100 ADU, 5-500 photons); FMD (uint8 camera values, "
+                             "offset ~0) is out of its domain, shown for context")
     panels["reference"] = gt
     return table, panels
 
 
+def inference_speed(levels: dict) -> dict:
+    """onnxruntime (livescope) against careamics' own predict() (untiled: its faster mode at this
+    size), both on a 512x512 frame on this CPU, medians over the levels' models; careamics' bare
+    torch forward pass is shown too (what its network costs without predict()'s machinery)."""
+    ours = [t["self_trained_onnxruntime_ms_at_512"] for t in levels.values()]
+    theirs = [t["careamics_n2v2"].get("predict_ms_at_timing_size_untiled_median") for t in levels.values()]
+    bare = [t["careamics_n2v2"].get("forward_only_ms_at_timing_size_median") for t in levels.values()]
+    result = {"livescope_onnxruntime_ms": round(median(ours), 2)}
+    if all(v is not None for v in theirs + bare):
+        result["careamics_predict_ms"] = round(median(theirs), 2)
+        result["careamics_forward_only_ms"] = round(median(bare), 2)
+        result["speedup_vs_careamics_predict"] = round(
+            result["careamics_predict_ms"] / result["livescope_onnxruntime_ms"], 2)
+    return result
+
+
 # -- figure ----------------------------------------------------------------------------------------
 
-COLUMNS = ("noisy", "gaussian", "nl_means", "shipped", "self_trained", "reference")
+COLUMNS = ("noisy", "gaussian", "nl_means", "shipped", "careamics_n2v2", "self_trained", "reference")
 
 
 def _crop(image: np.ndarray, size: int) -> np.ndarray:
@@ -304,6 +380,12 @@ def parse_args() -> argparse.Namespace:
                     help="relative to the repository root unless absolute")
     ap.add_argument("--fmd-test-frames", type=int, default=10, help="fov3 raw frames scored")
     ap.add_argument("--timing-repeats", type=int, default=10)
+    ap.add_argument("--careamics-python", type=Path, default=None,
+                    help="python of a venv with careamics (e.g. /work/careamics-venv/bin/python)")
+    ap.add_argument("--fmd-careamics", action=argparse.BooleanOptionalAction, default=True,
+                    help="also train careamics on FMD (with --careamics-python)")
+    ap.add_argument("--intensity", choices=("sqrt", "linear"), default="sqrt",
+                    help="livescope's intensity transform for the self-trained runs")
     ap.add_argument("--figure", type=Path, default=REPO_ROOT / "bench/results/denoise_quality.png")
     args = ap.parse_args()
     if args.budget_minutes <= 0 or args.fmd_budget_minutes <= 0:
@@ -337,7 +419,9 @@ def main() -> None:
                      "needs PyWavelets, not installed)") if denoise_nl_means is not None
                     else "not run: scikit-image not importable",
         "gaussian": f"sigma (px) chosen from {list(GAUSSIAN_SIGMAS_PX)} on a validation stack",
-        "careamics": CAREAMICS,
+        "careamics": ("careamics N2V2 (its defaults) trained on the same frames for the same "
+                      "wall-clock budget in its own venv by bench/careamics_n2v2.py; versions in "
+                      "each run's report"),
     }
     base = VirtualDenoiseData(specimens=SPECIMENS, signal_photons_per_ms=tuple(args.levels),
                               frames_per_condition=args.frames, sensor_shape_px=(args.size, args.size),
@@ -354,6 +438,7 @@ def main() -> None:
         rows.append((f"{level:g} ph/ms", panels))
     log("timing the shipped model on 512x512")
     report["shipped_onnxruntime_inference"] = ort_ms_per_frame(model, args.timing_repeats)
+    report["inference_speed_at_512"] = inference_speed(report["virtual"]["levels"])
     fmd, panels = real_data(args, shipped)
     report["real_data_fmd"] = fmd
     if panels is not None:

@@ -123,8 +123,9 @@ MAX_VALIDATION_PATCHES = 256
 """Held-out patches the final validation metric is measured on."""
 VALIDATION_PATCHES_IN_LOOP = 64
 """Held-out patches scored at each validation during training (the final metric uses more)."""
-MIN_RELATIVE_IMPROVEMENT = 1e-3
-"""A validation loss counts as better than the best so far when it is lower by this fraction."""
+MIN_RELATIVE_IMPROVEMENT = 1e-4
+"""A validation loss counts as better than the best so far when it is lower by this fraction
+(small: the N2V loss includes the noise variance, so real gains are small fractions of it)."""
 
 
 class HeldOutLoss:
@@ -380,7 +381,9 @@ def _served_card_fields(name: str, version: int, trained: TrainedDenoiser,
             f"(stopped by {trained.stopped_because}"
             + (f"; kept the weights of step {trained.best_step}, lowest held-out loss"
                if trained.best_step is not None else "")
-            + f"; repeat with --steps {trained.steps} and the seed); train config: "
+            + ("; its command repeats it exactly" if config.budget_seconds is None else
+               f"; a time budget: --steps {trained.steps} repeats it closely, not exactly")
+            + "); train config: "
             f"{config.model_dump_json(exclude_none=True)}"
         ),
         inputs=(TensorSpec(name=export.INPUT_NAME, dtype="uint16", axes="NCYX"),),

@@ -14,7 +14,7 @@ How a frame is cut (one plan per frame shape, ``plan_tiles``):
 
 With ``halo_px`` at least the network's receptive-field radius, every kept pixel saw exactly
 the input it would have seen in a whole-frame run, so tiled and whole-frame outputs agree to
-floating-point rounding (tested against ``denoise@1``). Tiles all have one shape and are run
+floating-point rounding (tested against ``denoise@2``). Tiles all have one shape and are run
 several per call (``batch_tiles``).
 """
 

@@ -25,7 +25,7 @@ def box3(frames: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def denoise() -> LoadedModel:
-    return LoadedModel.load(ModelRepository([shipped_models_root()]).resolve("denoise", 1),
+    return LoadedModel.load(ModelRepository([shipped_models_root()]).resolve("denoise", 2),
                             RuntimeOptions(provider="cpu", intra_op_threads=2))
 
 
@@ -63,7 +63,7 @@ def test_tiled_equals_whole_frame_for_a_local_filter(shape):
 
 
 def test_denoise_tiled_agrees_with_whole_frame(denoise):
-    """denoise@1 is a depth-2 UNet whose receptive-field radius is its card's halo (32 px).
+    """denoise@2 is a depth-2 UNet whose receptive-field radius is its card's halo (32 px).
     Windows start on multiples of 4, so each kept pixel sees exactly its whole-frame input:
     only float rounding may differ. Tolerance: 1e-5 of the output's dynamic range (float32
     has a relative precision of 6e-8; ~15 layers of sums of up to 9 x 64 terms stay far below

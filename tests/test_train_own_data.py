@@ -86,6 +86,30 @@ def test_a_patch_size_the_network_cannot_take_is_refused(tmp_path):
     assert not (tmp_path / "repo").exists()
 
 
+@pytest.mark.parametrize("option,words", [
+    (("--struct", "diagonal"), "--struct must be 'row' or 'column'"),
+    (("--intensity", "log"), "--intensity must be 'sqrt' or 'linear'"),
+    (("--depth", "3", "--patch", "36"), "--patch 36 must be a multiple of 8"),
+])
+def test_options_the_trainer_cannot_take_are_refused_in_one_line(tmp_path, option, words):
+    good = tmp_path / "good.tif"
+    tifffile.imwrite(good, noisy_stack())
+    r = train(tmp_path, good, extra=option)
+    assert r.returncode == 2 and r.stderr.startswith("livescope: error:") and words in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "repo").exists()
+
+
+def test_struct_n2v_for_row_correlated_noise_is_recorded_in_the_card(tmp_path):
+    stack = tmp_path / "striped.tif"
+    frames = noisy_stack().astype(np.int32)
+    frames += np.random.default_rng(1).integers(-5, 6, (8, 64, 1))  # a random offset per row
+    tifffile.imwrite(stack, frames.astype(np.uint16))
+    r = train(tmp_path, stack, extra=("--struct", "row", "--struct-span", "3"))
+    assert r.returncode == 0, r.stderr
+    card = ModelCard.load(tmp_path / "repo" / "denoise" / "1" / CARD_FILE)
+    assert '"struct_axis":"row","struct_span_px":3' in card.description
+
+
 @pytest.fixture(scope="module")
 def trained_on_own_data(tmp_path_factory) -> tuple[Path, Path, subprocess.CompletedProcess]:
     """A 20-step run on one small OME-TIFF with a pixel size."""
