@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
 Task = Literal["denoise", "refocus", "localise", "restore", "identity"]
 TensorDtype = Literal["uint8", "uint16", "float32"]
@@ -60,6 +60,25 @@ class TrainedFor(_Frozen):
     emission_nm: tuple[float, float] | None = None
     peak_photons: tuple[float, float] | None = None
     modalities: tuple[str, ...] = ()
+    emitter_photons: tuple[float, float] | None = Field(default=None, description="localise: per emitter")
+    background_photons_per_px: tuple[float, float] | None = None
+    density_per_um2: tuple[float, float] | None = None
+    psf_sigma_px: tuple[float, float] | None = None
+
+
+class LocaliseSpec(_Frozen):
+    """What a localisation model needs and gives beyond its tensors (see server/localise.py).
+
+    Its input is ``context_frames`` consecutive frames in photons (camera counts minus the
+    baseline, times e-/ADU, divided by the EM gain); it localises the last one. Its output is the
+    maps of ``livescope.emitters.LOCALISE_MAP_CHANNELS``."""
+
+    context_frames: int = Field(ge=1)
+    psf: Literal["gaussian", "airy", "astigmatic"]
+    three_d: bool = False
+    z_range_nm: tuple[float, float] | None = None
+    threshold: float = Field(default=0.6, gt=0, le=1, description="integrated p to accept an emitter")
+    candidate_p: float = Field(default=0.1, ge=0, lt=1, description="a local maximum of p must exceed this")
 
 
 class Provenance(_Frozen):
@@ -85,7 +104,14 @@ class ModelCard(_Frozen):
     trained_for: TrainedFor = TrainedFor()
     provenance: Provenance
     metrics: dict[str, float] = Field(default_factory=dict, description="held-out metrics")
+    localise: LocaliseSpec | None = Field(default=None, description="task 'localise' only")
     licence: str = "BSD-3-Clause"
+
+    @model_validator(mode="after")
+    def _localise_spec_with_its_task(self) -> ModelCard:
+        if (self.task == "localise") != (self.localise is not None):
+            raise ValueError("a 'localise' model's card needs a 'localise' section, and only it has one")
+        return self
 
     @property
     def ref(self) -> str:

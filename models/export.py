@@ -1,7 +1,8 @@
 """ONNX export of a served model, and the parity check that must pass before it is published.
 
-The served contract: one input ``raw`` (uint16, [N, 1, H, W]) and one output ``restored``
-(float32, [N, 1, H, W], same ADU units), with N, H and W dynamic. onnxruntime 1.31 reads ONNX IR
+The image models' contract: one input ``raw`` (uint16, [N, 1, H, W]) and one output ``restored``
+(float32, [N, 1, H, W], same ADU units), with N, H and W dynamic. Other tasks (localisation)
+export through ``export_graph`` with their own names and channels. onnxruntime 1.31 reads ONNX IR
 version <= 13 while onnx 1.23 writes IR 14, so the IR version is pinned here.
 """
 
@@ -28,10 +29,20 @@ class ExportError(RuntimeError):
 
 
 def to_onnx(module: nn.Module, size_multiple_px: int) -> onnx.ModelProto:
-    """Export ``module`` (uint16 [N,1,H,W] -> float32 [N,1,H,W]) with dynamic N, H, W."""
-    module = module.eval()
+    """Export an image model (uint16 [N,1,H,W] -> float32 [N,1,H,W]) with dynamic N, H, W."""
     side = 4 * size_multiple_px
     example = torch.full((2, 1, side, side), 100, dtype=torch.int32).to(torch.uint16)
+    proto = export_graph(module, example, INPUT_NAME, OUTPUT_NAME)
+    check_contract(proto)
+    return proto
+
+
+def export_graph(module: nn.Module, example: torch.Tensor, input_name: str, output_name: str
+                 ) -> onnx.ModelProto:
+    """Export ``module`` of one [N, C, H, W] input and one [N, C', H, W] output, N, H and W
+    dynamic (``example`` sets C and the dtype; its H and W must be multiples of the model's
+    size multiple, and the exported graph assumes inputs that are)."""
+    module = module.eval()
     dims = {0: torch.export.Dim("N"), 2: torch.export.Dim("H"), 3: torch.export.Dim("W")}
     exporter_log = logging.getLogger("torch.onnx")
     level = exporter_log.level
@@ -42,12 +53,12 @@ def to_onnx(module: nn.Module, size_multiple_px: int) -> onnx.ModelProto:
             program = torch.onnx.export(
                 module,
                 (example,),
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
+                input_names=[input_name],
+                output_names=[output_name],
                 opset_version=OPSET,
                 dynamo=True,
                 external_data=False,
-                dynamic_shapes={INPUT_NAME: dims},
+                dynamic_shapes={input_name: dims},
                 verbose=False,
             )
     except Exception as error:
@@ -60,46 +71,52 @@ def to_onnx(module: nn.Module, size_multiple_px: int) -> onnx.ModelProto:
     # are multiples of the size multiple (the card says so), where those equal H and W.
     for i, name in ((0, "N"), (2, "H"), (3, "W")):
         proto.graph.output[0].type.tensor_type.shape.dim[i].dim_param = name
-    check_contract(proto)
+    onnx.checker.check_model(proto)
     return proto
 
 
-def check_contract(proto: onnx.ModelProto) -> None:
-    """Raise ExportError unless the graph has the served input/output names, dtypes and dims."""
+def check_contract(proto: onnx.ModelProto, input_name: str = INPUT_NAME, output_name: str = OUTPUT_NAME,
+                   input_channels: int = 1, output_channels: int = 1,
+                   input_dtype: int = onnx.TensorProto.UINT16) -> None:
+    """Raise ExportError unless the graph has the given input/output names, dtypes (output
+    float32), channels and dynamic N, H, W (the defaults: the image models' contract)."""
     onnx.checker.check_model(proto)
     graph = proto.graph
     inputs, outputs = [i.name for i in graph.input], [o.name for o in graph.output]
-    if (inputs, outputs) != ([INPUT_NAME], [OUTPUT_NAME]):
+    if (inputs, outputs) != ([input_name], [output_name]):
         raise ExportError(
-            f"graph inputs/outputs are {inputs}/{outputs}, expected ['{INPUT_NAME}']/['{OUTPUT_NAME}']"
+            f"graph inputs/outputs are {inputs}/{outputs}, expected ['{input_name}']/['{output_name}']"
         )
-    expected = {INPUT_NAME: onnx.TensorProto.UINT16, OUTPUT_NAME: onnx.TensorProto.FLOAT}
+    expected = {input_name: (input_dtype, input_channels),
+                output_name: (onnx.TensorProto.FLOAT, output_channels)}
     for value in (graph.input[0], graph.output[0]):
         tensor = value.type.tensor_type
-        if tensor.elem_type != expected[value.name]:
+        dtype, channels = expected[value.name]
+        if tensor.elem_type != dtype:
             raise ExportError(
                 f"{value.name} has ONNX dtype {onnx.TensorProto.DataType.Name(tensor.elem_type)}, "
-                f"expected {onnx.TensorProto.DataType.Name(expected[value.name])}"
+                f"expected {onnx.TensorProto.DataType.Name(dtype)}"
             )
         dims = tensor.shape.dim
-        if len(dims) != 4 or dims[1].dim_value != 1:
-            raise ExportError(f"{value.name} must be [N, 1, H, W], got {len(dims)} dims")
+        if len(dims) != 4 or dims[1].dim_value != channels:
+            raise ExportError(f"{value.name} must be [N, {channels}, H, W], got {len(dims)} dims")
         static = [i for i in (0, 2, 3) if not dims[i].dim_param]
         if static:
             raise ExportError(f"{value.name} has static axes {static}: N, H, W must be dynamic")
 
 
-def check_parity(module: nn.Module, proto: onnx.ModelProto, raw: np.ndarray) -> float:
-    """Run torch and onnxruntime (CPU) on ``raw`` (uint16 [N,1,H,W]); return the relative error.
-
-    The relative error is max |onnx - torch| / max |torch|; above PARITY_RTOL raises ExportError.
-    """
+def check_parity(module: nn.Module, proto: onnx.ModelProto, x: np.ndarray,
+                 input_name: str = INPUT_NAME, output_name: str = OUTPUT_NAME) -> float:
+    """Run torch and onnxruntime (CPU) on ``x`` ([N,C,H,W]; uint16 for the image models); return
+    the relative error max |onnx - torch| / max |torch|; above PARITY_RTOL raises ExportError."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    got = session.run([OUTPUT_NAME], {INPUT_NAME: raw})[0]
+    got = session.run([output_name], {input_name: x})[0]
     with torch.no_grad():
-        expected = module.eval()(torch.from_numpy(raw.astype(np.int32)).to(torch.uint16)).numpy()
+        tensor = (torch.from_numpy(x.astype(np.int32)).to(torch.uint16) if x.dtype == np.uint16
+                  else torch.from_numpy(x))
+        expected = module.eval()(tensor).numpy()
     if got.shape != expected.shape or got.dtype != np.float32:
         raise ExportError(
             f"onnxruntime returned {got.dtype}{got.shape}, torch {expected.dtype}{expected.shape}"
@@ -108,7 +125,7 @@ def check_parity(module: nn.Module, proto: onnx.ModelProto, raw: np.ndarray) -> 
     if not error <= PARITY_RTOL:  # also catches NaN
         raise ExportError(
             f"onnxruntime and torch disagree: relative error {error:.2e} > {PARITY_RTOL:.0e} "
-            f"on input {raw.shape}; the model was not written"
+            f"on input {x.shape}; the model was not written"
         )
     return error
 

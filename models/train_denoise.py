@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -38,6 +37,7 @@ from livescope.modelcard import (
     TrainedFor,
 )
 from livescope.models import export
+from livescope.models.budget import StepPlan
 from livescope.models.data import FrameSet, VirtualDenoiseData, random_patches, virtual_frames
 from livescope.models.n2v import BlindSpotMasking, StructAxis, masked_mse
 from livescope.models.repository_write import write_version
@@ -117,8 +117,6 @@ class TrainedDenoiser:
         return InGraphNormalised(self.net, self.transform).eval()
 
 
-WARMUP_STEPS = 20
-"""Linear learning-rate warm-up; a time budget is first turned into a step count at its end."""
 MAX_VALIDATION_PATCHES = 256
 """Held-out patches the final validation metric is measured on."""
 VALIDATION_PATCHES_IN_LOOP = 64
@@ -131,23 +129,40 @@ MIN_RELATIVE_IMPROVEMENT = 1e-4
 class HeldOutLoss:
     """The N2V loss on fixed held-out patches with fixed masks: comparable between steps."""
 
-    def __init__(self, frames_norm: torch.Tensor, config: DenoiseTrainConfig, patches: int) -> None:
-        picked = validation_patches(frames_norm.numpy(), config.patch_px, config.seed, patches)
+    def __init__(self, frames_adu: np.ndarray, transform: IntensityTransform,
+                 config: DenoiseTrainConfig, patches: int) -> None:
+        picked = validation_patches(frames_adu, config.patch_px, config.seed, patches)
         generator = torch.Generator().manual_seed(config.seed + 1)
-        batch = torch.from_numpy(picked)[:, None]
-        self.inputs, self.masks = config.masking(batch, generator)
-        self.targets = batch
+        self.targets_adu = torch.from_numpy(picked.astype(np.float32))[:, None]
+        self.targets = transform.to_network(self.targets_adu)
+        self.inputs, self.masks = config.masking(self.targets, generator)
+        self.transform = transform
         self.batch_size = max(config.batch_size, 16)
 
     def __call__(self, net: nn.Module) -> float:
+        """The loss in network units (what training minimises)."""
+        return self._mean(net, lambda out, i: masked_mse(out, self.targets[i], self.masks[i]))
+
+    def mse_adu2(self, net: nn.Module, transform: IntensityTransform | None = None) -> float:
+        """The same loss on the served output, in ADU^2 (``transform``: with its bias)."""
+        t = transform or self.transform
+        return self._mean(net, lambda out, i: masked_mse(t.to_adu(out), self.targets_adu[i], self.masks[i]))
+
+    def median_fill_mse_adu2(self) -> float:
+        """The loss of the blind-spot fill itself (the neighbourhood median), in ADU^2: a
+        baseline. The transform is monotonic, so the median commutes with it."""
+        fill = self.transform.to_adu(self.inputs) - self.transform.bias_adu
+        return float(masked_mse(fill, self.targets_adu, self.masks))
+
+    def _mean(self, net: nn.Module, loss: Callable[[torch.Tensor, slice], torch.Tensor]) -> float:
         was_training = net.training
         net.eval()
         total = count = 0.0
         with torch.no_grad():
-            for x, y, m in zip(self.inputs.split(self.batch_size), self.targets.split(self.batch_size),
-                               self.masks.split(self.batch_size)):
-                n = float(m.sum())
-                total += float(masked_mse(net(x), y, m)) * n
+            for start in range(0, len(self.inputs), self.batch_size):
+                i = slice(start, start + self.batch_size)
+                n = float(self.masks[i].sum())
+                total += float(loss(net(self.inputs[i]), i)) * n
                 count += n
         net.train(was_training)
         return total / max(count, 1.0)
@@ -170,38 +185,34 @@ def train_denoise(
     A ``steps`` run is exactly reproducible by its seed; a budget run trains the step count it
     reports, with a schedule that adapted to the machine's speed.
     """
-    if config.steps is None and config.budget_seconds is None:
-        raise ValueError("give steps or budget_seconds (or both) to say when training stops")
     if frames.ndim != 3:
         raise ValueError(f"frames must be (T, H, W), got shape {frames.shape}")
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     transform = IntensityTransform.fit(config.intensity, frames)
-    normalise = lambda a: transform.to_network(torch.from_numpy(a.astype(np.float32)))  # noqa: E731
-    data = normalise(frames)
-    validate = (HeldOutLoss(normalise(held_out), config, VALIDATION_PATCHES_IN_LOOP)
+    data = transform.to_network(torch.from_numpy(frames.astype(np.float32)))
+    validate = (HeldOutLoss(held_out, transform, config, VALIDATION_PATCHES_IN_LOOP)
                 if held_out is not None else None)
     net = UNet(UNetConfig(config.depth, config.base_channels))
     optimiser = torch.optim.Adam(net.parameters(), lr=config.learning_rate)
     net.train()
-    total, budget = config.steps, config.budget_seconds
-    start = time.monotonic()
-    step, loss_avg, stopped = 0, float("nan"), "steps"
+    plan = StepPlan(config.steps, config.budget_seconds, replan_every=config.validate_every_steps)
+    loss_avg = float("nan")
     val_loss = best_loss = best_step = best_state = None
-    since_best, mark = 0, (0, 0.0)  # (step, elapsed) where the speed was last measured
-    while total is None or step < total:
+    since_best = 0
+    while plan.running:
         for group in optimiser.param_groups:
-            group["lr"] = config.learning_rate * _schedule(step, total)
+            group["lr"] = config.learning_rate * plan.lr_factor()
         patches = random_patches(data, config.patch_px, config.batch_size, generator)
         masked, mask = config.masking(patches, generator)
         loss = masked_mse(net(masked), patches, mask)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
-        step += 1
+        step = plan.step + 1
         value = float(loss.detach())
         loss_avg = value if math.isnan(loss_avg) else 0.98 * loss_avg + 0.02 * value
-        last = total is not None and step >= total
+        last = plan.total is not None and step >= plan.total
         if validate is not None and (step % config.validate_every_steps == 0 or last):
             val_loss = validate(net)
             if best_loss is None or val_loss < best_loss * (1.0 - MIN_RELATIVE_IMPROVEMENT):
@@ -209,32 +220,19 @@ def train_denoise(
                 best_state = copy.deepcopy(net.state_dict())
             else:
                 since_best += 1
-        elapsed = time.monotonic() - start
-        if budget is not None:
-            if elapsed >= budget:
-                total, stopped = step, "budget"
-            elif step == WARMUP_STEPS or step % config.validate_every_steps == 0:
-                seconds_per_step = (elapsed - mark[1]) / (step - mark[0])
-                fitting = step + int((budget - elapsed) / seconds_per_step)
-                total = max(step + 1, fitting if config.steps is None else min(config.steps, fitting))
-                stopped = "budget" if config.steps is None or fitting < config.steps else "steps"
-                mark = (step, elapsed)
+        plan.after_step()
         if config.patience_validations and since_best >= config.patience_validations:
-            total, stopped = step, "early stop"
+            plan.stop("early stop")
         if progress is not None:
-            fraction = step / total if total else elapsed / budget
-            eta = (total - step) * elapsed / step if total else None
-            if budget is not None:
-                eta = max(0.0, min(eta if eta is not None else budget, budget - elapsed))
-            progress(TrainProgress(step, total, min(fraction, 1.0), loss_avg, val_loss, best_loss,
-                                   elapsed, eta))
+            progress(TrainProgress(plan.step, plan.total, plan.fraction, loss_avg, val_loss, best_loss,
+                                   plan.elapsed_s, plan.eta_s))
     if best_state is not None:
         net.load_state_dict(best_state)
     net.eval()
     if config.intensity != "linear":
         transform = transform.with_bias(_mean_bias_adu(net, transform, frames, config.seed))
-    return TrainedDenoiser(net, transform, step, time.monotonic() - start, loss_avg,
-                           stopped, best_step, best_loss)
+    return TrainedDenoiser(net, transform, plan.step, plan.elapsed_s, loss_avg,
+                           plan.stopped_because, best_step, best_loss)
 
 
 BIAS_FRAMES = 16
@@ -251,14 +249,6 @@ def _mean_bias_adu(net: nn.Module, transform: IntensityTransform, frames: np.nda
     with torch.no_grad():
         out = torch.cat([InGraphNormalised(net, transform)(r[None]) for r in raw])
     return float(raw.double().mean() - out.double().mean())
-
-
-def _schedule(step: int, total: int | None) -> float:
-    """Learning-rate factor: linear warm-up, then cosine decay to 1% at ``total`` steps."""
-    if step < WARMUP_STEPS or total is None:
-        return min(1.0, (step + 1) / WARMUP_STEPS)
-    fraction = (step - WARMUP_STEPS) / max(total - WARMUP_STEPS, 1)
-    return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * min(fraction, 1.0)))
 
 
 def psnr_db(images: np.ndarray, clean: np.ndarray) -> float:
@@ -422,13 +412,10 @@ def n2v_validation_mse_adu2(trained: TrainedDenoiser, held_out_adu: np.ndarray,
     only differences matter; ``..._median_filter`` is the same loss for the blind-spot fill alone
     (the neighbourhood median), a baseline the trained network should beat.
     """
-    normalised = trained.transform.to_network(torch.from_numpy(held_out_adu.astype(np.float32)))
-    held_out = HeldOutLoss(normalised, config, MAX_VALIDATION_PATCHES)
-    median_fill = masked_mse(held_out.inputs, held_out.targets, held_out.masks)
-    scale2 = trained.transform.scale**2  # exact for the linear transform only
+    held_out = HeldOutLoss(held_out_adu, trained.transform, config, MAX_VALIDATION_PATCHES)
     return {
-        "n2v_validation_mse_adu2": round(held_out(trained.net) * scale2, 4),
-        "n2v_validation_mse_adu2_median_filter": round(float(median_fill) * scale2, 4),
+        "n2v_validation_mse_adu2": round(held_out.mse_adu2(trained.net), 4),
+        "n2v_validation_mse_adu2_median_filter": round(held_out.median_fill_mse_adu2(), 4),
         "n2v_validation_patches": float(len(held_out.targets)),
     }
 

@@ -180,8 +180,7 @@ def test_held_out_loss_keeps_the_best_weights_and_stops_early_when_it_no_longer_
     assert trained.best_step is not None and trained.best_step <= trained.steps - 30
     assert seen[-1].best_validation_loss == trained.best_validation_loss
     assert all(p.eta_s is not None for p in seen) and seen[-1].validation_loss is not None
-    normalised = trained.transform.to_network(torch.from_numpy(held_out.astype(np.float32)))
-    again = HeldOutLoss(normalised, config, VALIDATION_PATCHES_IN_LOOP)
+    again = HeldOutLoss(held_out, trained.transform, config, VALIDATION_PATCHES_IN_LOOP)
     assert again(trained.net) == pytest.approx(trained.best_validation_loss, rel=1e-6)
 
 
