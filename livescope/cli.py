@@ -287,6 +287,8 @@ def _offline(task: str, model: str | None, inp: Path, out: Path, models: Path | 
     except (StackError, OfflineError) as e:
         fail(str(e))
     console.print(summary.line())
+    for warning in summary.warnings:
+        console.print(f"[yellow]warning:[/] {warning}")
 
 
 _OfflineOpts = dict(

@@ -60,6 +60,7 @@ class OfflineSummary(BaseModel):
     tile_px: int | None
     clipped_pixels: int
     seconds: float
+    warnings: tuple[str, ...] = ()
 
     @property
     def frames_per_s(self) -> float:
@@ -71,6 +72,27 @@ class OfflineSummary(BaseModel):
         clipped = f", {self.clipped_pixels} input pixels clipped" if self.clipped_pixels else ""
         return (f"{self.model} ({self.provider}): {self.frames} frames of {h}x{w} px in "
                 f"{self.seconds:.1f} s ({self.frames_per_s:.1f} frames/s{tiles}{clipped}) -> {self.output}")
+
+
+BASELINE_TOLERANCE_ADU = 10.0
+
+
+def domain_warnings(card: ModelCard, frames: np.ndarray, name: str) -> tuple[str, ...]:
+    """What makes ``frames`` look unlike the model's training data, in words (empty: nothing).
+
+    A model that normalises in its graph was trained with a camera baseline near its offset (the
+    1st percentile of its training frames); a stack whose darkest pixels lie far from it (8-bit
+    data near 0, a camera with another baseline) is outside what the model has seen."""
+    n = card.normalisation
+    if n.kind != "in_graph":
+        return ()
+    sample = frames[:: max(1, len(frames) // 16), ::2, ::2]
+    darkest = float(np.percentile(sample, 1.0))
+    if abs(darkest - n.offset_adu) <= BASELINE_TOLERANCE_ADU + 0.1 * n.offset_adu:
+        return ()
+    return (f"the darkest 1% of {name} lies at {darkest:g} ADU but {card.ref} was trained on frames whose "
+            f"darkest 1% lay at {n.offset_adu:g} ADU (another camera baseline or bit depth): the result "
+            f"may be poor; train a model on this data with: livescope train denoise --data {name}",)
 
 
 def to_model_dtype(frames: np.ndarray, dtype: str) -> tuple[np.ndarray, int]:
@@ -163,6 +185,7 @@ def run_offline(task_stage: str, in_path: str | os.PathLike, out_path: str | os.
         raise OfflineError(str(e).strip("'\"")) from None
     _check_image_model(model_version.card, task)
     stack = read_stack(in_path)
+    warnings = domain_warnings(model_version.card, stack.frames, str(in_path))
     try:
         model = LoadedModel.load(model_version, RuntimeOptions(provider=provider,
                                                                intra_op_threads=threads))
@@ -190,4 +213,4 @@ def run_offline(task_stage: str, in_path: str | os.PathLike, out_path: str | os.
     return OfflineSummary(model=model.ref, provider=model.provider, input=str(in_path),
                           output=str(out_path), frames=stack.n_frames, frame_shape=(h, w),
                           tile_px=tile if fixed or max(h, w) > tile else None,
-                          clipped_pixels=clipped, seconds=seconds)
+                          clipped_pixels=clipped, seconds=seconds, warnings=warnings)

@@ -63,6 +63,16 @@ def test_denoise_keeps_shape_and_intensity_units(tmp_path, in_name, out_name):
     rmse = lambda a: float(np.sqrt(np.mean((a - virtual.clean_adu) ** 2)))  # noqa: E731
     assert rmse(out) < 0.5 * rmse(data[0].astype(float))
     assert summary.model == "denoise@2" and summary.tile_px is None
+    assert summary.warnings == ()  # the virtual microscope's camera: what the model was trained on
+
+
+def test_a_stack_unlike_the_training_data_is_denoised_with_a_warning_naming_the_difference(tmp_path):
+    eight_bit = np.random.default_rng(1).poisson(12.0, (2, 48, 48)).astype(np.uint8)  # baseline ~0
+    tifffile.imwrite(tmp_path / "in.tif", eight_bit)
+    summary = run_offline("denoise", tmp_path / "in.tif", tmp_path / "out.tif", task="denoise")
+    (warning,) = summary.warnings
+    assert "darkest 1%" in warning and "95 ADU" in warning and "livescope train denoise --data" in warning
+    assert (tmp_path / "out.tif").exists()  # a warning, not a refusal
 
 
 def test_large_frames_are_tiled_and_agree_with_whole_frame_runs(tmp_path):
