@@ -58,7 +58,7 @@ def export_graph(module: nn.Module, example: torch.Tensor, input_name: str, outp
                 opset_version=OPSET,
                 dynamo=True,
                 external_data=False,
-                dynamic_shapes={input_name: dims},
+                dynamic_shapes=(dims,),  # positional: the forward argument may have any name
                 verbose=False,
             )
     except Exception as error:
