@@ -78,47 +78,56 @@ class LoadedModel:
         if version.card.outputs[0].axes == "NCYX" and isinstance(out.shape[1], int):
             model._out_channels = out.shape[1]
         # Warm-up so the first real frame does not pay for lazy initialisation.
-        model.run(np.zeros((1, *warmup_shape), dtype=version.card.inputs[0].dtype))
+        given = sess.get_inputs()[0].shape
+        channels = given[1] if len(given) == 4 and isinstance(given[1], int) else 1
+        model.run_windows(np.zeros((1, channels, *warmup_shape), dtype=version.card.inputs[0].dtype))
         model.load_seconds = time.perf_counter() - t0
         return model
 
     def run_frames(self, frames: np.ndarray) -> np.ndarray:
         """Frames of any size: whole while they fit, else in tiles with the card's halo.
 
+        ``frames`` is (N, H, W) for image models, giving (N, H, W); or (N, C, H, W) windows
+        (localisation: C consecutive frames per item), giving the model's (N, C', H, W) maps.
         Tiles are used for models with a fixed input size, and after the device ran out of
         memory on a whole frame (the tile size that worked is kept for the next frames).
         """
         t = self.card.tiling
+        run = self.run if frames.ndim == 3 else self.run_windows
         fixed = t.tile_px is not None
         if not fixed and self._tile_px is None:
             try:
-                return self.run(frames)
+                return run(frames)
             except Exception as e:
                 if not is_out_of_memory(e):
                     raise
-                whole = max(frames.shape[1:]) + (-max(frames.shape[1:])) % t.size_multiple_px
+                whole = max(frames.shape[-2:]) + (-max(frames.shape[-2:])) % t.size_multiple_px
                 self._tile_px = smaller_tile(whole, halo_px=t.halo_px,
                                              size_multiple_px=t.size_multiple_px)
                 if self._tile_px is None:
                     raise
         out, used = run_shrinking_on_oom(
-            self.run, frames, tile_px=t.tile_px or self._tile_px, halo_px=t.halo_px,
+            run, frames, tile_px=t.tile_px or self._tile_px, halo_px=t.halo_px,
             size_multiple_px=t.size_multiple_px, fixed_size=fixed, name=self.ref)
         if not fixed:
             self._tile_px = used
         return out
 
     def run(self, frames: np.ndarray) -> np.ndarray:
-        """(N, H, W) frames -> (N, H, W) output of the model's first output, in one call."""
-        n, h, w = frames.shape
+        """(N, H, W) frames -> (N, H, W) output of an image model's first output, in one call."""
+        return self.run_windows(frames[:, None])[:, 0]
+
+    def run_windows(self, x: np.ndarray) -> np.ndarray:
+        """(N, C, H, W) -> the first output (N, C', H, W), in one call (padded to the size
+        multiple by reflection, cropped back)."""
+        n, _, h, w = x.shape
         m = self.card.tiling.size_multiple_px
         ph, pw = (-h) % m, (-w) % m
-        x = frames[:, None]
         if ph or pw:
             x = np.pad(x, ((0, 0), (0, 0), (0, ph), (0, pw)), mode="reflect")
         out = self._run_bound(x) if self._out_channels else \
             self.session.run(None, {self.card.inputs[0].name: x})[0]
-        return out[:, 0, :h, :w]
+        return out[:, :, :h, :w]
 
     def _run_bound(self, x: np.ndarray) -> np.ndarray:
         """Run with IO binding into a recycled output buffer (no fresh 8 MB per 2k frame)."""

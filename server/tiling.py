@@ -110,7 +110,7 @@ def _pad(frame: np.ndarray, plan: TilePlan) -> np.ndarray:
         return frame
     # numpy reflects repeatedly when the pad is wider than the frame; a 1-px frame can only repeat.
     mode = "reflect" if min(plan.height, plan.width) > 1 else "edge"
-    return np.pad(frame, ((0, dh), (0, dw)), mode=mode)
+    return np.pad(frame, [(0, 0)] * (frame.ndim - 2) + [(0, dh), (0, dw)], mode=mode)
 
 
 def _tiles(frames: np.ndarray, plan: TilePlan) -> Iterator[tuple[int, Span, Span, np.ndarray]]:
@@ -118,39 +118,40 @@ def _tiles(frames: np.ndarray, plan: TilePlan) -> Iterator[tuple[int, Span, Span
         padded = _pad(frames[i], plan)
         for r in plan.rows:
             for c in plan.cols:
-                yield i, r, c, padded[r.start:r.stop, c.start:c.stop]
+                yield i, r, c, padded[..., r.start:r.stop, c.start:c.stop]
 
 
 def run_tiled(run: RunFn, frames: np.ndarray, *, tile_px: int = DEFAULT_TILE_PX, halo_px: int = 0,
               size_multiple_px: int = 1, fixed_size: bool = False,
               batch_tiles: int = 4) -> np.ndarray:
-    """Run ``run`` on (N, H, W) ``frames`` of any size, ``batch_tiles`` windows per call.
+    """Run ``run`` on ``frames`` of any size, ``batch_tiles`` windows per call.
 
-    Returns (N, H, W) in the dtype ``run`` returns. A frame that fits in one tile is run whole
-    (padded to the size multiple), several frames per call.
+    ``frames`` is (N, H, W) or (N, C, H, W) (e.g. a window of frames per item); ``run`` maps a
+    batch of windows to (B, H, W) or (B, C', H, W), and so does this, in ``run``'s dtype. A frame
+    that fits in one tile is run whole (padded to the size multiple), several frames per call.
     """
-    if frames.ndim != 3:
-        raise ValueError(f"frames must be (N, H, W), got shape {frames.shape}")
+    if frames.ndim not in (3, 4):
+        raise ValueError(f"frames must be (N, H, W) or (N, C, H, W), got shape {frames.shape}")
     if batch_tiles < 1:
         raise ValueError("batch_tiles must be at least 1")
-    n, h, w = frames.shape
+    n, (h, w) = frames.shape[0], frames.shape[-2:]
     plan = plan_tiles(h, w, tile_px=tile_px, halo_px=halo_px, size_multiple_px=size_multiple_px,
                       fixed_size=fixed_size)
     out: np.ndarray | None = None
     batch: list[tuple[int, Span, Span]] = []
-    stack = np.empty((batch_tiles, plan.tile_h, plan.tile_w), dtype=frames.dtype)
+    stack = np.empty((batch_tiles, *frames.shape[1:-2], plan.tile_h, plan.tile_w), dtype=frames.dtype)
 
     def flush() -> None:
         nonlocal out
         result = run(stack[: len(batch)])
         if out is None:
-            out = np.empty((n, h, w), dtype=result.dtype)
+            out = np.empty((n, *result.shape[1:-2], h, w), dtype=result.dtype)
         for k, (i, r, c) in enumerate(batch):
             ys, xs = slice(r.core_start, min(r.core_stop, h)), slice(c.core_start, min(c.core_stop, w))
             if ys.start >= ys.stop or xs.start >= xs.stop:
                 continue  # a core that lies wholly in the padding
-            out[i, ys, xs] = result[k, ys.start - r.start:ys.stop - r.start,
-                                    xs.start - c.start:xs.stop - c.start]
+            out[i, ..., ys, xs] = result[k, ..., ys.start - r.start:ys.stop - r.start,
+                                         xs.start - c.start:xs.stop - c.start]
         batch.clear()
 
     for i, r, c, window in _tiles(frames, plan):
@@ -161,7 +162,7 @@ def run_tiled(run: RunFn, frames: np.ndarray, *, tile_px: int = DEFAULT_TILE_PX,
     if batch:
         flush()
     assert out is not None or n == 0
-    return out if out is not None else np.empty((0, h, w), dtype=np.float32)
+    return out if out is not None else np.empty((0, *frames.shape[1:-2], h, w), dtype=np.float32)
 
 
 # -- tile size from a memory budget (GPU out-of-memory retry) ---------------------------------
@@ -224,7 +225,7 @@ def run_shrinking_on_oom(run: RunFn, frames: np.ndarray, *, tile_px: int, halo_p
             return out, tile
         except Exception as e:
             smaller = None if fixed_size else smaller_tile(
-                min(tile, _round_up(max(frames.shape[1:]), size_multiple_px)), halo_px=halo_px,
+                min(tile, _round_up(max(frames.shape[-2:]), size_multiple_px)), halo_px=halo_px,
                 size_multiple_px=size_multiple_px)
             if not is_out_of_memory(e) or smaller is None:
                 raise

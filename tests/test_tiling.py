@@ -149,3 +149,17 @@ def test_smaller_tile_halves_the_pixels_until_no_core_is_left():
         sizes.append(tile)
     assert sizes[0] == 724 and all(a > b for a, b in zip(sizes, sizes[1:]))
     assert sizes[-1] - 64 >= 4 and smaller_tile(sizes[-1], halo_px=32, size_multiple_px=4) is None
+
+
+def test_windows_of_several_frames_are_tiled_like_single_frames():
+    """(N, C, H, W) in, (N, C', H, W) out: a window per item, as localisation models take."""
+    rng = np.random.default_rng(3)
+    windows = rng.random((2, 3, 70, 90)).astype(np.float32)
+
+    def two_maps(x: np.ndarray) -> np.ndarray:  # mean over the window, and its 3x3 box blur
+        mean = x.mean(axis=1)
+        return np.stack([mean, box3(mean)], axis=1)
+
+    tiled = run_tiled(two_maps, windows, tile_px=32, halo_px=1, size_multiple_px=1, batch_tiles=3)
+    assert tiled.shape == (2, 2, 70, 90)
+    np.testing.assert_allclose(tiled, two_maps(windows), rtol=0, atol=1e-6)
