@@ -324,6 +324,56 @@ def restore(
     _offline("restore", model, inp, out, models, overwrite, tile, batch, provider)
 
 
+@app.command()
+def localise(
+    inp: InArg,
+    out: Annotated[Path, typer.Argument(help="Localisations, ThunderSTORM CSV (.csv).")],
+    pixel_size: Annotated[Optional[float], typer.Option(
+        "--pixel-size", help="Camera pixel size at the sample, nm (default: from the stack's metadata).")] = None,
+    baseline: Annotated[float, typer.Option(help="Camera baseline (offset), ADU.")] = ...,
+    e_per_adu: Annotated[float, typer.Option("--e-per-adu", help="Camera conversion gain, e-/ADU.")] = ...,
+    em_gain: Annotated[float, typer.Option("--em-gain", help="EMCCD gain (1 for sCMOS).")] = 1.0,
+    render: Annotated[Optional[Path], typer.Option(
+        help="Also write a Gaussian super-resolution render (OME-TIFF or OME-Zarr).")] = None,
+    render_px: Annotated[float, typer.Option("--render-px", help="Render pixel size, nm.")] = 10.0,
+    model: Annotated[Optional[str], typer.Option(help="localise[@VERSION]; default: newest.")] = None,
+    models: Optional[Path] = _OfflineOpts["models"], overwrite: bool = _OfflineOpts["overwrite"],
+    strict: Annotated[bool, typer.Option(
+        help="Refuse data outside the model's trained range instead of warning.")] = False,
+    provider: Optional[str] = _OfflineOpts["provider"],
+) -> None:
+    """Localise single molecules in every frame of a stack; write a ThunderSTORM CSV (x, y in nm
+    from the top-left corner of the top-left pixel; frames from 1) and optionally a render."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from livescope.console import console
+    from livescope.server.offline import OfflineError
+    from livescope.stackio import StackError
+
+    if pixel_size is not None and pixel_size <= 0:
+        fail(f"--pixel-size must be positive nm, not {pixel_size:g}")
+    if e_per_adu <= 0 or em_gain < 1 or baseline < 0 or render_px <= 0:
+        fail("--e-per-adu and --render-px must be positive, --em-gain at least 1, --baseline not negative")
+    from livescope.server.offline_localise import CameraCalibration, run_localise_offline
+
+    bar = Progress("[bold]localise", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                   console=console, transient=True)
+    try:
+        with bar:
+            job = bar.add_task("localise", total=None)
+            summary = run_localise_offline(
+                inp, out, CameraCalibration(baseline_adu=baseline, e_per_adu=e_per_adu, em_gain=em_gain),
+                pixel_size_nm=pixel_size, render_path=render, render_px_nm=render_px,
+                model=model or "localise", model_dirs=[models or _default_models_dir()],
+                overwrite=overwrite, strict=strict, provider=provider,
+                progress=lambda done, total: bar.update(job, completed=done, total=total))
+    except (StackError, OfflineError) as e:
+        fail(str(e))
+    console.print(summary.line())
+    for warning in summary.warnings:
+        console.print(f"[yellow]warning:[/] {warning}")
+
+
 # -- train -------------------------------------------------------------------------------------
 
 

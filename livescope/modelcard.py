@@ -69,8 +69,9 @@ class TrainedFor(_Frozen):
 class LocaliseSpec(_Frozen):
     """What a localisation model needs and gives beyond its tensors (see server/localise.py).
 
-    Its input is ``context_frames`` consecutive frames in photons (camera counts minus the
-    baseline, times e-/ADU, divided by the EM gain); it localises the last one. Its output is the
+    Its input is ``context_frames`` consecutive frames in photo-electrons ("photons" as ThunderSTORM
+    counts them: camera counts minus the baseline, times e-/ADU, divided by the EM gain); it
+    localises the last one. Its output is the
     maps of ``livescope.emitters.LOCALISE_MAP_CHANNELS``."""
 
     context_frames: int = Field(ge=1)

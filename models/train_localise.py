@@ -85,7 +85,8 @@ class LocaliseProgress:
 
 
 def targets_of(batch: LocaliseBatch) -> Targets:
-    """The last context frame's emitters inside the frame, in px, padded per sample."""
+    """The last context frame's emitters inside the frame, in px, padded per sample; photons and
+    background as photo-electrons (see ``network_input``)."""
     truth, inside = batch.truth_frames[-1], batch.inside_frames[-1]
     rows = truth.rows[inside]
     n = batch.frames_adu.shape[0]
@@ -96,6 +97,7 @@ def targets_of(batch: LocaliseBatch) -> Targets:
     rows, sample = rows[order], sample[order]
     slot = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
     pixel = batch.pixel_size_nm[sample]
+    qe = batch.qe[sample]
 
     def padded(values: np.ndarray) -> torch.Tensor:
         out = np.zeros((n, width), np.float32)
@@ -105,13 +107,21 @@ def targets_of(batch: LocaliseBatch) -> Targets:
     mask = np.zeros((n, width), bool)
     mask[sample, slot] = True
     return Targets(x_px=padded(rows["x_nm"] / pixel), y_px=padded(rows["y_nm"] / pixel),
-                   z_nm=padded(rows["z_nm"]), photons=padded(rows["photons"]),
+                   z_nm=padded(rows["z_nm"]), photons=padded(rows["photons"] * qe),
                    mask=torch.from_numpy(mask),
-                   background=torch.from_numpy(batch.background_photons.astype(np.float32)))
+                   background=torch.from_numpy((batch.background_photons * batch.qe).astype(np.float32)))
+
+
+def network_input(batch: LocaliseBatch) -> np.ndarray:
+    """The frames as the network takes them: photo-electrons, (ADU - baseline) x e-/ADU / EM gain.
+
+    That is what a user's camera calibration gives (no QE needed) and what ThunderSTORM calls
+    photons; the simulator's photons are those reaching the camera, QE times more."""
+    return np.ascontiguousarray(batch.photons() * batch.qe[:, None, None, None], dtype=np.float32)
 
 
 def _inputs(batch: LocaliseBatch) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(batch.photons(), dtype=np.float32))
+    return torch.from_numpy(network_input(batch))
 
 
 @dataclass(frozen=True)
@@ -185,7 +195,7 @@ def export_localiser(net: LocaliseNet, parity_batch: LocaliseBatch) -> onnx.Mode
     proto = export.export_graph(net, example, INPUT_NAME, OUTPUT_NAME)
     export.check_contract(proto, INPUT_NAME, OUTPUT_NAME, c.context_frames, len(LOCALISE_MAP_CHANNELS),
                           onnx.TensorProto.FLOAT)
-    x = parity_batch.photons().astype(np.float32)
+    x = network_input(parity_batch)
     h, w = x.shape[2] // m * m, x.shape[3] // m * m
     export.check_parity(net, proto, np.ascontiguousarray(x[:4, :, :h, :w]), INPUT_NAME, OUTPUT_NAME)
     return proto
@@ -199,10 +209,10 @@ def held_out_scores(proto: onnx.ModelProto, held_out: LocaliseBatch, spec: Local
     from livescope.server.localise import maps_to_emitters
 
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    maps = session.run([OUTPUT_NAME], {INPUT_NAME: held_out.photons().astype(np.float32)})[0]
+    maps = session.run([OUTPUT_NAME], {INPUT_NAME: network_input(held_out)})[0]
     found = EmitterTable.concatenate([
         maps_to_emitters(maps[i], float(held_out.pixel_size_nm[i]), i + 1, spec) for i in range(len(maps))])
-    truth = held_out.truth_frames[-1].select(held_out.inside_frames[-1])
+    truth = held_out.truth_frames[-1].select(held_out.inside_frames[-1])  # photons: not scored
     scores = score_localisations(found, truth, three_d=spec.three_d)
     keys = ("jaccard", "recall", "precision", "rmse_lateral_nm", "rmse_axial_nm", "efficiency_percent")
     return {f"held_out_{k}": round(float(v), 4) for k, v in scores.model_dump().items()

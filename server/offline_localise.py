@@ -1,0 +1,176 @@
+"""Localising a stack offline with a localisation model, on the server's runtime.
+
+``localise_frames`` runs a loaded ``localise`` model over frames in photons: each frame is
+localised with the ``context_frames - 1`` frames before it as context (the first frames of a
+stack repeat the first frame, as the live stage does at the start of a stream), in batches,
+tiled with the card's halo when frames are large, and the maps become emitters by the server's
+post-processing (``server/localise.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from livescope.emitters import EmitterTable
+from livescope.modelcard import ModelCard
+from livescope.server.offline import OfflineError
+from livescope.stackio import StackError, StackInfo, read_stack, stack_format, write_stack
+from livescope.server.localise import maps_to_emitters
+from livescope.server.models import LoadedModel
+
+
+def causal_windows(frames: np.ndarray, context: int, start: int, stop: int) -> np.ndarray:
+    """(stop - start, context, H, W): for each frame i in [start, stop), frames i-context+1..i,
+    indices below 0 clamped to 0 (the stack's first frame stands in for frames before it)."""
+    index = np.arange(start, stop)[:, None] + np.arange(-context + 1, 1)[None, :]
+    return frames[np.clip(index, 0, None)]
+
+
+def localise_frames(model: LoadedModel, frames_photons: np.ndarray, pixel_size_nm: float, *,
+                    first_frame: int = 1, batch: int = 8,
+                    progress: Callable[[int, int], None] | None = None) -> EmitterTable:
+    """Emitters of every frame of ``frames_photons`` (T, H, W), numbered from ``first_frame``."""
+    spec = model.card.localise
+    if spec is None:
+        raise ValueError(f"{model.ref} is a {model.card.task} model, not a localisation model")
+    frames = np.ascontiguousarray(frames_photons, dtype=np.float32)
+    tables = []
+    for start in range(0, len(frames), batch):
+        stop = min(start + batch, len(frames))
+        maps = model.run_frames(causal_windows(frames, spec.context_frames, start, stop))
+        tables += [maps_to_emitters(maps[k], pixel_size_nm, first_frame + start + k, spec)
+                   for k in range(stop - start)]
+        if progress is not None:
+            progress(stop, len(frames))
+    return EmitterTable.concatenate(tables)
+
+
+
+class CameraCalibration(BaseModel):
+    """ADU -> photons: photons = (ADU - baseline_adu) x e_per_adu / em_gain (detected photons,
+    i.e. photo-electrons, as the localisation models were trained)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    baseline_adu: float = Field(ge=0)
+    e_per_adu: float = Field(gt=0)
+    em_gain: float = Field(default=1.0, ge=1)
+
+    def photons(self, frames_adu: np.ndarray) -> np.ndarray:
+        return (frames_adu.astype(np.float32) - self.baseline_adu) * (self.e_per_adu / self.em_gain)
+
+
+class LocaliseSummary(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str
+    provider: str
+    input: str
+    output: str
+    render: str | None
+    frames: int
+    frame_shape: tuple[int, int]
+    pixel_size_nm: float
+    emitters: int
+    seconds: float
+    warnings: tuple[str, ...] = ()
+
+    def line(self) -> str:
+        h, w = self.frame_shape
+        render = f" and {self.render}" if self.render else ""
+        fps = self.frames / self.seconds if self.seconds > 0 else float("inf")
+        return (f"{self.model} ({self.provider}): {self.emitters} emitters in {self.frames} frames of {h}x{w} "
+                f"px ({self.emitters / max(self.frames, 1):.1f} per frame) in {self.seconds:.1f} s "
+                f"({fps:.1f} frames/s) -> {self.output}{render}")
+
+
+def range_warnings(card: ModelCard, pixel_size_nm: float, frames_photons: np.ndarray) -> tuple[str, ...]:
+    """Where the data lie outside what the model's card says it was trained for, in words."""
+    warnings = []
+    trained = card.trained_for
+    if trained.pixel_size_nm is not None:
+        low, high = trained.pixel_size_nm
+        if not low * 0.95 <= pixel_size_nm <= high * 1.05:
+            warnings.append(f"pixel size {pixel_size_nm:g} nm is outside the {low:g}-{high:g} nm {card.ref} "
+                            f"was trained for")
+    if trained.background_photons_per_px is not None:
+        low, high = trained.background_photons_per_px
+        sample = frames_photons[:: max(1, len(frames_photons) // 32)]
+        background = float(np.median(sample))
+        if not low / 2 <= background <= high * 2:
+            warnings.append(f"the frames' median level is {background:.3g} photons/px, far outside the "
+                            f"background of {low:g}-{high:g} photons/px {card.ref} was trained for: "
+                            f"check --baseline and --e-per-adu (and --em-gain)")
+    return tuple(warnings)
+
+
+def run_localise_offline(in_path: str | os.PathLike, out_csv: str | os.PathLike, camera: CameraCalibration, *,
+                         pixel_size_nm: float | None = None, render_path: str | os.PathLike | None = None,
+                         render_px_nm: float = 10.0, model: str = "localise",
+                         model_dirs: Sequence[str | os.PathLike] = (), overwrite: bool = False,
+                         strict: bool = False, provider: str | None = None, threads: int | None = None,
+                         progress: Callable[[int, int], None] | None = None) -> LocaliseSummary:
+    """Localise every frame of IN, write the emitters as a ThunderSTORM CSV (and a render).
+
+    The pixel size comes from ``pixel_size_nm`` or else the stack's metadata. Data outside the
+    model's trained range give warnings, or with ``strict`` an OfflineError before any work.
+    Raises StackError / OfflineError with one-line messages; nothing is written on failure.
+    """
+    from livescope.protocol import split_stage
+    from livescope.render import RenderGrid, gaussian
+    from livescope.server.models import ModelLoadError
+    from livescope.server.providers import RuntimeOptions
+    from livescope.server.repository import ModelRepository, UnknownModelError, shipped_models_root
+
+    in_path, out_csv = Path(in_path), Path(out_csv)
+    render_out = Path(render_path) if render_path is not None else None
+    if out_csv.suffix.lower() != ".csv":
+        raise StackError(f"{out_csv}: the localisations are written as CSV; name it .csv")
+    for target in (out_csv, render_out):
+        if target is not None and target.exists() and not overwrite:
+            raise StackError(f"{target} already exists; choose another output or pass --overwrite")
+    if render_out is not None:
+        stack_format(render_out)
+    try:
+        name, version = split_stage(model)
+        version_found = ModelRepository([shipped_models_root(), *map(Path, model_dirs)]).resolve(name, version)
+    except (ValueError, UnknownModelError) as e:
+        raise OfflineError(str(e).strip("'\"")) from None
+    card = version_found.card
+    if card.task != "localise":
+        raise OfflineError(f"{card.ref} is a {card.task} model; localise needs a localisation model")
+    stack = read_stack(in_path)
+    if pixel_size_nm is None:
+        if stack.info.pixel_size_um is None:
+            raise OfflineError(f"{in_path} does not say its pixel size; give --pixel-size NM")
+        pixel_size_nm = stack.info.pixel_size_um * 1000.0
+    photons = camera.photons(stack.frames)
+    warnings = range_warnings(card, pixel_size_nm, photons)
+    if strict and warnings:
+        raise OfflineError(f"--strict: {warnings[0]}")
+    try:
+        loaded = LoadedModel.load(version_found, RuntimeOptions(provider=provider, intra_op_threads=threads))
+    except (ModelLoadError, ValueError) as e:
+        raise OfflineError(str(e)) from None
+    t0 = time.perf_counter()
+    table = localise_frames(loaded, photons, pixel_size_nm, progress=progress)
+    seconds = time.perf_counter() - t0
+    h, w = stack.frames.shape[1:]
+    rendered = None
+    if render_out is not None:
+        grid = RenderGrid(width_nm=w * pixel_size_nm, height_nm=h * pixel_size_nm, pixel_nm=render_px_nm)
+        image = gaussian(table, grid).image[None]
+        info = StackInfo(path=str(render_out), format=stack_format(render_out), axes="TYX", shape=image.shape,
+                         dtype="float32", pixel_size_um=render_px_nm / 1000.0)
+        rendered = write_stack(render_out, image, info, overwrite=overwrite)
+    table.write_csv(out_csv, overwrite=overwrite)
+    return LocaliseSummary(model=loaded.ref, provider=loaded.provider, input=str(in_path), output=str(out_csv),
+                           render=str(rendered) if rendered else None, frames=stack.n_frames,
+                           frame_shape=(h, w), pixel_size_nm=pixel_size_nm, emitters=len(table),
+                           seconds=seconds, warnings=warnings)

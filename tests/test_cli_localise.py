@@ -1,0 +1,95 @@
+"""`livescope localise`: a stack in, a ThunderSTORM CSV (and a render) out; mistakes in one line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from livescope.models.localise_data import LocaliseSimulation, simulate_batch
+from livescope.models.train_localise import LocaliseTrainConfig, train_and_publish_localiser
+from livescope.stackio import read_stack
+
+HEADER = ('"id","frame","x [nm]","y [nm]","z [nm]","sigma [nm]","intensity [photon]","offset [photon]",'
+          '"bkgstd [photon]","uncertainty [nm]"')
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory) -> Path:
+    """A localisation model from a 2-step training run: it runs, it does not localise well."""
+    folder = tmp_path_factory.mktemp("models")
+    config = LocaliseTrainConfig(frame_channels=4, temporal_channels=4, batch_size=4, steps=2,
+                                 validate_every_steps=1, held_out_samples=8, frame_px=16)
+    train_and_publish_localiser(folder, name="localise", simulation=LocaliseSimulation(frame_shape_px=(16, 16)),
+                                config=config, command="test")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def movie(tmp_path_factory) -> Path:
+    batch = simulate_batch(LocaliseSimulation(frame_shape_px=(48, 40), pixel_size_nm=(100.0, 100.0)), 6,
+                           np.random.default_rng(1))
+    path = tmp_path_factory.mktemp("movie") / "smlm.ome.tif"
+    tifffile.imwrite(path, batch.frames_adu[:, -1], ome=True, metadata={
+        "axes": "TYX", "PhysicalSizeX": 0.1, "PhysicalSizeXUnit": "µm", "PhysicalSizeY": 0.1,
+        "PhysicalSizeYUnit": "µm"})
+    return path
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "livescope.cli", *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+def localise(movie: Path, out: Path, repository: Path, *extra: str) -> subprocess.CompletedProcess:
+    return cli("localise", str(movie), str(out), "--baseline", "100", "--e-per-adu", "0.5",
+               "--models", str(repository), *extra)
+
+
+def test_a_movie_gives_a_thunderstorm_csv_and_a_render_with_the_pixel_size_from_its_metadata(
+        tmp_path, movie, repository):
+    r = localise(movie, tmp_path / "locs.csv", repository, "--render", str(tmp_path / "sr.ome.tif"),
+                 "--render-px", "20")
+    assert r.returncode == 0, r.stderr
+    assert "localise@1" in r.stdout and "6 frames of 48x40" in r.stdout
+    assert (tmp_path / "locs.csv").read_text().splitlines()[0] == HEADER
+    render = read_stack(tmp_path / "sr.ome.tif")
+    assert render.frames.shape == (1, 240, 200) and render.info.pixel_size_um == pytest.approx(0.02)
+
+
+def test_empty_frames_give_an_empty_table_not_an_error(tmp_path, repository):
+    tifffile.imwrite(tmp_path / "dark.tif", np.full((3, 32, 32), 100, np.uint16), photometric="minisblack")
+    r = localise(tmp_path / "dark.tif", tmp_path / "locs.csv", repository, "--pixel-size", "100")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "locs.csv").read_text().splitlines()[1:] == []
+
+
+@pytest.mark.parametrize("extra,words", [
+    ((), "exists; choose another output or pass --overwrite"),
+    (("--pixel-size", "-3"), "--pixel-size must be positive"),
+    (("--pixel-size", "400", "--strict", "--overwrite"), "--strict: pixel size 400 nm is outside the 65-160 nm"),
+    (("--model", "denoise", "--overwrite"), "denoise@2 is a denoise model"),
+])
+def test_mistakes_are_refused_in_one_line_and_an_existing_csv_is_kept(tmp_path, movie, repository, extra,
+                                                                      words):
+    (tmp_path / "locs.csv").write_text("precious")
+    r = localise(movie, tmp_path / "locs.csv", repository, *extra)
+    assert r.returncode == 2 and r.stderr.startswith("livescope: error:") and words in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert (tmp_path / "locs.csv").read_text() == "precious"
+
+
+def test_data_outside_the_trained_range_is_localised_with_a_warning(tmp_path, movie, repository):
+    r = localise(movie, tmp_path / "locs.csv", repository, "--pixel-size", "400")
+    assert r.returncode == 0, r.stderr
+    assert "warning:" in r.stdout and "65-160 nm" in r.stdout
+
+
+def test_a_stack_without_a_pixel_size_needs_one(tmp_path, repository):
+    tifffile.imwrite(tmp_path / "plain.tif", np.full((2, 32, 32), 120, np.uint16))
+    r = localise(tmp_path / "plain.tif", tmp_path / "locs.csv", repository)
+    assert r.returncode == 2 and "does not say its pixel size; give --pixel-size NM" in r.stderr
