@@ -152,9 +152,8 @@ def simulation(density: float, photons: float, background: float) -> LocaliseSim
 
 
 def photo_electrons(batch: LocaliseBatch) -> np.ndarray:
-    """(ADU - baseline) x e-/ADU: the simulator's photons() are before the QE; the network was
-    trained on photo-electrons (models.train_localise.network_input), as a calibration gives."""
-    return np.ascontiguousarray(batch.photons() * batch.qe[:, None, None, None], dtype=np.float32)
+    """(ADU - baseline) x e-/ADU: what the network was trained on, as a calibration gives."""
+    return np.ascontiguousarray(batch.photo_electrons())
 
 
 def virtual_movie(name: str, config: LocaliseSimulation, n: int, seed: int) -> Movie:

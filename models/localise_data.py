@@ -2,7 +2,8 @@
 the fly with the virtual microscope's optics and camera.
 
 A sample is ``context_frames`` (3) consecutive camera frames of one small field; the network sees
-frames t-1, t, t+1 and localises the centre one. Per sample, everything a rig varies is drawn
+frames t-2, t-1, t and localises the last one (a causal window: live, it is the frame that just
+arrived; see models/localise_net.py). Per sample, everything a rig varies is drawn
 afresh: pixel size and PSF width (uniform), emitter density and background (log-uniform: they
 span 1.5-2 decades and matter on a ratio scale, so every decade gets equal weight), and per
 emitter its brightness (log-uniform, same reason), position and, for 3-D, z (uniform).
@@ -104,7 +105,7 @@ class LocaliseSimulation(BaseModel):
 
     psf: LocalisePsf = "gaussian"
     frame_shape_px: tuple[int, int] = Field(default=(40, 40), description="(height, width)")
-    context_frames: int = Field(default=3, ge=1, le=7, description="odd; the network sees t-k..t+k")
+    context_frames: int = Field(default=3, ge=1, le=7, description="frames per window; the last is localised")
     density_per_um2: tuple[float, float] = Field(default=(0.1, 5.0), description="emitters on per frame, "
                                                  "log-uniform per sample")
     photons: tuple[float, float] = Field(default=(300.0, 10_000.0), description="detected photons per "
@@ -188,7 +189,8 @@ class LocaliseSimulation(BaseModel):
 @dataclass(frozen=True)
 class LocaliseBatch:
     """``n`` simulated samples. Per-sample arrays are (n,); the truth tables number sample i as frame
-    i + 1; ``truth_frames[k]`` is context frame k's (``truth`` the centre one's), and
+    i + 1; ``truth_frames[k]`` is context frame k's (``truth`` the last one's: the frame the network
+    localises), and
     ``inside_frames[k]`` says which of its emitters lie inside the frame (the rest are within
     ``outside_margin_px`` of it)."""
 
@@ -207,21 +209,22 @@ class LocaliseBatch:
     inside_frames: tuple[np.ndarray, ...]
 
     @property
-    def centre(self) -> int:
-        return len(self.truth_frames) // 2
-
-    @property
     def truth(self) -> EmitterTable:
-        """The centre frame's emitters (inside and just outside the frame)."""
-        return self.truth_frames[self.centre]
+        """The last frame's emitters (inside and just outside the frame): what is localised."""
+        return self.truth_frames[-1]
 
     @property
     def inside(self) -> np.ndarray:
-        return self.inside_frames[self.centre]
+        return self.inside_frames[-1]
 
     def photons(self) -> np.ndarray:
         """The frames in photons (`adu_to_photons`), float32 (n, T, H, W)."""
         return adu_to_photons(self.frames_adu, self.baseline_adu, self.e_per_adu, self.em_gain, self.qe)
+
+    def photo_electrons(self) -> np.ndarray:
+        """The frames as a calibrated camera gives them and the network takes them: (ADU - baseline)
+        x e-/ADU / EM gain, float32 (n, T, H, W) (ThunderSTORM's "photons"; ``photons()`` x QE)."""
+        return (self.photons() * self.qe[:, None, None, None]).astype(np.float32)
 
     def expected_adu(self) -> np.ndarray:
         """The noise-free frames in ADU, baseline included (cameras without pixel maps)."""

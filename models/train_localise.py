@@ -87,7 +87,7 @@ class LocaliseProgress:
 def targets_of(batch: LocaliseBatch) -> Targets:
     """The last context frame's emitters inside the frame, in px, padded per sample; photons and
     background as photo-electrons (see ``network_input``)."""
-    truth, inside = batch.truth_frames[-1], batch.inside_frames[-1]
+    truth, inside = batch.truth, batch.inside
     rows = truth.rows[inside]
     n = batch.frames_adu.shape[0]
     sample = rows["frame"].astype(np.int64) - 1
@@ -117,7 +117,7 @@ def network_input(batch: LocaliseBatch) -> np.ndarray:
 
     That is what a user's camera calibration gives (no QE needed) and what ThunderSTORM calls
     photons; the simulator's photons are those reaching the camera, QE times more."""
-    return np.ascontiguousarray(batch.photons() * batch.qe[:, None, None, None], dtype=np.float32)
+    return np.ascontiguousarray(batch.photo_electrons())
 
 
 def _inputs(batch: LocaliseBatch) -> torch.Tensor:
@@ -212,7 +212,7 @@ def held_out_scores(proto: onnx.ModelProto, held_out: LocaliseBatch, spec: Local
     maps = session.run([OUTPUT_NAME], {INPUT_NAME: network_input(held_out)})[0]
     found = EmitterTable.concatenate([
         maps_to_emitters(maps[i], float(held_out.pixel_size_nm[i]), i + 1, spec) for i in range(len(maps))])
-    truth = held_out.truth_frames[-1].select(held_out.inside_frames[-1])  # photons: not scored
+    truth = held_out.truth.select(held_out.inside)  # photons: not scored
     scores = score_localisations(found, truth, three_d=spec.three_d)
     keys = ("jaccard", "recall", "precision", "rmse_lateral_nm", "rmse_axial_nm", "efficiency_percent")
     return {f"held_out_{k}": round(float(v), 4) for k, v in scores.model_dump().items()

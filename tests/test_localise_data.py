@@ -42,7 +42,7 @@ def test_a_batch_is_camera_frames_with_per_sample_parameters_and_truth_per_conte
                  "density_per_um2", "background_photons"):
         assert getattr(batch, name).shape == (6,), name
     assert len(batch.truth_frames) == len(batch.inside_frames) == 3
-    assert batch.truth is batch.truth_frames[1]  # the centre frame
+    assert batch.truth is batch.truth_frames[-1]  # the last frame: the one a causal window localises
     for table, inside in zip(batch.truth_frames, batch.inside_frames):
         assert table.rows.dtype == EMITTER_DTYPE and inside.shape == (len(table),) and inside.dtype == bool
         assert set(np.unique(table["frame"])) <= set(range(1, 7))  # sample i is frame i + 1
@@ -258,3 +258,11 @@ def test_configs_are_frozen_and_reject_unknown_fields_and_bad_ranges():
         LocaliseSimulation(photons=(1000.0, 10.0))
     with pytest.raises(ValueError):
         LocaliseSimulation(context_frames=4)
+
+
+def test_photo_electrons_are_what_a_calibrated_camera_gives():
+    """(ADU - baseline) x e-/ADU / EM gain: the network's input, ThunderSTORM's 'photons'."""
+    batch = simulate_batch(LocaliseSimulation(), 4, np.random.default_rng(9))
+    expected = (batch.frames_adu.astype(np.float64) - batch.baseline_adu[:, None, None, None]) * (
+        batch.e_per_adu / batch.em_gain)[:, None, None, None]
+    np.testing.assert_allclose(batch.photo_electrons(), expected, rtol=1e-5, atol=1e-3)
