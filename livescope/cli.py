@@ -470,6 +470,50 @@ def train_denoise(
     typer.echo(card.ref)
 
 
+@train_app.command("localise")
+def train_localise(
+    models: ModelsOpt = None,
+    psf: Annotated[str, typer.Option(help="gaussian or airy (2-D), astigmatic (3-D).")] = "gaussian",
+    budget_minutes: Annotated[Optional[float], typer.Option(
+        min=0.01, help="Training time budget, minutes (default 20 unless --steps).")] = None,
+    steps: Annotated[Optional[int], typer.Option(
+        min=1, help="Train exactly N steps (the command then repeats the model exactly).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for the simulation and training.")] = 0,
+    name: Annotated[str, typer.Option(help="Model name in the repository.")] = "localise",
+) -> None:
+    """Train a localisation network on simulated single-molecule movies only (no data needed);
+    add it as a new version of NAME in the model repository."""
+    import shlex
+
+    from livescope.console import console, training_progress
+
+    if psf not in ("gaussian", "airy", "astigmatic"):
+        fail(f"--psf must be gaussian, airy or astigmatic, not {psf!r}")
+    repository = models or _default_models_dir()
+    if repository.exists() and not repository.is_dir():
+        fail(f"--models {repository} is a file, not a folder")
+    from livescope.models import export
+    from livescope.models.localise_data import LocaliseSimulation
+    from livescope.models.train_localise import LocaliseTrainConfig, train_and_publish_localiser
+
+    budget_s = None if steps else (budget_minutes or 20.0) * 60.0
+    # the issue's ranges, widened to the virtual rig's own PSF (0.72 px) and background (2 photons/px)
+    simulation = LocaliseSimulation(psf=psf, psf_sigma_px=(0.7, 1.6), background_photons_per_px=(2.0, 200.0))
+    config = LocaliseTrainConfig(psf=psf, steps=steps, budget_seconds=budget_s, seed=seed)
+    command = shlex.join(["livescope", *sys.argv[1:]])
+    repository.mkdir(parents=True, exist_ok=True)
+    with training_progress(f"training {name}") as report:
+        try:
+            folder, card = train_and_publish_localiser(repository, name=name, simulation=simulation,
+                                                       config=config, command=command, progress=report)
+        except export.ExportError as e:
+            fail(str(e), code=1)
+    for key, value in card.metrics.items():
+        console.print(f"  {key}: {value:.4g}")
+    console.print(f"wrote {folder}")
+    typer.echo(card.ref)
+
+
 # -- keys ----------------------------------------------------------------------------------------
 
 

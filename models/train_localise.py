@@ -51,11 +51,12 @@ class LocaliseTrainConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     psf: LocalisePsf = "gaussian"
-    frame_channels: int = Field(default=24, ge=4)
-    temporal_channels: int = Field(default=32, ge=4)
+    # 16/24 channels (393k parameters) train ~1.7x faster per step on a CPU than 24/32 (757k)
+    frame_channels: int = Field(default=16, ge=4)
+    temporal_channels: int = Field(default=24, ge=4)
     depth: int = Field(default=2, ge=1, le=3)
     frame_px: int = Field(default=40, ge=16, description="simulated frames are this square")
-    batch_size: int = Field(default=32, ge=1)
+    batch_size: int = Field(default=16, ge=1)
     learning_rate: float = Field(default=6e-4, gt=0, description="peak (DECODE's); cosine decay to 1%")
     steps: int | None = Field(default=None, ge=1)
     budget_seconds: float | None = Field(default=None, gt=0)

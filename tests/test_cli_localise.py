@@ -93,3 +93,20 @@ def test_a_stack_without_a_pixel_size_needs_one(tmp_path, repository):
     tifffile.imwrite(tmp_path / "plain.tif", np.full((2, 32, 32), 120, np.uint16))
     r = localise(tmp_path / "plain.tif", tmp_path / "locs.csv", repository)
     assert r.returncode == 2 and "does not say its pixel size; give --pixel-size NM" in r.stderr
+
+
+def test_training_a_localiser_from_simulation_writes_a_version_named_by_its_command(tmp_path):
+    r = cli("train", "localise", "--models", str(tmp_path), "--steps", "2", "--seed", "3")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "localise@1"
+    from livescope.modelcard import CARD_FILE, ModelCard
+
+    card = ModelCard.load(tmp_path / "localise" / "1" / CARD_FILE)
+    assert card.provenance.command.endswith("train localise --models " + str(tmp_path) + " --steps 2 --seed 3")
+    assert card.localise.psf == "gaussian" and card.trained_for.psf_sigma_px == (0.7, 1.6)
+
+
+def test_an_unknown_psf_is_refused_before_training(tmp_path):
+    r = cli("train", "localise", "--models", str(tmp_path), "--psf", "donut")
+    assert r.returncode == 2 and "--psf must be gaussian, airy or astigmatic" in r.stderr
+    assert not any(tmp_path.iterdir())
