@@ -11,7 +11,7 @@ from rich.table import Table
 
 if TYPE_CHECKING:
     from livescope.acquire.run import AcquisitionProgress, AcquisitionSummary
-    from livescope.models.train_denoise import TrainProgress
+    from livescope.models.budget import TrainProgress
 
 console = Console()
 

@@ -11,8 +11,23 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 
 WARMUP_STEPS = 20
+
+
+@dataclass(frozen=True)
+class TrainProgress:
+    """What a training run reports after each step (the CLI's progress bar shows it)."""
+
+    step: int
+    total_steps: int | None  # None until a time budget has been turned into a step count
+    fraction: float  # of the steps or of the time budget, whichever is further
+    loss: float  # running mean of the training loss
+    validation_loss: float | None  # the latest held-out loss, if there is a held-out set
+    best_validation_loss: float | None
+    elapsed_s: float
+    eta_s: float | None
 
 
 class StepPlan:
@@ -67,6 +82,11 @@ class StepPlan:
         if self.total:
             return min(self.step / self.total, 1.0)
         return min(self.elapsed_s / self.budget_seconds, 1.0) if self.budget_seconds else 0.0
+
+    def progress(self, loss: float, validation_loss: float | None,
+                 best_validation_loss: float | None) -> TrainProgress:
+        return TrainProgress(self.step, self.total, self.fraction, loss, validation_loss,
+                             best_validation_loss, self.elapsed_s, self.eta_s)
 
     @property
     def eta_s(self) -> float | None:

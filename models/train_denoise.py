@@ -37,7 +37,7 @@ from livescope.modelcard import (
     TrainedFor,
 )
 from livescope.models import export
-from livescope.models.budget import StepPlan
+from livescope.models.budget import StepPlan, TrainProgress
 from livescope.models.data import FrameSet, VirtualDenoiseData, random_patches, virtual_frames
 from livescope.models.n2v import BlindSpotMasking, StructAxis, masked_mse
 from livescope.models.repository_write import write_version
@@ -87,18 +87,6 @@ class DenoiseTrainConfig(BaseModel):
     def masking(self) -> BlindSpotMasking:
         return BlindSpotMasking(self.mask_box_px, self.median_radius_px, self.struct_axis,
                                 self.struct_span_px)
-
-
-@dataclass(frozen=True)
-class TrainProgress:
-    step: int
-    total_steps: int | None  # None until a time budget has been turned into a step count
-    fraction: float  # of the steps or of the time budget, whichever is further
-    loss: float  # running mean of the training loss (normalised units)
-    validation_loss: float | None  # the latest held-out N2V loss, if held-out frames were given
-    best_validation_loss: float | None
-    elapsed_s: float
-    eta_s: float | None
 
 
 @dataclass(frozen=True)
@@ -224,8 +212,7 @@ def train_denoise(
         if config.patience_validations and since_best >= config.patience_validations:
             plan.stop("early stop")
         if progress is not None:
-            progress(TrainProgress(plan.step, plan.total, plan.fraction, loss_avg, val_loss, best_loss,
-                                   plan.elapsed_s, plan.eta_s))
+            progress(plan.progress(loss_avg, val_loss, best_loss))
     if best_state is not None:
         net.load_state_dict(best_state)
     net.eval()

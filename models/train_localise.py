@@ -36,7 +36,7 @@ from livescope.modelcard import (
     TrainedFor,
 )
 from livescope.models import export
-from livescope.models.budget import StepPlan
+from livescope.models.budget import StepPlan, TrainProgress
 from livescope.models.localise_data import LocaliseBatch, LocalisePsf, LocaliseSimulation, simulate_batch
 from livescope.models.localise_metrics import score_localisations
 from livescope.models.localise_net import LocaliseNet, LocaliseNetConfig, Targets, mixture_loss
@@ -71,18 +71,6 @@ class LocaliseTrainConfig(BaseModel):
             temporal_channels=self.temporal_channels, depth=self.depth, three_d=three_d,
             z_range_nm=simulation.z_range_nm, photons_max=1.5 * simulation.photons[1],
             background_max_photons=1.5 * simulation.background_photons_per_px[1])
-
-
-@dataclass(frozen=True)
-class LocaliseProgress:
-    step: int
-    total_steps: int | None
-    fraction: float
-    loss: float
-    validation_loss: float | None
-    best_validation_loss: float | None
-    elapsed_s: float
-    eta_s: float | None
 
 
 def targets_of(batch: LocaliseBatch) -> Targets:
@@ -136,7 +124,7 @@ class TrainedLocaliser:
 
 
 def train_localise(simulation: LocaliseSimulation, config: LocaliseTrainConfig,
-                   progress: Callable[[LocaliseProgress], None] | None = None) -> TrainedLocaliser:
+                   progress: Callable[[TrainProgress], None] | None = None) -> TrainedLocaliser:
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     held_out = simulate_batch(simulation, config.held_out_samples, np.random.default_rng(config.seed + 10_000))
@@ -180,8 +168,7 @@ def train_localise(simulation: LocaliseSimulation, config: LocaliseTrainConfig,
                 best_loss, best_step, best_state = val_loss, step, copy.deepcopy(net.state_dict())
         plan.after_step()
         if progress is not None:
-            progress(LocaliseProgress(plan.step, plan.total, plan.fraction, loss_avg, val_loss, best_loss,
-                                      plan.elapsed_s, plan.eta_s))
+            progress(plan.progress(loss_avg, val_loss, best_loss))
     if best_state is not None:
         net.load_state_dict(best_state)
     net.eval()
@@ -222,7 +209,7 @@ def held_out_scores(proto: onnx.ModelProto, held_out: LocaliseBatch, spec: Local
 
 def train_and_publish_localiser(
     repository: Path, *, name: str, simulation: LocaliseSimulation, config: LocaliseTrainConfig,
-    command: str, progress: Callable[[LocaliseProgress], None] | None = None,
+    command: str, progress: Callable[[TrainProgress], None] | None = None,
 ) -> tuple[Path, ModelCard]:
     trained = train_localise(simulation, config, progress)
     held_out = simulate_batch(simulation, config.held_out_samples, np.random.default_rng(config.seed + 20_000))
