@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, NoReturn, Optional
+from typing import Annotated, Any, NoReturn, Optional
 
 import typer
 
@@ -268,22 +269,29 @@ OutArg = Annotated[Path, typer.Argument(help="Output .ome.tiff / .tif / .ome.zar
 
 def _offline(task: str, model: str | None, inp: Path, out: Path, models: Path | None,
              overwrite: bool, tile: int | None, batch: int, provider: str | None) -> None:
+    from livescope.server.offline import run_offline
+
+    _run_offline_job(task, lambda progress: run_offline(
+        model or task, inp, out, task=task, overwrite=overwrite,
+        model_dirs=[models or _default_models_dir()], tile_px=tile, batch=batch, provider=provider,
+        progress=progress))
+
+
+def _run_offline_job(label: str, job: Callable[[Callable[[int, int], None]], Any]) -> None:
+    """Run ``job(progress)`` under a progress bar; a StackError / OfflineError becomes a one-line
+    error; then print the summary's line and its warnings."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from livescope.console import console
-    from livescope.server.offline import OfflineError, run_offline
+    from livescope.server.offline import OfflineError
     from livescope.stackio import StackError
 
-    bar = Progress("[bold]" + task, BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+    bar = Progress("[bold]" + label, BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                    console=console, transient=True)
     try:
         with bar:
-            job = bar.add_task(task, total=None)
-            summary = run_offline(model or task, inp, out, task=task, overwrite=overwrite,
-                                  model_dirs=[models or _default_models_dir()], tile_px=tile,
-                                  batch=batch, provider=provider,
-                                  progress=lambda done, total: bar.update(job, completed=done,
-                                                                          total=total))
+            task = bar.add_task(label, total=None)
+            summary = job(lambda done, total: bar.update(task, completed=done, total=total))
     except (StackError, OfflineError) as e:
         fail(str(e))
     console.print(summary.line())
@@ -344,34 +352,17 @@ def localise(
 ) -> None:
     """Localise single molecules in every frame of a stack; write a ThunderSTORM CSV (x, y in nm
     from the top-left corner of the top-left pixel; frames from 1) and optionally a render."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    from livescope.console import console
-    from livescope.server.offline import OfflineError
-    from livescope.stackio import StackError
-
     if pixel_size is not None and pixel_size <= 0:
         fail(f"--pixel-size must be positive nm, not {pixel_size:g}")
     if e_per_adu <= 0 or em_gain < 1 or baseline < 0 or render_px <= 0:
         fail("--e-per-adu and --render-px must be positive, --em-gain at least 1, --baseline not negative")
     from livescope.server.offline_localise import CameraCalibration, run_localise_offline
 
-    bar = Progress("[bold]localise", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                   console=console, transient=True)
-    try:
-        with bar:
-            job = bar.add_task("localise", total=None)
-            summary = run_localise_offline(
-                inp, out, CameraCalibration(baseline_adu=baseline, e_per_adu=e_per_adu, em_gain=em_gain),
-                pixel_size_nm=pixel_size, render_path=render, render_px_nm=render_px,
-                model=model or "localise", model_dirs=[models or _default_models_dir()],
-                overwrite=overwrite, strict=strict, provider=provider,
-                progress=lambda done, total: bar.update(job, completed=done, total=total))
-    except (StackError, OfflineError) as e:
-        fail(str(e))
-    console.print(summary.line())
-    for warning in summary.warnings:
-        console.print(f"[yellow]warning:[/] {warning}")
+    camera = CameraCalibration(baseline_adu=baseline, e_per_adu=e_per_adu, em_gain=em_gain)
+    _run_offline_job("localise", lambda progress: run_localise_offline(
+        inp, out, camera, pixel_size_nm=pixel_size, render_path=render, render_px_nm=render_px,
+        model=model or "localise", model_dirs=[models or _default_models_dir()], overwrite=overwrite,
+        strict=strict, provider=provider, progress=progress))
 
 
 # -- train -------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -26,6 +26,10 @@ from pydantic import BaseModel, ConfigDict
 from livescope.modelcard import ModelCard
 from livescope.stackio import Stack, StackError, read_stack, stack_format, write_stack
 from livescope.server.tiling import DEFAULT_TILE_PX, is_out_of_memory, run_shrinking_on_oom
+
+if TYPE_CHECKING:
+    from livescope.server.models import LoadedModel
+    from livescope.server.repository import ModelVersion
 
 log = logging.getLogger("livescope.server")
 
@@ -158,6 +162,30 @@ def _check_image_model(card: ModelCard, task: str | None) -> None:
                            f"name a {task} model with --model")
 
 
+def resolve_model(task_stage: str, model_dirs: Sequence[str | os.PathLike]) -> ModelVersion:
+    """The ModelVersion ``task_stage`` ('denoise' or 'denoise@2') names among the shipped models and
+    ``model_dirs``; OfflineError with a one-line message if there is none."""
+    from livescope.protocol import split_stage
+    from livescope.server.repository import ModelRepository, UnknownModelError, shipped_models_root
+
+    try:
+        name, version = split_stage(task_stage)
+        return ModelRepository([shipped_models_root(), *map(Path, model_dirs)]).resolve(name, version)
+    except (ValueError, UnknownModelError) as e:
+        raise OfflineError(str(e).strip("'\"")) from None
+
+
+def load_model(version: ModelVersion, provider: str | None, threads: int | None) -> LoadedModel:
+    """``version`` loaded on the server's runtime; OfflineError with a one-line message if not."""
+    from livescope.server.models import LoadedModel, ModelLoadError
+    from livescope.server.providers import RuntimeOptions
+
+    try:
+        return LoadedModel.load(version, RuntimeOptions(provider=provider, intra_op_threads=threads))
+    except (ModelLoadError, ValueError) as e:
+        raise OfflineError(str(e)) from None
+
+
 def run_offline(task_stage: str, in_path: str | os.PathLike, out_path: str | os.PathLike, *,
                 model_dirs: Sequence[str | os.PathLike] = (), overwrite: bool = False,
                 progress: Progress | None = None, batch: int = 4, tile_px: int | None = None,
@@ -168,29 +196,15 @@ def run_offline(task_stage: str, in_path: str | os.PathLike, out_path: str | os.
     ``task``: the command's task; a model trained for another task is refused.
     Raises StackError (input or output) or OfflineError (model), each with a one-line message.
     """
-    from livescope.protocol import split_stage
-    from livescope.server.models import LoadedModel, ModelLoadError
-    from livescope.server.providers import RuntimeOptions
-    from livescope.server.repository import ModelRepository, UnknownModelError, shipped_models_root
-
     in_path, out_path = Path(in_path), Path(out_path)
     stack_format(out_path)  # refuse a bad output name before any work
     if out_path.exists() and not overwrite:
         raise StackError(f"{out_path} already exists; choose another output or pass --overwrite")
-    try:
-        name, version = split_stage(task_stage)
-        repo = ModelRepository([shipped_models_root(), *map(Path, model_dirs)])
-        model_version = repo.resolve(name, version)
-    except (ValueError, UnknownModelError) as e:
-        raise OfflineError(str(e).strip("'\"")) from None
+    model_version = resolve_model(task_stage, model_dirs)
     _check_image_model(model_version.card, task)
     stack = read_stack(in_path)
     warnings = domain_warnings(model_version.card, stack.frames, str(in_path))
-    try:
-        model = LoadedModel.load(model_version, RuntimeOptions(provider=provider,
-                                                               intra_op_threads=threads))
-    except (ModelLoadError, ValueError) as e:
-        raise OfflineError(str(e)) from None
+    model = load_model(model_version, provider, threads)
 
     t0 = time.perf_counter()
     in_dtype = model_version.card.inputs[0].dtype
@@ -203,8 +217,7 @@ def run_offline(task_stage: str, in_path: str | os.PathLike, out_path: str | os.
             raise
         log.warning("%s: out of memory on %s even with small tiles; running on the CPU",
                     model.ref, model.provider)
-        model = LoadedModel.load(model_version, RuntimeOptions(provider="cpu",
-                                                               intra_op_threads=threads))
+        model = load_model(model_version, "cpu", threads)
         restored = restore_stack(model, stack, batch=batch, tile_px=tile_px, progress=progress)
     seconds = time.perf_counter() - t0
     write_stack(out_path, restored, stack, overwrite=overwrite)

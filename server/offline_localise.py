@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from livescope.emitters import EmitterTable
 from livescope.modelcard import ModelCard
-from livescope.server.offline import OfflineError
+from livescope.server.offline import OfflineError, load_model, resolve_model
 from livescope.stackio import StackError, StackInfo, read_stack, stack_format, write_stack
 from livescope.server.localise import maps_to_emitters
 from livescope.server.models import LoadedModel
@@ -122,11 +122,7 @@ def run_localise_offline(in_path: str | os.PathLike, out_csv: str | os.PathLike,
     model's trained range give warnings, or with ``strict`` an OfflineError before any work.
     Raises StackError / OfflineError with one-line messages; nothing is written on failure.
     """
-    from livescope.protocol import split_stage
     from livescope.render import RenderGrid, gaussian
-    from livescope.server.models import ModelLoadError
-    from livescope.server.providers import RuntimeOptions
-    from livescope.server.repository import ModelRepository, UnknownModelError, shipped_models_root
 
     in_path, out_csv = Path(in_path), Path(out_csv)
     render_out = Path(render_path) if render_path is not None else None
@@ -137,11 +133,7 @@ def run_localise_offline(in_path: str | os.PathLike, out_csv: str | os.PathLike,
             raise StackError(f"{target} already exists; choose another output or pass --overwrite")
     if render_out is not None:
         stack_format(render_out)
-    try:
-        name, version = split_stage(model)
-        version_found = ModelRepository([shipped_models_root(), *map(Path, model_dirs)]).resolve(name, version)
-    except (ValueError, UnknownModelError) as e:
-        raise OfflineError(str(e).strip("'\"")) from None
+    version_found = resolve_model(model, model_dirs)
     card = version_found.card
     if card.task != "localise":
         raise OfflineError(f"{card.ref} is a {card.task} model; localise needs a localisation model")
@@ -154,10 +146,7 @@ def run_localise_offline(in_path: str | os.PathLike, out_csv: str | os.PathLike,
     warnings = range_warnings(card, pixel_size_nm, photons)
     if strict and warnings:
         raise OfflineError(f"--strict: {warnings[0]}")
-    try:
-        loaded = LoadedModel.load(version_found, RuntimeOptions(provider=provider, intra_op_threads=threads))
-    except (ModelLoadError, ValueError) as e:
-        raise OfflineError(str(e)) from None
+    loaded = load_model(version_found, provider, threads)
     t0 = time.perf_counter()
     table = localise_frames(loaded, photons, pixel_size_nm, progress=progress)
     seconds = time.perf_counter() - t0
