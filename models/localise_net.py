@@ -33,8 +33,6 @@ from torch import nn
 
 from livescope.emitters import LOCALISE_MAP_CHANNELS
 
-OUTPUT_CHANNELS = LOCALISE_MAP_CHANNELS
-
 
 @dataclass(frozen=True)
 class LocaliseNetConfig:
@@ -108,7 +106,7 @@ class _UNet(nn.Module):
 
 
 class LocaliseNet(nn.Module):
-    """(N, context, H, W) photons -> (N, len(OUTPUT_CHANNELS), H, W) maps, H and W multiples of
+    """(N, context, H, W) photons -> (N, len(LOCALISE_MAP_CHANNELS), H, W) maps, H and W multiples of
     2**depth."""
 
     def __init__(self, config: LocaliseNetConfig = LocaliseNetConfig()) -> None:
@@ -117,9 +115,9 @@ class LocaliseNet(nn.Module):
         self.frame_module = _UNet(1, config.frame_channels, config.depth)
         self.temporal_module = _UNet(config.context_frames * config.frame_channels,
                                      config.temporal_channels, config.depth)
-        self.head = nn.Conv2d(self.temporal_module.out_channels, len(OUTPUT_CHANNELS), 1)
+        self.head = nn.Conv2d(self.temporal_module.out_channels, len(LOCALISE_MAP_CHANNELS), 1)
         with torch.no_grad():  # start from "almost no emitters": p ~ 0.007 per pixel
-            self.head.bias[OUTPUT_CHANNELS.index("p")] = -5.0
+            self.head.bias[LOCALISE_MAP_CHANNELS.index("p")] = -5.0
 
     def forward(self, frames_photons: torch.Tensor) -> torch.Tensor:
         c = self.config
@@ -168,7 +166,7 @@ def mixture_loss(maps: torch.Tensor, targets: Targets, three_d: bool) -> dict[st
     """DECODE's loss: count + Gaussian-mixture localisation + background, each averaged over the
     batch; ``total`` is their sum."""
     n, _, h, w = maps.shape
-    ch = {name: maps[:, i] for i, name in enumerate(OUTPUT_CHANNELS)}
+    ch = {name: maps[:, i] for i, name in enumerate(LOCALISE_MAP_CHANNELS)}
     p = ch["p"].reshape(n, -1)  # (N, K)
     counts = targets.mask.sum(dim=1).to(maps.dtype)
     mean = p.sum(dim=1)

@@ -11,10 +11,9 @@ are those the network predicted at the maximum.
 from __future__ import annotations
 
 import numpy as np
+
 from livescope.emitters import LOCALISE_MAP_CHANNELS, EmitterTable
 from livescope.modelcard import LocaliseSpec
-
-OUTPUT_CHANNELS = LOCALISE_MAP_CHANNELS
 
 
 def local_maxima(p: np.ndarray) -> np.ndarray:
@@ -40,11 +39,11 @@ def box_sum_3x3(p: np.ndarray) -> np.ndarray:
 
 
 def maps_to_emitters(maps: np.ndarray, pixel_size_nm: float, frame: int, spec: LocaliseSpec) -> EmitterTable:
-    """Emitters of one frame from its maps (len(OUTPUT_CHANNELS), H, W); frame numbered from 1;
+    """Emitters of one frame from its maps (len(LOCALISE_MAP_CHANNELS), H, W); frame numbered from 1;
     the thresholds are the model card's (``spec``)."""
-    if maps.ndim != 3 or maps.shape[0] != len(OUTPUT_CHANNELS):
-        raise ValueError(f"maps must be ({len(OUTPUT_CHANNELS)}, H, W), got {maps.shape}")
-    ch = {name: maps[i] for i, name in enumerate(OUTPUT_CHANNELS)}
+    if maps.ndim != 3 or maps.shape[0] != len(LOCALISE_MAP_CHANNELS):
+        raise ValueError(f"maps must be ({len(LOCALISE_MAP_CHANNELS)}, H, W), got {maps.shape}")
+    ch = {name: maps[i] for i, name in enumerate(LOCALISE_MAP_CHANNELS)}
     p = ch["p"]
     integrated = box_sum_3x3(p)
     keep = local_maxima(p) & (p > spec.candidate_p) & (integrated >= spec.threshold)
