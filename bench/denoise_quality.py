@@ -137,8 +137,8 @@ def shipped_denoiser() -> tuple[Denoiser, LoadedModel]:
 
 
 def warm_up_torch() -> None:
-    """A few throwaway training steps, so that torch's one-time start-up does not fall into the
-    first run's warm-up steps, from whose speed train_denoise turns a time budget into steps."""
+    """A few throwaway training steps, so that torch's one-time start-up is not charged to the first
+    level's time budget."""
     frames = np.random.default_rng(0).poisson(100, (2, 64, 64)).astype(np.uint16)
     train_denoise(frames, DenoiseTrainConfig(steps=3, seed=TRAIN_SEED))
 
