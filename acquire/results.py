@@ -19,13 +19,26 @@ def _Gap(seq: int) -> Refusal:  # noqa: N802 - reads as a value
     return Refusal(seq, "unanswered", "the server never answered this frame")
 
 
-def restored_path(raw: Path, stage: str) -> Path:
-    """run.ome.zarr -> run.denoise.ome.zarr (same folder, same format)."""
+def _split_suffix(raw: Path) -> tuple[str, str]:
+    """run.ome.zarr -> ("run", ".ome.zarr"); a name without an image suffix keeps it whole."""
     name = raw.name
     for suffix in (".ome.zarr", ".ome.tiff", ".ome.tif", ".zarr", ".tiff", ".tif"):
         if name.endswith(suffix):
-            return raw.with_name(f"{name[: -len(suffix)]}.{stage}{suffix}")
-    return raw.with_name(f"{name}.{stage}")
+            return name[: -len(suffix)], suffix
+    return name, ""
+
+
+def restored_path(raw: Path, stage: str) -> Path:
+    """run.ome.zarr -> run.denoise.ome.zarr (same folder, same format)."""
+    stem, suffix = _split_suffix(raw)
+    return raw.with_name(f"{stem}.{stage}{suffix}")
+
+
+def table_paths(raw: Path, stage: str) -> tuple[Path, Path]:
+    """The emitter table and its render for a table stage: run.ome.zarr ->
+    (run.localise.csv, run.localise.render.ome.tif), in the raw data's folder."""
+    stem, _ = _split_suffix(raw)
+    return raw.with_name(f"{stem}.{stage}.csv"), raw.with_name(f"{stem}.{stage}.render.ome.tif")
 
 
 class RestoredWriter:

@@ -2,7 +2,9 @@
 
 The acquisition runs on the calling thread (pymmcore-plus's MDA runner); results are read on
 a second thread, written to disk and summarised. Progress is reported through a callback so
-that the CLI can draw it and tests can ignore it.
+that the CLI can draw it and tests can ignore it. A pipeline ending in ``localise`` gives an
+emitter table per frame instead of an image: the tables are counted live and, with an output,
+written as a ThunderSTORM CSV and a super-resolution render (``acquire/localisations.py``).
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ import useq
 from pydantic import BaseModel, ConfigDict
 from pymmcore_plus import CMMCorePlus
 
-from livescope.acquire.results import RestoredWriter, restored_path
+from livescope.acquire.localisations import LocalisationWriter, gives_tables, localises
+from livescope.acquire.results import RestoredWriter, restored_path, table_paths
 from livescope.acquire.streamer import FrameStreamer
 from livescope.client import DeliveryMode, Refusal, Result, StreamClient
+from livescope.protocol import CameraCalibration
 
 
 class AcquisitionProgress(BaseModel):
@@ -29,6 +33,9 @@ class AcquisitionProgress(BaseModel):
     refused: int = 0
     elapsed_s: float = 0.0
     latency_p50_ms: float | None = None
+    tables: int = 0  # results that are emitter tables (a localise pipeline's)
+    emitters: int = 0  # in all tables so far
+    last_frame_emitters: int = 0  # in the latest table
 
     @property
     def fps(self) -> float:
@@ -56,6 +63,10 @@ class AcquisitionSummary(BaseModel):
     refusal_reasons: dict[str, int] = {}
     raw_path: str | None = None
     restored_path: str | None = None
+    tables: int = 0  # results that are emitter tables (a localise pipeline's)
+    emitters: int = 0  # in all tables
+    table_path: str | None = None  # ThunderSTORM CSV
+    render_path: str | None = None  # super-resolution render
 
     @property
     def dropped(self) -> int:
@@ -75,14 +86,27 @@ def run_acquisition(
     progress: Callable[[AcquisitionProgress], None] | None = None,
     connect_timeout_s: float = 5.0,
     server_timeout_s: float = 30.0,
+    camera: CameraCalibration | None = None,
+    render_px_nm: float = 10.0,
 ) -> AcquisitionSummary:
     """Acquire ``sequence``; with ``server``, restore every frame live.
+
+    ``camera`` (ADU -> photons) is sent with every frame; a ``localise`` stage needs it and the
+    core's pixel size. With ``output`` run.ome.zarr, a pipeline ending in ``localise`` writes
+    run.localise.csv and a render of ``render_px_nm`` pixels, run.localise.render.ome.tif; any
+    other writes the restored frames to run.<stage>.ome.zarr. Existing outputs are replaced.
 
     Raises ServerUnreachableError before acquiring anything if the server does not answer. If
     it stops answering later (``server_timeout_s`` with the window full), the acquisition is
     cancelled: what was acquired is saved, and the summary counts the unanswered frames and
     says why it stopped.
     """
+    tables = server is not None and gives_tables(pipeline)
+    if server is not None and localises(pipeline):
+        if camera is None:
+            raise ValueError("a localise stage needs the camera's calibration (camera=CameraCalibration(...))")
+        if not core.getPixelSizeUm():
+            raise ValueError("a localise stage needs the pixel size, and the microscope has none configured")
     total = len(list(sequence.iter_events()))
     state = AcquisitionProgress(total=total)
     t0 = time.perf_counter()
@@ -90,7 +114,7 @@ def run_acquisition(
     client = None
     if server is not None:
         client = StreamClient(server, stream=stream, pipeline=pipeline, mode=mode,
-                              max_in_flight=max_in_flight)
+                              max_in_flight=max_in_flight, camera=camera)
         try:
             client.connect(timeout_s=connect_timeout_s)
         except Exception:
@@ -105,11 +129,16 @@ def run_acquisition(
 
     collector = None
     if client is not None:
-        writer = None
-        if output is not None:
-            writer = RestoredWriter(restored_path(output, pipeline[-1].split("@")[0]), sequence,
-                                    core.getPixelSizeUm() or None)
-        collector = _ResultCollector(client, writer, state, progress, t0)
+        writer = localisations = None
+        stage = pipeline[-1].split("@")[0]
+        if tables:
+            table_path, render_path = table_paths(output, stage) if output is not None else (None, None)
+            localisations = LocalisationWriter(
+                table_path, render_path, frame_shape_px=(core.getImageHeight(), core.getImageWidth()),
+                pixel_size_nm=core.getPixelSizeUm() * 1000.0, render_px_nm=render_px_nm)
+        elif output is not None:
+            writer = RestoredWriter(restored_path(output, stage), sequence, core.getPixelSizeUm() or None)
+        collector = _ResultCollector(client, writer, localisations, state, progress, t0)
         collector.start()
 
     core.mda.run(sequence, output=outputs, overwrite=True)
@@ -153,7 +182,15 @@ def run_acquisition(
         refusal_reasons=collector.refusal_reasons,
         raw_path=str(output) if output else None,
         restored_path=str(collector.writer.path) if collector.writer and collector.writer.written else None,
+        **_table_summary(collector.localisations),
     )
+
+
+def _table_summary(localisations: LocalisationWriter | None) -> dict:
+    if localisations is None:
+        return {}
+    written = dict(zip(("table_path", "render_path"), map(str, localisations.written)))
+    return {"tables": localisations.tables, "emitters": localisations.emitters, **written}
 
 
 class _Counter:
@@ -165,13 +202,15 @@ class _Counter:
 
 
 class _ResultCollector(threading.Thread):
-    """Reads outcomes as they arrive: latency, models used, restored frames to disk."""
+    """Reads outcomes as they arrive: latency, models used, restored frames or emitter tables
+    to disk."""
 
     def __init__(self, client: StreamClient, writer: RestoredWriter | None,
-                 state: AcquisitionProgress, progress: Callable | None, t0: float) -> None:
+                 localisations: LocalisationWriter | None, state: AcquisitionProgress,
+                 progress: Callable | None, t0: float) -> None:
         super().__init__(name="livescope-results", daemon=True)
-        self.client, self.writer, self.state, self.progress, self.t0 = (
-            client, writer, state, progress, t0)
+        self.client, self.writer, self.localisations, self.state, self.progress, self.t0 = (
+            client, writer, localisations, state, progress, t0)
         self.latencies_ms: list[float] = []
         self.server_ms: list[float] = []
         self.models: set[str] = set()
@@ -188,6 +227,8 @@ class _ResultCollector(threading.Thread):
         self.join(timeout_s)
         if self.writer is not None:
             self.writer.close()
+        if self.localisations is not None:
+            self.localisations.close()
 
     def run(self) -> None:
         last_report = 0.0
@@ -220,6 +261,11 @@ class _ResultCollector(threading.Thread):
             self.refusal_reasons[outcome.reason] = self.refusal_reasons.get(outcome.reason, 0) + 1
         if self.writer is not None:
             self.writer.add(outcome)
+        if self.localisations is not None:
+            loc = self.localisations
+            loc.add(outcome)
+            self.state.tables, self.state.emitters = loc.tables, loc.emitters
+            self.state.last_frame_emitters = loc.last_frame_emitters
 
     def _report(self, now: float) -> None:
         self.state.acquired = self.client.stats.submitted

@@ -68,6 +68,8 @@ def serve(
     batch_max_frames: Annotated[int, typer.Option(min=1, help="Micro-batch size limit.")] = 8,
     batch_wait_ms: Annotated[float, typer.Option(
         min=0, help="Wait this long for more frames to batch; 0 batches what is waiting.")] = 0.0,
+    render_px: Annotated[float, typer.Option(
+        min=0.1, help="localise streams: the running super-resolution render's pixel, nm.")] = 20.0,
     curve_secret: Annotated[Optional[Path], typer.Option(help="Server secret key (.key_secret).")] = None,
     allow: Annotated[Optional[Path], typer.Option(help="Folder of allowed client public keys.")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning.")] = "info",
@@ -90,7 +92,7 @@ def serve(
             runtime=RuntimeOptions(provider=provider, intra_op_threads=threads, fp16=fp16,
                                    graph_optimisation=graph_opt),
             max_frame_bytes=int(max_frame_mb * 2**20),
-            batch_max_frames=batch_max_frames, batch_wait_ms=batch_wait_ms,
+            batch_max_frames=batch_max_frames, batch_wait_ms=batch_wait_ms, render_pixel_nm=render_px,
             curve_secret_key=curve_secret, curve_allowed_clients=allow)
     except ValidationError as e:
         err = e.errors()[0]
@@ -142,8 +144,21 @@ def acquire(
         min=0, help="Virtual microscope: specimen thickness in µm (0 = a flat specimen).")] = 0.0,
     size: Annotated[int, typer.Option(help="Virtual microscope: camera size in pixels.")] = 512,
     seed: Annotated[int, typer.Option(help="Virtual microscope: random seed.")] = 0,
+    baseline: Annotated[Optional[float], typer.Option(
+        help="Camera baseline (offset), ADU. A localise stage needs it on a real rig; the virtual "
+             "microscope's camera gives it.")] = None,
+    e_per_adu: Annotated[Optional[float], typer.Option(
+        "--e-per-adu", help="Camera conversion gain, e-/ADU. A localise stage needs it on a real rig; "
+                            "the virtual microscope's camera gives it.")] = None,
+    em_gain: Annotated[Optional[float], typer.Option(
+        "--em-gain", help="EMCCD gain (1 for sCMOS).")] = None,
+    render_px: Annotated[float, typer.Option(
+        "--render-px", help="localise: render pixel size of PATH.localise.render.ome.tif, nm.")] = 10.0,
 ) -> None:
-    """Run a useq-schema acquisition on Micro-Manager (pymmcore-plus), restoring frames live."""
+    """Run a useq-schema acquisition on Micro-Manager (pymmcore-plus), restoring frames live.
+
+    With a localise pipeline, counts emitters live and, with --output PATH.ome.zarr, writes
+    PATH.localise.csv (ThunderSTORM) and a super-resolution render PATH.localise.render.ome.tif."""
     if mode not in ("lossless", "latest"):
         fail(f"--mode must be lossless or latest, not {mode!r}")
     if specimen not in SPECIMENS:
@@ -155,12 +170,23 @@ def acquire(
         fail("--pipeline names no stage")
     if server is None and pipeline is not None:
         server = "tcp://127.0.0.1:5760"
-    _check_output(output, overwrite, stages)
+    if (e_per_adu is not None and e_per_adu <= 0) or (em_gain is not None and em_gain < 1) or (
+            baseline is not None and baseline < 0) or render_px <= 0:
+        fail("--e-per-adu and --render-px must be positive, --em-gain at least 1, --baseline not negative")
+    from livescope.acquire.localisations import localises
+
+    if server is not None and localises(stages) and mm_config is not None and (
+            baseline is None or e_per_adu is None):
+        fail("a localise stage needs the camera's calibration: give --baseline ADU and --e-per-adu E "
+             "(and --em-gain G for an EMCCD)")
+    _check_output(output, overwrite, stages if server is not None else ())
     summary = _acquire(mm_config=mm_config, sequence=sequence, frames=frames,
                        exposure_ms=exposure_ms, server=server, stages=stages, mode=mode,
                        output=output, specimen=specimen, size=size, seed=seed,
                        in_flight=in_flight, server_timeout_s=server_timeout,
-                       modality=modality, depth_um=depth)
+                       modality=modality, depth_um=depth,
+                       calibration={"baseline_adu": baseline, "e_per_adu": e_per_adu, "em_gain": em_gain},
+                       render_px_nm=render_px)
     from livescope.console import print_summary
 
     print_summary(summary)
@@ -172,25 +198,38 @@ def acquire(
 
 
 def _check_output(output: Path | None, overwrite: bool, stages: tuple[str, ...]) -> None:
+    """Refuse an --output whose raw or result files exist (``stages``: the pipeline run, if any)."""
     if output is None:
         return
+    from livescope.acquire.localisations import gives_tables
+    from livescope.acquire.results import restored_path, table_paths
+
     if not output.name.endswith((".ome.zarr", ".ome.tiff", ".ome.tif")):
         fail(f"--output must end in .ome.zarr or .ome.tiff: {output}")
-    if output.exists() and not overwrite:
-        fail(f"{output} exists; choose another --output or pass --overwrite")
+    targets = [output]
+    if stages:
+        stage = stages[-1].split("@")[0]
+        targets += table_paths(output, stage) if gives_tables(stages) else [restored_path(output, stage)]
+    for target in targets:
+        if target.exists() and not overwrite:
+            fail(f"{target} exists; choose another --output or pass --overwrite")
     if not output.parent.is_dir():
         fail(f"folder does not exist: {output.parent}")
 
 
 def _acquire(*, mm_config, sequence, frames, exposure_ms, server, stages, mode, output,
              specimen="filaments", size=512, seed=0, in_flight=2, server_timeout_s=30.0,
-             modality="widefield", depth_um=0.0):
+             modality="widefield", depth_um=0.0, calibration=None, render_px_nm=10.0):
+    """``calibration``: the camera's baseline_adu, e_per_adu, em_gain as given (None: not given);
+    on the virtual microscope its camera fills in what was not given."""
+    from livescope.acquire.localisations import gives_tables, localises
     from livescope.acquire.microscope import MicroscopeError, open_microscope
     from livescope.acquire.run import run_acquisition
     from livescope.acquire.sequence import SequenceError, load_sequence
     from livescope.acquire.virtual import VirtualRigConfig
     from livescope.client import ServerUnreachableError
     from livescope.console import acquisition_progress
+    from livescope.protocol import CameraCalibration
 
     if sequence is None and frames is None:
         frames = 100
@@ -199,19 +238,32 @@ def _acquire(*, mm_config, sequence, frames, exposure_ms, server, stages, mode, 
     except SequenceError as e:
         fail(str(e))
     rig = None
+    given = {k: v for k, v in (calibration or {}).items() if v is not None}
+    camera = None
     if mm_config is None:
         rig = VirtualRigConfig(sensor_shape_px=(size, size), specimen=specimen, seed=seed,
                                modality=modality, specimen_depth_um=depth_um)
+        c = rig.camera
+        camera = CameraCalibration(**{"baseline_adu": c.baseline_adu, "e_per_adu": c.e_per_adu,
+                                      "em_gain": c.em_gain, **given})
+    elif {"baseline_adu", "e_per_adu"} <= given.keys():
+        camera = CameraCalibration(**given)
     try:
         core = open_microscope(mm_config, rig=rig)
     except MicroscopeError as e:
         fail(str(e))
+    stages = stages or ("denoise",)
+    if server is not None and localises(stages) and not core.getPixelSizeUm():
+        fail("a localise stage needs the camera's pixel size: define a pixel size configuration "
+             "in the Micro-Manager config")
     total = len(list(seq.iter_events()))
+    title = "acquiring" if server is None else "localising" if gives_tables(stages) else "restoring"
     try:
-        with acquisition_progress(total, "acquiring" if server is None else "restoring") as bar:
-            return run_acquisition(core, seq, server=server, pipeline=stages or ("denoise",),
+        with acquisition_progress(total, title) as bar:
+            return run_acquisition(core, seq, server=server, pipeline=stages,
                                    mode=mode, output=output, progress=bar,
-                                   max_in_flight=in_flight, server_timeout_s=server_timeout_s)
+                                   max_in_flight=in_flight, server_timeout_s=server_timeout_s,
+                                   camera=camera, render_px_nm=render_px_nm)
     except ServerUnreachableError as e:
         fail(f"{e} (start one with `livescope serve`)")
     except KeyboardInterrupt:
@@ -356,7 +408,8 @@ def localise(
         fail(f"--pixel-size must be positive nm, not {pixel_size:g}")
     if e_per_adu <= 0 or em_gain < 1 or baseline < 0 or render_px <= 0:
         fail("--e-per-adu and --render-px must be positive, --em-gain at least 1, --baseline not negative")
-    from livescope.server.offline_localise import CameraCalibration, run_localise_offline
+    from livescope.protocol import CameraCalibration
+    from livescope.server.offline_localise import run_localise_offline
 
     camera = CameraCalibration(baseline_adu=baseline, e_per_adu=e_per_adu, em_gain=em_gain)
     _run_offline_job("localise", lambda progress: run_localise_offline(
@@ -470,7 +523,8 @@ def train_localise(
     steps: Annotated[Optional[int], typer.Option(
         min=1, help="Train exactly N steps (the command then repeats the model exactly).")] = None,
     seed: Annotated[int, typer.Option(help="Seed for the simulation and training.")] = 0,
-    name: Annotated[str, typer.Option(help="Model name in the repository.")] = "localise",
+    name: Annotated[Optional[str], typer.Option(
+        help="Model name in the repository (default localise; localise3d for --psf astigmatic).")] = None,
 ) -> None:
     """Train a localisation network on simulated single-molecule movies only (no data needed);
     add it as a new version of NAME in the model repository."""
@@ -480,16 +534,19 @@ def train_localise(
 
     if psf not in ("gaussian", "airy", "astigmatic"):
         fail(f"--psf must be gaussian, airy or astigmatic, not {psf!r}")
+    name = name or ("localise3d" if psf == "astigmatic" else "localise")
     repository = models or _default_models_dir()
     if repository.exists() and not repository.is_dir():
         fail(f"--models {repository} is a file, not a folder")
     from livescope.models import export
-    from livescope.models.localise_data import LocaliseSimulation
+    from livescope.models.localise_data import EMCCD, SCMOS, LocaliseSimulation
     from livescope.models.train_localise import LocaliseTrainConfig, train_and_publish_localiser
 
     budget_s = None if steps else (budget_minutes or 20.0) * 60.0
     # the issue's ranges, widened to the virtual rig's own PSF (0.72 px) and background (2 photons/px)
-    simulation = LocaliseSimulation(psf=psf, psf_sigma_px=(0.7, 1.6), background_photons_per_px=(2.0, 200.0))
+    # and to the ~500 photons/px of bright-background EMCCD data (NAIRR's 2-D sets); sCMOS and EMCCD
+    simulation = LocaliseSimulation(psf=psf, psf_sigma_px=(0.7, 1.6), background_photons_per_px=(2.0, 600.0),
+                                    cameras=(SCMOS, EMCCD))
     config = LocaliseTrainConfig(psf=psf, steps=steps, budget_seconds=budget_s, seed=seed)
     command = shlex.join(["livescope", *sys.argv[1:]])
     repository.mkdir(parents=True, exist_ok=True)

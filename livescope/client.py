@@ -31,6 +31,7 @@ import zmq.utils.monitor
 from pydantic import BaseModel
 
 from livescope.protocol import (
+    CameraCalibration,
     AckHeader,
     ControlReply,
     ControlRequest,
@@ -141,13 +142,17 @@ class StreamClient:
         curve_server_key: Path | None = None,
         heartbeat_s: float = 1.0,
         liveness_s: float = 5.0,
+        camera: CameraCalibration | None = None,
     ) -> None:
+        """``camera``: the ADU -> photons calibration sent with every frame (a localise stage
+        needs it)."""
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
         self.server = server
         self.stream = stream or f"stream-{uuid.uuid4().hex[:8]}"
         self.pipeline = tuple(pipeline)
         self.mode = mode
+        self.camera = camera
         self.max_in_flight = max_in_flight
         self._curve = (curve_secret_key, curve_server_key)
         self._heartbeat_s, self._liveness_s = heartbeat_s, liveness_s
@@ -197,7 +202,7 @@ class StreamClient:
         header = FrameHeader(
             stream=self.stream, seq=self._seq, shape=image.shape, dtype=image.dtype.name,
             pixel_size_um=pixel_size_um, z_um=z_um, event_index=event_index or {},
-            pipeline=self.pipeline, mode=self.mode, t_acquired_ns=t_acquired_ns)
+            pipeline=self.pipeline, mode=self.mode, t_acquired_ns=t_acquired_ns, camera=self.camera)
         with self._cond:
             self._raise_if_broken()
             if self.mode == "lossless":

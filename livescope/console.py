@@ -27,8 +27,10 @@ def acquisition_progress(total: int, title: str = "acquiring"):
 
         def update(p: AcquisitionProgress) -> None:
             latency = f"{p.latency_p50_ms:5.1f} ms" if p.latency_p50_ms is not None else "  -  "
+            answered = (f"localised {p.tables}  emitters {p.emitters} (last frame {p.last_frame_emitters})"
+                        if p.tables else f"restored {p.restored}")
             bar.update(task, completed=p.acquired,
-                       detail=f"{p.fps:5.1f} fps  restored {p.restored}  "
+                       detail=f"{p.fps:5.1f} fps  {answered}  "
                               f"refused {p.refused}  latency p50 {latency}")
 
         yield update
@@ -63,8 +65,9 @@ def print_summary(s: AcquisitionSummary, extra: dict[str, str] | None = None) ->
     table = Table(title="acquisition summary", show_header=False)
     table.add_row("frames acquired", str(s.frames_acquired))
     table.add_row("acquisition rate", f"{s.acquisition_fps:.1f} fps")
+    answered = "localised" if s.tables else "restored"  # a localise pipeline answers with tables
     if s.frames_sent or s.results:
-        table.add_row("sent / restored", f"{s.frames_sent} / {s.results}")
+        table.add_row(f"sent / {answered}", f"{s.frames_sent} / {s.results}")
         table.add_row("dropped", f"{s.dropped} (client {s.dropped_by_client}, "
                                  f"server {s.dropped_by_server})")
         table.add_row("errors", str(s.errors))
@@ -74,16 +77,22 @@ def print_summary(s: AcquisitionSummary, extra: dict[str, str] | None = None) ->
             table.add_row("[red]not streamed[/] (raw saved)", str(s.not_streamed))
         for reason, n in s.refusal_reasons.items():
             table.add_row(f"  refused: {reason}", str(n))
-        table.add_row("restored rate", f"{s.restored_fps:.1f} fps")
+        table.add_row(f"{answered} rate", f"{s.restored_fps:.1f} fps")
         if s.latency_p50_ms is not None:
             table.add_row("latency send->result", f"p50 {s.latency_p50_ms:.1f} ms, "
                                                   f"p99 {s.latency_p99_ms:.1f} ms")
             table.add_row("  of which server", f"p50 {s.server_latency_p50_ms:.1f} ms")
         table.add_row("models", ", ".join(s.models) or "-")
+    if s.tables:
+        table.add_row("emitters", f"{s.emitters} in {s.tables} frames ({s.emitters / s.tables:.1f} per frame)")
     if s.raw_path:
         table.add_row("raw data", s.raw_path)
     if s.restored_path:
         table.add_row("restored data", s.restored_path)
+    if s.table_path:
+        table.add_row("localisations", s.table_path)
+    if s.render_path:
+        table.add_row("render", s.render_path)
     for k, v in (extra or {}).items():
         table.add_row(k, v)
     console.print(table)

@@ -71,6 +71,21 @@ class _ServerHeader(_Header):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
 
+class CameraCalibration(BaseModel):
+    """The camera's ADU -> detected photons (photo-electrons):
+    photons = (ADU - baseline_adu) x e_per_adu / em_gain. Localisation models take photons, so a
+    frame for a ``localise`` stage carries its camera's calibration."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    baseline_adu: float = Field(ge=0)
+    e_per_adu: float = Field(gt=0)
+    em_gain: float = Field(default=1.0, ge=1)
+
+    def photons(self, frames_adu: np.ndarray) -> np.ndarray:
+        return (frames_adu.astype(np.float32) - self.baseline_adu) * (self.e_per_adu / self.em_gain)
+
+
 class FrameHeader(_Header):
     """A camera frame sent for restoration. Payload: the pixels, ``shape`` x ``dtype``."""
 
@@ -87,6 +102,8 @@ class FrameHeader(_Header):
     mode: DeliveryMode = "lossless"
     t_acquired_ns: int | None = Field(default=None, description="camera time, Unix ns")
     t_sent_ns: int = Field(default=0, description="client wall clock at send, Unix ns")
+    camera: CameraCalibration | None = Field(default=None, description="ADU -> photons; needed by "
+                                             "a localise stage")
 
     @field_validator("shape")
     @classmethod

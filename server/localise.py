@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from livescope.emitters import LOCALISE_MAP_CHANNELS, EmitterTable
-from livescope.modelcard import LocaliseSpec
+from livescope.modelcard import LocaliseSpec, ModelCard
 
 
 def local_maxima(p: np.ndarray) -> np.ndarray:
@@ -62,3 +62,23 @@ def maps_to_emitters(maps: np.ndarray, pixel_size_nm: float, frame: int, spec: L
         z_uncertainty_nm=at("z_sigma"),
         probability=np.minimum(integrated[rows, cols], 1.0),
     )
+
+
+def range_warnings(card: ModelCard, pixel_size_nm: float, frames_photons: np.ndarray) -> tuple[str, ...]:
+    """Where the data lie outside what the model's card says it was trained for, in words."""
+    warnings = []
+    trained = card.trained_for
+    if trained.pixel_size_nm is not None:
+        low, high = trained.pixel_size_nm
+        if not low * 0.95 <= pixel_size_nm <= high * 1.05:
+            warnings.append(f"pixel size {pixel_size_nm:g} nm is outside the {low:g}-{high:g} nm {card.ref} "
+                            f"was trained for")
+    if trained.background_photons_per_px is not None:
+        low, high = trained.background_photons_per_px
+        sample = frames_photons[:: max(1, len(frames_photons) // 32)]
+        background = float(np.median(sample))
+        if not low / 2 <= background <= high * 2:
+            warnings.append(f"the frames' median level is {background:.3g} photons/px, far outside the "
+                            f"background of {low:g}-{high:g} photons/px {card.ref} was trained for: "
+                            f"check the camera calibration (baseline, e-/ADU, EM gain)")
+    return tuple(warnings)

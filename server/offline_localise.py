@@ -15,13 +15,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
 from livescope.emitters import EmitterTable
-from livescope.modelcard import ModelCard
+from livescope.protocol import CameraCalibration
 from livescope.server.offline import OfflineError, load_model, resolve_model
 from livescope.stackio import StackError, StackInfo, read_stack, stack_format, write_stack
-from livescope.server.localise import maps_to_emitters
+from livescope.server.localise import maps_to_emitters, range_warnings
 from livescope.server.models import LoadedModel
 
 
@@ -52,20 +52,6 @@ def localise_frames(model: LoadedModel, frames_photons: np.ndarray, pixel_size_n
 
 
 
-class CameraCalibration(BaseModel):
-    """ADU -> photons: photons = (ADU - baseline_adu) x e_per_adu / em_gain (detected photons,
-    i.e. photo-electrons, as the localisation models were trained)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    baseline_adu: float = Field(ge=0)
-    e_per_adu: float = Field(gt=0)
-    em_gain: float = Field(default=1.0, ge=1)
-
-    def photons(self, frames_adu: np.ndarray) -> np.ndarray:
-        return (frames_adu.astype(np.float32) - self.baseline_adu) * (self.e_per_adu / self.em_gain)
-
-
 class LocaliseSummary(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -88,26 +74,6 @@ class LocaliseSummary(BaseModel):
         return (f"{self.model} ({self.provider}): {self.emitters} emitters in {self.frames} frames of {h}x{w} "
                 f"px ({self.emitters / max(self.frames, 1):.1f} per frame) in {self.seconds:.1f} s "
                 f"({fps:.1f} frames/s) -> {self.output}{render}")
-
-
-def range_warnings(card: ModelCard, pixel_size_nm: float, frames_photons: np.ndarray) -> tuple[str, ...]:
-    """Where the data lie outside what the model's card says it was trained for, in words."""
-    warnings = []
-    trained = card.trained_for
-    if trained.pixel_size_nm is not None:
-        low, high = trained.pixel_size_nm
-        if not low * 0.95 <= pixel_size_nm <= high * 1.05:
-            warnings.append(f"pixel size {pixel_size_nm:g} nm is outside the {low:g}-{high:g} nm {card.ref} "
-                            f"was trained for")
-    if trained.background_photons_per_px is not None:
-        low, high = trained.background_photons_per_px
-        sample = frames_photons[:: max(1, len(frames_photons) // 32)]
-        background = float(np.median(sample))
-        if not low / 2 <= background <= high * 2:
-            warnings.append(f"the frames' median level is {background:.3g} photons/px, far outside the "
-                            f"background of {low:g}-{high:g} photons/px {card.ref} was trained for: "
-                            f"check --baseline and --e-per-adu (and --em-gain)")
-    return tuple(warnings)
 
 
 def run_localise_offline(in_path: str | os.PathLike, out_csv: str | os.PathLike, camera: CameraCalibration, *,

@@ -24,6 +24,7 @@ from queue import SimpleQueue
 import numpy as np
 import zmq
 
+from livescope.emitters import EMITTER_FIELDS, EmitterTable
 from livescope.protocol import (
     AckHeader,
     ControlReply,
@@ -41,6 +42,8 @@ from livescope.protocol import (
 )
 from livescope.security import CurveServer
 from livescope.server.config import ServerConfig
+from livescope.server.localise import maps_to_emitters, range_warnings
+from livescope.server.localise_stage import LocaliseStreams, RenderSettings
 from livescope.server.metrics import ServerMetrics
 from livescope.server.models import LoadedModel, ModelLoadError, ModelRegistry
 from livescope.server.queue import Job, QueueFullError, WorkQueue
@@ -60,7 +63,7 @@ _PIPE = "inproc://livescope-results"
 # (sender), a control reply (sender).
 _REPLY, _PUBLISH, _ERROR, _CONTROL = b"R", b"P", b"E", b"C"
 # Control commands that may take seconds (loading a model) run on the control thread.
-_SLOW_COMMANDS = frozenset({"load", "activate", "unload", "rescan"})
+_SLOW_COMMANDS = frozenset({"load", "activate", "unload", "rescan", "render"})
 _MAX_STREAMS = 256  # per-stream de-duplication state kept for the most recent streams
 
 
@@ -108,6 +111,7 @@ class InferenceServer:
         self.repository = ModelRepository([shipped_models_root(), *config.model_dirs])
         self.registry = ModelRegistry(self.repository, config.runtime)
         self.queue = WorkQueue(config.max_queued_frames)
+        self.localise_streams = LocaliseStreams(default_render=RenderSettings(pixel_nm=config.render_pixel_nm))
         self.ctx = zmq.Context()
         self._stop = threading.Event()
         self._ledgers: OrderedDict[str, _StreamLedger] = OrderedDict()
@@ -121,6 +125,7 @@ class InferenceServer:
         self._curve: CurveServer | None = None
         self._worker: threading.Thread | None = None
         self._control_requests: SimpleQueue = SimpleQueue()
+        self._control_pipe: zmq.Socket | None = None  # the control thread's (renders are published on it)
         self._load_problems: list[str] = []
         self._control_thread = threading.Thread(target=self._control_loop,
                                                 name="livescope-control", daemon=True)
@@ -265,7 +270,10 @@ class InferenceServer:
             return
         try:
             stages = [self.registry.resolve(stage) for stage in header.pipeline]
-            self._check_stage_dtypes(header, stages)
+            self._check_pipeline(header, stages)
+        except ProtocolError as e:
+            self._error(identity, e.code, e.message, stream=stream, seq=seq)
+            return
         except UnknownModelError as e:
             code = ErrorCode.unknown_model if "@" in str(e) else ErrorCode.unknown_pipeline
             self._error(identity, code, str(e), stream=stream, seq=seq)
@@ -292,12 +300,24 @@ class InferenceServer:
                          envelope=[old.identity])
 
     @staticmethod
-    def _check_stage_dtypes(header: FrameHeader, stages: list[ModelVersion]) -> None:
+    def _check_pipeline(header: FrameHeader, stages: list[ModelVersion]) -> None:
+        """Each stage takes what the one before gives; a localise stage (a table out) comes last
+        and needs the frame's pixel size and camera calibration. Raises ProtocolError."""
         dtype = header.dtype
-        for version in stages:
+        for i, version in enumerate(stages):
+            if version.card.task == "localise":
+                if i != len(stages) - 1:
+                    raise ProtocolError(ErrorCode.unknown_pipeline,
+                                        f"{version.ref} gives a table, so it must be the pipeline's last stage")
+                missing = [name for name in ("pixel_size_um", "camera") if getattr(header, name) is None]
+                if missing:
+                    raise ProtocolError(ErrorCode.bad_header,
+                                        f"stage {version.ref} needs the frame's {' and '.join(missing)} "
+                                        "(photons and nm come from them)")
+                return
             want = version.card.inputs[0].dtype
             if want != dtype:
-                raise ValueError(f"stage {version.ref} takes {want} but receives {dtype}")
+                raise ProtocolError(ErrorCode.unknown_model, f"stage {version.ref} takes {want} but receives {dtype}")
             dtype = version.card.outputs[0].dtype
 
     def _duplicate(self, identity: bytes, header: FrameHeader, ledger: _StreamLedger) -> None:
@@ -385,7 +405,7 @@ class InferenceServer:
 
     def _control_loop(self) -> None:
         """The control thread: slow commands, answered through the pipe."""
-        pipe = self.ctx.socket(zmq.PUSH)
+        pipe = self._control_pipe = self.ctx.socket(zmq.PUSH)
         pipe.connect(_PIPE)
         try:
             while (item := self._control_requests.get()) is not None:
@@ -448,6 +468,22 @@ class InferenceServer:
         self.registry.unload(model)
         return {"unloaded": model}
 
+    def _cmd_render(self, stream: str, pixel_nm: float | None = None, method: str | None = None) -> dict:
+        """Publish a localise stream's super-resolution render now (on PUB, topic the stream, stage
+        "render", float32 image); with ``pixel_nm`` / ``method``, redrawn at those settings."""
+        current = None
+        if pixel_nm is not None or method is not None:
+            current = RenderSettings(**{k: v for k, v in (("pixel_nm", pixel_nm), ("method", method))
+                                        if v is not None})
+        info, image = self.localise_streams.render(stream, current)
+        header = ResultHeader(stream=stream, seq=max(info.last_seq, 0), stage="render", model=info.model,
+                              final=False, shape=image.shape, dtype="float32",
+                              pixel_size_um=info.pixel_nm / 1000.0,
+                              latency=Latency(queue_ms=0, inference_ms=0, total_ms=0))
+        send_message(self._control_pipe, header, image,
+                     envelope=[_PUBLISH, b"", stream.encode(), b"%d" % header.seq])
+        return info.model_dump()
+
     def _cmd_rescan(self) -> dict:
         self.repository.rescan()
         return {"models": {n: [v.card.version for v in self.repository.versions(n)]
@@ -475,25 +511,19 @@ class InferenceServer:
         """Run one micro-batch through its pipeline; send each frame's results in order."""
         t_start = time.perf_counter()
         x = jobs[0].image[None] if len(jobs) == 1 else np.stack([j.image for j in jobs])
-        outputs: list[tuple[LoadedModel, np.ndarray]] = []
+        # per stage: images (N, H, W), or one emitter table per frame (a localise stage, last)
+        outputs: list[tuple[LoadedModel, np.ndarray | list[EmitterTable]]] = []
         stage = jobs[0].stages[0]
         try:
             for stage in jobs[0].stages:
-                model = self.registry.load(stage)
                 t0 = time.perf_counter()
-                try:
-                    y = model.run_frames(x)
-                except Exception as e:
-                    if not is_out_of_memory(e) or model.provider == "cpu":
-                        raise
-                    log.warning("%s: out of memory on %s even in small tiles; moving it to the "
-                                "CPU", model.ref, model.provider)
-                    model = self.registry.fall_back_to_cpu(stage)
-                    self.metrics.provider.labels(model.ref, model.provider).set(1)
-                    y = model.run_frames(x)
-                x = y
+                if stage.card.task == "localise":
+                    model, tables = self._localise(stage, jobs, x)
+                    outputs.append((model, tables))
+                else:
+                    model, x = self._run_stage(stage, x)
+                    outputs.append((model, x))
                 self._record_inference(model.ref, time.perf_counter() - t0, len(jobs))
-                outputs.append((model, x))
         except Exception as e:  # any failure inside a model is these frames' error, not ours
             log.warning("inference failed in %s on %d frame(s): %s", stage.ref, len(jobs), e)
             self.metrics.errors.labels(ErrorCode.inference_failed.value).inc(len(jobs))
@@ -515,15 +545,53 @@ class InferenceServer:
             envelope_tail = [job.identity, h.stream.encode(), b"%d" % h.seq]
             for i, (model, out) in enumerate(outputs):
                 final = i == len(outputs) - 1
-                image = np.ascontiguousarray(out[k])
+                if isinstance(out, list):  # a table: packed EMITTER_FIELDS records
+                    payload = out[k].rows
+                    shape: dict = dict(kind="table", shape=payload.shape, dtype="record", fields=EMITTER_FIELDS)
+                else:
+                    payload = np.ascontiguousarray(out[k])
+                    shape = dict(shape=payload.shape, dtype=payload.dtype.name)
                 result = ResultHeader(stream=h.stream, seq=h.seq, stage=h.pipeline[i],
-                                      model=model.ref, final=final, shape=image.shape,
-                                      dtype=image.dtype.name, pixel_size_um=h.pixel_size_um,
+                                      model=model.ref, final=final, **shape,
+                                      pixel_size_um=h.pixel_size_um,
                                       z_um=h.z_um, event_index=h.event_index,
                                       t_sent_ns=h.t_sent_ns, latency=latency)
                 self.metrics.results.labels(model.ref).inc()
-                send_message(pipe, result, image,
+                send_message(pipe, result, payload,
                              envelope=[_REPLY if final else _PUBLISH, *envelope_tail])
+
+    def _run_stage(self, stage: ModelVersion, x: np.ndarray) -> tuple[LoadedModel, np.ndarray]:
+        """One stage on a batch; a device out of memory even in small tiles hands it to the CPU."""
+        model = self.registry.load(stage)
+        try:
+            return model, model.run_frames(x)
+        except Exception as e:
+            if not is_out_of_memory(e) or model.provider == "cpu":
+                raise
+        log.warning("%s: out of memory on %s even in small tiles; moving it to the CPU", model.ref,
+                    model.provider)
+        model = self.registry.fall_back_to_cpu(stage)
+        self.metrics.provider.labels(model.ref, model.provider).set(1)
+        return model, model.run_frames(x)
+
+    def _localise(self, stage: ModelVersion, jobs: list[Job], x: np.ndarray
+                  ) -> tuple[LoadedModel, list[EmitterTable]]:
+        """Each frame (ADU) in photons, with its stream's frames before as context -> its emitters;
+        the tables also grow the streams' renders."""
+        spec = stage.card.localise
+        headers = [job.header for job in jobs]
+        photons = np.stack([h.camera.photons(x[k]) for k, h in enumerate(headers)])
+        windows = self.localise_streams.windows(headers, photons, spec.context_frames)
+        model, maps = self._run_stage(stage, windows)
+        tables = []
+        for k, h in enumerate(headers):
+            pixel_size_nm = h.pixel_size_um * 1000.0
+            table = maps_to_emitters(maps[k], pixel_size_nm, h.seq + 1, spec)
+            tables.append(table)
+            if self.localise_streams.add(h, table, pixel_size_nm, model.ref):
+                for warning in range_warnings(stage.card, pixel_size_nm, photons[k : k + 1]):
+                    log.warning("stream %s: %s", h.stream, warning)
+        return model, tables
 
     def _record_inference(self, ref: str, seconds: float, frames: int) -> None:
         self.metrics.inference.labels(ref).observe(seconds)

@@ -119,3 +119,57 @@ def test_the_specimen_can_be_swapped_through_the_camera_property():
     core.snap()
     assert core.virtual_camera.last_emitters is not None
     core.unloadAllDevices()
+
+
+ALWAYS_ON = EmitterKinetics(on_rate_per_s=1e9, off_rate_per_s=0.0, bleach_rate_per_s=0.0, photons_mean=5000.0,
+                            photons_cv=0.1)
+
+
+def one_molecule_image(row_px: float, col_px: float, psf_model: str) -> tuple[np.ndarray, VirtualRigConfig]:
+    """The noise-free frame (80 x 80, no background: all of the PSF's light falls in it) of one
+    molecule at (row_px, col_px) of the frame, pixel centres at integers, in focus; normalised to
+    sum 1."""
+    rig = VirtualRigConfig(specimen="smlm", sensor_shape_px=(80, 80), field_um=10.0, psf_model=psf_model,
+                           background_photons_per_ms=0.0, kinetics=ALWAYS_ON)
+    scene = VirtualScene(rig)
+    molecules, p = scene.specimen, rig.pixel_size_um
+    # Replace the specimen's molecules by one, placed relative to the frame centred on the stage at 0, 0.
+    molecules.x_um, molecules.y_um = np.array([(col_px + 0.5 - 40) * p]), np.array([(row_px + 0.5 - 40) * p])
+    molecules.z_um, molecules.state, molecules.photons = np.zeros(1), np.zeros(1, np.int8), np.zeros(1, np.float32)
+    image = scene.expected_photons(0.0, 0.0, 0.0, EXPOSURE_MS).astype(np.float64)
+    assert len(scene.last_emitters) == 1
+    return image / image.sum(), rig
+
+
+def moments(image: np.ndarray) -> tuple[float, float, float, float]:
+    """Centroid (row, col) and variance (rows, cols) of an image, px."""
+    rows, cols = np.arange(image.shape[0]), np.arange(image.shape[1])
+    pr, pc = image.sum(axis=1), image.sum(axis=0)
+    r, c = pr @ rows, pc @ cols
+    return r, c, pr @ (rows - r) ** 2, pc @ (cols - c) ** 2
+
+
+OFFSETS = [(0.0, 0.0), (0.5, 0.5), (0.25, 0.8), (0.93, 0.11), (0.437, 0.0625)]
+
+
+@pytest.mark.parametrize("offset", OFFSETS)
+def test_a_single_molecule_images_as_the_optics_psf_centred_on_its_true_position(offset):
+    row, col = 39.0 + offset[0], 40.0 + offset[1]
+    image, rig = one_molecule_image(row, col, "gaussian")
+    r, c, var_r, var_c = moments(image)
+    assert (r, c) == (pytest.approx(row, abs=0.005), pytest.approx(col, abs=0.005))
+    # A Gaussian integrated over pixels: its variance plus a pixel's, 1/12 px^2.
+    sigma_px = rig.optics.sigma0_um / rig.pixel_size_um
+    for var in (var_r, var_c):
+        assert np.sqrt(var - 1 / 12) == pytest.approx(sigma_px, rel=0.02)
+
+
+@pytest.mark.parametrize("offset", OFFSETS)
+def test_with_the_default_psf_a_single_molecule_images_as_the_optics_psf_at_its_position(offset):
+    row, col = 39.0 + offset[0], 40.0 + offset[1]
+    image, rig = one_molecule_image(row, col, "pupil")  # the default, Airy-like PSF
+    psf = rig.optics.psf(image.shape, rig.pixel_size_um, 0.0, (row - 40, col - 40))  # centred on (row, col)
+    assert np.abs(image - psf).max() < 0.01 * psf.max()
+    r, c, _, _ = moments(image)
+    # The pupil PSF's own centroid is within 0.015 px of its centre (its grid's Airy tails).
+    assert (r, c) == (pytest.approx(row, abs=0.02), pytest.approx(col, abs=0.02))

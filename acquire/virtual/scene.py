@@ -12,7 +12,8 @@ per emitter, background 5-200 photons/px.
 
 The single-molecule specimen (``"smlm"``) changes every frame: each `expected_photons` call steps
 its molecules one frame, and ``last_emitters`` holds that frame's active molecules in the field
-of view with the photons each emitted (the ground truth).
+of view with the photons each emitted (the ground truth). Molecules are imaged one by one, each
+as the exact PSF at its own sub-pixel position (`spots.SpotImager`), not through the raster.
 
 To keep up as a live camera, the specimen is rendered at camera resolution once per tile of the
 field, when the stage first shows that tile; OTFs are cached per defocus and sub-pixel offset;
@@ -36,6 +37,7 @@ from scipy.special import erfinv
 from .camera import CameraModel, expected_adu, read_out
 from .optics import Modality, Optics, PsfModel, fast_fft_len, otf
 from .specimen import EmitterKinetics, EmitterSet, SpecimenKind, make_specimen
+from .spots import SpotImager
 
 
 _WORKERS = os.cpu_count() or 1
@@ -171,6 +173,7 @@ class VirtualScene:
         self._otfs: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._last: tuple[tuple, np.ndarray] | None = None
         self._lock = threading.Lock()
+        self._spots = SpotImager(self.pixel_size_um)
 
     # -- public -----------------------------------------------------------------------------------
 
@@ -192,31 +195,12 @@ class VirtualScene:
         # Field-raster coordinates (pixel centres at integers) of the frame's pixel (0, 0).
         col = (x_um - self._origin_um) / p - w / 2
         row = (y_um - self._origin_um) / p - h / 2
-        c0, r0 = math.floor(col), math.floor(row)
-        defocus = [z_um - centre for centre, _ in self._slabs]
-        margin = max(optics.support_px(p, dz) for dz in defocus) + 1  # light from outside spills in
-        fft_shape = (fast_fft_len(h + 2 * margin), fast_fft_len(w + 2 * margin))
         if self.dynamic:
             self.specimen.step(exposure_ms)
             self._keep_emitters(row, col, h, w)
-        spectrum = None
-        for slab, ((_, z_range), dz) in enumerate(zip(self._slabs, defocus)):
-            if self.dynamic:
-                emission = self.specimen.render(self._origin_um + (c0 - margin) * p,
-                                                self._origin_um + (r0 - margin) * p, fft_shape, p, z_range)
-            else:
-                emission = self._emission(r0 - margin, c0 - margin, fft_shape, slab)
-            if emission is None:
-                continue
-            # Sampling the image (row - r0, col - c0) px further on = a PSF centred that much nearer.
-            term = sfft.rfft2(emission, workers=_WORKERS)
-            term *= self._otf(optics, fft_shape, dz, (r0 - row, c0 - col))
-            spectrum = term if spectrum is None else spectrum + term
-        if spectrum is None:
-            image = np.zeros(fft_shape, np.float32)
+            photons = self._molecules(row, col, h, w, z_um, optics)
         else:
-            image = sfft.irfft2(spectrum, s=fft_shape, workers=_WORKERS).astype(np.float32, copy=False)
-        photons = image[margin:margin + h, margin:margin + w]
+            photons = self._blurred(row, col, h, w, z_um, optics)
         if self.dynamic:  # the molecules' photons are per frame already
             photons += np.float32(self.config.background_photons_per_ms * exposure_ms)
         else:
@@ -227,6 +211,48 @@ class VirtualScene:
         photons.flags.writeable = False
         self._last = (key, photons)
         return photons
+
+    def _blurred(self, row: float, col: float, h: int, w: int, z_um: float, optics: Optics) -> np.ndarray:
+        """The static specimen's raster around the frame whose pixel (0, 0) sits at field-raster
+        coordinates (row, col), blurred slab by slab; float32 (h, w), a view."""
+        p = self.pixel_size_um
+        c0, r0 = math.floor(col), math.floor(row)
+        defocus = [z_um - centre for centre, _ in self._slabs]
+        margin = max(optics.support_px(p, dz) for dz in defocus) + 1  # light from outside spills in
+        fft_shape = (fast_fft_len(h + 2 * margin), fast_fft_len(w + 2 * margin))
+        spectrum = None
+        for slab, dz in enumerate(defocus):
+            emission = self._emission(r0 - margin, c0 - margin, fft_shape, slab)
+            if emission is None:
+                continue
+            # Sampling the image (row - r0, col - c0) px further on = a PSF centred that much nearer.
+            term = sfft.rfft2(emission, workers=_WORKERS)
+            term *= self._otf(optics, fft_shape, dz, (r0 - row, c0 - col))
+            spectrum = term if spectrum is None else spectrum + term
+        if spectrum is None:
+            image = np.zeros(fft_shape, np.float32)
+        else:
+            image = sfft.irfft2(spectrum, s=fft_shape, workers=_WORKERS).astype(np.float32, copy=False)
+        return image[margin:margin + h, margin:margin + w]
+
+    def _molecules(self, row: float, col: float, h: int, w: int, z_um: float, optics: Optics) -> np.ndarray:
+        """The active molecules' photons in the frame whose pixel (0, 0) sits at field-raster
+        coordinates (row, col): each the PSF at its position and its z-slab's defocus (as the
+        raster's slabs are blurred), molecules just outside the frame included."""
+        image = np.zeros((h, w), np.float32)
+        on = self.specimen.active()
+        # Frame pixel coordinates, centres at integers: a molecule at the frame's corner is at -0.5.
+        r = (on.y_um - self._origin_um) / self.pixel_size_um - row - 0.5
+        c = (on.x_um - self._origin_um) / self.pixel_size_um - col - 0.5
+        for centre, z_range in self._slabs:
+            dz = z_um - centre
+            reach = self._spots.support_px(optics, dz) + 1
+            near = (r > -reach) & (r < h + reach) & (c > -reach) & (c < w + reach)
+            if z_range is not None:
+                near &= (on.z_um >= z_range[0]) & (on.z_um < z_range[1])
+            if near.any():
+                self._spots.add(image, r[near], c[near], on.photons[near], optics, dz)
+        return image
 
     def snap(self, x_um: float, y_um: float, z_um: float, exposure_ms: float,
              rng: np.random.Generator, modality: Modality | None = None) -> tuple[np.ndarray, np.ndarray]:

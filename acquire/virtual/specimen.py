@@ -10,8 +10,10 @@ window, so a scene can render the field tile by tile as the stage explores it. A
 unit looks through the optics, so a scene can set the signal level in photons.
 
 Point-like fluorophores are spread over the 4 nearest pixels (bilinear), which keeps filaments
-smooth at any pixel size but widens the image slightly (~0.4 px in quadrature); a later issue
-renders each emitter through the PSF exactly.
+smooth at any pixel size but widens the image slightly (~0.4 px in quadrature). Single molecules,
+whose image is what a localiser measures, are not drawn through this raster: the scene images
+each as the PSF at its exact position (`spots.SpotImager`; their `render` is the raster, kept
+for the `Specimen` protocol).
 
 Single molecules (``"smlm"``) are the one dynamic specimen: dye molecules on filaments that
 blink (off <-> on) and bleach, frame by frame, each emitting a random number of photons while

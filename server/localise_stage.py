@@ -1,0 +1,157 @@
+"""The live ``localise`` stage's memory of each stream: the frames before, and a running render.
+
+A localisation model sees ``context_frames`` consecutive frames and localises the last (causal,
+so a live frame's result never waits for the next frame). The worker keeps each stream's last
+``context_frames - 1`` frames in photons; a frame whose predecessors are missing (the start of a
+stream, or frames dropped in ``latest`` mode) has them replaced by the nearest frame after them,
+which at the start of a stream is what offline localisation does (the first frame repeated).
+
+Each stream also grows a super-resolution render (``livescope.render.RunningRender``) as its
+tables arrive, and keeps the emitters' positions and uncertainties (16 bytes each, up to
+``max_emitters``) so that a render at another pixel size or method can be drawn on request.
+
+Written by the worker thread, read by the control thread: one lock guards it all.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from livescope.emitters import EmitterTable
+from livescope.protocol import FrameHeader
+from livescope.render import RenderGrid, RenderMethod, RunningRender
+
+
+class RenderSettings(BaseModel):
+    """How a stream's super-resolution render is drawn."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    pixel_nm: float = Field(default=20.0, gt=0, description="render pixel size")
+    method: RenderMethod = "gaussian"
+
+
+class StreamRender(BaseModel):
+    """What a published render shows (sent in the control reply)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    stream: str
+    model: str = Field(description="the localisation model of the latest frame")
+    frames: int = Field(description="frames localised so far")
+    last_seq: int
+    emitters: int = Field(description="emitters drawn (inside the field)")
+    emitters_outside: int
+    emitters_not_kept: int = Field(description="beyond the memory cap: in the running render only, "
+                                   "lost to a re-render at other settings")
+    pixel_nm: float
+    method: RenderMethod
+    shape: tuple[int, int]
+
+
+@dataclass
+class _Stream:
+    context: dict[int, np.ndarray] = field(default_factory=dict)  # seq -> frame in photons
+    render: RunningRender | None = None
+    kept: list[np.ndarray] = field(default_factory=list)  # (n, 4) float32: x, y, sx, sy in nm
+    kept_count: int = 0
+    not_kept: int = 0
+    frames: int = 0
+    last_seq: int = -1
+    model: str = ""  # the localisation model of the latest table
+
+
+class LocaliseStreams:
+    def __init__(self, *, max_streams: int = 8, max_emitters: int = 20_000_000,
+                 default_render: RenderSettings = RenderSettings()) -> None:
+        self.max_streams = max_streams
+        self.max_emitters = max_emitters
+        self.default_render = default_render
+        self._streams: OrderedDict[str, _Stream] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def windows(self, headers: list[FrameHeader], frames_photons: np.ndarray, context: int) -> np.ndarray:
+        """(N, context, H, W) float32 windows for the batch's frames, in order; remembers them as
+        context for the frames after (frames of one stream may follow each other in a batch)."""
+        n, h, w = frames_photons.shape
+        out = np.empty((n, context, h, w), np.float32)
+        with self._lock:
+            for k, header in enumerate(headers):
+                state = self._stream(header.stream)
+                current = frames_photons[k]
+                nearest = current
+                for j in range(context - 2, -1, -1):  # the frames before, from the latest back
+                    before = state.context.get(header.seq - (context - 1 - j))
+                    if before is not None and before.shape == current.shape:
+                        nearest = before
+                    out[k, j] = nearest
+                out[k, context - 1] = current
+                state.context[header.seq] = current.astype(np.float32, copy=True)
+                for seq in [s for s in state.context if s <= header.seq - context + 1]:
+                    del state.context[seq]
+        return out
+
+    def add(self, header: FrameHeader, table: EmitterTable, pixel_size_nm: float, model: str) -> bool:
+        """A frame's emitters into its stream's render (the field is the stream's first frame's);
+        True for a stream's first frame."""
+        with self._lock:
+            state = self._stream(header.stream)
+            first = state.frames == 0
+            if state.render is None:
+                h, w = header.shape
+                state.render = RunningRender(RenderGrid(width_nm=w * pixel_size_nm, height_nm=h * pixel_size_nm,
+                                                   pixel_nm=self.default_render.pixel_nm),
+                                        self.default_render.method)
+            state.render.add(table)
+            state.frames += 1
+            state.model = model
+            state.last_seq = max(state.last_seq, header.seq)
+            room = max(0, self.max_emitters - state.kept_count)
+            rows = table.rows[:room]
+            if len(rows):
+                state.kept.append(np.stack([rows["x_nm"], rows["y_nm"], rows["x_uncertainty_nm"],
+                                            rows["y_uncertainty_nm"]], axis=1).astype(np.float32))
+                state.kept_count += len(rows)
+            state.not_kept += len(table) - len(rows)
+            return first
+
+    def render(self, stream: str, settings: RenderSettings | None = None) -> tuple[StreamRender, np.ndarray]:
+        """The stream's render now, as float32 (rows, columns); with other ``settings`` than its
+        running render's, redrawn from the kept emitters (and kept running at those settings)."""
+        with self._lock:
+            state = self._streams.get(stream)
+            if state is None or state.render is None:
+                known = ", ".join(s for s, st in self._streams.items() if st.render is not None) or "none"
+                raise LookupError(f"no localised frames from stream {stream!r} (streams with renders: {known})")
+            running = state.render
+            settings = settings or RenderSettings(pixel_nm=running.grid.pixel_nm, method=running.method)
+            if (settings.pixel_nm, settings.method) != (running.grid.pixel_nm, running.method):
+                grid = running.grid.model_copy(update={"pixel_nm": settings.pixel_nm})
+                running = state.render = RunningRender(grid, settings.method)
+                if state.kept:
+                    running.add(_as_table(np.concatenate(state.kept)))
+            info = StreamRender(stream=stream, model=state.model, frames=state.frames, last_seq=state.last_seq,
+                                emitters=running.emitters_inside, emitters_outside=running.emitters_outside,
+                                emitters_not_kept=state.not_kept, pixel_nm=running.grid.pixel_nm,
+                                method=running.method, shape=running.grid.shape)
+            return info, running.image()
+
+    def _stream(self, stream: str) -> _Stream:
+        state = self._streams.get(stream)
+        if state is None:
+            state = self._streams[stream] = _Stream()
+            if len(self._streams) > self.max_streams:  # the least recently active stream goes
+                self._streams.popitem(last=False)
+        else:
+            self._streams.move_to_end(stream)
+        return state
+
+
+def _as_table(kept: np.ndarray) -> EmitterTable:
+    return EmitterTable.from_columns(frame=0, x_nm=kept[:, 0], y_nm=kept[:, 1], x_uncertainty_nm=kept[:, 2],
+                                     y_uncertainty_nm=kept[:, 3])
