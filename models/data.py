@@ -34,6 +34,8 @@ class VirtualDenoiseData(BaseModel):
     exposure_ms: float = Field(default=10.0, gt=0)
     stage_range_um: float = Field(default=150.0, ge=0, description="x, y uniform in +- this")
     max_defocus_um: float = Field(default=1.0, ge=0, description="z uniform in +- this")
+    # the rig's optics before its default gained spherical aberration: denoise@2's command repeats it
+    spherical_waves: float = Field(default=0.0, description="the rig's primary spherical aberration, waves rms")
     seed: int = 0
 
     def describe(self) -> str:
@@ -74,6 +76,7 @@ def virtual_frames(spec: VirtualDenoiseData) -> FrameSet:
             specimen=specimen,
             signal_photons_per_ms=signal,
             exposure_ms=spec.exposure_ms,
+            spherical_waves=spec.spherical_waves,
             seed=int(rng.integers(2**31)),
         )
         scene = VirtualScene(config)

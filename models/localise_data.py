@@ -122,7 +122,8 @@ class LocaliseSimulation(BaseModel):
     emission_nm: float = Field(default=_RIG.emission_nm, gt=0, description="astigmatic: emission wavelength")
     immersion_index: float = Field(default=_RIG.immersion_index, gt=0)
     astigmatism_waves: float = Field(default=0.08, description="astigmatic: Z(2,2), waves rms (as the rig's)")
-    spherical_waves: float = Field(default=0.0, description="astigmatic: Z(4,0), waves rms (as the rig's)")
+    spherical_waves: float = Field(default=_RIG.spherical_waves, description="astigmatic: Z(4,0), waves rms "
+                                   "(as the rig's)")
     psf_energy_fraction: float = Field(default=0.95, gt=0.5, le=0.999, description="pupil PSFs: light a "
                                        "kernel holds at least; the faint halo beyond is left out")
     cameras: tuple[CameraModel, ...] = Field(default=(SCMOS,), min_length=1, description="one drawn per sample")

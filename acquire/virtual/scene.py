@@ -69,7 +69,10 @@ class VirtualRigConfig(BaseModel):
     modality: Modality = Field(default="widefield", description="light path at start-up")
     pinhole_au: float = Field(default=1.0, ge=0, description="confocal pinhole diameter, Airy units")
     sted_saturation: float = Field(default=10.0, ge=0, description="STED depletion I / I_sat")
-    spherical_waves: float = Field(default=0.0, description="primary spherical aberration, waves rms")
+    spherical_waves: float = Field(
+        default=0.07, description="primary spherical aberration, waves rms: by default 0.07, the Marechal "
+        "limit of a diffraction-limited objective, as an oil objective focused a few µm into an aqueous "
+        "sample keeps; it makes the widefield PSF asymmetric about focus, as real ones are")
     astigmatism_waves: float = Field(default=0.0, description="astigmatism (cylindrical lens), waves rms")
     specimen: SpecimenKind = "filaments"
     field_um: float = Field(default=400.0, gt=0, description="specimen extent; the XY stage pans across it")
