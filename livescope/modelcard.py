@@ -82,6 +82,27 @@ class LocaliseSpec(_Frozen):
     candidate_p: float = Field(default=0.1, ge=0, lt=1, description="a local maximum of p must exceed this")
 
 
+class RefocusSpec(_Frozen):
+    """What a refocusing model needs beyond its tensors (see models/refocus_net.py).
+
+    Its input is [N, 2, H, W] float32: the camera frame in ADU (baseline included) and a map of
+    delta-z, the wanted plane's focus position minus the frame's, in µm (uniform for a plane,
+    varying for a tilted or curved surface). Its output is the image at that plane, in ADU.
+    Delta-z outside ``dz_range_um`` is refused: the model never saw it."""
+
+    dz_range_um: tuple[float, float]
+    z_step_um: float = Field(gt=0, description="plane spacing of the training stacks")
+    spherical_waves: float | None = Field(default=None, description="the optics' primary spherical "
+                                          "aberration, waves rms, when known (virtual microscope)")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RefocusSpec:
+        low, high = self.dz_range_um
+        if not low <= 0 <= high:
+            raise ValueError(f"dz_range_um must contain 0, got {self.dz_range_um}")
+        return self
+
+
 class Provenance(_Frozen):
     command: str
     code_version: str
@@ -106,12 +127,14 @@ class ModelCard(_Frozen):
     provenance: Provenance
     metrics: dict[str, float] = Field(default_factory=dict, description="held-out metrics")
     localise: LocaliseSpec | None = Field(default=None, description="task 'localise' only")
+    refocus: RefocusSpec | None = Field(default=None, description="task 'refocus' only")
     licence: str = "BSD-3-Clause"
 
     @model_validator(mode="after")
-    def _localise_spec_with_its_task(self) -> ModelCard:
-        if (self.task == "localise") != (self.localise is not None):
-            raise ValueError("a 'localise' model's card needs a 'localise' section, and only it has one")
+    def _task_sections_with_their_task(self) -> ModelCard:
+        for task in ("localise", "refocus"):
+            if (self.task == task) != (getattr(self, task) is not None):
+                raise ValueError(f"a '{task}' model's card needs a '{task}' section, and only it has one")
         return self
 
     @property

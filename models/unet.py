@@ -25,6 +25,10 @@ class UNetConfig:
     """number of downsamplings: H and W must be multiples of 2**depth"""
     base_channels: int = 16
     """channels at full resolution; doubled at every level down"""
+    in_channels: int = 1
+    """input channels (the image, and e.g. a defocus map)"""
+    top_skip: bool = False
+    """a skip connection at full resolution (CARE); off for N2V2, which must not copy pixels"""
 
     @property
     def size_multiple_px(self) -> int:
@@ -71,7 +75,7 @@ class MaxBlurPool(nn.Module):
 
 
 class UNet(nn.Module):
-    """1 channel in, 1 channel out, same H and W (multiples of 2**depth)."""
+    """``in_channels`` in, 1 channel out, same H and W (multiples of 2**depth)."""
 
     def __init__(self, config: UNetConfig = UNetConfig()) -> None:
         super().__init__()
@@ -79,7 +83,7 @@ class UNet(nn.Module):
         widths = [config.base_channels * 2**level for level in range(config.depth + 1)]
         self.encoders = nn.ModuleList()
         self.pools = nn.ModuleList()
-        c_in = 1
+        c_in = config.in_channels
         for w in widths[:-1]:
             self.encoders.append(_double_conv(c_in, w))
             self.pools.append(MaxBlurPool(w))
@@ -88,7 +92,7 @@ class UNet(nn.Module):
         self.decoders = nn.ModuleList()
         for level in reversed(range(config.depth)):
             below = widths[level + 1]
-            skip = widths[level] if level > 0 else 0  # N2V2: no skip at the top level
+            skip = widths[level] if level > 0 or config.top_skip else 0  # N2V2: none at the top
             self.decoders.append(_double_conv(below + skip, widths[level]))
         self.head = nn.Conv2d(widths[0], 1, 1)
 
@@ -101,7 +105,7 @@ class UNet(nn.Module):
         x = self.bottleneck(x)
         for level, decoder in zip(reversed(range(self.config.depth)), self.decoders):
             x = F.interpolate(x, scale_factor=2.0, mode="nearest")
-            if level > 0:
+            if level > 0 or self.config.top_skip:
                 x = torch.cat([x, skips[level]], dim=1)
             x = decoder(x)
         return self.head(x)
