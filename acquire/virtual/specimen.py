@@ -233,7 +233,8 @@ class EmitterKinetics(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    per_um: float = Field(default=5.0, gt=0, description="labelled molecules per µm of filament")
+    per_um: float = Field(default=40.0, gt=0, description="labelled molecules per µm of filament "
+                          "(dense, dSTORM-like labelling: ~0.1 molecules on per µm² at a time)")
     on_rate_per_s: float = Field(default=1.0, ge=0, description="off -> on (activation), 1/s")
     off_rate_per_s: float = Field(default=50.0, ge=0, description="on -> off (blinking), 1/s")
     bleach_rate_per_s: float = Field(default=2.0, ge=0, description="on -> bleached, 1/s of on-time")
