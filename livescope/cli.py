@@ -421,6 +421,28 @@ def localise(
 # -- train -------------------------------------------------------------------------------------
 
 
+@app.command()
+def refocus(
+    inp: InArg, out: OutArg,
+    dz: Annotated[Optional[float], typer.Option(
+        "--dz", help="Move every frame's focus by this, µm (the wanted plane minus the frame's).")] = None,
+    sweep: Annotated[Optional[str], typer.Option(
+        help="START:STOP:STEP µm: one frame (--frame) becomes a virtual z-stack, e.g. -2:2:0.25.")] = None,
+    frame: Annotated[int, typer.Option(min=0, help="With --sweep: the frame to sweep, from 0.")] = 0,
+    model: Annotated[Optional[str], typer.Option(help="refocus[@VERSION]; default: newest.")] = None,
+    models: Optional[Path] = _OfflineOpts["models"], overwrite: bool = _OfflineOpts["overwrite"],
+    batch: int = _OfflineOpts["batch"], provider: Optional[str] = _OfflineOpts["provider"],
+) -> None:
+    """Virtual refocusing (Deep-Z style): each frame as it would look with the focus moved by --dz,
+    or one frame swept through focus (--sweep) into a z-stack."""
+    from livescope.server.offline_refocus import run_refocus_offline
+
+    _run_offline_job("refocus", lambda progress: run_refocus_offline(
+        inp, out, dz_um=dz, sweep=sweep, frame=frame, model=model or "refocus",
+        model_dirs=[models or _default_models_dir()], overwrite=overwrite, batch=batch, provider=provider,
+        progress=progress))
+
+
 @train_app.command("denoise")
 def train_denoise(
     models: ModelsOpt = None,
@@ -554,6 +576,97 @@ def train_localise(
         try:
             folder, card = train_and_publish_localiser(repository, name=name, simulation=simulation,
                                                        config=config, command=command, progress=report)
+        except export.ExportError as e:
+            fail(str(e), code=1)
+    for key, value in card.metrics.items():
+        console.print(f"  {key}: {value:.4g}")
+    console.print(f"wrote {folder}")
+    typer.echo(card.ref)
+
+
+@train_app.command("refocus")
+def train_refocus(
+    data: Annotated[Optional[list[Path]], typer.Option(
+        "--data", help="Your z-stacks (OME-TIFF / OME-Zarr, one field each; repeat). Default: the virtual "
+                       "microscope's default rig.")] = None,
+    z_step: Annotated[Optional[float], typer.Option(
+        "--z-step", min=0.001, help="Plane spacing of --data, µm (default: from the metadata).")] = None,
+    dz_max: Annotated[float, typer.Option(
+        "--dz-max", min=0.05, help="Train for |delta-z| up to this, µm.")] = 2.0,
+    baseline: Annotated[Optional[float], typer.Option(
+        help="Camera baseline of --data, ADU (default: the stacks' darkest 0.1%).")] = None,
+    register: Annotated[bool, typer.Option(
+        help="Measure and remove lateral drift between the planes of --data (stacks that cannot be "
+             "registered are left out). Off: a piezo focus rarely drifts sideways.")] = False,
+    models: ModelsOpt = None,
+    budget_minutes: Annotated[Optional[float], typer.Option(
+        min=0.01, help="Training time budget, minutes (default 10 unless --steps).")] = None,
+    steps: Annotated[Optional[int], typer.Option(
+        min=1, help="Train exactly N steps (the command then repeats the model exactly).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for data and training.")] = 0,
+    name: Annotated[str, typer.Option(help="Model name in the repository.")] = "refocus",
+) -> None:
+    """Train a refocusing network on z-stacks (pairs of planes of one field) and add it as a new
+    version of NAME in the model repository."""
+    import shlex
+
+    import numpy as np
+
+    from livescope.console import console, training_progress
+
+    repository = models or _default_models_dir()
+    if repository.exists() and not repository.is_dir():
+        fail(f"--models {repository} is a file, not a folder")
+    from livescope.modelcard import TrainedFor
+    from livescope.models import export
+    from livescope.models.refocus_data import (
+        RefocusDataError, VirtualRefocusData, read_stacks, register_stacks, split_fields, virtual_stacks)
+    from livescope.models.train_refocus import RefocusTrainConfig, train_and_publish_refocuser
+
+    config = RefocusTrainConfig(dz_max_um=dz_max, steps=steps, seed=seed,
+                                budget_seconds=None if steps else (budget_minutes or 10.0) * 60.0)
+    rng = np.random.default_rng(seed)
+    if data:
+        try:
+            stacks = read_stacks(data, z_step_um=z_step)
+        except RefocusDataError as e:
+            fail(str(e))
+        if register:
+            stacks, reports = register_stacks(stacks)
+            for report in reports:
+                console.print(f"registration: {report.summary()}")
+        if len(stacks) < 2:
+            fail(f"{len(stacks)} usable z-stack(s): give at least 2 fields (one is held out to choose the weights)")
+        span = min(float(s.z_um[-1] - s.z_um[0]) for s in stacks)
+        if span < dz_max:
+            fail(f"the stacks span {span:g} µm of focus, less than --dz-max {dz_max:g}: lower --dz-max")
+        stacks_train, held_out = split_fields(stacks, 1 / 3, rng)
+        base = baseline if baseline is not None else float(min(np.percentile(s.planes_adu, 0.1) for s in stacks))
+        described = f"z-stacks {', '.join(str(p) for p in data)} ({len(stacks_train)} train, {len(held_out)} held-out fields)"
+        px = stacks[0].pixel_size_um
+        trained_for = TrainedFor(pixel_size_nm=(px * 1e3,) * 2 if px else None)
+        spherical = None
+        target = "noisy"
+    else:
+        spec = VirtualRefocusData(seed=seed)
+        with console.status("simulating z-stacks on the virtual microscope"):
+            stacks = virtual_stacks(spec)
+        stacks_train, held_out = split_fields(stacks, 1 / 3, rng)
+        rig = spec.rig(spec.specimens[0])
+        base, described = rig.baseline_adu, spec.describe()
+        trained_for = TrainedFor(pixel_size_nm=(rig.pixel_size_um * 1e3,) * 2, na=(rig.na,) * 2,
+                                 emission_nm=(rig.emission_nm,) * 2, modalities=("widefield",))
+        spherical = rig.spherical_waves
+        target = "clean"
+    config = config.model_copy(update={"target": target})
+    command = shlex.join(["livescope", *sys.argv[1:]])
+    repository.mkdir(parents=True, exist_ok=True)
+    with training_progress(f"training {name}") as report:
+        try:
+            folder, card = train_and_publish_refocuser(
+                repository, name=name, stacks=stacks_train, held_out=held_out, config=config, baseline_adu=base,
+                data_description=described, command=command, trained_for=trained_for,
+                spherical_waves=spherical, progress=report)
         except export.ExportError as e:
             fail(str(e), code=1)
     for key, value in card.metrics.items():

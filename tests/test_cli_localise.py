@@ -40,9 +40,9 @@ def movie(tmp_path_factory) -> Path:
     return path
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
+def cli(*args: str, timeout_s: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "livescope.cli", *args], capture_output=True, text=True,
-                          timeout=120)
+                          timeout=timeout_s)
 
 
 def localise(movie: Path, out: Path, repository: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -96,7 +96,8 @@ def test_a_stack_without_a_pixel_size_needs_one(tmp_path, repository):
 
 
 def test_training_a_localiser_from_simulation_writes_a_version_named_by_its_command(tmp_path):
-    r = cli("train", "localise", "--models", str(tmp_path), "--steps", "2", "--seed", "3")
+    # the held-out set (256 simulated windows) is scored after even 2 steps
+    r = cli("train", "localise", "--models", str(tmp_path), "--steps", "2", "--seed", "3", timeout_s=400)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "localise@1"
     from livescope.modelcard import CARD_FILE, ModelCard
@@ -104,6 +105,7 @@ def test_training_a_localiser_from_simulation_writes_a_version_named_by_its_comm
     card = ModelCard.load(tmp_path / "localise" / "1" / CARD_FILE)
     assert card.provenance.command.endswith("train localise --models " + str(tmp_path) + " --steps 2 --seed 3")
     assert card.localise.psf == "gaussian" and card.trained_for.psf_sigma_px == (0.7, 1.6)
+    assert card.trained_for.background_photons_per_px == (2.0, 600.0)
 
 
 def test_an_unknown_psf_is_refused_before_training(tmp_path):

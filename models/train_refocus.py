@@ -1,0 +1,233 @@
+"""Train a refocusing network on axial stacks and publish it as a model version.
+
+Pairs come from z-stacks of the same field (``models.refocus_data``): the plane at z_i with the
+map delta-z = z_j - z_i in, the plane at z_j out; from the virtual microscope (with its noise-free
+planes as targets) or from a calibration session's stacks (noisy targets: the noise of two planes
+is independent, so the squared error trains towards the expected image, as in Noise2Noise).
+Whole fields are held out; the held-out loss is measured every ``validate_every_steps`` on fixed
+pairs and the best weights are kept (early stop after ``patience_validations`` without gain).
+Then the served graph (``models.refocus_net.RefocusGraph``) is exported to ONNX, checked against
+torch, and scored on the held-out fields through onnxruntime: PSNR of the refocused frame against
+the true plane, next to the input left unchanged, at several delta-z.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+import livescope
+from livescope.modelcard import (
+    MODEL_FILE,
+    ModelCard,
+    Normalisation,
+    Provenance,
+    RefocusSpec,
+    TensorSpec,
+    Tiling,
+    TrainedFor,
+)
+from livescope.models import export
+from livescope.models.budget import StepPlan, TrainProgress
+from livescope.models.refocus_data import ZStack, sample_pairs
+from livescope.models.refocus_net import INPUT_NAME, OUTPUT_NAME, RefocusGraph, refocus_unet
+from livescope.models.repository_write import write_version
+from livescope.models.train_denoise import psnr_db
+from livescope.models.unet import parameter_count
+
+MIN_RELATIVE_IMPROVEMENT = 1e-3
+HELD_OUT_PAIRS = 64
+METRIC_DZ_UM = (0.5, 1.0, 2.0, 3.0)  # |delta-z| at which the card reports PSNR (those in range)
+
+
+class RefocusTrainConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    depth: int = Field(default=3, ge=1, le=4, description="a 2 µm defocus blurs over ~40 px: depth 3 sees it")
+    base_channels: int = Field(default=16, ge=4)
+    patch_px: int = Field(default=64, ge=16)
+    batch_size: int = Field(default=16, ge=1)
+    learning_rate: float = Field(default=1e-3, gt=0)
+    dz_max_um: float = Field(default=2.0, gt=0, description="trained |delta-z| range")
+    target: str = Field(default="clean", pattern="^(clean|noisy)$",
+                        description="clean planes where the stacks have them (virtual), else noisy")
+    steps: int | None = Field(default=None, ge=1)
+    budget_seconds: float | None = Field(default=None, gt=0)
+    validate_every_steps: int = Field(default=100, ge=1)
+    patience_validations: int = Field(default=8, ge=0)
+    seed: int = 0
+
+
+@dataclass
+class TrainedRefocuser:
+    graph: RefocusGraph
+    steps: int
+    train_seconds: float
+    final_loss: float
+    stopped_because: str
+    best_step: int | None
+    best_validation_loss: float | None
+
+
+def _loss(graph: RefocusGraph, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Squared error in units of each frame's mean brightness (what the network works in)."""
+    scale = graph.scale(inputs[:, :1])
+    return torch.mean(((graph(inputs) - targets) / scale) ** 2)
+
+
+def train_refocus(stacks: Sequence[ZStack], held_out: Sequence[ZStack], config: RefocusTrainConfig,
+                  baseline_adu: float, progress: Callable[[TrainProgress], None] | None = None
+                  ) -> TrainedRefocuser:
+    """Train on pairs from ``stacks``; keep the weights best on pairs from ``held_out``."""
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    graph = RefocusGraph(refocus_unet(config.depth, config.base_channels), baseline_adu=baseline_adu,
+                         dz_scale_um=config.dz_max_um)
+    val_in, val_target = (torch.from_numpy(a) for a in sample_pairs(
+        held_out, HELD_OUT_PAIRS, config.patch_px, config.dz_max_um, np.random.default_rng(config.seed + 1),
+        target=config.target))
+    optimiser = torch.optim.Adam(graph.parameters(), lr=config.learning_rate)
+    plan = StepPlan(config.steps, config.budget_seconds, replan_every=config.validate_every_steps)
+    loss_avg = float("nan")
+    val_loss = best_loss = best_step = best_state = None
+    since_best = 0
+    graph.train()
+    while plan.running:
+        for group in optimiser.param_groups:
+            group["lr"] = config.learning_rate * plan.lr_factor()
+        inputs, targets = sample_pairs(stacks, config.batch_size, config.patch_px, config.dz_max_um, rng,
+                                       target=config.target)
+        loss = _loss(graph, torch.from_numpy(inputs), torch.from_numpy(targets))
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        step = plan.step + 1
+        value = float(loss.detach())
+        loss_avg = value if math.isnan(loss_avg) else 0.98 * loss_avg + 0.02 * value
+        last = plan.total is not None and step >= plan.total
+        if step % config.validate_every_steps == 0 or last:
+            graph.eval()
+            with torch.no_grad():
+                val_loss = float(_loss(graph, val_in, val_target))
+            graph.train()
+            if best_loss is None or val_loss < best_loss * (1.0 - MIN_RELATIVE_IMPROVEMENT):
+                best_loss, best_step, since_best = val_loss, step, 0
+                best_state = copy.deepcopy(graph.state_dict())
+            else:
+                since_best += 1
+        plan.after_step()
+        if config.patience_validations and since_best >= config.patience_validations:
+            plan.stop("early stop")
+        if progress is not None:
+            progress(plan.progress(loss_avg, val_loss, best_loss))
+    if best_state is not None:
+        graph.load_state_dict(best_state)
+    graph.eval()
+    return TrainedRefocuser(graph, plan.step, plan.elapsed_s, loss_avg, plan.stopped_because, best_step,
+                            best_loss)
+
+
+def export_refocuser(graph: RefocusGraph, example_stack: ZStack) -> onnx.ModelProto:
+    """ONNX of the served graph, its contract checked and its parity with torch on real planes."""
+    multiple = graph.net.config.size_multiple_px
+    side = 4 * multiple
+    example = torch.zeros((2, 2, side, side), dtype=torch.float32)
+    proto = export.export_graph(graph, example, INPUT_NAME, OUTPUT_NAME)
+    export.check_contract(proto, INPUT_NAME, OUTPUT_NAME, input_channels=2, output_channels=1,
+                          input_dtype=onnx.TensorProto.FLOAT)
+    rng = np.random.default_rng(0)
+    for raw in export.parity_inputs(example_stack.planes_adu, multiple, rng):
+        dz = rng.uniform(-1.0, 1.0, (len(raw), 1, 1, 1)) * np.ones_like(raw, dtype=np.float32)
+        x = np.concatenate([raw.astype(np.float32), dz.astype(np.float32)], axis=1)
+        export.check_parity(graph, proto, x, INPUT_NAME, OUTPUT_NAME)
+    return proto
+
+
+def refocus_with(proto: onnx.ModelProto) -> Callable[[np.ndarray, float], np.ndarray]:
+    """(H, W) ADU frame, uniform delta-z µm -> refocused (H, W), through onnxruntime on the CPU;
+    crops to the model's size multiple are the caller's business (the stacks' sizes are)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+
+    def run(frame: np.ndarray, dz_um: float) -> np.ndarray:
+        x = np.stack([frame.astype(np.float32), np.full(frame.shape, dz_um, np.float32)])[None]
+        return session.run([OUTPUT_NAME], {INPUT_NAME: x})[0][0, 0]
+
+    return run
+
+
+def held_out_metrics(refocus: Callable[[np.ndarray, float], np.ndarray], stacks: Sequence[ZStack],
+                     dz_max_um: float, target: str) -> dict[str, float]:
+    """PSNR (dB) of refocused whole frames against the true plane, and of the input left
+    unchanged, pooled over the held-out fields and both signs of delta-z, per |delta-z|."""
+    metrics: dict[str, float] = {}
+    for dz in (d for d in METRIC_DZ_UM if d <= dz_max_um + 1e-9):
+        outs, ins, truths = [], [], []
+        for stack in stacks:
+            reference = stack.clean_adu if target == "clean" and stack.clean_adu is not None else stack.planes_adu
+            for sign in (1.0, -1.0):
+                for i, z in enumerate(stack.z_um):
+                    j = np.flatnonzero(np.isclose(stack.z_um, z + sign * dz, atol=1e-3))
+                    if j.size == 0:
+                        continue
+                    frame = stack.planes_adu[i]
+                    outs.append(refocus(frame, sign * dz))
+                    ins.append(frame.astype(np.float32))
+                    truths.append(reference[j[0]].astype(np.float32))
+        if not truths:
+            continue
+        truth = np.stack(truths)
+        metrics[f"psnr_db_refocused_at_{dz:g}_um"] = round(psnr_db(np.stack(outs), truth), 3)
+        metrics[f"psnr_db_unchanged_at_{dz:g}_um"] = round(psnr_db(np.stack(ins), truth), 3)
+    return metrics
+
+
+def train_and_publish_refocuser(
+    repository: Path, *, name: str, stacks: Sequence[ZStack], held_out: Sequence[ZStack],
+    config: RefocusTrainConfig, baseline_adu: float, data_description: str, command: str,
+    trained_for: TrainedFor = TrainedFor(), spherical_waves: float | None = None,
+    progress: Callable[[TrainProgress], None] | None = None,
+) -> tuple[Path, ModelCard]:
+    """Train, export, check parity, score the held-out fields, write the next version atomically."""
+    trained = train_refocus(stacks, held_out, config, baseline_adu, progress)
+    proto = export_refocuser(trained.graph, held_out[0])
+    metrics = held_out_metrics(refocus_with(proto), held_out, config.dz_max_um, config.target)
+    unet = trained.graph.net.config
+    z_step = float(np.median([s.z_step_um for s in stacks]))
+
+    def fill(folder: Path, version: int) -> ModelCard:
+        export.save(proto, folder / MODEL_FILE)
+        return ModelCard(
+            name=name, version=version, task="refocus",
+            description=(
+                f"Deep-Z-style refocusing UNet (delta-z map as a second channel, residual), depth {unet.depth}, "
+                f"{unet.base_channels} base channels, {parameter_count(trained.graph.net)} parameters; "
+                f"{trained.steps} steps of {config.batch_size} pairs of {config.patch_px} px (stopped by "
+                f"{trained.stopped_because}"
+                + (f"; kept the weights of step {trained.best_step}" if trained.best_step else "")
+                + f"); train config: {config.model_dump_json(exclude_none=True)}"),
+            inputs=(TensorSpec(name=INPUT_NAME, dtype="float32", axes="NCYX"),),
+            outputs=(TensorSpec(name=OUTPUT_NAME, dtype="float32", axes="NCYX"),),
+            normalisation=Normalisation(kind="in_graph", transform="linear", offset_adu=baseline_adu),
+            tiling=Tiling(size_multiple_px=unet.size_multiple_px, halo_px=unet.halo_px),
+            trained_for=trained_for,
+            refocus=RefocusSpec(dz_range_um=(-config.dz_max_um, config.dz_max_um), z_step_um=z_step,
+                                spherical_waves=spherical_waves),
+            provenance=Provenance(
+                command=command, code_version=livescope.__version__, data=data_description, seed=config.seed,
+                trained_at=datetime.now(timezone.utc).replace(microsecond=0),
+                train_seconds=round(trained.train_seconds, 1)),
+            metrics=metrics,
+        )
+
+    return write_version(repository, name, fill)

@@ -1,0 +1,112 @@
+"""`livescope train refocus` and `livescope refocus`: z-stacks in, a refocusing model out; a stack
+refocused by delta-z, or one frame swept into a z-stack; delta-z outside the trained range refused."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from livescope.modelcard import CARD_FILE, ModelCard
+from livescope.models.refocus_data import VirtualRefocusData, virtual_stacks
+from livescope.stackio import read_stack
+
+Z_STEP_UM = 0.25
+
+
+def cli(*args: str, timeout_s: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "livescope.cli", *args], capture_output=True, text=True,
+                          timeout=timeout_s)
+
+
+@pytest.fixture(scope="module")
+def stacks(tmp_path_factory) -> list[Path]:
+    """Three virtual z-stacks of nuclei, -1..1 µm around focus, as OME-TIFF with their spacing."""
+    folder = tmp_path_factory.mktemp("stacks")
+    spec = VirtualRefocusData(specimens=("cells",), fields_per_specimen=3, sensor_shape_px=(64, 64),
+                              z_range_um=(-1.0, 1.0), z_step_um=Z_STEP_UM, signal_photons_per_ms=(10.0,))
+    paths = []
+    for i, stack in enumerate(virtual_stacks(spec)):
+        path = folder / f"field{i}.ome.tif"
+        tifffile.imwrite(path, stack.planes_adu, ome=True, metadata={
+            "axes": "ZYX", "PhysicalSizeZ": Z_STEP_UM, "PhysicalSizeX": 0.108, "PhysicalSizeY": 0.108})
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory, stacks) -> Path:
+    """A refocusing model from a 2-step run on the stacks: it runs; it does not refocus well."""
+    folder = tmp_path_factory.mktemp("models")
+    data = [a for path in stacks for a in ("--data", str(path))]
+    r = cli("train", "refocus", *data, "--dz-max", "1", "--steps", "2", "--models", str(folder))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "refocus@1"
+    return folder
+
+
+def test_training_on_z_stacks_writes_a_version_recording_its_delta_z_range_and_plane_spacing(repository):
+    card = ModelCard.load(repository / "refocus" / "1" / CARD_FILE)
+    assert card.task == "refocus" and card.refocus.dz_range_um == (-1.0, 1.0)
+    assert card.refocus.z_step_um == pytest.approx(Z_STEP_UM)
+    assert card.trained_for.pixel_size_nm == pytest.approx((108.0, 108.0))
+    assert "--steps 2" in card.provenance.command
+    # scored against the true planes, next to leaving the input as it is
+    assert {"psnr_db_refocused_at_1_um", "psnr_db_unchanged_at_1_um"} <= card.metrics.keys()
+
+
+def test_a_stack_is_refocused_frame_by_frame_keeping_its_layout(tmp_path, stacks, repository):
+    out = tmp_path / "moved.ome.tif"
+    r = cli("refocus", str(stacks[0]), str(out), "--dz", "0.5", "--models", str(repository))
+    assert r.returncode == 0, r.stderr
+    moved, original = read_stack(out), read_stack(stacks[0])
+    assert moved.frames.shape == original.frames.shape and moved.frames.dtype == np.float32
+    assert moved.info.pixel_size_um == pytest.approx(0.108)
+
+
+def test_a_sweep_turns_one_frame_into_a_z_stack_with_the_step_as_its_spacing(tmp_path, stacks, repository):
+    out = tmp_path / "sweep.ome.zarr"
+    r = cli("refocus", str(stacks[0]), str(out), "--sweep", "-1:1:0.5", "--frame", "4", "--models",
+            str(repository))
+    assert r.returncode == 0, r.stderr
+    sweep = read_stack(out)
+    assert sweep.frames.shape == (5, 64, 64) and sweep.info.axes == "ZYX"
+    assert sweep.info.z_step_um == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("args, words", [
+    (("--dz", "1.5"), "delta-z +1.5 µm is outside the -1 to +1 µm refocus@1 was trained for"),
+    (("--sweep", "-2:0:0.5"), "delta-z -2 µm is outside"),
+    ((), "give either --dz MICRONS (every frame) or --sweep START:STOP:STEP"),
+    (("--dz", "0.5", "--sweep", "-1:1:0.5"), "give either --dz"),
+    (("--sweep", "1:-1:0.5"), "needs STEP > 0 and STOP >= START"),
+    (("--sweep", "-1:1"), "expected START:STOP:STEP"),
+    (("--sweep", "-1:1:0.5", "--frame", "9"), "--frame 9: "),
+    (("--dz", "0.5", "--model", "identity"), "identity@1 is not a refocusing model (its task: identity)"),
+])
+def test_mistakes_are_refused_in_one_line_before_anything_is_written(tmp_path, stacks, repository, args, words):
+    out = tmp_path / "out.ome.tif"
+    r = cli("refocus", str(stacks[0]), str(out), *args, "--models", str(repository))
+    assert r.returncode == 2 and words in r.stderr and "Traceback" not in r.stderr
+    assert not out.exists()
+
+
+def test_an_existing_output_is_kept_without_overwrite(tmp_path, stacks, repository):
+    out = tmp_path / "out.ome.tif"
+    out.write_bytes(b"mine")
+    r = cli("refocus", str(stacks[0]), str(out), "--dz", "0.5", "--models", str(repository))
+    assert r.returncode == 2 and "already exists" in r.stderr and out.read_bytes() == b"mine"
+
+
+def test_training_needs_two_fields_and_stacks_spanning_the_delta_z_range(tmp_path, stacks):
+    r = cli("train", "refocus", "--data", str(stacks[0]), "--steps", "1", "--dz-max", "1",
+            "--models", str(tmp_path))
+    assert r.returncode == 2 and "give at least 2 fields" in r.stderr
+    r = cli("train", "refocus", "--data", str(stacks[0]), "--data", str(stacks[1]), "--steps", "1",
+            "--dz-max", "3", "--models", str(tmp_path))
+    assert r.returncode == 2 and "less than --dz-max 3: lower --dz-max" in r.stderr
+    assert not any(tmp_path.iterdir())
