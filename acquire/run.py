@@ -73,6 +73,12 @@ class AcquisitionSummary(BaseModel):
         return self.dropped_by_client + self.dropped_by_server
 
 
+def refocuses(pipeline: Sequence[str]) -> bool:
+    """Whether a pipeline names a refocusing stage (a model named refocus, or refocus-something):
+    only then does a delta-z mean anything."""
+    return any(stage.split("@")[0].startswith("refocus") for stage in pipeline)
+
+
 def run_acquisition(
     core: CMMCorePlus,
     sequence: useq.MDASequence,
@@ -88,13 +94,16 @@ def run_acquisition(
     server_timeout_s: float = 30.0,
     camera: CameraCalibration | None = None,
     render_px_nm: float = 10.0,
+    dz_um: float | None = None,
 ) -> AcquisitionSummary:
     """Acquire ``sequence``; with ``server``, restore every frame live.
 
     ``camera`` (ADU -> photons) is sent with every frame; a ``localise`` stage needs it and the
-    core's pixel size. With ``output`` run.ome.zarr, a pipeline ending in ``localise`` writes
-    run.localise.csv and a render of ``render_px_nm`` pixels, run.localise.render.ome.tif; any
-    other writes the restored frames to run.<stage>.ome.zarr. Existing outputs are replaced.
+    core's pixel size. ``dz_um`` (µm, the wanted plane's focus minus the frame's) is sent with
+    every frame too; a ``refocus`` stage moves the focus by it. With ``output`` run.ome.zarr, a
+    pipeline ending in ``localise`` writes run.localise.csv and a render of ``render_px_nm``
+    pixels, run.localise.render.ome.tif; any other writes the restored frames to
+    run.<stage>.ome.zarr. Existing outputs are replaced.
 
     Raises ServerUnreachableError before acquiring anything if the server does not answer. If
     it stops answering later (``server_timeout_s`` with the window full), the acquisition is
@@ -114,7 +123,7 @@ def run_acquisition(
     client = None
     if server is not None:
         client = StreamClient(server, stream=stream, pipeline=pipeline, mode=mode,
-                              max_in_flight=max_in_flight, camera=camera)
+                              max_in_flight=max_in_flight, camera=camera, dz_um=dz_um)
         try:
             client.connect(timeout_s=connect_timeout_s)
         except Exception:

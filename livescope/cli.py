@@ -154,6 +154,10 @@ def acquire(
         "--em-gain", help="EMCCD gain (1 for sCMOS).")] = None,
     render_px: Annotated[float, typer.Option(
         "--render-px", help="localise: render pixel size of PATH.localise.render.ome.tif, nm.")] = 10.0,
+    dz: Annotated[Optional[float], typer.Option(
+        "--dz", metavar="MICRONS", help="refocus: move every frame's focus by this, µm (the wanted plane's "
+                                        "focus minus the frame's; positive: further from the coverslip). "
+                                        "Only with a refocus stage in --pipeline.")] = None,
 ) -> None:
     """Run a useq-schema acquisition on Micro-Manager (pymmcore-plus), restoring frames live.
 
@@ -186,7 +190,7 @@ def acquire(
                        in_flight=in_flight, server_timeout_s=server_timeout,
                        modality=modality, depth_um=depth,
                        calibration={"baseline_adu": baseline, "e_per_adu": e_per_adu, "em_gain": em_gain},
-                       render_px_nm=render_px)
+                       render_px_nm=render_px, dz_um=dz)
     from livescope.console import print_summary
 
     print_summary(summary)
@@ -219,18 +223,21 @@ def _check_output(output: Path | None, overwrite: bool, stages: tuple[str, ...])
 
 def _acquire(*, mm_config, sequence, frames, exposure_ms, server, stages, mode, output,
              specimen="filaments", size=512, seed=0, in_flight=2, server_timeout_s=30.0,
-             modality="widefield", depth_um=0.0, calibration=None, render_px_nm=10.0):
+             modality="widefield", depth_um=0.0, calibration=None, render_px_nm=10.0, dz_um=None):
     """``calibration``: the camera's baseline_adu, e_per_adu, em_gain as given (None: not given);
-    on the virtual microscope its camera fills in what was not given."""
+    on the virtual microscope its camera fills in what was not given. ``dz_um``: the delta-z sent
+    with every frame, for a refocus stage."""
     from livescope.acquire.localisations import gives_tables, localises
     from livescope.acquire.microscope import MicroscopeError, open_microscope
-    from livescope.acquire.run import run_acquisition
+    from livescope.acquire.run import refocuses, run_acquisition
     from livescope.acquire.sequence import SequenceError, load_sequence
     from livescope.acquire.virtual import VirtualRigConfig
     from livescope.client import ServerUnreachableError
     from livescope.console import acquisition_progress
     from livescope.protocol import CameraCalibration
 
+    if dz_um is not None and (server is None or not refocuses(stages or ())):
+        fail("--dz is the delta-z of a refocus stage: give one in --pipeline (e.g. --pipeline refocus)")
     if sequence is None and frames is None:
         frames = 100
     try:
@@ -263,7 +270,7 @@ def _acquire(*, mm_config, sequence, frames, exposure_ms, server, stages, mode, 
             return run_acquisition(core, seq, server=server, pipeline=stages,
                                    mode=mode, output=output, progress=bar,
                                    max_in_flight=in_flight, server_timeout_s=server_timeout_s,
-                                   camera=camera, render_px_nm=render_px_nm)
+                                   camera=camera, render_px_nm=render_px_nm, dz_um=dz_um)
     except ServerUnreachableError as e:
         fail(f"{e} (start one with `livescope serve`)")
     except KeyboardInterrupt:

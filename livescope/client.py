@@ -143,9 +143,11 @@ class StreamClient:
         heartbeat_s: float = 1.0,
         liveness_s: float = 5.0,
         camera: CameraCalibration | None = None,
+        dz_um: float | None = None,
     ) -> None:
         """``camera``: the ADU -> photons calibration sent with every frame (a localise stage
-        needs it)."""
+        needs it). ``dz_um``: the delta-z sent with every frame, µm (the wanted plane's focus
+        position minus the frame's; a refocus stage needs it); ``submit`` may override it."""
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
         self.server = server
@@ -153,6 +155,7 @@ class StreamClient:
         self.pipeline = tuple(pipeline)
         self.mode = mode
         self.camera = camera
+        self.dz_um = dz_um
         self.max_in_flight = max_in_flight
         self._curve = (curve_secret_key, curve_server_key)
         self._heartbeat_s, self._liveness_s = heartbeat_s, liveness_s
@@ -194,15 +197,20 @@ class StreamClient:
         z_um: float | None = None,
         pixel_size_um: float | None = None,
         t_acquired_ns: int | None = None,
+        dz_um: float | None = None,
         timeout_s: float = 30.0,
     ) -> int:
-        """Queue one frame for the server; return its seq. The array must not change after."""
+        """Queue one frame for the server; return its seq. The array must not change after.
+
+        ``dz_um``: this frame's delta-z for a refocus stage, µm; None: the stream's (the
+        constructor's)."""
         if image.ndim != 2:
             raise ValueError(f"a frame is a 2-D image, got shape {image.shape}")
         header = FrameHeader(
             stream=self.stream, seq=self._seq, shape=image.shape, dtype=image.dtype.name,
             pixel_size_um=pixel_size_um, z_um=z_um, event_index=event_index or {},
-            pipeline=self.pipeline, mode=self.mode, t_acquired_ns=t_acquired_ns, camera=self.camera)
+            pipeline=self.pipeline, mode=self.mode, t_acquired_ns=t_acquired_ns, camera=self.camera,
+            dz_um=self.dz_um if dz_um is None else dz_um)
         with self._cond:
             self._raise_if_broken()
             if self.mode == "lossless":

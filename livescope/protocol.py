@@ -104,6 +104,9 @@ class FrameHeader(_Header):
     t_sent_ns: int = Field(default=0, description="client wall clock at send, Unix ns")
     camera: CameraCalibration | None = Field(default=None, description="ADU -> photons; needed by "
                                              "a localise stage")
+    dz_um: float | None = Field(default=None, allow_inf_nan=False, description=(
+        "delta-z a refocus stage moves the focus by, µm: the wanted plane's focus position minus "
+        "the frame's (positive: further from the coverslip); needed by a refocus stage"))
 
     @field_validator("shape")
     @classmethod
@@ -152,6 +155,7 @@ class ResultHeader(_ServerHeader):
     fields: tuple[TableField, ...] = ()
     pixel_size_um: float | None = None
     z_um: float | None = None
+    dz_um: float | None = Field(default=None, description="the frame's delta-z, µm, passed through")
     event_index: dict[str, int] = Field(default_factory=dict)
     t_sent_ns: int = 0
     latency: Latency

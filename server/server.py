@@ -104,6 +104,20 @@ def _nbytes(parts: list[zmq.Frame]) -> int:
     return sum(len(p) for p in parts)
 
 
+def _check_dz(header: FrameHeader, version: ModelVersion) -> None:
+    """A refocus stage needs the frame's delta-z, within the range its model was trained for (it
+    never saw more; refused before queueing, like the offline ``livescope refocus``)."""
+    if header.dz_um is None:
+        raise ProtocolError(ErrorCode.bad_header,
+                            f"stage {version.ref} needs the frame's dz_um (µm to move the focus by: "
+                            "the wanted plane's focus position minus the frame's)")
+    low, high = version.card.refocus.dz_range_um
+    if not low - 1e-9 <= header.dz_um <= high + 1e-9:
+        raise ProtocolError(ErrorCode.bad_header,
+                            f"dz_um {header.dz_um:+g} µm is outside the {low:+g} to {high:+g} µm "
+                            f"{version.ref} was trained for")
+
+
 class InferenceServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
@@ -302,9 +316,14 @@ class InferenceServer:
     @staticmethod
     def _check_pipeline(header: FrameHeader, stages: list[ModelVersion]) -> None:
         """Each stage takes what the one before gives; a localise stage (a table out) comes last
-        and needs the frame's pixel size and camera calibration. Raises ProtocolError."""
+        and needs the frame's pixel size and camera calibration; a refocus stage needs the frame's
+        dz_um within the range its model was trained for. Raises ProtocolError."""
         dtype = header.dtype
         for i, version in enumerate(stages):
+            if version.card.task == "refocus":
+                _check_dz(header, version)
+                dtype = version.card.outputs[0].dtype  # it takes any pixel dtype: it converts itself
+                continue
             if version.card.task == "localise":
                 if i != len(stages) - 1:
                     raise ProtocolError(ErrorCode.unknown_pipeline,
@@ -520,6 +539,9 @@ class InferenceServer:
                 if stage.card.task == "localise":
                     model, tables = self._localise(stage, jobs, x)
                     outputs.append((model, tables))
+                elif stage.card.task == "refocus":
+                    model, x = self._refocus(stage, jobs, x)
+                    outputs.append((model, x))
                 else:
                     model, x = self._run_stage(stage, x)
                     outputs.append((model, x))
@@ -554,7 +576,7 @@ class InferenceServer:
                 result = ResultHeader(stream=h.stream, seq=h.seq, stage=h.pipeline[i],
                                       model=model.ref, final=final, **shape,
                                       pixel_size_um=h.pixel_size_um,
-                                      z_um=h.z_um, event_index=h.event_index,
+                                      z_um=h.z_um, dz_um=h.dz_um, event_index=h.event_index,
                                       t_sent_ns=h.t_sent_ns, latency=latency)
                 self.metrics.results.labels(model.ref).inc()
                 send_message(pipe, result, payload,
@@ -592,6 +614,16 @@ class InferenceServer:
                 for warning in range_warnings(stage.card, pixel_size_nm, photons[k : k + 1]):
                     log.warning("stream %s: %s", h.stream, warning)
         return model, tables
+
+    def _refocus(self, stage: ModelVersion, jobs: list[Job], x: np.ndarray) -> tuple[LoadedModel, np.ndarray]:
+        """Each frame (ADU, any pixel dtype) with a uniform map of its own delta-z -> the frame at
+        that plane, float32 ADU (N, H, W). Frames of one batch may ask for different delta-z."""
+        n, h, w = x.shape
+        frame_dz = np.empty((n, 2, h, w), np.float32)
+        frame_dz[:, 0] = x
+        frame_dz[:, 1] = np.array([job.header.dz_um for job in jobs], np.float32)[:, None, None]
+        model, out = self._run_stage(stage, frame_dz)
+        return model, out[:, 0]
 
     def _record_inference(self, ref: str, seconds: float, frames: int) -> None:
         self.metrics.inference.labels(ref).observe(seconds)
