@@ -110,11 +110,11 @@ def train_refocus(stacks: Sequence[ZStack], held_out: Sequence[ZStack], config: 
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
-        step = plan.step + 1
         value = float(loss.detach())
         loss_avg = value if math.isnan(loss_avg) else 0.98 * loss_avg + 0.02 * value
-        last = plan.total is not None and step >= plan.total
-        if step % config.validate_every_steps == 0 or last:
+        plan.after_step()  # first, so that the step a time budget ends on is validated too
+        step = plan.step
+        if step % config.validate_every_steps == 0 or not plan.running:
             graph.eval()
             with torch.no_grad():
                 val_loss = float(_loss(graph, val_in, val_target))
@@ -124,7 +124,6 @@ def train_refocus(stacks: Sequence[ZStack], held_out: Sequence[ZStack], config: 
                 best_state = copy.deepcopy(graph.state_dict())
             else:
                 since_best += 1
-        plan.after_step()
         if config.patience_validations and since_best >= config.patience_validations:
             plan.stop("early stop")
         if progress is not None:
