@@ -984,6 +984,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--model3d", default="localise3d",
                     help="3-D (astigmatic) model, name or name@version (default: newest 'localise3d'; skipped if none)")
     ap.add_argument("--no-3d", action="store_true", help="skip the 3-D model's benchmark")
+    ap.add_argument("--no-2d", action="store_true", help="skip the 2-D model's benchmark (virtual and NAIRR)")
     ap.add_argument("--picasso-python", type=Path, default=None, help="python of Picasso's venv (else not run)")
     ap.add_argument("--samples", type=int, default=150, help="test windows per virtual condition")
     ap.add_argument("--repeats", type=int, default=3, help="timing repeats (median)")
@@ -1026,14 +1027,18 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory(prefix="localise_quality.") as tmp:
         workdir = Path(tmp)
-        report["virtual"], panels = virtual(args, model, workdir)
-        report["targets"] = targets(report["virtual"])
+        panels: list = []
+        if args.no_2d:
+            report["virtual"] = {"skipped": "--no-2d"}
+        else:
+            report["virtual"], panels = virtual(args, model, workdir)
+            report["targets"] = targets(report["virtual"])
         panels_3d: list[Panel3d] = []
         if model3d is not None:
             report["virtual_3d"], panels_3d = virtual_3d(args, model3d)
         else:
             report["virtual_3d"] = {"skipped": skip_3d}
-        if not args.no_nairr:
+        if not args.no_nairr and not args.no_2d:
             report["nairr"], more = nairr(args, model, workdir)
             report["nairr_notes"] = (
                 "Validate sets; ADU - 500 as photons; frames are independent random fields passed to "
@@ -1042,6 +1047,7 @@ def main() -> None:
                 "background = the frames' median (at MD/HD it includes emitter light) and Poisson noise only, "
                 "though their background variance is about twice its mean (EMCCD-like excess noise)")
             panels += more
+        if not args.no_nairr:
             if model3d is not None:
                 report["nairr_3d"], more_3d = nairr_3d(args, model3d)
                 panels_3d += more_3d

@@ -450,6 +450,24 @@ def refocus(
         progress=progress))
 
 
+def _train_and_report(name: str, repository: Path, train: Callable[[Callable], tuple[Path, Any]]) -> None:
+    """Run ``train(progress)`` (it writes a new version into ``repository``) under a progress bar;
+    print the held-out metrics, the folder and, last on stdout, the new version's NAME@VERSION."""
+    from livescope.console import console, training_progress
+    from livescope.models import export
+
+    repository.mkdir(parents=True, exist_ok=True)
+    with training_progress(f"training {name}") as report:
+        try:
+            folder, card = train(report)
+        except export.ExportError as e:
+            fail(str(e), code=1)
+    for key, value in card.metrics.items():
+        console.print(f"  {key}: {value:.4g}")
+    console.print(f"wrote {folder}")
+    typer.echo(card.ref)
+
+
 @train_app.command("denoise")
 def train_denoise(
     models: ModelsOpt = None,
@@ -486,7 +504,7 @@ def train_denoise(
     import shlex
     from functools import partial
 
-    from livescope.console import console, training_progress
+    from livescope.console import console
 
     repository = models or _default_models_dir()
     if repository.exists() and not repository.is_dir():
@@ -508,7 +526,6 @@ def train_denoise(
             own = load_training_stacks(data, patch, seed)
         except TrainingDataError as e:
             fail(str(e))
-    from livescope.models import export
     from livescope.models.train_denoise import DenoiseTrainConfig
 
     budget_s = None if steps else (budget_minutes or (None if epochs else 5.0))
@@ -531,16 +548,7 @@ def train_denoise(
 
         source = VirtualDenoiseData(frames_per_condition=frames_per_condition, seed=seed)
         train = partial(train_and_publish, repository, data=source)
-    repository.mkdir(parents=True, exist_ok=True)
-    with training_progress("training denoise") as report:
-        try:
-            folder, card = train(config=config, command=command, progress=report)
-        except export.ExportError as e:
-            fail(str(e), code=1)
-    for key, value in card.metrics.items():
-        console.print(f"  {key}: {value:.4g}")
-    console.print(f"wrote {folder}")
-    typer.echo(card.ref)
+    _train_and_report("denoise", repository, lambda report: train(config=config, command=command, progress=report))
 
 
 @train_app.command("localise")
@@ -559,15 +567,12 @@ def train_localise(
     add it as a new version of NAME in the model repository."""
     import shlex
 
-    from livescope.console import console, training_progress
-
     if psf not in ("gaussian", "airy", "astigmatic"):
         fail(f"--psf must be gaussian, airy or astigmatic, not {psf!r}")
     name = name or ("localise3d" if psf == "astigmatic" else "localise")
     repository = models or _default_models_dir()
     if repository.exists() and not repository.is_dir():
         fail(f"--models {repository} is a file, not a folder")
-    from livescope.models import export
     from livescope.models.localise_data import EMCCD, SCMOS, LocaliseSimulation
     from livescope.models.train_localise import LocaliseTrainConfig, train_and_publish_localiser
 
@@ -578,17 +583,8 @@ def train_localise(
                                     cameras=(SCMOS, EMCCD))
     config = LocaliseTrainConfig(psf=psf, steps=steps, budget_seconds=budget_s, seed=seed)
     command = shlex.join(["livescope", *sys.argv[1:]])
-    repository.mkdir(parents=True, exist_ok=True)
-    with training_progress(f"training {name}") as report:
-        try:
-            folder, card = train_and_publish_localiser(repository, name=name, simulation=simulation,
-                                                       config=config, command=command, progress=report)
-        except export.ExportError as e:
-            fail(str(e), code=1)
-    for key, value in card.metrics.items():
-        console.print(f"  {key}: {value:.4g}")
-    console.print(f"wrote {folder}")
-    typer.echo(card.ref)
+    _train_and_report(name, repository, lambda report: train_and_publish_localiser(
+        repository, name=name, simulation=simulation, config=config, command=command, progress=report))
 
 
 @train_app.command("refocus")
@@ -619,13 +615,12 @@ def train_refocus(
 
     import numpy as np
 
-    from livescope.console import console, training_progress
+    from livescope.console import console
 
     repository = models or _default_models_dir()
     if repository.exists() and not repository.is_dir():
         fail(f"--models {repository} is a file, not a folder")
     from livescope.modelcard import TrainedFor
-    from livescope.models import export
     from livescope.models.refocus_data import (
         RefocusDataError, VirtualRefocusData, read_stacks, register_stacks, split_fields, virtual_stacks)
     from livescope.models.train_refocus import RefocusTrainConfig, train_and_publish_refocuser
@@ -667,19 +662,10 @@ def train_refocus(
         target = "clean"
     config = config.model_copy(update={"target": target})
     command = shlex.join(["livescope", *sys.argv[1:]])
-    repository.mkdir(parents=True, exist_ok=True)
-    with training_progress(f"training {name}") as report:
-        try:
-            folder, card = train_and_publish_refocuser(
-                repository, name=name, stacks=stacks_train, held_out=held_out, config=config, baseline_adu=base,
-                data_description=described, command=command, trained_for=trained_for,
-                spherical_waves=spherical, progress=report)
-        except export.ExportError as e:
-            fail(str(e), code=1)
-    for key, value in card.metrics.items():
-        console.print(f"  {key}: {value:.4g}")
-    console.print(f"wrote {folder}")
-    typer.echo(card.ref)
+    _train_and_report(name, repository, lambda report: train_and_publish_refocuser(
+        repository, name=name, stacks=stacks_train, held_out=held_out, config=config, baseline_adu=base,
+        data_description=described, command=command, trained_for=trained_for, spherical_waves=spherical,
+        progress=report))
 
 
 # -- keys ----------------------------------------------------------------------------------------
