@@ -101,8 +101,9 @@ def test_part_one_runs_on_a_model_and_writes_report_and_figure(tmp_path, capsys)
         config=RefocusTrainConfig(steps=1, dz_max_um=1.0), baseline_adu=100.0, data_description="synthetic",
         command="test")
     figure = tmp_path / "refocus.png"
+    drawn = importlib.util.find_spec("matplotlib") is not None  # the bench extra; CI installs train, dev
     report = rq.main(["--models", str(tmp_path / "models"), "--model", "refocus-test", "--quick",
-                      "--no-calibration", "--timing-repeats", "1", "--figure", str(figure)])
+                      "--no-calibration", "--timing-repeats", "1", *(["--figure", str(figure)] if drawn else [])])
     assert '"benchmark": "refocus_quality"' in capsys.readouterr().out
     part = report["shipped"]
     assert part["model"] == "refocus-test@1" and part["card_dz_range_um"] == [-1.0, 1.0]
@@ -110,4 +111,4 @@ def test_part_one_runs_on_a_model_and_writes_report_and_figure(tmp_path, capsys)
     assert set(part["per_specimen"]) == {"filaments", "beads", "cells"}
     assert {"gain_db_at_minus_1_um", "gain_db_at_plus_1_um", "met"} <= part["targets"].keys()
     assert report["inference"][0]["median_ms"] > 0 and "calibration" not in report
-    assert figure.is_file() and figure.stat().st_size > 10_000
+    assert not drawn or (figure.is_file() and figure.stat().st_size > 10_000)
