@@ -28,8 +28,8 @@ PSFs (``psf``):
   approximation of it, and a network would learn the approximation's errors), so a network trained
   here sees the same PSF on ``livescope acquire --specimen smlm`` frames of such a rig. Its width
   is set by the optics: ``psf_sigma_px`` does not apply; a sample's sigma is 0.21 lambda/NA / pixel.
-  (The virtual microscope still spreads each molecule over its 4 nearest pixels before blurring,
-  specimen.py, which widens its spots by ~0.4 px in quadrature until it renders them exactly.)
+  (The virtual microscope images each molecule as that PSF at its exact sub-pixel position:
+  acquire/virtual/spots.py.)
 
 Rendering the pupil PSFs: `Optics.psf` is computed once per z plane (every 20 nm; cached) on a
 fine grid of cells (lambda/NA / 25 for the Airy pattern, 20 nm for the astigmatic one) and turned
