@@ -113,12 +113,24 @@ class VirtualFocusStage(StageDevice):
 
 
 class VirtualXYStage(XYStageDevice):
-    """The XY stage: its position is the sample point at the centre of the field of view."""
+    """The XY stage: its position is the sample point at the centre of the field of view.
+
+    `TravelRange-um` (0: unlimited) limits it to |x|, |y| <= that many µm in sample coordinates,
+    as a real stage's travel is limited: a move beyond raises, and the stage stays put."""
 
     def __init__(self) -> None:
         super().__init__()
         self._xy_um = (0.0, 0.0)  # in sample coordinates
         self._origin_um = (0.0, 0.0)  # reported position = _xy_um - _origin_um
+        self._travel_um = 0.0
+
+    @pymm_property(name="TravelRange-um", limits=(0.0, 1e6), property_type=float)
+    def travel_range_um(self) -> float:
+        return self._travel_um
+
+    @travel_range_um.setter
+    def travel_range_um(self, value: float) -> None:
+        self._travel_um = float(value)
 
     @property
     def sample_position_um(self) -> tuple[float, float]:
@@ -128,7 +140,10 @@ class VirtualXYStage(XYStageDevice):
         return (self._xy_um[0] - self._origin_um[0], self._xy_um[1] - self._origin_um[1])
 
     def set_position_um(self, x: float, y: float) -> None:
-        self._xy_um = (float(x) + self._origin_um[0], float(y) + self._origin_um[1])
+        target = (float(x) + self._origin_um[0], float(y) + self._origin_um[1])
+        if self._travel_um and max(map(abs, target)) > self._travel_um:
+            raise ValueError(f"({x:g}, {y:g}) µm is beyond the stage's travel (±{self._travel_um:g} µm)")
+        self._xy_um = target
         self.core.events.XYStagePositionChanged.emit(self.get_label(), float(x), float(y))
 
     def set_origin_x(self) -> None:
