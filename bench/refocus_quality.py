@@ -19,7 +19,10 @@ calibration z-stacks (fields) of one specimen, noisy planes only, go through wha
 training and holds one out to choose the weights (never tested on), noisy targets, a
 ``--calibration-minutes`` budget. The model is then scored as in part 1 on further fields of the
 same rig (``--calibration-test-fields``, against their noise-free planes), next to the input left
-unchanged and to the shipped (default-rig) model applied to this rig.
+unchanged and to the shipped (default-rig) model applied to this rig. With ``--fine-tune`` (default)
+a second model gets the same budget and data but starts from the shipped model's weights, as
+``livescope train refocus --data ... --from refocus@1`` does (learning rate
+``FINE_TUNE_LEARNING_RATE``): a rig's few stacks then adapt what the default rig taught it.
 
 The issue's targets, reported as booleans per part: refocused >= 3 dB over unchanged at
 delta-z = -1 and +1 µm, and better than unchanged at every delta-z of the trained range (0
@@ -29,7 +32,7 @@ Prints JSON; writes PNG panels (input, refocused, true plane, differences for on
 delta-z; PSNR against delta-z) to ``--figure``.
 
     python bench/refocus_quality.py [--models DIR] [--model NAME@V] [--fields N]
-        [--calibration-minutes M] [--no-calibration] [--threads N] [--figure PATH] [--quick]
+        [--calibration-minutes M] [--no-calibration] [--no-fine-tune] [--threads N] [--figure PATH] [--quick]
 """
 
 from __future__ import annotations
@@ -55,8 +58,9 @@ import torch
 from _common import median
 from livescope.acquire.virtual import VirtualRigConfig
 from livescope.models.refocus_data import VirtualRefocusData, ZStack, split_fields, virtual_stacks
-from livescope.models.train_refocus import RefocusTrainConfig, train_and_publish_refocuser, train_refocus
-from livescope.modelcard import TrainedFor
+from livescope.models.train_refocus import (
+    FINE_TUNE_LEARNING_RATE, RefocusTrainConfig, train_and_publish_refocuser, train_refocus)
+from livescope.modelcard import ModelCard, TrainedFor
 from livescope.protocol import split_stage
 from livescope.server.models import LoadedModel
 from livescope.server.offline_refocus import refocus_frames
@@ -354,34 +358,42 @@ def calibration_part(args: argparse.Namespace, shipped: LoadedModel | None,
     # torch's one-time start-up is not charged to the budget
     train_refocus(train[:1], held_out, config.model_copy(update={"budget_seconds": None, "steps": 2,
                                                                  "validate_every_steps": 1}), baseline)
-    log(f"part 2: training on {len(train)} calibration stacks ({len(held_out)} held out) for "
-        f"{args.calibration_minutes:g} min")
-    last: list = []
+    trained: dict[str, tuple[LoadedModel, ModelCard, float, object]] = {}
+    starts = {"calibrated": None}
+    if shipped is not None and args.fine_tune:
+        starts["fine-tuned"] = shipped.version
+    for label, start in starts.items():
+        log(f"part 2: training '{label}' on {len(train)} calibration stacks ({len(held_out)} held out) for "
+            f"{args.calibration_minutes:g} min" + (f", starting from {start.ref}" if start else ""))
+        last: list = []
 
-    def keep(progress: object) -> None:
-        last[:] = [progress]  # the last report: the steps actually taken
+        def keep(progress: object) -> None:
+            last[:] = [progress]  # the last report: the steps actually taken
 
-    with tempfile.TemporaryDirectory() as folder:
-        t0 = time.perf_counter()
-        path, card = train_and_publish_refocuser(
-            Path(folder), name="refocus-calibrated", stacks=train, held_out=held_out, config=config,
-            baseline_adu=baseline, data_description=f"{CALIBRATION_FIELDS} calibration stacks of {spec.describe()}",
-            command="bench/refocus_quality.py calibration", spherical_waves=rig.spherical_waves,
-            trained_for=TrainedFor(pixel_size_nm=(rig.pixel_size_um * 1e3,) * 2, na=(rig.na,) * 2,
-                                   emission_nm=(rig.emission_nm,) * 2, modalities=("widefield",)),
-            progress=keep)
-        publish_s = time.perf_counter() - t0
-        calibrated = LoadedModel.load(ModelVersion(card, path), options)
+        run_config = config if start is None else config.model_copy(
+            update={"learning_rate": FINE_TUNE_LEARNING_RATE})
+        with tempfile.TemporaryDirectory() as folder:
+            t0 = time.perf_counter()
+            path, card = train_and_publish_refocuser(
+                Path(folder), name=f"refocus-{label}", stacks=train, held_out=held_out, config=run_config,
+                baseline_adu=baseline, data_description=f"{CALIBRATION_FIELDS} calibration stacks of {spec.describe()}",
+                command=f"bench/refocus_quality.py calibration ({label})", spherical_waves=rig.spherical_waves,
+                trained_for=TrainedFor(pixel_size_nm=(rig.pixel_size_um * 1e3,) * 2, na=(rig.na,) * 2,
+                                       emission_nm=(rig.emission_nm,) * 2, modalities=("widefield",)),
+                start_from=start, progress=keep)
+            publish_s = time.perf_counter() - t0
+            trained[label] = (LoadedModel.load(ModelVersion(card, path), options), card, publish_s,
+                              last[0] if last else None)
+    calibrated, card, publish_s, progress = trained["calibrated"]
     low, high = dz_range(calibrated)
     grid = dz_grid(low, high, args.dz_step)
-    methods = {"calibrated": (refocuser(calibrated), (low, high))}
+    methods = {label: (refocuser(model), (low, high)) for label, (model, *_) in trained.items()}
     if shipped is not None:
         methods["shipped"] = (refocuser(shipped), dz_range(shipped))
     log(f"part 2: scoring on {len(tests)} other fields at {len(grid)} delta-z")
     t0 = time.perf_counter()
     tables = evaluate(methods, tests, [args.calibration_specimen] * len(tests), grid)
     score_s = time.perf_counter() - t0
-    progress = last[0] if last else None
     result = {
         "rig": {"na": args.other_na, "immersion_index": args.other_immersion,
                 "spherical_waves": args.other_spherical,
@@ -405,6 +417,14 @@ def calibration_part(args: argparse.Namespace, shipped: LoadedModel | None,
         "targets": target_checks(tables["per_dz"], "calibrated"),
         "seconds": {"simulate": round(simulate_s, 1), "score": round(score_s, 1)},
     }
+    if "fine-tuned" in trained:
+        _, tuned_card, tuned_s, tuned_progress = trained["fine-tuned"]
+        result["fine_tuned"] = {
+            "from": shipped.ref, "learning_rate": FINE_TUNE_LEARNING_RATE,
+            "steps": tuned_progress.step if tuned_progress else None,
+            "train_seconds": tuned_card.provenance.train_seconds, "train_export_score_seconds": round(tuned_s, 1),
+            **_training_facts(tuned_card.description),
+            "targets": target_checks(tables["per_dz"], "fine-tuned")}
     if shipped is not None:
         result["shipped_on_this_rig"] = {"model": shipped.ref, "targets": target_checks(tables["per_dz"], "shipped")}
         by_dz = {row["dz_um"]: row for row in tables["per_dz"]}
@@ -495,6 +515,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--dz-step", type=float, default=None, help="delta-z grid and plane spacing, µm (default 0.25)")
     ap.add_argument("--calibration", action=argparse.BooleanOptionalAction, default=True,
                     help="part 2: train on another rig's calibration stacks (--no-calibration skips it)")
+    ap.add_argument("--fine-tune", action=argparse.BooleanOptionalAction, default=True,
+                    help="part 2: also fine-tune the shipped model on the calibration stacks, same budget "
+                         "(as `livescope train refocus --from refocus@1`)")
     ap.add_argument("--calibration-minutes", type=float, default=None, help="its training budget (default 10)")
     ap.add_argument("--calibration-test-fields", type=int, default=None,
                     help="fields of the other rig it is scored on (default 2)")

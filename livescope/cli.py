@@ -16,16 +16,29 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 models_app = typer.Typer(no_args_is_help=True,
                         help="A server's model versions: list, load, activate (hot-swap), unload, rescan.")
 keys_app = typer.Typer(no_args_is_help=True, help="CURVE keys for serving beyond this machine.")
+from livescope.cli_calibrate import calibrate_app  # noqa: E402 - lazy inside, like this module
+from livescope.cli_calibrate_register import register  # noqa: E402
+from livescope.cli_train_restore import train_restore  # noqa: E402
+
 train_app = typer.Typer(no_args_is_help=True, help="Train a model and add it to a repository.")
 app.add_typer(models_app, name="models")
 app.add_typer(keys_app, name="keys")
 app.add_typer(train_app, name="train")
+app.add_typer(calibrate_app, name="calibrate")
+train_app.command("restore")(train_restore)
+calibrate_app.command("register")(register)
 
 EXIT_USER_ERROR = 2
 
 ServerOpt = Annotated[str, typer.Option("--server", help="The server's frames address.")]
 ModelsOpt = Annotated[Optional[Path], typer.Option(
     "--models", help="Your model repository, searched after the shipped models.")]
+DeployOpt = Annotated[bool, typer.Option(
+    "--deploy", help="Register the new version in the running server (--server; it must read --models) "
+                     "and hot-swap it in if its held-out metric is not worse than the active version's "
+                     "on the same held-out data.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="With --deploy: activate the new version even if worse.")]
+DeployServerOpt = Annotated[str, typer.Option("--server", help="With --deploy: the server's frames address.")]
 
 
 def fail(message: str, code: int = EXIT_USER_ERROR) -> NoReturn:
@@ -450,9 +463,72 @@ def refocus(
         progress=progress))
 
 
-def _train_and_report(name: str, repository: Path, train: Callable[[Callable], tuple[Path, Any]]) -> None:
+def _resolve_model(ref: str, repository: Path, *, task: str, option: str):
+    """NAME[@VERSION] in the shipped models and ``repository`` (a `ModelVersion` of ``task``)."""
+    from livescope.protocol import split_stage
+    from livescope.server.repository import ModelRepository, UnknownModelError, shipped_models_root
+
+    try:
+        name, version = split_stage(ref)
+        found = ModelRepository([shipped_models_root(), repository]).resolve(name, version)
+    except (ValueError, UnknownModelError) as e:
+        fail(f"{option} {ref}: {e}")
+    if found.card.task != task:
+        fail(f"{option} {ref}: {found.ref} is a {found.card.task} model, not a {task} one")
+    return found
+
+
+def _expand_sessions(paths: list[Path]) -> tuple[list[Path], tuple[str, ...]]:
+    """Calibration sessions among ``paths`` replaced by their positions' OME-Zarr stores (each
+    an ordinary stack), and the sessions' ids (for the card's lineage)."""
+    from livescope.session import SessionError, is_session, load_session
+
+    expanded: list[Path] = []
+    ids: list[str] = []
+    for path in paths:
+        if not is_session(path):
+            expanded.append(path)
+            continue
+        try:
+            session = load_session(path)
+        except SessionError as e:
+            fail(str(e))
+        if not session.manifest.completed:
+            fail(f"{path}: the session has no completed positions yet")
+        expanded += [session.root / done.path for done in sorted(session.manifest.completed, key=lambda d: d.index)]
+        ids.append(session.session_id)
+    return expanded, tuple(ids)
+
+
+def _compare_with(deploy: bool, server: str, name: str, force: bool):
+    """With --deploy, before training (a mistake costs no training time): the server's active
+    version of ``name``, which the trainer scores on the new version's held-out data."""
+    if not deploy:
+        if force:
+            fail("--force only applies with --deploy")
+        return None
+    from livescope.deploy import DeployError, active_version
+    from livescope.modelcard import CARD_FILE, ModelCard
+    from livescope.server.repository import ModelVersion
+
+    try:
+        active = active_version(server, name)
+    except DeployError as e:
+        fail(f"--deploy: {e}")
+    if active is None:
+        return None
+    folder = Path(active.folder)
+    try:
+        return ModelVersion(ModelCard.load(folder / CARD_FILE), folder)
+    except (OSError, ValueError) as e:
+        fail(f"--deploy: cannot read the active version {active.ref} at {folder}: {e}")
+
+
+def _train_and_report(name: str, repository: Path, train: Callable[[Callable], tuple[Path, Any]], *,
+                      deploy_to: str | None = None, force: bool = False) -> None:
     """Run ``train(progress)`` (it writes a new version into ``repository``) under a progress bar;
-    print the held-out metrics, the folder and, last on stdout, the new version's NAME@VERSION."""
+    print the held-out metrics, the folder, with ``deploy_to`` register it in that server and
+    activate it if the gate allows, and last on stdout print the new version's NAME@VERSION."""
     from livescope.console import console, training_progress
     from livescope.models import export
 
@@ -465,6 +541,17 @@ def _train_and_report(name: str, repository: Path, train: Callable[[Callable], t
     for key, value in card.metrics.items():
         console.print(f"  {key}: {value:.4g}")
     console.print(f"wrote {folder}")
+    if card.comparison is not None:
+        console.print(f"compared: {card.comparison.summary()}")
+    if deploy_to is not None:
+        from livescope.deploy import DeployError, deploy
+
+        try:
+            outcome = deploy(deploy_to, card, force=force)
+        except DeployError as e:
+            fail(f"{card.ref} was written but not deployed: {e}", code=1)
+        verb = "activated" if outcome.activated else "registered, NOT activated"
+        console.print(f"deploy: {card.ref} {verb} in {deploy_to} ({outcome.reason}); active: {outcome.active}")
     typer.echo(card.ref)
 
 
@@ -473,7 +560,8 @@ def train_denoise(
     models: ModelsOpt = None,
     data: Annotated[Optional[list[Path]], typer.Option(
         help="Your own noisy stack (TIFF, OME-TIFF, OME-Zarr; frames = every axis before Y, X), "
-             "raw camera counts; repeat for several. Without it: virtual-microscope frames.")] = None,
+             "raw camera counts, or a calibration session (every frame of it); repeat for several. "
+             "Without it: virtual-microscope frames.")] = None,
     budget_minutes: Annotated[Optional[float], typer.Option(
         min=0.01, help="Training time budget, minutes (default 5 unless --steps / --epochs).")] = None,
     steps: Annotated[Optional[int], typer.Option(
@@ -497,6 +585,7 @@ def train_denoise(
     seed: Annotated[int, typer.Option(help="Seed for data, held-out split and training.")] = 0,
     frames_per_condition: Annotated[int, typer.Option(
         min=1, help="Virtual-microscope frames per modality, specimen and signal level.")] = 4,
+    deploy: DeployOpt = False, force: ForceOpt = False, server: DeployServerOpt = "tcp://127.0.0.1:5760",
 ) -> None:
     """Train a Noise2Void (N2V2) denoiser on your noisy stacks or on virtual-microscope frames;
     add it as a new version of `denoise` in the model repository."""
@@ -519,9 +608,11 @@ def train_denoise(
         fail(f"--patch {patch} must be a multiple of {math.lcm(2**depth, 8)} (8, and 2**depth for "
              f"--depth {depth})")
     own = None
+    session_ids: tuple[str, ...] = ()
     if data:  # checked before torch is even imported: a mistake costs no time
         from livescope.models.user_data import TrainingDataError, load_training_stacks
 
+        data, session_ids = _expand_sessions(data)
         try:
             own = load_training_stacks(data, patch, seed)
         except TrainingDataError as e:
@@ -541,14 +632,18 @@ def train_denoise(
             config = DenoiseTrainConfig(**(config.model_dump() | {
                 "steps": epochs * steps_per_epoch(own.train_adu, config)}))
         console.print(f"training data: {own.describe()}")
-        train = partial(train_and_publish_own_data, repository, own)
+        compare_with = _compare_with(deploy, server, "denoise", force)
+        train = partial(train_and_publish_own_data, repository, own, compare_with=compare_with,
+                        session_ids=session_ids)
     else:
         from livescope.models.data import VirtualDenoiseData
         from livescope.models.train_denoise import train_and_publish
 
+        _compare_with(deploy, server, "denoise", force)  # checks the server before training; no comparison
         source = VirtualDenoiseData(frames_per_condition=frames_per_condition, seed=seed)
         train = partial(train_and_publish, repository, data=source)
-    _train_and_report("denoise", repository, lambda report: train(config=config, command=command, progress=report))
+    _train_and_report("denoise", repository, lambda report: train(config=config, command=command, progress=report),
+                      deploy_to=server if deploy else None, force=force)
 
 
 @train_app.command("localise")
@@ -562,6 +657,7 @@ def train_localise(
     seed: Annotated[int, typer.Option(help="Seed for the simulation and training.")] = 0,
     name: Annotated[Optional[str], typer.Option(
         help="Model name in the repository (default localise; localise3d for --psf astigmatic).")] = None,
+    deploy: DeployOpt = False, force: ForceOpt = False, server: DeployServerOpt = "tcp://127.0.0.1:5760",
 ) -> None:
     """Train a localisation network on simulated single-molecule movies only (no data needed);
     add it as a new version of NAME in the model repository."""
@@ -583,14 +679,17 @@ def train_localise(
                                     cameras=(SCMOS, EMCCD))
     config = LocaliseTrainConfig(psf=psf, steps=steps, budget_seconds=budget_s, seed=seed)
     command = shlex.join(["livescope", *sys.argv[1:]])
+    compare_with = _compare_with(deploy, server, name, force)
     _train_and_report(name, repository, lambda report: train_and_publish_localiser(
-        repository, name=name, simulation=simulation, config=config, command=command, progress=report))
+        repository, name=name, simulation=simulation, config=config, command=command, progress=report,
+        compare_with=compare_with), deploy_to=server if deploy else None, force=force)
 
 
 @train_app.command("refocus")
 def train_refocus(
     data: Annotated[Optional[list[Path]], typer.Option(
-        "--data", help="Your z-stacks (OME-TIFF / OME-Zarr, one field each; repeat). Default: the virtual "
+        "--data", help="Your z-stacks (OME-TIFF / OME-Zarr, one field each; or a `livescope calibrate zstack` "
+                       "session, one field per position; repeat). Default: the virtual "
                        "microscope's default rig.")] = None,
     z_step: Annotated[Optional[float], typer.Option(
         "--z-step", min=0.001, help="Plane spacing of --data, µm (default: from the metadata).")] = None,
@@ -608,6 +707,10 @@ def train_refocus(
         min=1, help="Train exactly N steps (the command then repeats the model exactly).")] = None,
     seed: Annotated[int, typer.Option(help="Seed for data and training.")] = 0,
     name: Annotated[str, typer.Option(help="Model name in the repository.")] = "refocus",
+    start_from: Annotated[Optional[str], typer.Option(
+        "--from", help="Fine-tune this refocusing model (NAME[@VERSION], e.g. refocus@1) instead of "
+                       "starting from scratch: a rig's few calibration stacks go further.")] = None,
+    deploy: DeployOpt = False, force: ForceOpt = False, server: DeployServerOpt = "tcp://127.0.0.1:5760",
 ) -> None:
     """Train a refocusing network on z-stacks (pairs of planes of one field) and add it as a new
     version of NAME in the model repository."""
@@ -628,7 +731,9 @@ def train_refocus(
     config = RefocusTrainConfig(dz_max_um=dz_max, steps=steps, seed=seed,
                                 budget_seconds=None if steps else (budget_minutes or 10.0) * 60.0)
     rng = np.random.default_rng(seed)
+    session_ids: tuple[str, ...] = ()
     if data:
+        session_ids = _expand_sessions(data)[1]  # read_stacks reads sessions itself (plane spacing)
         try:
             stacks = read_stacks(data, z_step_um=z_step)
         except RefocusDataError as e:
@@ -661,11 +766,19 @@ def train_refocus(
         spherical = rig.spherical_waves
         target = "clean"
     config = config.model_copy(update={"target": target})
+    start = None
+    if start_from is not None:
+        from livescope.models.train_refocus import FINE_TUNE_LEARNING_RATE
+
+        start = _resolve_model(start_from, repository, task="refocus", option="--from")
+        config = config.model_copy(update={"learning_rate": FINE_TUNE_LEARNING_RATE})
     command = shlex.join(["livescope", *sys.argv[1:]])
+    compare_with = _compare_with(deploy, server, name, force)
     _train_and_report(name, repository, lambda report: train_and_publish_refocuser(
         repository, name=name, stacks=stacks_train, held_out=held_out, config=config, baseline_adu=base,
         data_description=described, command=command, trained_for=trained_for, spherical_waves=spherical,
-        progress=report))
+        session_ids=session_ids, compare_with=compare_with, start_from=start, progress=report),
+        deploy_to=server if deploy else None, force=force)
 
 
 # -- keys ----------------------------------------------------------------------------------------
@@ -733,9 +846,24 @@ def models_list(server: ServerOpt = "tcp://127.0.0.1:5760") -> None:
         metrics = ", ".join(f"{k}={v:.3g}" for k, v in m["metrics"].items())
         table.add_row(f"{m['name']}@{m['version']}", m["task"], "yes" if m["active"] else "",
                       "yes" if m["loaded"] else "", m["provider"] or "", metrics)
+    lineage = Table(title="lineage")
+    for col in ("model", "trained on", "by", "against the version active then"):
+        lineage.add_column(col, overflow="fold")
+    for m in data["models"]:
+        sessions = m.get("session_ids") or []
+        source = (f"session {', '.join(sessions)}; " if sessions else "") + (m.get("data") or "")
+        comparison = m.get("comparison")
+        against = (f"{comparison['against']}: {comparison['metric']} {comparison['new_value']:.4g} vs "
+                   f"{comparison['active_value']:.4g}" if comparison else "-")
+        lineage.add_row(f"{m['name']}@{m['version']}", _shorten(source, 90), m.get("trained_by") or "", against)
     Console().print(table)
+    Console().print(lineage)
     for problem in data["problems"]:
         typer.echo(f"warning: {problem}", err=True)
+
+
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 ModelRefArg = Annotated[str, typer.Argument(help="NAME@VERSION, e.g. denoise@2.")]

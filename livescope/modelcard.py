@@ -111,6 +111,30 @@ class Provenance(_Frozen):
     seed: int | None = None
     trained_at: datetime | None = None
     train_seconds: float | None = None
+    session_ids: tuple[str, ...] = Field(default=(), description="calibration sessions it was trained on")
+
+
+class Comparison(_Frozen):
+    """The version that was active when this one was trained, scored on THIS version's held-out
+    data with the same metric (cards' own metrics come from different held-out data and are not
+    comparable): the evidence the deploy gate activates a new version on."""
+
+    against: str = Field(description="name@version active at training time")
+    metric: str
+    higher_is_better: bool
+    new_value: float
+    active_value: float
+
+    @property
+    def not_worse(self) -> bool:
+        if self.higher_is_better:
+            return self.new_value >= self.active_value
+        return self.new_value <= self.active_value
+
+    def summary(self) -> str:
+        verdict = "not worse than" if self.not_worse else "worse than"
+        return (f"{self.metric} {self.new_value:.4g} vs {self.active_value:.4g} of {self.against} on the same "
+                f"held-out data: {verdict} it")
 
 
 class ModelCard(_Frozen):
@@ -128,6 +152,7 @@ class ModelCard(_Frozen):
     metrics: dict[str, float] = Field(default_factory=dict, description="held-out metrics")
     localise: LocaliseSpec | None = Field(default=None, description="task 'localise' only")
     refocus: RefocusSpec | None = Field(default=None, description="task 'refocus' only")
+    comparison: Comparison | None = Field(default=None, description="against the version active at training")
     licence: str = "BSD-3-Clause"
 
     @model_validator(mode="after")

@@ -151,3 +151,25 @@ def parity_inputs(frames: np.ndarray, size_multiple_px: int, rng: np.random.Gene
 
 def save(proto: onnx.ModelProto, path: Path) -> None:
     onnx.save_model(proto, str(path), save_as_external_data=False)
+
+
+class WeightsMismatchError(ValueError):
+    """An ONNX graph does not hold the weights of the network it should initialise."""
+
+
+def load_weights(module: nn.Module, proto: onnx.ModelProto, source: str) -> None:
+    """Initialise ``module`` from the weights of a graph it was exported to (fine-tuning a served
+    version: only the ONNX is kept). The exporter names each initializer after its parameter;
+    every parameter and buffer must be found there with its shape, else nothing is changed."""
+    stored = {init.name: init for init in proto.graph.initializer}
+    state = module.state_dict()
+    missing = [k for k in state if k not in stored]
+    if missing:
+        raise WeightsMismatchError(f"{source} is not this architecture: it lacks {len(missing)} of the "
+                                   f"network's {len(state)} weights (e.g. {missing[0]})")
+    loaded = {k: torch.from_numpy(onnx.numpy_helper.to_array(stored[k]).copy()) for k in state}
+    wrong = [f"{k} {tuple(v.shape)} vs {tuple(state[k].shape)}" for k, v in loaded.items()
+             if v.shape != state[k].shape]
+    if wrong:
+        raise WeightsMismatchError(f"{source} is not this architecture: {wrong[0]}")
+    module.load_state_dict(loaded)

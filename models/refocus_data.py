@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from livescope.session import SessionError, is_session, load_session
 from livescope.stackio import StackError, StackInfo, read_stack
 
 if TYPE_CHECKING:
@@ -285,6 +286,9 @@ def read_stacks(paths: Sequence[str | os.PathLike], z_step_um: float | None = No
         raise RefocusDataError(f"z step {z_step_um} µm must be a positive number of micrometres")
     stacks: list[ZStack] = []
     for path in paths:
+        if is_session(path):
+            stacks += _session_stacks(Path(path))
+            continue
         try:
             stack = read_stack(path)
         except StackError as e:
@@ -309,6 +313,27 @@ def read_stacks(paths: Sequence[str | os.PathLike], z_step_um: float | None = No
                     planes, None, step * np.arange(planes.shape[0], dtype=np.float64), info.pixel_size_um,
                     f"{path}{where}: {planes.shape[0]} planes of {planes.shape[1]}x{planes.shape[2]} px, "
                     f"{step:g} um apart ({step_note})", field_id))
+    return stacks
+
+
+def _session_stacks(path: Path) -> list[ZStack]:
+    """A calibration zstack session's positions, one field each (plane spacing from its manifest)."""
+    try:
+        session = load_session(path)
+        found = session.stacks()
+    except SessionError as e:
+        raise RefocusDataError(str(e)) from None
+    if not found:
+        raise RefocusDataError(f"{path}: the session has no completed positions yet")
+    stacks = []
+    for stack in found:
+        z = np.asarray(stack.z_um, dtype=np.float64)
+        order = np.argsort(z)  # the stage may have stepped downwards
+        stacks.append(ZStack(
+            stack.planes_adu[order], None, z[order], session.pixel_size_um,
+            f"{path} position {stack.name}: {len(z)} planes of {stack.planes_adu.shape[1]}x"
+            f"{stack.planes_adu.shape[2]} px, {np.median(np.diff(z[order])):g} um apart (session)",
+            f"{session.session_id}:{stack.position}"))
     return stacks
 
 

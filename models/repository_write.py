@@ -27,8 +27,12 @@ def existing_versions(repository: Path, name: str) -> list[int]:
 
 
 def next_version(repository: Path, name: str) -> int:
-    """The largest existing version of ``name`` plus one (1 for a new name)."""
-    return max(existing_versions(repository, name), default=0) + 1
+    """The largest existing version of ``name`` plus one (1 for a new name), counting the shipped
+    models too: every repository is searched after them, so a user's version numbered like a
+    shipped one would shadow it, and one numbered below would never be the newest."""
+    shipped = Path(__file__).resolve().parent / "shipped"
+    taken = existing_versions(repository, name) + existing_versions(shipped, name)
+    return max(taken, default=0) + 1
 
 
 def write_version(

@@ -38,12 +38,14 @@ from livescope.modelcard import (
 )
 from livescope.models import export
 from livescope.models.budget import StepPlan, TrainProgress
+from livescope.models.compare import compare
 from livescope.models.data import FrameSet, VirtualDenoiseData, random_patches, virtual_frames
 from livescope.models.n2v import BlindSpotMasking, StructAxis, masked_mse
 from livescope.models.repository_write import write_version
 from livescope.models.intensity import IntensityTransform, TransformKind
 from livescope.models.unet import InGraphNormalised, UNet, UNetConfig, parameter_count
 from livescope.models.user_data import UserTrainingData
+from livescope.server.repository import ModelVersion
 
 
 class DenoiseTrainConfig(BaseModel):
@@ -135,6 +137,21 @@ class HeldOutLoss:
         """The same loss on the served output, in ADU^2 (``transform``: with its bias)."""
         t = transform or self.transform
         return self._mean(net, lambda out, i: masked_mse(t.to_adu(out), self.targets_adu[i], self.masks[i]))
+
+    def served_mse_adu2(self, denoise: Callable[[np.ndarray], np.ndarray]) -> float:
+        """The same loss for any served version (uint16 ADU in, ADU out; e.g. through
+        onnxruntime), fed the same masked patches in ADU: versions trained with other intensity
+        transforms are compared on equal terms."""
+        fill = self.transform.to_adu(self.inputs) - self.transform.bias_adu
+        raw = np.clip(np.rint(fill.numpy()), 0, np.iinfo(np.uint16).max).astype(np.uint16)
+        total = count = 0.0
+        for start in range(0, len(raw), self.batch_size):
+            i = slice(start, start + self.batch_size)
+            out = torch.from_numpy(np.asarray(denoise(raw[i]), dtype=np.float32))[:, None]
+            n = float(self.masks[i].sum())
+            total += float(masked_mse(out, self.targets_adu[i], self.masks[i])) * n
+            count += n
+        return total / max(count, 1.0)
 
     def median_fill_mse_adu2(self) -> float:
         """The loss of the blind-spot fill itself (the neighbourhood median), in ADU^2: a
@@ -420,6 +437,7 @@ def train_and_publish_own_data(
     name: str = "denoise",
     config: DenoiseTrainConfig = DenoiseTrainConfig(budget_seconds=420.0),
     command: str = "livescope.models.train_denoise.train_and_publish_own_data()",
+    session_ids: tuple[str, ...] = (), compare_with: ModelVersion | None = None,
     progress: Callable[[TrainProgress], None] | None = None,
 ) -> tuple[Path, ModelCard]:
     """Train on the user's stacks (``models.user_data.load_training_stacks``), export, check
@@ -430,6 +448,13 @@ def train_and_publish_own_data(
     trained, proto = _train_and_export(data.train_adu, data.held_out_adu, config, progress)
     metrics = n2v_validation_mse_adu2(trained, data.held_out_adu, config)
     metrics["n2v_train_loss_final"] = round(trained.final_loss, 6)
+    comparison = None
+    if compare_with is not None:  # both through onnxruntime, on the same masked held-out patches
+        held_out = HeldOutLoss(data.held_out_adu, trained.transform, config, MAX_VALIDATION_PATCHES)
+        key = "n2v_validation_mse_adu2"
+        comparison = compare("denoise", {key: round(held_out.served_mse_adu2(_ort_denoiser(proto)), 4)},
+                             compare_with.ref,
+                             {key: round(held_out.served_mse_adu2(_ort_denoiser(onnx.load(compare_with.onnx_path))), 4)})
 
     def fill(folder: Path, version: int) -> ModelCard:
         export.save(proto, folder / MODEL_FILE)
@@ -444,8 +469,10 @@ def train_and_publish_own_data(
                 seed=config.seed,
                 trained_at=datetime.now(timezone.utc).replace(microsecond=0),
                 train_seconds=round(trained.train_seconds, 1),
+                session_ids=session_ids,
             ),
             metrics=metrics,
+            comparison=comparison,
         )
 
     return write_version(repository, name, fill)

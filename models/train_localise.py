@@ -38,6 +38,8 @@ from livescope.modelcard import (
 from livescope.models import export
 from livescope.models.budget import StepPlan, TrainProgress
 from livescope.models.localise_data import LocaliseBatch, LocalisePsf, LocaliseSimulation, simulate_batch
+from livescope.models.compare import NotComparableError, compare
+from livescope.server.repository import ModelVersion
 from livescope.models.localise_metrics import score_localisations
 from livescope.models.localise_net import LocaliseNet, LocaliseNetConfig, Targets, mixture_loss
 from livescope.models.repository_write import write_version
@@ -210,7 +212,12 @@ def held_out_scores(proto: onnx.ModelProto, held_out: LocaliseBatch, spec: Local
 def train_and_publish_localiser(
     repository: Path, *, name: str, simulation: LocaliseSimulation, config: LocaliseTrainConfig,
     command: str, progress: Callable[[TrainProgress], None] | None = None,
+    data_note: str = "", session_ids: tuple[str, ...] = (), compare_with: ModelVersion | None = None,
 ) -> tuple[Path, ModelCard]:
+    """Train on simulation, export, score on held-out simulated movies, write the next version.
+
+    ``data_note``: where the simulation's PSF came from (e.g. a bead calibration); ``compare_with``
+    (the server's active version) is scored on the same held-out movies (the deploy gate)."""
     trained = train_localise(simulation, config, progress)
     held_out = simulate_batch(simulation, config.held_out_samples, np.random.default_rng(config.seed + 20_000))
     proto = export_localiser(trained.net, held_out)
@@ -218,6 +225,13 @@ def train_and_publish_localiser(
     spec = LocaliseSpec(context_frames=c.context_frames, psf=config.psf, three_d=c.three_d,
                         z_range_nm=simulation.z_range_nm if c.three_d else None)
     metrics = held_out_scores(proto, held_out, spec)
+    comparison = None
+    if compare_with is not None and compare_with.card.localise is not None:
+        active = held_out_scores(onnx.load(compare_with.onnx_path), held_out, compare_with.card.localise)
+        try:
+            comparison = compare("localise", metrics, compare_with.ref, active)
+        except NotComparableError:
+            comparison = None
 
     def fill(folder: Path, version: int) -> ModelCard:
         export.save(proto, folder / MODEL_FILE)
@@ -241,10 +255,10 @@ def train_and_publish_localiser(
                 psf_sigma_px=None if c.three_d else simulation.psf_sigma_px),
             provenance=Provenance(
                 command=command, code_version=livescope.__version__,
-                data=f"simulated on the fly: {simulation.model_dump_json()}",
+                data=(f"{data_note}; " if data_note else "") + f"simulated on the fly: {simulation.model_dump_json()}",
                 seed=config.seed, trained_at=datetime.now(timezone.utc).replace(microsecond=0),
-                train_seconds=round(trained.train_seconds, 1)),
-            metrics=metrics,
+                train_seconds=round(trained.train_seconds, 1), session_ids=session_ids),
+            metrics=metrics, comparison=comparison,
             localise=spec,
         )
 

@@ -38,14 +38,17 @@ from livescope.modelcard import (
 )
 from livescope.models import export
 from livescope.models.budget import StepPlan, TrainProgress
+from livescope.models.compare import NotComparableError, compare
 from livescope.models.refocus_data import ZStack, sample_pairs
 from livescope.models.refocus_net import INPUT_NAME, OUTPUT_NAME, RefocusGraph, refocus_unet
 from livescope.models.repository_write import write_version
 from livescope.models.train_denoise import psnr_db
 from livescope.models.unet import parameter_count
+from livescope.server.repository import ModelVersion
 
 MIN_RELATIVE_IMPROVEMENT = 1e-3
 HELD_OUT_PAIRS = 64
+FINE_TUNE_LEARNING_RATE = 3e-4  # starting from a trained model: smaller steps keep what it knows
 METRIC_DZ_UM = (0.5, 1.0, 2.0, 3.0)  # |delta-z| at which the card reports PSNR (those in range)
 
 
@@ -84,14 +87,31 @@ def _loss(graph: RefocusGraph, inputs: torch.Tensor, targets: torch.Tensor) -> t
     return torch.mean(((graph(inputs) - targets) / scale) ** 2)
 
 
+def architecture_of(proto: onnx.ModelProto) -> tuple[int, int]:
+    """(depth, base channels) of an exported refocusing UNet, read from its weights' shapes."""
+    shapes = {init.name: tuple(init.dims) for init in proto.graph.initializer}
+    first = shapes.get("net.encoders.0.0.weight")
+    if first is None:
+        raise export.WeightsMismatchError("not a refocusing UNet exported by livescope (no net.encoders.0)")
+    depth = sum(f"net.encoders.{i}.0.weight" in shapes for i in range(8))
+    return depth, int(first[0])
+
+
 def train_refocus(stacks: Sequence[ZStack], held_out: Sequence[ZStack], config: RefocusTrainConfig,
-                  baseline_adu: float, progress: Callable[[TrainProgress], None] | None = None
+                  baseline_adu: float, progress: Callable[[TrainProgress], None] | None = None,
+                  init: onnx.ModelProto | None = None, dz_scale_um: float | None = None
                   ) -> TrainedRefocuser:
-    """Train on pairs from ``stacks``; keep the weights best on pairs from ``held_out``."""
+    """Train on pairs from ``stacks``; keep the weights best on pairs from ``held_out``.
+
+    ``init``: a served refocusing graph to start from (fine-tuning; ``config`` must name its
+    depth and channels: ``architecture_of``), with ``dz_scale_um`` the delta-z its network input
+    was scaled by (its own range: the weights expect it)."""
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     graph = RefocusGraph(refocus_unet(config.depth, config.base_channels), baseline_adu=baseline_adu,
-                         dz_scale_um=config.dz_max_um)
+                         dz_scale_um=dz_scale_um or config.dz_max_um)
+    if init is not None:
+        export.load_weights(graph, init, "the model to start from")
     val_in, val_target = (torch.from_numpy(a) for a in sample_pairs(
         held_out, HELD_OUT_PAIRS, config.patch_px, config.dz_max_um, np.random.default_rng(config.seed + 1),
         target=config.target))
@@ -195,12 +215,32 @@ def train_and_publish_refocuser(
     repository: Path, *, name: str, stacks: Sequence[ZStack], held_out: Sequence[ZStack],
     config: RefocusTrainConfig, baseline_adu: float, data_description: str, command: str,
     trained_for: TrainedFor = TrainedFor(), spherical_waves: float | None = None,
-    progress: Callable[[TrainProgress], None] | None = None,
+    session_ids: tuple[str, ...] = (), compare_with: ModelVersion | None = None,
+    start_from: ModelVersion | None = None, progress: Callable[[TrainProgress], None] | None = None,
 ) -> tuple[Path, ModelCard]:
-    """Train, export, check parity, score the held-out fields, write the next version atomically."""
-    trained = train_refocus(stacks, held_out, config, baseline_adu, progress)
+    """Train, export, check parity, score the held-out fields, write the next version atomically.
+
+    ``compare_with`` (the version active in the server): scored on the same held-out fields, over
+    the delta-z range both were trained for; the card records the comparison (the deploy gate)."""
+    init = dz_scale = None
+    if start_from is not None:
+        init = onnx.load(start_from.onnx_path)
+        depth, channels = architecture_of(init)
+        config = config.model_copy(update={"depth": depth, "base_channels": channels})
+        dz_scale = max(abs(d) for d in start_from.card.refocus.dz_range_um)
+    trained = train_refocus(stacks, held_out, config, baseline_adu, progress, init=init, dz_scale_um=dz_scale)
     proto = export_refocuser(trained.graph, held_out[0])
     metrics = held_out_metrics(refocus_with(proto), held_out, config.dz_max_um, config.target)
+    comparison = None
+    if compare_with is not None:
+        active_range = compare_with.card.refocus.dz_range_um if compare_with.card.refocus else (0.0, 0.0)
+        shared_dz = min(config.dz_max_um, -active_range[0], active_range[1])
+        active = held_out_metrics(refocus_with(onnx.load(compare_with.onnx_path)), held_out, shared_dz,
+                                  config.target)
+        try:
+            comparison = compare("refocus", metrics, compare_with.ref, active)
+        except NotComparableError:
+            comparison = None  # the deploy gate then asks for --force
     unet = trained.graph.net.config
     z_step = float(np.median([s.z_step_um for s in stacks]))
 
@@ -214,6 +254,7 @@ def train_and_publish_refocuser(
                 f"{trained.steps} steps of {config.batch_size} pairs of {config.patch_px} px (stopped by "
                 f"{trained.stopped_because}"
                 + (f"; kept the weights of step {trained.best_step}" if trained.best_step else "")
+                + (f"; fine-tuned from {start_from.ref}" if start_from is not None else "")
                 + f"); train config: {config.model_dump_json(exclude_none=True)}"),
             inputs=(TensorSpec(name=INPUT_NAME, dtype="float32", axes="NCYX"),),
             outputs=(TensorSpec(name=OUTPUT_NAME, dtype="float32", axes="NCYX"),),
@@ -225,8 +266,8 @@ def train_and_publish_refocuser(
             provenance=Provenance(
                 command=command, code_version=livescope.__version__, data=data_description, seed=config.seed,
                 trained_at=datetime.now(timezone.utc).replace(microsecond=0),
-                train_seconds=round(trained.train_seconds, 1)),
-            metrics=metrics,
+                train_seconds=round(trained.train_seconds, 1), session_ids=session_ids),
+            metrics=metrics, comparison=comparison,
         )
 
     return write_version(repository, name, fill)

@@ -465,7 +465,12 @@ class InferenceServer:
                                "active": v.card.version == active, "loaded": v.ref in loaded,
                                "provider": loaded[v.ref].provider if v.ref in loaded else None,
                                "metrics": v.card.metrics,
-                               "trained_by": v.card.provenance.command})
+                               "trained_by": v.card.provenance.command,
+                               "data": v.card.provenance.data,
+                               "session_ids": list(v.card.provenance.session_ids),
+                               "comparison": (v.card.comparison.model_dump(mode="json")
+                                              if v.card.comparison else None),
+                               "folder": str(v.folder)})
         return {"models": models, "problems": self.repository.problems + self._load_problems}
 
     def _cmd_load(self, model: str) -> dict:

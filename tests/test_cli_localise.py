@@ -55,7 +55,7 @@ def test_a_movie_gives_a_thunderstorm_csv_and_a_render_with_the_pixel_size_from_
     r = localise(movie, tmp_path / "locs.csv", repository, "--render", str(tmp_path / "sr.ome.tif"),
                  "--render-px", "20")
     assert r.returncode == 0, r.stderr
-    assert "localise@1" in r.stdout and "6 frames of 48x40" in r.stdout
+    assert "localise@2" in r.stdout and "6 frames of 48x40" in r.stdout
     assert (tmp_path / "locs.csv").read_text().splitlines()[0] == HEADER
     render = read_stack(tmp_path / "sr.ome.tif")
     assert render.frames.shape == (1, 240, 200) and render.info.pixel_size_um == pytest.approx(0.02)
@@ -99,10 +99,10 @@ def test_training_a_localiser_from_simulation_writes_a_version_named_by_its_comm
     # the held-out set (256 simulated windows) is scored after even 2 steps
     r = cli("train", "localise", "--models", str(tmp_path), "--steps", "2", "--seed", "3", timeout_s=400)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip().splitlines()[-1] == "localise@1"
+    assert r.stdout.strip().splitlines()[-1] == "localise@2"
     from livescope.modelcard import CARD_FILE, ModelCard
 
-    card = ModelCard.load(tmp_path / "localise" / "1" / CARD_FILE)
+    card = ModelCard.load(tmp_path / "localise" / "2" / CARD_FILE)
     assert card.provenance.command.endswith("train localise --models " + str(tmp_path) + " --steps 2 --seed 3")
     assert card.localise.psf == "gaussian" and card.trained_for.psf_sigma_px == (0.7, 1.6)
     assert card.trained_for.background_photons_per_px == (2.0, 600.0)

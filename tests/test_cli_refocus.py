@@ -3,6 +3,7 @@ refocused by delta-z, or one frame swept into a z-stack; delta-z outside the tra
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -45,12 +46,12 @@ def repository(tmp_path_factory, stacks) -> Path:
     data = [a for path in stacks for a in ("--data", str(path))]
     r = cli("train", "refocus", *data, "--dz-max", "1", "--steps", "2", "--models", str(folder))
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip().splitlines()[-1] == "refocus@1"
+    assert r.stdout.strip().splitlines()[-1] == "refocus@2"  # after the shipped refocus@1
     return folder
 
 
 def test_training_on_z_stacks_writes_a_version_recording_its_delta_z_range_and_plane_spacing(repository):
-    card = ModelCard.load(repository / "refocus" / "1" / CARD_FILE)
+    card = ModelCard.load(repository / "refocus" / "2" / CARD_FILE)
     assert card.task == "refocus" and card.refocus.dz_range_um == (-1.0, 1.0)
     assert card.refocus.z_step_um == pytest.approx(Z_STEP_UM)
     assert card.trained_for.pixel_size_nm == pytest.approx((108.0, 108.0))
@@ -79,7 +80,7 @@ def test_a_sweep_turns_one_frame_into_a_z_stack_with_the_step_as_its_spacing(tmp
 
 
 @pytest.mark.parametrize("args, words", [
-    (("--dz", "1.5"), "delta-z +1.5 µm is outside the -1 to +1 µm refocus@1 was trained for"),
+    (("--dz", "1.5"), "delta-z +1.5 µm is outside the -1 to +1 µm refocus@2 was trained for"),
     (("--sweep", "-2:0:0.5"), "delta-z -2 µm is outside"),
     ((), "give either --dz MICRONS (every frame) or --sweep START:STOP:STEP"),
     (("--dz", "0.5", "--sweep", "-1:1:0.5"), "give either --dz"),
@@ -110,3 +111,34 @@ def test_training_needs_two_fields_and_stacks_spanning_the_delta_z_range(tmp_pat
             "--dz-max", "3", "--models", str(tmp_path))
     assert r.returncode == 2 and "less than --dz-max 3: lower --dz-max" in r.stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_deploy_compares_with_the_active_version_on_the_same_data_and_swaps_only_if_not_worse(
+        own_server, tmp_path, stacks):
+    repo = tmp_path / "models"
+    srv = own_server("--models", str(repo))  # serving the shipped refocus@1
+    data = [a for path in stacks for a in ("--data", str(path))]
+    train = ("train", "refocus", *data, "--dz-max", "1", "--steps", "2", "--models", str(repo),
+             "--deploy", "--server", srv.frames)
+    r = cli(*train)
+    assert r.returncode == 0, r.stderr
+    card = ModelCard.load(repo / "refocus" / "2" / CARD_FILE)  # the shipped one is refocus@1
+    comparison = card.comparison
+    assert comparison.against == "refocus@1" and comparison.metric == "psnr_db_refocused_at_1_um"
+    assert comparison.new_value == card.metrics["psnr_db_refocused_at_1_um"]
+    assert comparison.active_value > comparison.new_value  # 2 steps do not beat the shipped model
+    assert "registered, NOT activated" in r.stdout and r.stdout.strip().splitlines()[-1] == "refocus@2"
+    r = subprocess.run([sys.executable, "-m", "livescope.cli", "models", "list", "--server", srv.frames],
+                       capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "400"})
+    assert "refocus@2" in r.stdout and "psnr_db_refocused_at_1_um" in r.stdout  # its lineage
+    r = cli(*train, "--force")
+    assert r.returncode == 0 and "refocus@3 activated" in r.stdout, r.stdout + r.stderr
+
+
+def test_deploy_without_a_server_fails_before_training(tmp_path, stacks):
+    from livescope.launch import free_port
+
+    r = cli("train", "refocus", "--data", str(stacks[0]), "--data", str(stacks[1]), "--dz-max", "1",
+            "--steps", "1", "--models", str(tmp_path), "--deploy", "--server", f"tcp://127.0.0.1:{free_port()}")
+    assert r.returncode == 2 and "--deploy: no livescope server answered" in r.stderr
+    assert "Traceback" not in r.stderr and not any(tmp_path.iterdir())

@@ -90,7 +90,7 @@ def test_a_short_training_run_publishes_a_localise_model_with_its_card(tmp_path)
                                  validate_every_steps=1, held_out_samples=8, frame_px=16)
     folder, card = train_and_publish_localiser(tmp_path, name="localise", simulation=simulation,
                                                config=config, command="test")
-    assert card.ref == "localise@1" and card.task == "localise" and card.localise.context_frames == 3
+    assert card.ref == "localise@2" and card.task == "localise" and card.localise.context_frames == 3
     assert ModelCard.load(folder / CARD_FILE) == card
     graph = onnx.load(folder / MODEL_FILE).graph
     assert [i.name for i in graph.input] == ["frames"] and [o.name for o in graph.output] == ["maps"]

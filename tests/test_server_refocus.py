@@ -104,7 +104,7 @@ def repository(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def offline(repository):
     """The refocusing graph run directly with onnxruntime: (H, W) frame, dz µm -> (H, W) ADU."""
-    session = ort.InferenceSession(str(repository / "refocus" / "1" / MODEL_FILE),
+    session = ort.InferenceSession(str(repository / "refocus" / "2" / MODEL_FILE),
                                    providers=["CPUExecutionProvider"])
 
     def refocus(frame: np.ndarray, dz_um: float) -> np.ndarray:
@@ -137,7 +137,7 @@ def test_every_frame_gets_a_float32_image_of_its_shape_with_its_dz_named_by_the_
         results = outcomes_in_order(client)
     assert len(results) == len(frames) and all(isinstance(r, Result) for r in results), results
     for z, r in enumerate(results):
-        assert r.header.stage == "refocus" and r.header.model == "refocus@1" and r.header.final
+        assert r.header.stage == "refocus" and r.header.model == "refocus@2" and r.header.final
         assert r.header.kind == "image" and r.header.dtype == "float32" and r.data.shape == SHAPE
         assert r.header.dz_um == 1.0 and r.header.z_um == 0.5 * z
 
@@ -175,8 +175,8 @@ def test_dz_may_differ_from_frame_to_frame_of_one_stream_even_in_one_batch(
 
 @pytest.mark.parametrize("dz_um, words", [
     (None, "needs the frame's dz_um"),
-    (2.5, "dz_um +2.5 µm is outside the -2 to +2 µm refocus@1 was trained for"),
-    (-2.01, "dz_um -2.01 µm is outside the -2 to +2 µm refocus@1 was trained for"),
+    (2.5, "dz_um +2.5 µm is outside the -2 to +2 µm refocus@2 was trained for"),
+    (-2.01, "dz_um -2.01 µm is outside the -2 to +2 µm refocus@2 was trained for"),
 ])
 def test_a_frame_without_dz_or_outside_the_trained_range_is_refused_and_the_next_is_served(
         own_server, repository, frames, dz_um, words):
@@ -215,7 +215,7 @@ def test_an_acquisition_refocuses_every_frame_by_the_given_dz(own_server, reposi
     seq = useq.MDASequence(time_plan={"interval": 0, "loops": 3})
     summary = run_acquisition(core, seq, server=srv.frames, pipeline=("refocus",), dz_um=-1.0)
     assert summary.frames_acquired == 3 and summary.results == 3 and summary.errors == 0
-    assert summary.models == ("refocus@1",)
+    assert summary.models == ("refocus@2",)
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:

@@ -1,0 +1,267 @@
+"""Train a cross-modality restoration network (confocal -> STED) and publish it as a model version.
+
+Pairs come from ``models.restore_data``: from the virtual microscope (noise-free STED targets) or
+from a calibration session (noisy STED targets: their noise is independent of the confocal
+input's, so the squared error trains towards the expected STED image, as in Noise2Noise).
+Whole fields are held out; the held-out loss is measured every ``validate_every_steps`` on fixed
+patches and the best weights are kept (early stop after ``patience_validations`` without gain).
+Then the served graph (``models.restore_net.RestoreGraph``) is exported to ONNX, checked against
+torch, and scored on the held-out fields through onnxruntime:
+
+- PSNR (dB) of the restored frame against the high image (noise-free where there is one), next
+  to the input left unchanged (it is at the same brightness: the pairs are scaled so);
+- a resolution figure: the period (px, and nm when the pixel size is known) at which the Fourier
+  ring correlation of the frame with the high image falls below 0.5 (`frc_resolution_px`), for
+  the restored frame and the unchanged one: the finest detail in which the frame agrees with the
+  truth. (FRC ignores a pure blur -- it is normalised per ring --, but not what a blur does to
+  noisy data: beyond the confocal pass band the confocal frame is noise only, uncorrelated.)
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+import livescope
+from livescope.modelcard import MODEL_FILE, ModelCard, Normalisation, Provenance, TensorSpec, Tiling, TrainedFor
+from livescope.models import export
+from livescope.models.budget import StepPlan, TrainProgress
+from livescope.models.compare import NotComparableError, compare
+from livescope.models.repository_write import write_version
+from livescope.models.restore_data import RestorePair, require_fields, sample_patches
+from livescope.models.restore_net import INPUT_NAME, OUTPUT_NAME, OUTPUT_UNITS, RestoreGraph, restore_unet
+from livescope.models.train_denoise import psnr_db
+from livescope.models.unet import parameter_count
+from livescope.server.repository import ModelVersion
+
+MIN_RELATIVE_IMPROVEMENT = 1e-3
+HELD_OUT_PATCHES = 64
+FRC_THRESHOLD = 0.5  # agreement with a known reference (not the 1/7 of two noisy halves)
+
+
+class RestoreTrainConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    depth: int = Field(default=2, ge=1, le=4, description="depth 2 sees +-32 px: ~5 confocal FWHM at 30 nm")
+    base_channels: int = Field(default=16, ge=4)
+    patch_px: int = Field(default=64, ge=16)
+    batch_size: int = Field(default=16, ge=1)
+    learning_rate: float = Field(default=1e-3, gt=0)
+    target: str = Field(default="clean", pattern="^(clean|noisy)$",
+                        description="noise-free high images where the pairs have them (virtual), else noisy")
+    steps: int | None = Field(default=None, ge=1)
+    budget_seconds: float | None = Field(default=None, gt=0)
+    validate_every_steps: int = Field(default=100, ge=1)
+    patience_validations: int = Field(default=8, ge=0)
+    seed: int = 0
+
+
+@dataclass
+class TrainedRestorer:
+    graph: RestoreGraph
+    steps: int
+    train_seconds: float
+    final_loss: float
+    stopped_because: str
+    best_step: int | None
+    best_validation_loss: float | None
+
+
+def _loss(graph: RestoreGraph, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Squared error in units of each patch's mean brightness (what the network works in)."""
+    return torch.mean(((graph(inputs) - targets) / graph.scale(inputs)) ** 2)
+
+
+def train_restore(pairs: Sequence[RestorePair], held_out: Sequence[RestorePair], config: RestoreTrainConfig,
+                  baseline_adu: float, progress: Callable[[TrainProgress], None] | None = None
+                  ) -> TrainedRestorer:
+    """Train on patches of ``pairs``; keep the weights best on fixed patches of ``held_out``."""
+    require_fields([*pairs, *held_out], config.patch_px)
+    if not held_out:
+        raise ValueError("no held-out pairs: hold out at least one field (split_fields)")
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    graph = RestoreGraph(restore_unet(config.depth, config.base_channels), baseline_adu=baseline_adu)
+    val_in, val_target = (torch.from_numpy(a) for a in sample_patches(
+        held_out, HELD_OUT_PATCHES, config.patch_px, np.random.default_rng(config.seed + 1), config.target))
+    optimiser = torch.optim.Adam(graph.parameters(), lr=config.learning_rate)
+    plan = StepPlan(config.steps, config.budget_seconds, replan_every=config.validate_every_steps)
+    loss_avg = float("nan")
+    val_loss = best_loss = best_step = best_state = None
+    since_best = 0
+    graph.train()
+    while plan.running:
+        for group in optimiser.param_groups:
+            group["lr"] = config.learning_rate * plan.lr_factor()
+        inputs, targets = sample_patches(pairs, config.batch_size, config.patch_px, rng, config.target)
+        loss = _loss(graph, torch.from_numpy(inputs), torch.from_numpy(targets))
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        value = float(loss.detach())
+        loss_avg = value if math.isnan(loss_avg) else 0.98 * loss_avg + 0.02 * value
+        plan.after_step()  # first, so that the step a time budget ends on is validated too
+        if plan.step % config.validate_every_steps == 0 or not plan.running:
+            graph.eval()
+            with torch.no_grad():
+                val_loss = float(_loss(graph, val_in, val_target))
+            graph.train()
+            if best_loss is None or val_loss < best_loss * (1.0 - MIN_RELATIVE_IMPROVEMENT):
+                best_loss, best_step, since_best = val_loss, plan.step, 0
+                best_state = copy.deepcopy(graph.state_dict())
+            else:
+                since_best += 1
+        if config.patience_validations and since_best >= config.patience_validations:
+            plan.stop("early stop")
+        if progress is not None:
+            progress(plan.progress(loss_avg, val_loss, best_loss))
+    if best_state is not None:
+        graph.load_state_dict(best_state)
+    graph.eval()
+    return TrainedRestorer(graph, plan.step, plan.elapsed_s, loss_avg, plan.stopped_because, best_step, best_loss)
+
+
+def export_restorer(graph: RestoreGraph, example: RestorePair) -> onnx.ModelProto:
+    """ONNX of the served graph (float32 in), its contract checked and its parity with torch on a
+    real frame (a batch of 2 square crops and one non-square crop)."""
+    multiple = graph.net.config.size_multiple_px
+    side = 4 * multiple
+    proto = export.export_graph(graph, torch.full((2, 1, side, side), 100.0), INPUT_NAME, OUTPUT_NAME)
+    export.check_contract(proto, INPUT_NAME, OUTPUT_NAME, input_dtype=onnx.TensorProto.FLOAT)
+    frames = np.clip(np.rint(example.low_adu), 0, 65535)[None]
+    for x in export.parity_inputs(frames, multiple, np.random.default_rng(0)):
+        export.check_parity(graph, proto, x.astype(np.float32), INPUT_NAME, OUTPUT_NAME)
+    return proto
+
+
+def restore_with(proto: onnx.ModelProto) -> Callable[[np.ndarray], np.ndarray]:
+    """(H, W) ADU frame -> restored (H, W), through onnxruntime on the CPU (H, W multiples of the
+    model's size multiple: the caller crops)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+
+    def run(frame: np.ndarray) -> np.ndarray:
+        return session.run([OUTPUT_NAME], {INPUT_NAME: frame.astype(np.float32)[None, None]})[0][0, 0]
+
+    return run
+
+
+def frc_resolution_px(images: Sequence[np.ndarray], references: Sequence[np.ndarray],
+                      threshold: float = FRC_THRESHOLD) -> float:
+    """The period (px) at which the Fourier ring correlation of ``images`` with ``references``
+    (pooled over the pairs; each mean-removed and Hann-windowed) first falls below ``threshold``;
+    2 px (Nyquist) if it never does. Rings are 1 / (the smallest side) wide, in cycles/px."""
+    side = min(min(a.shape) for a in images)
+    edges = np.arange(0.0, 0.5 + 1e-9, 1.0 / side)
+    cross = np.zeros(len(edges) - 1)
+    power_a, power_b = np.zeros_like(cross), np.zeros_like(cross)
+    for a, b in zip(images, references):
+        h, w = a.shape
+        window = np.outer(np.hanning(h), np.hanning(w))
+        fa = np.fft.fft2((a - a.mean()) * window)
+        fb = np.fft.fft2((b - b.mean()) * window)
+        radius = np.hypot(np.fft.fftfreq(h)[:, None], np.fft.fftfreq(w)[None, :])
+        ring = np.digitize(radius, edges) - 1
+        inside = (ring >= 0) & (ring < len(cross))
+        cross += np.bincount(ring[inside], (fa * np.conj(fb)).real[inside], len(cross))
+        power_a += np.bincount(ring[inside], (np.abs(fa) ** 2)[inside], len(cross))
+        power_b += np.bincount(ring[inside], (np.abs(fb) ** 2)[inside], len(cross))
+    frc = cross / np.sqrt(np.maximum(power_a * power_b, 1e-30))
+    centres = (edges[:-1] + edges[1:]) / 2
+    below = np.flatnonzero((frc < threshold) & (centres > 0))
+    if below.size == 0:
+        return 2.0
+    i = int(below[0])
+    if i == 0:
+        return float(1.0 / centres[0])
+    # Linear interpolation between the last ring above and the first below.
+    f0, f1, c0, c1 = centres[i - 1], centres[i], frc[i - 1], frc[i]
+    f = f0 + (c0 - threshold) / (c0 - c1) * (f1 - f0)
+    return float(1.0 / f)
+
+
+def held_out_metrics(restore: Callable[[np.ndarray], np.ndarray], pairs: Sequence[RestorePair], target: str,
+                     size_multiple_px: int, pixel_size_um: float | None = None) -> dict[str, float]:
+    """PSNR (dB, pooled over the held-out fields: see ``psnr_db``) and FRC resolution of the
+    restored whole frames and of the unchanged inputs, against the high images."""
+    outs, ins, truths = [], [], []
+    m = size_multiple_px
+    for pair in pairs:
+        h, w = pair.shape
+        crop = (slice(0, h // m * m), slice(0, w // m * m))
+        frame = pair.low_adu[crop]
+        outs.append(restore(frame))
+        ins.append(frame)
+        truths.append(pair.target(target)[crop])  # noise-free where there is one and target says so
+    metrics: dict[str, float] = {}
+    for kind, images in (("restored", outs), ("unchanged", ins)):
+        pooled = psnr_db(np.concatenate([a.ravel() for a in images]), np.concatenate([t.ravel() for t in truths]))
+        metrics[f"psnr_db_{kind}"] = round(pooled, 3)
+    for kind, images in (("restored", outs), ("unchanged", ins)):
+        period = frc_resolution_px(images, truths)
+        metrics[f"frc_resolution_px_{kind}"] = round(period, 3)
+        if pixel_size_um:
+            metrics[f"frc_resolution_nm_{kind}"] = round(period * pixel_size_um * 1e3, 1)
+    return metrics
+
+
+def train_and_publish_restorer(
+    repository: Path, *, name: str, pairs: Sequence[RestorePair], held_out: Sequence[RestorePair],
+    config: RestoreTrainConfig, baseline_adu: float, data_description: str, command: str,
+    trained_for: TrainedFor = TrainedFor(), pixel_size_um: float | None = None,
+    session_ids: tuple[str, ...] = (), compare_with: ModelVersion | None = None,
+    progress: Callable[[TrainProgress], None] | None = None,
+) -> tuple[Path, ModelCard]:
+    """Train, export, check parity, score the held-out fields, write the next version atomically.
+
+    ``compare_with`` (the version active in the server): scored on the same held-out fields; the
+    card records the comparison (the deploy gate)."""
+    trained = train_restore(pairs, held_out, config, baseline_adu, progress)
+    proto = export_restorer(trained.graph, held_out[0])
+    unet = trained.graph.net.config
+    metrics = held_out_metrics(restore_with(proto), held_out, config.target, unet.size_multiple_px, pixel_size_um)
+    comparison = None
+    if compare_with is not None:
+        active_multiple = compare_with.card.tiling.size_multiple_px
+        active = held_out_metrics(restore_with(onnx.load(compare_with.onnx_path)), held_out, config.target,
+                                  math.lcm(active_multiple, unet.size_multiple_px), pixel_size_um)
+        try:
+            comparison = compare("restore", metrics, compare_with.ref, active)
+        except NotComparableError:
+            comparison = None  # the deploy gate then asks for --force
+
+    def fill(folder: Path, version: int) -> ModelCard:
+        export.save(proto, folder / MODEL_FILE)
+        return ModelCard(
+            name=name, version=version, task="restore",
+            description=(
+                f"Cross-modality restoration (confocal -> STED, CARE-style UNet, residual), depth {unet.depth}, "
+                f"{unet.base_channels} base channels, {parameter_count(trained.graph.net)} parameters. Input: the "
+                f"low-resolution (confocal) frame, float32 ADU. Output: {OUTPUT_UNITS}. "
+                f"{trained.steps} steps of {config.batch_size} patches of {config.patch_px} px (stopped by "
+                f"{trained.stopped_because}"
+                + (f"; kept the weights of step {trained.best_step}" if trained.best_step else "")
+                + f"); train config: {config.model_dump_json(exclude_none=True)}"),
+            inputs=(TensorSpec(name=INPUT_NAME, dtype="float32", axes="NCYX"),),
+            outputs=(TensorSpec(name=OUTPUT_NAME, dtype="float32", axes="NCYX"),),
+            normalisation=Normalisation(kind="in_graph", transform="linear", offset_adu=baseline_adu),
+            tiling=Tiling(size_multiple_px=unet.size_multiple_px, halo_px=unet.halo_px),
+            trained_for=trained_for,
+            provenance=Provenance(
+                command=command, code_version=livescope.__version__, data=data_description, seed=config.seed,
+                trained_at=datetime.now(timezone.utc).replace(microsecond=0),
+                train_seconds=round(trained.train_seconds, 1), session_ids=session_ids),
+            metrics=metrics, comparison=comparison,
+        )
+
+    return write_version(repository, name, fill)
