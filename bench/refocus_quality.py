@@ -19,7 +19,7 @@ calibration z-stacks (fields) of one specimen, noisy planes only, go through wha
 training and holds one out to choose the weights (never tested on), noisy targets, a
 ``--calibration-minutes`` budget. The model is then scored as in part 1 on further fields of the
 same rig (``--calibration-test-fields``, against their noise-free planes), next to the input left
-unchanged and to the shipped (default-rig) model applied to this rig. With ``--fine-tune`` (default)
+unchanged and to the shipped (default-rig) model applied to this rig. With ``--fine-tune``
 a second model gets the same budget and data but starts from the shipped model's weights, as
 ``livescope train refocus --data ... --from refocus@1`` does (learning rate
 ``FINE_TUNE_LEARNING_RATE``): a rig's few stacks then adapt what the default rig taught it.
@@ -32,7 +32,7 @@ Prints JSON; writes PNG panels (input, refocused, true plane, differences for on
 delta-z; PSNR against delta-z) to ``--figure``.
 
     python bench/refocus_quality.py [--models DIR] [--model NAME@V] [--fields N]
-        [--calibration-minutes M] [--no-calibration] [--no-fine-tune] [--threads N] [--figure PATH] [--quick]
+        [--calibration-minutes M] [--no-calibration] [--fine-tune] [--threads N] [--figure PATH] [--quick]
 """
 
 from __future__ import annotations
@@ -515,7 +515,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--dz-step", type=float, default=None, help="delta-z grid and plane spacing, µm (default 0.25)")
     ap.add_argument("--calibration", action=argparse.BooleanOptionalAction, default=True,
                     help="part 2: train on another rig's calibration stacks (--no-calibration skips it)")
-    ap.add_argument("--fine-tune", action=argparse.BooleanOptionalAction, default=True,
+    ap.add_argument("--fine-tune", action=argparse.BooleanOptionalAction, default=False,
                     help="part 2: also fine-tune the shipped model on the calibration stacks, same budget "
                          "(as `livescope train refocus --from refocus@1`)")
     ap.add_argument("--calibration-minutes", type=float, default=None, help="its training budget (default 10)")
