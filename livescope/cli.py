@@ -29,6 +29,7 @@ train_app.command("restore")(train_restore)
 calibrate_app.command("register")(register)
 
 EXIT_USER_ERROR = 2
+POOR_PSF_FIT_RESIDUAL = 0.25  # a bead calibration this far off is worth a warning
 
 ServerOpt = Annotated[str, typer.Option("--server", help="The server's frames address.")]
 ModelsOpt = Annotated[Optional[Path], typer.Option(
@@ -657,12 +658,25 @@ def train_localise(
     seed: Annotated[int, typer.Option(help="Seed for the simulation and training.")] = 0,
     name: Annotated[Optional[str], typer.Option(
         help="Model name in the repository (default localise; localise3d for --psf astigmatic).")] = None,
+    beads: Annotated[Optional[Path], typer.Option(
+        "--beads", help="A `livescope calibrate beads` session: fit your rig's astigmatic PSF to its bead "
+                        "stacks and simulate with it (implies --psf astigmatic).")] = None,
+    na: Annotated[Optional[float], typer.Option(
+        "--na", min=0.1, help="With --beads on a real rig: the objective's NA.")] = None,
+    emission: Annotated[Optional[float], typer.Option(
+        "--emission", min=200.0, help="With --beads on a real rig: emission wavelength, nm.")] = None,
+    immersion: Annotated[Optional[float], typer.Option(
+        "--immersion", min=1.0, help="With --beads on a real rig: immersion refractive index.")] = None,
     deploy: DeployOpt = False, force: ForceOpt = False, server: DeployServerOpt = "tcp://127.0.0.1:5760",
 ) -> None:
-    """Train a localisation network on simulated single-molecule movies only (no data needed);
-    add it as a new version of NAME in the model repository."""
+    """Train a localisation network on simulated single-molecule movies only (no data needed; with
+    --beads, through your rig's calibrated PSF); add it as a new version of NAME in the model repository."""
     import shlex
 
+    if beads is not None:
+        if psf not in ("gaussian", "astigmatic"):
+            fail(f"--beads calibrates an astigmatic PSF; it cannot train --psf {psf}")
+        psf = "astigmatic"
     if psf not in ("gaussian", "airy", "astigmatic"):
         fail(f"--psf must be gaussian, airy or astigmatic, not {psf!r}")
     name = name or ("localise3d" if psf == "astigmatic" else "localise")
@@ -675,14 +689,44 @@ def train_localise(
     budget_s = None if steps else (budget_minutes or 20.0) * 60.0
     # the issue's ranges, widened to the virtual rig's own PSF (0.72 px) and background (2 photons/px)
     # and to the ~500 photons/px of bright-background EMCCD data (NAIRR's 2-D sets); sCMOS and EMCCD
-    simulation = LocaliseSimulation(psf=psf, psf_sigma_px=(0.7, 1.6), background_photons_per_px=(2.0, 600.0),
-                                    cameras=(SCMOS, EMCCD))
+    fields: dict[str, Any] = {"psf": psf, "psf_sigma_px": (0.7, 1.6), "background_photons_per_px": (2.0, 600.0),
+                              "cameras": (SCMOS, EMCCD)}
+    data_note, session_ids = "", ()
+    if beads is not None:
+        calibration, session_ids = _bead_calibration(beads, na=na, emission_nm=emission, immersion_index=immersion)
+        fields.update(calibration.simulation_fields())
+        data_note = f"PSF calibrated on beads session {beads} ({session_ids[0]}): {calibration.summary()}"
+    simulation = LocaliseSimulation(**fields)
     config = LocaliseTrainConfig(psf=psf, steps=steps, budget_seconds=budget_s, seed=seed)
     command = shlex.join(["livescope", *sys.argv[1:]])
     compare_with = _compare_with(deploy, server, name, force)
     _train_and_report(name, repository, lambda report: train_and_publish_localiser(
         repository, name=name, simulation=simulation, config=config, command=command, progress=report,
-        compare_with=compare_with), deploy_to=server if deploy else None, force=force)
+        data_note=data_note, session_ids=session_ids, compare_with=compare_with),
+        deploy_to=server if deploy else None, force=force)
+
+
+def _bead_calibration(path: Path, **optics: float | None):
+    """The PSF calibrated on a beads session's stacks, and the session's id (printed as it goes)."""
+    from livescope.console import console
+    from livescope.models.psf_calibration import PsfCalibrationError, calibrate_psf_from_session
+    from livescope.session import SessionError, load_session
+
+    try:
+        session = load_session(path, verify=True)
+        with console.status(f"fitting the PSF to the bead stacks of {path}"):
+            calibration = calibrate_psf_from_session(session, **optics)
+    except (SessionError, PsfCalibrationError) as e:
+        missing_optics = "does not record its optics" in str(e)
+        fail(f"{e}{' (--emission, --na, --immersion)' if missing_optics else ''}")
+    console.print(f"bead calibration: {calibration.summary()}")
+    if calibration.residual_relative > POOR_PSF_FIT_RESIDUAL:
+        console.print(f"[yellow]warning: the PSF model leaves {100 * calibration.residual_relative:.0f} % of the "
+                      "beads' light unexplained: check that the beads are sparse, in focus mid-stack and cover "
+                      "the z range you will image[/yellow]")
+    for r in calibration.rejected:
+        console.print(f"  bead left out: {r.reason}")
+    return calibration, (session.session_id,)
 
 
 @train_app.command("refocus")

@@ -112,3 +112,15 @@ def test_an_unknown_psf_is_refused_before_training(tmp_path):
     r = cli("train", "localise", "--models", str(tmp_path), "--psf", "donut")
     assert r.returncode == 2 and "--psf must be gaussian, airy or astigmatic" in r.stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_a_bead_session_that_cannot_calibrate_the_psf_is_refused_before_training(tmp_path):
+    stacks = tmp_path / "stacks.ome.zarr"
+    assert cli("calibrate", "zstack", "--output", str(stacks), "--size", "32", "--range", "1", "--step", "0.5"
+               ).returncode == 0
+    for session, message in [(stacks, "is a zstack session"), (tmp_path / "nowhere.ome.zarr", "no such session")]:
+        r = cli("train", "localise", "--models", str(tmp_path / "m"), "--beads", str(session), "--steps", "1")
+        assert r.returncode == 2 and message in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    r = cli("train", "localise", "--models", str(tmp_path / "m"), "--beads", str(stacks), "--psf", "airy")
+    assert r.returncode == 2 and "--beads calibrates an astigmatic PSF" in r.stderr
+    assert not (tmp_path / "m").exists()
