@@ -12,6 +12,7 @@ continues a session: same plan, completed positions skipped, the interrupted one
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 import threading
@@ -52,6 +53,7 @@ __all__ = ["SessionInterrupted", "SessionPlan", "SessionProgress", "check_plan_o
 
 XY_TOLERANCE_UM = 1.0  # a stage further than this from where it was sent did not get there
 Z_TOLERANCE_UM = 0.25
+_MDA_LOG = logging.getLogger("pymmcore-plus")
 
 
 class SessionInterrupted(SessionError):
@@ -136,6 +138,7 @@ def _acquire_position(core: CMMCorePlus, store: SessionStore, index: int, state:
         with _ctrl_c_cancels(core) as interrupted:
             core.mda.run(sequence, output=str(partial))
     except BaseException as e:
+        _close_output(core)  # before its folder is moved aside
         store.set_aside(index, f"stopped by {_describe(e)}", state.frames_done)
         if isinstance(e, Exception):
             raise _position_error(store, pos.name, e) from None
@@ -182,6 +185,19 @@ def _move_to(core: CMMCorePlus, plan: SessionPlan, index: int) -> tuple[float, f
     return float(x), float(y), (float(z) if z is not None else None)
 
 
+def _close_output(core: CMMCorePlus) -> None:
+    """Close the run's OME-Zarr writer. pymmcore-plus closes it when a run ends or raises an
+    Exception, but not after a BaseException (KeyboardInterrupt, SystemExit): left open, ome-writers
+    would flush its pending writes when it is garbage-collected - into a folder moved aside by then.
+    The runner keeps its sink only as a private attribute; closing an already closed one is a no-op."""
+    sink = getattr(core.mda, "_sink", None)
+    if sink is not None:
+        try:
+            sink.close()
+        except Exception:  # a writer that cannot finish leaves its partial data as it is
+            pass
+
+
 @contextmanager
 def _ctrl_c_cancels(core: CMMCorePlus) -> Iterator[threading.Event]:
     """Ctrl-C cancels the running sequence at its next frame (so pymmcore-plus closes the
@@ -195,11 +211,17 @@ def _ctrl_c_cancels(core: CMMCorePlus) -> Iterator[threading.Event]:
         interrupted.set()
         core.mda.cancel()
 
+    def not_our_cancel(record: logging.LogRecord) -> bool:
+        # pymmcore-plus logs the cancel as a warning; the user pressed Ctrl-C and is told once.
+        return not (interrupted.is_set() and str(record.msg).startswith("MDA Canceled"))
+
     previous = signal.signal(signal.SIGINT, cancel)
+    _MDA_LOG.addFilter(not_our_cancel)
     try:
         yield interrupted
     finally:
         signal.signal(signal.SIGINT, previous)
+        _MDA_LOG.removeFilter(not_our_cancel)
 
 
 def _position_error(store: SessionStore, name: str, err: BaseException) -> SessionError:

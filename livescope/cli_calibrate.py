@@ -339,7 +339,7 @@ def _progress(plan: SessionPlan):
     def display():
         bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                        TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console,
-                       transient=True)
+                       transient=True, disable=not console.is_terminal)  # piped: the summary alone
         with bar:
             positions = bar.add_task("positions", total=len(plan.positions), detail="")
             frames = bar.add_task("frames", total=plan.frames_per_position, detail="")
