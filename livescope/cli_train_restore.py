@@ -61,7 +61,7 @@ def train_restore(
         from livescope.session import SessionError
 
         try:
-            pairs, base, pixel_size_um, session_ids, dropped = _session_pairs(data)
+            pairs, base, pixel_size_um, session_ids, dropped = _session_pairs(data, config.patch_px)
             require_fields(pairs, config.patch_px)
         except (SessionError, RestoreDataError) as e:
             fail(str(e))
@@ -94,7 +94,7 @@ def train_restore(
         deploy_to=server if deploy else None, force=force)
 
 
-def _session_pairs(paths: list[Path]):
+def _session_pairs(paths: list[Path], patch_px: int):
     """(pairs, baseline ADU, pixel size µm or None, session ids, lines on pairs left out) of the
     sessions at ``paths``; SessionError / RestoreDataError with a one-line message."""
     import numpy as np
@@ -108,6 +108,10 @@ def _session_pairs(paths: list[Path]):
         raw = session.pairs()  # SessionError for a zstack / beads session
         if not raw:
             raise RestoreDataError(f"session {path} holds no completed pairs yet (resume it to acquire them)")
+        h, w = raw[0].low_adu.shape
+        if min(h, w) < patch_px:  # before registering: too small a field is no registration failure
+            raise RestoreDataError(f"session {path}: the images ({h}x{w} px) are smaller than the {patch_px} px "
+                                   "training patch; acquire larger fields")
         # A session without camera calibration: its darkest 0.1 % is the baseline.
         base = session.baseline_adu
         if base is None:

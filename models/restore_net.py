@@ -11,7 +11,8 @@ The output is the high modality's image *at the input's brightness*: its mean ab
 equals the input's. The served graph divides the frame (minus the baseline) by its own mean and
 multiplies the output back, so any exposure or labelling works, and training pairs are brought to
 that contract by scaling each high image to its low image's mean (`restore_data`).
-``RestoreGraph`` is the served contract: float32 [N, 1, H, W] ADU -> [N, 1, H, W] ADU, baseline
+``RestoreGraph`` is the served contract of every image model: the camera's uint16 [N, 1, H, W]
+ADU (cast inside the graph; float frames work in training) -> float32 [N, 1, H, W] ADU, baseline
 included, intensities as just said.
 """
 
@@ -46,6 +47,7 @@ class RestoreGraph(nn.Module):
         return torch.clamp(mean, min=MIN_MEAN_ADU)
 
     def forward(self, raw: torch.Tensor) -> torch.Tensor:
+        raw = raw.to(torch.float32)
         scale = self.scale(raw)
         x = (raw - self.baseline_adu) / scale
         return (x + self.net(x)) * scale + self.baseline_adu

@@ -131,15 +131,14 @@ def train_restore(pairs: Sequence[RestorePair], held_out: Sequence[RestorePair],
 
 
 def export_restorer(graph: RestoreGraph, example: RestorePair) -> onnx.ModelProto:
-    """ONNX of the served graph (float32 in), its contract checked and its parity with torch on a
-    real frame (a batch of 2 square crops and one non-square crop)."""
+    """ONNX of the served graph (the camera's uint16 in, as every image model), its contract
+    checked and its parity with torch on a real frame (a batch of 2 square crops and one
+    non-square crop)."""
     multiple = graph.net.config.size_multiple_px
-    side = 4 * multiple
-    proto = export.export_graph(graph, torch.full((2, 1, side, side), 100.0), INPUT_NAME, OUTPUT_NAME)
-    export.check_contract(proto, INPUT_NAME, OUTPUT_NAME, input_dtype=onnx.TensorProto.FLOAT)
+    proto = export.to_onnx(graph, multiple)
     frames = np.clip(np.rint(example.low_adu), 0, 65535)[None]
     for x in export.parity_inputs(frames, multiple, np.random.default_rng(0)):
-        export.check_parity(graph, proto, x.astype(np.float32), INPUT_NAME, OUTPUT_NAME)
+        export.check_parity(graph, proto, x, INPUT_NAME, OUTPUT_NAME)
     return proto
 
 
@@ -151,7 +150,8 @@ def restore_with(proto: onnx.ModelProto) -> Callable[[np.ndarray], np.ndarray]:
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
 
     def run(frame: np.ndarray) -> np.ndarray:
-        return session.run([OUTPUT_NAME], {INPUT_NAME: frame.astype(np.float32)[None, None]})[0][0, 0]
+        raw = np.clip(np.rint(frame), 0, 65535).astype(np.uint16)
+        return session.run([OUTPUT_NAME], {INPUT_NAME: raw[None, None]})[0][0, 0]
 
     return run
 
@@ -247,12 +247,12 @@ def train_and_publish_restorer(
             description=(
                 f"Cross-modality restoration (confocal -> STED, CARE-style UNet, residual), depth {unet.depth}, "
                 f"{unet.base_channels} base channels, {parameter_count(trained.graph.net)} parameters. Input: the "
-                f"low-resolution (confocal) frame, float32 ADU. Output: {OUTPUT_UNITS}. "
+                f"low-resolution (confocal) frame, the camera's uint16 ADU. Output: {OUTPUT_UNITS}. "
                 f"{trained.steps} steps of {config.batch_size} patches of {config.patch_px} px (stopped by "
                 f"{trained.stopped_because}"
                 + (f"; kept the weights of step {trained.best_step}" if trained.best_step else "")
                 + f"); train config: {config.model_dump_json(exclude_none=True)}"),
-            inputs=(TensorSpec(name=INPUT_NAME, dtype="float32", axes="NCYX"),),
+            inputs=(TensorSpec(name=INPUT_NAME, dtype="uint16", axes="NCYX"),),
             outputs=(TensorSpec(name=OUTPUT_NAME, dtype="float32", axes="NCYX"),),
             normalisation=Normalisation(kind="in_graph", transform="linear", offset_adu=baseline_adu),
             tiling=Tiling(size_multiple_px=unet.size_multiple_px, halo_px=unet.halo_px),

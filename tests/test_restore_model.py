@@ -171,7 +171,7 @@ def test_a_few_steps_publish_a_version_that_onnxruntime_serves_with_its_card(tmp
         data_description="six virtual fields", command="test", pixel_size_um=0.03)
     assert folder == tmp_path / "restore" / str(next_version(tmp_path, "restore") - 1)
     assert (folder / MODEL_FILE).stat().st_size > 0 and ModelCard.load(folder / CARD_FILE) == card
-    assert card.task == "restore" and card.inputs[0].dtype == "float32" and card.normalisation.offset_adu == 100
+    assert card.task == "restore" and card.inputs[0].dtype == "uint16" and card.normalisation.offset_adu == 100
     assert "brightness" in card.description  # the output's intensity units are documented
     assert {"psnr_db_restored", "psnr_db_unchanged", "frc_resolution_nm_restored",
             "frc_resolution_nm_unchanged"} <= card.metrics.keys()
@@ -180,7 +180,7 @@ def test_a_few_steps_publish_a_version_that_onnxruntime_serves_with_its_card(tmp
     from livescope.server.models import LoadedModel
 
     model = LoadedModel.load(ModelVersion(card, folder))  # the server's card-vs-graph checks pass
-    frames = np.stack([held[0].low_adu, held[0].low_adu])[:, :60, :52]  # any size: padded by the server
+    frames = np.stack([held[0].low_adu, held[0].low_adu])[:, :60, :52].astype(np.uint16)  # any size: padded
     out = model.run(frames)
     assert out.shape == (2, 60, 52) and out.dtype == np.float32 and np.isfinite(out).all()
 
