@@ -25,7 +25,8 @@ find different corners in a confocal and a STED image of the same filaments.
 
 Stability: the same cross-correlation on each half of the field (top, bottom, left, right)
 must agree with the whole-field map at that half's centre; ``instability_px`` is the largest
-disagreement among the halves that have structure in both images. Noise, unrelated fields and structure that runs one way only (the aperture
+disagreement among the halves that have structure in both images and whose own estimate fits
+them better than the whole-field map does. Noise, unrelated fields and structure that runs one way only (the aperture
 problem: one straight filament) give halves that disagree.
 
 Conventions. Coordinates are (row, col) pixels, the centre of the top-left pixel at (0, 0).
@@ -485,7 +486,14 @@ def _instability(low: np.ndarray, high: np.ndarray, forward: np.ndarray, s: Regi
     for rows, cols in _halves(low.shape):
         if min(image_stats(raw[rows, cols], s.smoothing_px).contrast for raw in (raw_low, raw_high)) < s.min_contrast:
             continue
-        left.append(float(np.hypot(*_estimate(low[rows, cols], warped[rows, cols], s, affine=False)[:2, 2])))
+        half_low, half_high = low[rows, cols], warped[rows, cols]
+        local = _estimate(half_low, half_high, s, affine=False)
+        moved, valid = _warp(half_high, local)
+        # A local estimate that fits its half worse than the whole-field map does is a spurious
+        # peak (a fragment of structure at the edge), not a disagreement.
+        if valid.sum() <= 16 or _ncc(half_low[valid], moved[valid]) <= _ncc(half_low, half_high):
+            continue
+        left.append(float(np.hypot(*local[:2, 2])))
     return max(left, default=0.0)
 
 
