@@ -13,10 +13,7 @@ the true plane, next to the input left unchanged, at several delta-z.
 
 from __future__ import annotations
 
-import copy
-import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -37,16 +34,16 @@ from livescope.modelcard import (
     TrainedFor,
 )
 from livescope.models import export
-from livescope.models.budget import StepPlan, TrainProgress
+from livescope.models.budget import TrainProgress
 from livescope.models.compare import NotComparableError, compare
 from livescope.models.refocus_data import ZStack, sample_pairs
 from livescope.models.refocus_net import INPUT_NAME, OUTPUT_NAME, RefocusGraph, refocus_unet
 from livescope.models.repository_write import write_version
+from livescope.models.supervised import TrainedGraph, fit, loop_settings
 from livescope.models.train_denoise import psnr_db
 from livescope.models.unet import parameter_count
 from livescope.server.repository import ModelVersion
 
-MIN_RELATIVE_IMPROVEMENT = 1e-3
 HELD_OUT_PAIRS = 64
 FINE_TUNE_LEARNING_RATE = 3e-4  # starting from a trained model: smaller steps keep what it knows
 METRIC_DZ_UM = (0.5, 1.0, 2.0, 3.0)  # |delta-z| at which the card reports PSNR (those in range)
@@ -70,17 +67,6 @@ class RefocusTrainConfig(BaseModel):
     seed: int = 0
 
 
-@dataclass
-class TrainedRefocuser:
-    graph: RefocusGraph
-    steps: int
-    train_seconds: float
-    final_loss: float
-    stopped_because: str
-    best_step: int | None
-    best_validation_loss: float | None
-
-
 def _loss(graph: RefocusGraph, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Squared error in units of each frame's mean brightness (what the network works in)."""
     scale = graph.scale(inputs[:, :1])
@@ -100,7 +86,7 @@ def architecture_of(proto: onnx.ModelProto) -> tuple[int, int]:
 def train_refocus(stacks: Sequence[ZStack], held_out: Sequence[ZStack], config: RefocusTrainConfig,
                   baseline_adu: float, progress: Callable[[TrainProgress], None] | None = None,
                   init: onnx.ModelProto | None = None, dz_scale_um: float | None = None
-                  ) -> TrainedRefocuser:
+                  ) -> TrainedGraph:
     """Train on pairs from ``stacks``; keep the weights best on pairs from ``held_out``.
 
     ``init``: a served refocusing graph to start from (fine-tuning; ``config`` must name its
@@ -112,47 +98,11 @@ def train_refocus(stacks: Sequence[ZStack], held_out: Sequence[ZStack], config: 
                          dz_scale_um=dz_scale_um or config.dz_max_um)
     if init is not None:
         export.load_weights(graph, init, "the model to start from")
-    val_in, val_target = (torch.from_numpy(a) for a in sample_pairs(
-        held_out, HELD_OUT_PAIRS, config.patch_px, config.dz_max_um, np.random.default_rng(config.seed + 1),
-        target=config.target))
-    optimiser = torch.optim.Adam(graph.parameters(), lr=config.learning_rate)
-    plan = StepPlan(config.steps, config.budget_seconds, replan_every=config.validate_every_steps)
-    loss_avg = float("nan")
-    val_loss = best_loss = best_step = best_state = None
-    since_best = 0
-    graph.train()
-    while plan.running:
-        for group in optimiser.param_groups:
-            group["lr"] = config.learning_rate * plan.lr_factor()
-        inputs, targets = sample_pairs(stacks, config.batch_size, config.patch_px, config.dz_max_um, rng,
-                                       target=config.target)
-        loss = _loss(graph, torch.from_numpy(inputs), torch.from_numpy(targets))
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        value = float(loss.detach())
-        loss_avg = value if math.isnan(loss_avg) else 0.98 * loss_avg + 0.02 * value
-        plan.after_step()  # first, so that the step a time budget ends on is validated too
-        step = plan.step
-        if step % config.validate_every_steps == 0 or not plan.running:
-            graph.eval()
-            with torch.no_grad():
-                val_loss = float(_loss(graph, val_in, val_target))
-            graph.train()
-            if best_loss is None or val_loss < best_loss * (1.0 - MIN_RELATIVE_IMPROVEMENT):
-                best_loss, best_step, since_best = val_loss, step, 0
-                best_state = copy.deepcopy(graph.state_dict())
-            else:
-                since_best += 1
-        if config.patience_validations and since_best >= config.patience_validations:
-            plan.stop("early stop")
-        if progress is not None:
-            progress(plan.progress(loss_avg, val_loss, best_loss))
-    if best_state is not None:
-        graph.load_state_dict(best_state)
-    graph.eval()
-    return TrainedRefocuser(graph, plan.step, plan.elapsed_s, loss_avg, plan.stopped_because, best_step,
-                            best_loss)
+    held = sample_pairs(held_out, HELD_OUT_PAIRS, config.patch_px, config.dz_max_um,
+                        np.random.default_rng(config.seed + 1), target=config.target)
+    return fit(graph, _loss, lambda: sample_pairs(stacks, config.batch_size, config.patch_px, config.dz_max_um, rng,
+                                                  target=config.target),
+               held, loop_settings(config), progress)
 
 
 def export_refocuser(graph: RefocusGraph, example_stack: ZStack) -> onnx.ModelProto:

@@ -19,10 +19,8 @@ torch, and scored on the held-out fields through onnxruntime:
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -34,16 +32,16 @@ from pydantic import BaseModel, ConfigDict, Field
 import livescope
 from livescope.modelcard import MODEL_FILE, ModelCard, Normalisation, Provenance, TensorSpec, Tiling, TrainedFor
 from livescope.models import export
-from livescope.models.budget import StepPlan, TrainProgress
+from livescope.models.budget import TrainProgress
 from livescope.models.compare import NotComparableError, compare
 from livescope.models.repository_write import write_version
+from livescope.models.supervised import TrainedGraph, fit, loop_settings
 from livescope.models.restore_data import RestorePair, require_fields, sample_patches
 from livescope.models.restore_net import INPUT_NAME, OUTPUT_NAME, OUTPUT_UNITS, RestoreGraph, restore_unet
 from livescope.models.train_denoise import psnr_db
 from livescope.models.unet import parameter_count
 from livescope.server.repository import ModelVersion
 
-MIN_RELATIVE_IMPROVEMENT = 1e-3
 HELD_OUT_PATCHES = 64
 FRC_THRESHOLD = 0.5  # agreement with a known reference (not the 1/7 of two noisy halves)
 
@@ -65,17 +63,6 @@ class RestoreTrainConfig(BaseModel):
     seed: int = 0
 
 
-@dataclass
-class TrainedRestorer:
-    graph: RestoreGraph
-    steps: int
-    train_seconds: float
-    final_loss: float
-    stopped_because: str
-    best_step: int | None
-    best_validation_loss: float | None
-
-
 def _loss(graph: RestoreGraph, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Squared error in units of each patch's mean brightness (what the network works in)."""
     return torch.mean(((graph(inputs) - targets) / graph.scale(inputs)) ** 2)
@@ -83,7 +70,7 @@ def _loss(graph: RestoreGraph, inputs: torch.Tensor, targets: torch.Tensor) -> t
 
 def train_restore(pairs: Sequence[RestorePair], held_out: Sequence[RestorePair], config: RestoreTrainConfig,
                   baseline_adu: float, progress: Callable[[TrainProgress], None] | None = None
-                  ) -> TrainedRestorer:
+                  ) -> TrainedGraph:
     """Train on patches of ``pairs``; keep the weights best on fixed patches of ``held_out``."""
     require_fields([*pairs, *held_out], config.patch_px)
     if not held_out:
@@ -91,43 +78,10 @@ def train_restore(pairs: Sequence[RestorePair], held_out: Sequence[RestorePair],
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     graph = RestoreGraph(restore_unet(config.depth, config.base_channels), baseline_adu=baseline_adu)
-    val_in, val_target = (torch.from_numpy(a) for a in sample_patches(
-        held_out, HELD_OUT_PATCHES, config.patch_px, np.random.default_rng(config.seed + 1), config.target))
-    optimiser = torch.optim.Adam(graph.parameters(), lr=config.learning_rate)
-    plan = StepPlan(config.steps, config.budget_seconds, replan_every=config.validate_every_steps)
-    loss_avg = float("nan")
-    val_loss = best_loss = best_step = best_state = None
-    since_best = 0
-    graph.train()
-    while plan.running:
-        for group in optimiser.param_groups:
-            group["lr"] = config.learning_rate * plan.lr_factor()
-        inputs, targets = sample_patches(pairs, config.batch_size, config.patch_px, rng, config.target)
-        loss = _loss(graph, torch.from_numpy(inputs), torch.from_numpy(targets))
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        value = float(loss.detach())
-        loss_avg = value if math.isnan(loss_avg) else 0.98 * loss_avg + 0.02 * value
-        plan.after_step()  # first, so that the step a time budget ends on is validated too
-        if plan.step % config.validate_every_steps == 0 or not plan.running:
-            graph.eval()
-            with torch.no_grad():
-                val_loss = float(_loss(graph, val_in, val_target))
-            graph.train()
-            if best_loss is None or val_loss < best_loss * (1.0 - MIN_RELATIVE_IMPROVEMENT):
-                best_loss, best_step, since_best = val_loss, plan.step, 0
-                best_state = copy.deepcopy(graph.state_dict())
-            else:
-                since_best += 1
-        if config.patience_validations and since_best >= config.patience_validations:
-            plan.stop("early stop")
-        if progress is not None:
-            progress(plan.progress(loss_avg, val_loss, best_loss))
-    if best_state is not None:
-        graph.load_state_dict(best_state)
-    graph.eval()
-    return TrainedRestorer(graph, plan.step, plan.elapsed_s, loss_avg, plan.stopped_because, best_step, best_loss)
+    held = sample_patches(held_out, HELD_OUT_PATCHES, config.patch_px, np.random.default_rng(config.seed + 1),
+                          config.target)
+    return fit(graph, _loss, lambda: sample_patches(pairs, config.batch_size, config.patch_px, rng, config.target),
+               held, loop_settings(config), progress)
 
 
 def export_restorer(graph: RestoreGraph, example: RestorePair) -> onnx.ModelProto:
