@@ -47,6 +47,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from livescope.session import SessionError, is_session, load_session
+from livescope.models.virtual_fields import field_centres
 from livescope.stackio import StackError, StackInfo, read_stack
 
 if TYPE_CHECKING:
@@ -215,25 +216,9 @@ def _field_centres(n: int, spec: VirtualRefocusData, scene: VirtualScene,
     empty. Positions lie on the pixel grid, so every field has the same sub-pixel offset and the
     scene's OTFs for a plane serve every field.
     """
-    p = scene.pixel_size_um
-    h, w = spec.sensor_shape_px
-    gap = max(h, w) * p + MIN_FIELD_GAP_UM
-    centres: list[tuple[float, float]] = []
-    for _ in range(n):
-        candidates = []
-        for _ in range(1000):
-            x, y = p * np.round(rng.uniform(-spec.stage_range_um, spec.stage_range_um, 2) / p)
-            if all(max(abs(x - a), abs(y - b)) >= gap for a, b in centres):
-                candidates.append((float(x), float(y)))
-                if len(candidates) == FIELD_CANDIDATES:
-                    break
-        if not candidates:
-            raise ValueError(f"cannot place {n} separate fields within +-{spec.stage_range_um:g} µm; "
-                             "widen stage_range_um or take fewer fields")
-        amounts = [float(scene.specimen.render(x - w * p / 2, y - h * p / 2, (h, w), p).sum())
-                   for x, y in candidates]
-        centres.append(candidates[int(np.argmax(amounts))])
-    return centres
+    return field_centres(n, scene, pixel_size_um=scene.pixel_size_um, sensor_shape_px=spec.sensor_shape_px,
+                         stage_range_um=spec.stage_range_um, rng=rng, candidates=FIELD_CANDIDATES,
+                         min_gap_um=MIN_FIELD_GAP_UM, tries=1000)
 
 
 def virtual_stacks(spec: VirtualRefocusData) -> list[ZStack]:

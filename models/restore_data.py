@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Literal, Protocol
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from livescope.models.virtual_fields import field_centres
+
 if TYPE_CHECKING:
     from livescope.acquire.pair_registration import RegistrationReport
     from livescope.acquire.virtual import VirtualRigConfig, VirtualScene
@@ -161,26 +163,12 @@ def _snap(scene: VirtualScene, x_um: float, y_um: float, modality: str, exposure
 
 def _field_centres(n: int, spec: VirtualRestoreData, scene: VirtualScene,
                    rng: np.random.Generator) -> list[tuple[float, float]]:
-    """``n`` stage positions on the pixel grid (the same sub-pixel offset: one OTF serves all), apart
-    from each other (held-out fields must be unseen), each the fullest of `FIELD_CANDIDATES`."""
-    p = spec.pixel_size_um
-    h, w = spec.sensor_shape_px
-    gap = max(h, w) * p + MIN_FIELD_GAP_UM
-    centres: list[tuple[float, float]] = []
-    for _ in range(n):
-        candidates = []
-        for _ in range(2000):
-            x, y = p * np.round(rng.uniform(-spec.stage_range_um, spec.stage_range_um, 2) / p)
-            if all(max(abs(x - a), abs(y - b)) >= gap for a, b in centres):
-                candidates.append((float(x), float(y)))
-                if len(candidates) == FIELD_CANDIDATES:
-                    break
-        if not candidates:
-            raise RestoreDataError(f"cannot place {n} separate fields within +-{spec.stage_range_um:g} µm; "
-                                   "widen stage_range_um or take fewer fields")
-        amounts = [float(scene.specimen.render(x - w * p / 2, y - h * p / 2, (h, w), p).sum()) for x, y in candidates]
-        centres.append(candidates[int(np.argmax(amounts))])
-    return centres
+    try:
+        return field_centres(n, scene, pixel_size_um=spec.pixel_size_um, sensor_shape_px=spec.sensor_shape_px,
+                             stage_range_um=spec.stage_range_um, rng=rng, candidates=FIELD_CANDIDATES,
+                             min_gap_um=MIN_FIELD_GAP_UM, tries=2000)
+    except ValueError as e:
+        raise RestoreDataError(str(e)) from None
 
 
 def virtual_pairs(spec: VirtualRestoreData) -> list[RestorePair]:
