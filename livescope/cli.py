@@ -360,7 +360,7 @@ def _run_offline_job(label: str, job: Callable[[Callable[[int, int], None]], Any
     from livescope.stackio import StackError
 
     bar = Progress("[bold]" + label, BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                   console=console, transient=True)
+                   console=console, transient=True, disable=not console.is_terminal)
     try:
         with bar:
             task = bar.add_task(label, total=None)

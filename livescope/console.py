@@ -21,7 +21,7 @@ def acquisition_progress(total: int, title: str = "acquiring"):
     """Yields a callback for run_acquisition(progress=...) that updates a live bar."""
     bar = Progress(TextColumn(f"[bold]{title}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console,
-                   transient=True)
+                   transient=True, disable=not console.is_terminal)  # piped: no blank line left behind
     with bar:
         task = bar.add_task(title, total=total, detail="")
 
@@ -42,7 +42,7 @@ def training_progress(title: str):
     the latest and best held-out loss, and the time left."""
     bar = Progress(TextColumn(f"[bold]{title}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                    TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console,
-                   transient=True)
+                   transient=True, disable=not console.is_terminal)  # piped: no blank line left behind
     with bar:
         task = bar.add_task(title, total=1.0, detail="")
 
