@@ -50,7 +50,7 @@ def test_ctrl_c_stops_the_demo_and_its_server(tmp_path):
     assert _processes_mentioning(address), "the server should be running"
     time.sleep(3)  # mid-acquisition
     p.send_signal(signal.SIGINT)
-    p.communicate(timeout=60)
+    p.communicate(timeout=180)  # a guard, not a speed test: a loaded machine drains in-flight frames slowly
     assert p.returncode != 0
     time.sleep(0.5)
     assert _processes_mentioning(address) == [], "the server outlived the demo"

@@ -17,7 +17,7 @@ from livescope.models import export
 from livescope.models.data import VirtualDenoiseData, virtual_frames
 from livescope.models.n2v import BlindSpotMasking, blind_spot_mask, masked_mse, neighbourhood_median, struct_neighbours
 from livescope.models.intensity import IntensityTransform
-from livescope.models.repository_write import write_version
+from livescope.models.repository_write import existing_versions, write_version
 from livescope.models.train_denoise import (
     VALIDATION_PATCHES_IN_LOOP,
     DenoiseTrainConfig,
@@ -37,6 +37,9 @@ TINY_DATA = VirtualDenoiseData(
     sensor_shape_px=(64, 64),
 )
 TINY_TRAINING = DenoiseTrainConfig(base_channels=8, patch_px=32, batch_size=4, steps=3, seed=1)
+
+# a user's versions number after the shipped ones (which are searched first)
+FIRST_USER_VERSION = max(existing_versions(SHIPPED, "denoise")) + 1
 
 
 def cpu_session(model: Path | bytes) -> ort.InferenceSession:
@@ -189,7 +192,7 @@ def test_held_out_loss_keeps_the_best_weights_and_stops_early_when_it_no_longer_
 
 def test_a_tiny_training_run_publishes_an_onnx_with_uint16_input_and_dynamic_n_h_w(published):
     folder, card = published
-    assert folder.name == "1" and folder.parent.name == "denoise"
+    assert folder.name == str(FIRST_USER_VERSION) and folder.parent.name == "denoise"
     graph = onnx.load(folder / MODEL_FILE).graph
     assert [(i.name, i.type.tensor_type.elem_type) for i in graph.input] == [
         ("raw", onnx.TensorProto.UINT16)
@@ -208,7 +211,7 @@ def test_a_tiny_training_run_publishes_an_onnx_with_uint16_input_and_dynamic_n_h
 def test_the_published_card_describes_the_graph_and_where_it_came_from(published):
     folder, card = published
     assert ModelCard.load(folder / CARD_FILE) == card
-    assert (card.name, card.version, card.task) == ("denoise", 1, "denoise")
+    assert (card.name, card.version, card.task) == ("denoise", FIRST_USER_VERSION, "denoise")
     assert [(t.name, t.dtype, t.axes) for t in card.inputs] == [("raw", "uint16", "NCYX")]
     assert [(t.name, t.dtype, t.axes) for t in card.outputs] == [("restored", "float32", "NCYX")]
     assert card.normalisation.kind == "in_graph" and card.normalisation.scale > 0
