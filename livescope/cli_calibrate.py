@@ -278,6 +278,7 @@ def _plan(core: CMMCorePlus, kind: str, opts: _Options, kind_options: dict[str, 
                 (cx, cy), z = core.getXYPosition(), z_now
             grid = GridSpec(rows=rows, columns=cols, spacing_um=spacing, centre_x_um=cx, centre_y_um=cy)
             positions, source = grid_positions(grid, z), None
+            _warn_if_fields_overlap(core, grid)
         own = before.model_dump() if before is not None else {}
         z_default = dict(zip(("z_range_um", "z_step_um"), _Z_DEFAULTS_UM))
         defaults = {"group": "Modality", "low_preset": "Confocal", "high_preset": "STED", "repeats": 1,
@@ -287,6 +288,19 @@ def _plan(core: CMMCorePlus, kind: str, opts: _Options, kind_options: dict[str, 
         return make_plan(kind, positions, exposure_ms=exposure, grid=grid, positions_file=source, **chosen)
     except SessionError as e:
         fail(str(e))
+
+
+def _warn_if_fields_overlap(core: CMMCorePlus, grid) -> None:
+    """Overlapping fields are legal, but training holds out whole positions to score a model:
+    a held-out field that overlaps a trained one is not unseen."""
+    from livescope.console import console
+
+    px = core.getPixelSizeUm()
+    field_um = px * max(core.getImageWidth(), core.getImageHeight()) if px else 0.0
+    if grid.rows * grid.columns > 1 and grid.spacing_um < field_um:
+        console.print(f"[yellow]warning: the grid spacing {grid.spacing_um:g} µm is less than the field of view "
+                      f"({field_um:.3g} µm): neighbouring fields overlap, so a model's held-out fields would "
+                      "not be unseen[/yellow]")
 
 
 def _field_of_view_um(core: CMMCorePlus) -> float:

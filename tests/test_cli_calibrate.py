@@ -263,3 +263,11 @@ def test_a_full_disk_keeps_the_positions_written_and_says_to_free_space_and_resu
     session = load_session(out, verify=True)
     assert [p.index for p in session.manifest.completed] == [0, 1, 2] and session.manifest.complete
 
+
+
+def test_a_grid_whose_fields_overlap_is_acquired_with_a_warning_about_held_out_fields(tmp_path):
+    r = cli("calibrate", "zstack", "--output", str(tmp_path / "s.ome.zarr"), *SIZE, "--grid", "1x2",
+            "--spacing", "3", "--range", "0.5", "--step", "0.5")
+    assert r.returncode == 0, r.stderr
+    assert "neighbouring fields overlap" in " ".join(r.stdout.split())
+    assert len(load_session(tmp_path / "s.ome.zarr").stacks()) == 2
