@@ -297,7 +297,7 @@ def _warn_if_fields_overlap(core: CMMCorePlus, grid) -> None:
 
     px = core.getPixelSizeUm()
     field_um = px * max(core.getImageWidth(), core.getImageHeight()) if px else 0.0
-    if grid.rows * grid.columns > 1 and grid.spacing_um < field_um:
+    if grid.rows * grid.columns > 1 and grid.spacing_um < round(field_um, 3) - 1e-9:  # the default is rounded
         console.print(f"[yellow]warning: the grid spacing {grid.spacing_um:g} µm is less than the field of view "
                       f"({field_um:.3g} µm): neighbouring fields overlap, so a model's held-out fields would "
                       "not be unseen[/yellow]")
