@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from livescope.models.budget import StepPlan, TrainProgress
@@ -18,6 +19,24 @@ from livescope.models.budget import StepPlan, TrainProgress
 MIN_RELATIVE_IMPROVEMENT = 1e-3  # a validation loss must beat the best by this much to count
 
 Batch = tuple[np.ndarray, np.ndarray]  # (inputs, targets), float32 [N, C, H, W]
+
+
+class SupervisedTrainConfig(BaseModel):
+    """What the loop and the patch sampling take; each task adds its network's and data's fields."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    base_channels: int = Field(default=16, ge=4)
+    patch_px: int = Field(default=64, ge=16)
+    batch_size: int = Field(default=16, ge=1)
+    learning_rate: float = Field(default=1e-3, gt=0)
+    target: str = Field(default="clean", pattern="^(clean|noisy)$",
+                        description="noise-free targets where the data have them (virtual), else noisy ones")
+    steps: int | None = Field(default=None, ge=1)
+    budget_seconds: float | None = Field(default=None, gt=0)
+    validate_every_steps: int = Field(default=100, ge=1)
+    patience_validations: int = Field(default=8, ge=0)
+    seed: int = 0
 
 
 @dataclass
@@ -84,6 +103,6 @@ def fit(graph: nn.Module, loss: Callable[[nn.Module, torch.Tensor, torch.Tensor]
     return TrainedGraph(graph, plan.step, plan.elapsed_s, loss_avg, plan.stopped_because, best_step, best_loss)
 
 
-def loop_settings(config: object) -> LoopSettings:
-    """The loop's settings from a trainer's config (its fields of the same names)."""
+def loop_settings(config: SupervisedTrainConfig) -> LoopSettings:
+    """The loop's settings from a trainer's config."""
     return LoopSettings(**{name: getattr(config, name) for name in LoopSettings.__dataclass_fields__})

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 import livescope
 from livescope.modelcard import (
@@ -39,7 +39,7 @@ from livescope.models.compare import NotComparableError, compare
 from livescope.models.refocus_data import ZStack, sample_pairs
 from livescope.models.refocus_net import INPUT_NAME, OUTPUT_NAME, RefocusGraph, refocus_unet
 from livescope.models.repository_write import write_version
-from livescope.models.supervised import TrainedGraph, fit, loop_settings
+from livescope.models.supervised import SupervisedTrainConfig, TrainedGraph, fit, loop_settings
 from livescope.models.train_denoise import psnr_db
 from livescope.models.unet import parameter_count
 from livescope.server.repository import ModelVersion
@@ -49,22 +49,9 @@ FINE_TUNE_LEARNING_RATE = 3e-4  # starting from a trained model: smaller steps k
 METRIC_DZ_UM = (0.5, 1.0, 2.0, 3.0)  # |delta-z| at which the card reports PSNR (those in range)
 
 
-class RefocusTrainConfig(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
+class RefocusTrainConfig(SupervisedTrainConfig):
     depth: int = Field(default=3, ge=1, le=4, description="a 2 µm defocus blurs over ~40 px: depth 3 sees it")
-    base_channels: int = Field(default=16, ge=4)
-    patch_px: int = Field(default=64, ge=16)
-    batch_size: int = Field(default=16, ge=1)
-    learning_rate: float = Field(default=1e-3, gt=0)
     dz_max_um: float = Field(default=2.0, gt=0, description="trained |delta-z| range")
-    target: str = Field(default="clean", pattern="^(clean|noisy)$",
-                        description="clean planes where the stacks have them (virtual), else noisy")
-    steps: int | None = Field(default=None, ge=1)
-    budget_seconds: float | None = Field(default=None, gt=0)
-    validate_every_steps: int = Field(default=100, ge=1)
-    patience_validations: int = Field(default=8, ge=0)
-    seed: int = 0
 
 
 def _loss(graph: RefocusGraph, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

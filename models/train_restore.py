@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 import livescope
 from livescope.modelcard import MODEL_FILE, ModelCard, Normalisation, Provenance, TensorSpec, Tiling, TrainedFor
@@ -35,7 +35,7 @@ from livescope.models import export
 from livescope.models.budget import TrainProgress
 from livescope.models.compare import NotComparableError, compare
 from livescope.models.repository_write import write_version
-from livescope.models.supervised import TrainedGraph, fit, loop_settings
+from livescope.models.supervised import SupervisedTrainConfig, TrainedGraph, fit, loop_settings
 from livescope.models.restore_data import RestorePair, require_fields, sample_patches
 from livescope.models.restore_net import INPUT_NAME, OUTPUT_NAME, OUTPUT_UNITS, RestoreGraph, restore_unet
 from livescope.models.train_denoise import psnr_db
@@ -46,21 +46,8 @@ HELD_OUT_PATCHES = 64
 FRC_THRESHOLD = 0.5  # agreement with a known reference (not the 1/7 of two noisy halves)
 
 
-class RestoreTrainConfig(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
+class RestoreTrainConfig(SupervisedTrainConfig):
     depth: int = Field(default=2, ge=1, le=4, description="depth 2 sees +-32 px: ~5 confocal FWHM at 30 nm")
-    base_channels: int = Field(default=16, ge=4)
-    patch_px: int = Field(default=64, ge=16)
-    batch_size: int = Field(default=16, ge=1)
-    learning_rate: float = Field(default=1e-3, gt=0)
-    target: str = Field(default="clean", pattern="^(clean|noisy)$",
-                        description="noise-free high images where the pairs have them (virtual), else noisy")
-    steps: int | None = Field(default=None, ge=1)
-    budget_seconds: float | None = Field(default=None, gt=0)
-    validate_every_steps: int = Field(default=100, ge=1)
-    patience_validations: int = Field(default=8, ge=0)
-    seed: int = 0
 
 
 def _loss(graph: RestoreGraph, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
