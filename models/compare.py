@@ -20,17 +20,13 @@ DECIDING_METRICS: dict[str, tuple[tuple[str, bool], ...]] = {
 }
 
 
-class NotComparableError(ValueError):
-    """The two versions share no deciding metric (e.g. one was trained for a shorter delta-z range)."""
-
-
 def compare(task: str, new_metrics: Mapping[str, float], against: str,
-            active_metrics: Mapping[str, float]) -> Comparison:
+            active_metrics: Mapping[str, float]) -> Comparison | None:
     """The deciding metric of ``task`` for the new version and for ``against`` (the active one),
-    both measured on the new version's held-out data."""
+    both measured on the new version's held-out data; None if they share no deciding metric (e.g.
+    one was trained for a shorter delta-z range): the deploy gate then asks for --force."""
     for metric, higher in DECIDING_METRICS.get(task, ()):
         if metric in new_metrics and metric in active_metrics:
             return Comparison(against=against, metric=metric, higher_is_better=higher,
                               new_value=float(new_metrics[metric]), active_value=float(active_metrics[metric]))
-    wanted = ", ".join(m for m, _ in DECIDING_METRICS.get(task, ())) or "none defined"
-    raise NotComparableError(f"{against} and the new {task} model share no deciding metric ({wanted})")
+    return None

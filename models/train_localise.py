@@ -38,7 +38,7 @@ from livescope.modelcard import (
 from livescope.models import export
 from livescope.models.budget import StepPlan, TrainProgress
 from livescope.models.localise_data import LocaliseBatch, LocalisePsf, LocaliseSimulation, simulate_batch
-from livescope.models.compare import NotComparableError, compare
+from livescope.models.compare import compare
 from livescope.server.repository import ModelVersion
 from livescope.models.localise_metrics import score_localisations
 from livescope.models.localise_net import LocaliseNet, LocaliseNetConfig, Targets, mixture_loss
@@ -228,10 +228,7 @@ def train_and_publish_localiser(
     comparison = None
     if compare_with is not None and compare_with.card.localise is not None:
         active = held_out_scores(onnx.load(compare_with.onnx_path), held_out, compare_with.card.localise)
-        try:
-            comparison = compare("localise", metrics, compare_with.ref, active)
-        except NotComparableError:
-            comparison = None
+        comparison = compare("localise", metrics, compare_with.ref, active)
 
     def fill(folder: Path, version: int) -> ModelCard:
         export.save(proto, folder / MODEL_FILE)

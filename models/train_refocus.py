@@ -35,7 +35,7 @@ from livescope.modelcard import (
 )
 from livescope.models import export
 from livescope.models.budget import TrainProgress
-from livescope.models.compare import NotComparableError, compare
+from livescope.models.compare import compare
 from livescope.models.refocus_data import ZStack, sample_pairs
 from livescope.models.refocus_net import INPUT_NAME, OUTPUT_NAME, RefocusGraph, refocus_unet
 from livescope.models.repository_write import write_version
@@ -174,10 +174,7 @@ def train_and_publish_refocuser(
         shared_dz = min(config.dz_max_um, -active_range[0], active_range[1])
         active = held_out_metrics(refocus_with(onnx.load(compare_with.onnx_path)), held_out, shared_dz,
                                   config.target)
-        try:
-            comparison = compare("refocus", metrics, compare_with.ref, active)
-        except NotComparableError:
-            comparison = None  # the deploy gate then asks for --force
+        comparison = compare("refocus", metrics, compare_with.ref, active)
     unet = trained.graph.net.config
     z_step = float(np.median([s.z_step_um for s in stacks]))
 

@@ -33,7 +33,7 @@ import livescope
 from livescope.modelcard import MODEL_FILE, ModelCard, Normalisation, Provenance, TensorSpec, Tiling, TrainedFor
 from livescope.models import export
 from livescope.models.budget import TrainProgress
-from livescope.models.compare import NotComparableError, compare
+from livescope.models.compare import compare
 from livescope.models.repository_write import write_version
 from livescope.models.supervised import SupervisedTrainConfig, TrainedGraph, fit, loop_settings
 from livescope.models.restore_data import RestorePair, require_fields, sample_patches
@@ -176,10 +176,7 @@ def train_and_publish_restorer(
         active_multiple = compare_with.card.tiling.size_multiple_px
         active = held_out_metrics(restore_with(onnx.load(compare_with.onnx_path)), held_out, config.target,
                                   math.lcm(active_multiple, unet.size_multiple_px), pixel_size_um)
-        try:
-            comparison = compare("restore", metrics, compare_with.ref, active)
-        except NotComparableError:
-            comparison = None  # the deploy gate then asks for --force
+        comparison = compare("restore", metrics, compare_with.ref, active)
 
     def fill(folder: Path, version: int) -> ModelCard:
         export.save(proto, folder / MODEL_FILE)
