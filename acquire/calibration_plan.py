@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 from pymmcore_plus import CMMCorePlus
 
 from livescope.session import GridSpec, PlannedPosition, SessionError, SessionKind, SessionPlan
+from livescope.validation import first_error
 
 
 class PositionEntry(BaseModel):
@@ -49,9 +50,7 @@ def read_positions(path: Path, *, default_z_um: float | None = None) -> tuple[Pl
     try:
         entries = TypeAdapter(list[PositionEntry]).validate_python(raw)
     except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise SessionError(f"positions file {path}: {where + ': ' if where else ''}{first['msg']} "
+        raise SessionError(f"positions file {path}: {first_error(e)} "
                            "(expected a list of {x_um, y_um, z_um?, name?})") from None
     if not entries:
         raise SessionError(f"positions file {path} lists no positions")
@@ -110,10 +109,7 @@ def make_plan(kind: SessionKind, positions: tuple[PlannedPosition, ...], *, expo
         return SessionPlan(kind=kind, positions=positions, grid=grid, positions_file=positions_file,
                            exposure_ms=exposure_ms, **extra)
     except ValidationError as e:
-        first = e.errors()[0]
-        msg = first["msg"].removeprefix("Value error, ")
-        where = ".".join(str(p) for p in first["loc"])
-        raise SessionError(f"calibration plan: {where + ': ' if where else ''}{msg}") from None
+        raise SessionError(f"calibration plan: {first_error(e)}") from None
 
 
 def position_sequence(plan: SessionPlan, index: int) -> useq.MDASequence:

@@ -69,6 +69,8 @@ from scipy import ndimage, optimize
 from skimage.filters import window
 from skimage.registration import phase_cross_correlation
 
+from livescope.validation import first_error
+
 REGISTRATION_FILE = "registration.json"
 """The registration report's name inside a session folder."""
 
@@ -229,9 +231,7 @@ class RegistrationReport(BaseModel):
         try:
             return cls.model_validate(raw)
         except ValidationError as e:
-            first = e.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise RegistrationError(f"{file}: {where + ': ' if where else ''}{first['msg']}") from None
+            raise RegistrationError(f"{file}: {first_error(e)}") from None
 
 
 def _report_file(path: Path) -> Path:

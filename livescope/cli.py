@@ -97,6 +97,7 @@ def serve(
     from livescope.server.config import ServerConfig
     from livescope.server.providers import RuntimeOptions
     from livescope.server.server import InferenceServer, ServerStartError
+    from livescope.validation import first_error
 
     _setup_logging(log_level)
     try:
@@ -109,9 +110,7 @@ def serve(
             batch_max_frames=batch_max_frames, batch_wait_ms=batch_wait_ms, render_pixel_nm=render_px,
             curve_secret_key=curve_secret, curve_allowed_clients=allow)
     except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        fail(f"{where + ': ' if where else ''}{err['msg'].removeprefix('Value error, ')}")
+        fail(first_error(e))
     server = InferenceServer(config)
     try:
         server.start()

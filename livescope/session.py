@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from livescope.protocol import CameraCalibration
 from livescope.stackio import StackError, read_stack
+from livescope.validation import first_error
 
 MANIFEST_FILE = "livescope_session.json"
 INTERRUPTED_DIR = "interrupted"
@@ -361,9 +362,7 @@ def read_manifest(root: Path) -> SessionManifest:
     try:
         return SessionManifest.model_validate(raw)
     except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise SessionError(f"{file}: {where + ': ' if where else ''}{first['msg']}") from None
+        raise SessionError(f"{file}: {first_error(e)}") from None
 
 
 def file_checksums(folder: Path) -> dict[str, str]:
