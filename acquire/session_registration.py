@@ -51,7 +51,8 @@ def saved_registration(session: Session) -> RegistrationReport | None:
     except RegistrationError as e:
         raise SessionError(str(e)) from None
     have = {(p.position, p.repeat) for p in report.pairs}
-    missing = [p for p in session.pairs() if (p.position, p.repeat) not in have]
+    m = session.manifest  # the pairs it holds, without reading their images
+    missing = [(done.index, t) for done in m.completed for t in range(m.plan.repeats) if (done.index, t) not in have]
     if report.session_id != session.session_id or missing:
         raise SessionError(f"{file} does not cover the session's pairs (registered before it was resumed?): "
                            f"run `livescope calibrate register {session.root}`")
