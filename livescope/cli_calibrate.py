@@ -272,6 +272,8 @@ def _plan(core: CMMCorePlus, kind: str, opts: _Options, kind_options: dict[str, 
             rows, cols = parse_grid(opts.grid or "1x1")
             spacing = opts.spacing_um or (before.grid.spacing_um if before is not None and before.grid
                                           else _field_of_view_um(core))
+            if spacing is None:
+                fail("the rig has no pixel size configured: give the grid's --spacing in µm")
             if before is not None and before.grid is not None:
                 cx, cy, z = before.grid.centre_x_um, before.grid.centre_y_um, before.positions[0].z_um
             else:
@@ -295,21 +297,17 @@ def _warn_if_fields_overlap(core: CMMCorePlus, grid) -> None:
     a held-out field that overlaps a trained one is not unseen."""
     from livescope.console import console
 
-    px = core.getPixelSizeUm()
-    field_um = px * max(core.getImageWidth(), core.getImageHeight()) if px else 0.0
-    if grid.rows * grid.columns > 1 and grid.spacing_um < round(field_um, 3) - 1e-9:  # the default is rounded
+    field_um = _field_of_view_um(core)
+    if grid.rows * grid.columns > 1 and field_um is not None and grid.spacing_um < field_um:
         console.print(f"[yellow]warning: the grid spacing {grid.spacing_um:g} µm is less than the field of view "
-                      f"({field_um:.3g} µm): neighbouring fields overlap, so a model's held-out fields would "
+                      f"({field_um:g} µm): neighbouring fields overlap, so a model's held-out fields would "
                       "not be unseen[/yellow]")
 
 
-def _field_of_view_um(core: CMMCorePlus) -> float:
+def _field_of_view_um(core: CMMCorePlus) -> float | None:
+    """The camera's field of view at the sample (its longer side, to 1 nm), µm; None without a pixel size."""
     px = core.getPixelSizeUm()
-    if not px:
-        from livescope.cli import fail
-
-        fail("the rig has no pixel size configured: give the grid's --spacing in µm")
-    return round(px * max(core.getImageWidth(), core.getImageHeight()), 3)
+    return round(px * max(core.getImageWidth(), core.getImageHeight()), 3) if px else None
 
 
 def _acquire(core: CMMCorePlus, plan: SessionPlan, opts: _Options, camera, mm_config: Path | None) -> None:
