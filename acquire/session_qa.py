@@ -18,7 +18,6 @@ estimate as in `skimage.restoration.estimate_sigma`).
 from __future__ import annotations
 
 import html
-import os
 import shutil
 import uuid
 from collections.abc import Iterable
@@ -30,6 +29,7 @@ from skimage.transform import resize
 
 from livescope.acquire.pair_registration import (
     PairLike, PairRegistration, RegistrationError, RegistrationReport, apply_registration, image_stats)
+from livescope.stackio import move_into_place
 
 REPORT_FILE = "report.html"
 OVERVIEW_FILE = "qa_overview.png"
@@ -65,13 +65,7 @@ def write_qa_report(pairs: Iterable[PairLike], report: RegistrationReport, out_d
         iio.imwrite(tmp / OVERVIEW_FILE, overview_image(tiles))
         hist = _histograms_svg([p.low_adu for p, _ in rows], [p.high_adu for p, _ in rows])
         (tmp / REPORT_FILE).write_text(_page(title, report, body, hist), encoding="utf-8")
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.{uuid.uuid4().hex[:8]}.old")
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
+        move_into_place(tmp, out_dir)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise RegistrationError(f"cannot write the QA report in {out_dir}: {e.strerror or e}") from None

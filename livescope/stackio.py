@@ -260,7 +260,7 @@ def write_stack(path: str | os.PathLike, frames: np.ndarray, like: Stack | Stack
             _write_ome_zarr(tmp, data, axes, px, dz)
         else:
             _write_ome_tiff(tmp, data, axes, px, dz)
-        _move_into_place(tmp, path)
+        move_into_place(tmp, path)
     except BaseException as e:
         _remove(tmp)
         if isinstance(e, StackError | KeyboardInterrupt):
@@ -322,8 +322,9 @@ def _write_ome_zarr(tmp: Path, data: np.ndarray, axes: str, px: float | None,
         stream.close()
 
 
-def _move_into_place(tmp: Path, path: Path) -> None:
-    """Rename the finished temporary output to ``path``, replacing an existing one."""
+def move_into_place(tmp: Path, path: Path) -> None:
+    """Rename the finished temporary output (a file or a folder) to ``path``, replacing an existing
+    one; if that fails, the old one is put back."""
     if not path.exists():
         os.replace(tmp, path)
         return
