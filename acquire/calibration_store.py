@@ -44,6 +44,18 @@ def write_bytes_durably(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
+def replace_file_durably(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically: a reader sees the old file or the new one, whole
+    (a temporary file, flushed to disk, renamed over it; removed if anything fails)."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        write_bytes_durably(tmp, data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def is_disk_full(err: BaseException) -> bool:
     return isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
 
@@ -178,14 +190,7 @@ class SessionStore:
     def save(self) -> None:
         """Replace the manifest atomically: a reader sees the old one or the new one, whole."""
         self.manifest.updated_at = utc_now()
-        data = self.manifest.model_dump_json(indent=2).encode("utf-8")
-        tmp = self.root / f".{MANIFEST_FILE}.{uuid.uuid4().hex[:8]}.tmp"
-        try:
-            write_bytes_durably(tmp, data)
-            os.replace(tmp, self.root / MANIFEST_FILE)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        replace_file_durably(self.root / MANIFEST_FILE, self.manifest.model_dump_json(indent=2).encode("utf-8"))
 
 
 def stored_axes(store: Path) -> str:

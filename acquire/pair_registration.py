@@ -58,7 +58,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal, Protocol
@@ -69,6 +68,7 @@ from scipy import ndimage, optimize
 from skimage.filters import window
 from skimage.registration import phase_cross_correlation
 
+from livescope.acquire.calibration_store import replace_file_durably
 from livescope.validation import first_error
 
 REGISTRATION_FILE = "registration.json"
@@ -202,15 +202,9 @@ class RegistrationReport(BaseModel):
         """Write the report to ``path`` (a folder: ``REGISTRATION_FILE`` inside it) atomically:
         a temporary file renamed over the target. Returns the file written."""
         file = _report_file(Path(path))
-        tmp = file.with_name(f".{file.name}.{uuid.uuid4().hex[:8]}.tmp")
         try:
-            with tmp.open("w", encoding="utf-8") as f:
-                f.write(self.model_dump_json(indent=2))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, file)
+            replace_file_durably(file, self.model_dump_json(indent=2).encode("utf-8"))
         except OSError as e:
-            tmp.unlink(missing_ok=True)
             raise RegistrationError(f"cannot write {file}: {e.strerror or e}") from None
         return file
 
