@@ -7,7 +7,7 @@ chosen from a small grid on a separate validation stack, seed 30000); non-local 
 (scikit-image, when importable); the shipped ``denoise`` model through ``LoadedModel.run_frames``
 (onnxruntime); and livescope trained on the test stack itself (Noise2Void, noisy frames only)
 within ``--budget-minutes``, exported to ONNX and run with onnxruntime. PSNR as
-``models.train_denoise.psnr_db`` (peak = the clean frames' range, MSE pooled over the stack);
+``models.denoise.train.psnr_db`` (peak = the clean frames' range, MSE pooled over the stack);
 SSIM per frame with the same data range, averaged. Also onnxruntime ms per 512x512 frame.
 
 Real data: FMD Confocal_BPAE_B (Zhang et al., CVPR 2019, "A Poisson-Gaussian Denoising Dataset
@@ -37,15 +37,15 @@ import numpy as np
 import onnxruntime as ort
 import tifffile
 import torch
+from _common import median
 from scipy import ndimage
 
-from _common import median
 from livescope.models import export
-from livescope.models.data import VirtualDenoiseData, virtual_frames
-from livescope.models.train_denoise import DenoiseTrainConfig, psnr_db, train_denoise
+from livescope.models.denoise.data import VirtualDenoiseData, virtual_frames
+from livescope.models.denoise.train import DenoiseTrainConfig, psnr_db, train_denoise
+from livescope.repository import ModelRepository, shipped_models_root
 from livescope.server.models import LoadedModel
 from livescope.server.providers import RuntimeOptions
-from livescope.server.repository import ModelRepository, shipped_models_root
 
 try:  # scikit-image is not a livescope dependency: used when present, for SSIM and NL-means
     from skimage.metrics import structural_similarity
@@ -410,7 +410,7 @@ def main() -> None:
         "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
         "onnxruntime": ort.__version__,
         "shipped_model": model.ref,
-        "psnr": "dB, peak = clean (reference) range, MSE pooled over the stack (models.train_denoise.psnr_db)",
+        "psnr": "dB, peak = clean (reference) range, MSE pooled over the stack (models.denoise.train.psnr_db)",
         "ssim": ("skimage.metrics.structural_similarity" if structural_similarity is not None
                  else "own implementation") + " (Gaussian window sigma 1.5 px, K1 0.01, K2 0.03, "
                  "data range = clean range), mean over frames",

@@ -1,6 +1,6 @@
 """Localisation quality: livescope's deep localiser against a classical fitter and Picasso.
 
-Scores follow the 2016 SMLM challenge (``models.localise_metrics.score_localisations``): per frame,
+Scores follow the 2016 SMLM challenge (``models.localise.metrics.score_localisations``): per frame,
 found and true emitters are paired one-to-one inside a 250 nm lateral tolerance disc; Jaccard
 = TP / (TP + FP + FN), recall, precision, lateral RMSE sqrt(mean(dx^2 + dy^2)) over the pairs, and
 the efficiency 100 - sqrt((100 - 100 J)^2 + (1/nm RMSE)^2). Every score is given twice: over the
@@ -8,15 +8,15 @@ whole frame ("full") and over the interior ("interior": found and true emitters 
 ``INTERIOR_MARGIN_PX`` px from the frame's edge), because the classical fitter and Picasso skip
 candidates whose fitting box would leave the frame; the targets use the interior.
 
-Virtual microscope (``models.localise_data.simulate_batch``, the training simulator): for each
+Virtual microscope (``models.localise.data.simulate_batch``, the training simulator): for each
 density in 0.2, 1, 3 emitters/um^2 x two SNRs (bright: 3000 photons per emitter on 20 photons/px
 background; dim: 800 on 60), ``--samples`` independent 3-frame windows of 64x64 px, 100 nm pixels,
 Gaussian PSF sigma 1.1 px, the training camera (sCMOS, QE 0.8, 1.5 e- read noise), photons fixed
 per condition (no frame-to-frame variation), blinking as in training. Test seeds 50000 + condition
 index, tuning seeds 60000 + index (training uses 0, 10000, 20000). Frames go to every method as
-photo-electrons ((ADU - baseline) x e-/ADU, what ``models.train_localise.network_input`` gives).
+photo-electrons ((ADU - baseline) x e-/ADU, what ``models.localise.train.network_input`` gives).
 livescope localises the LAST frame of each window from the whole window (its causal context):
-``LoadedModel.run_frames`` on the (N, 3, H, W) windows, then ``server.localise.maps_to_emitters``
+``LoadedModel.run_frames`` on the (N, 3, H, W) windows, then ``localise_maps.maps_to_emitters``
 with the card's thresholds; the classical fitter and Picasso see only that last frame. Truth: the
 last frame's emitters inside the frame.
 
@@ -116,16 +116,17 @@ import numpy as np
 import onnxruntime as ort
 import scipy
 import tifffile
+from _common import median
 from scipy.interpolate import CubicSpline
 from scipy.optimize import least_squares
 from scipy.spatial import cKDTree
 from scipy.special import erf
 
-from _common import median
 from livescope.emitters import EmitterTable
+from livescope.localise_maps import maps_to_emitters
 from livescope.modelcard import ModelCard
-from livescope.models.localise_data import SCMOS, LocaliseBatch, LocaliseSimulation, render_emitters, simulate_batch
-from livescope.models.localise_metrics import (
+from livescope.models.localise.data import SCMOS, LocaliseBatch, LocaliseSimulation, render_emitters, simulate_batch
+from livescope.models.localise.metrics import (
     AstigmaticCalibration,
     LocalisationScores,
     SigmaOfZ,
@@ -136,11 +137,10 @@ from livescope.models.localise_metrics import (
 )
 from livescope.protocol import split_stage
 from livescope.render import RenderGrid, gaussian
-from livescope.server.localise import maps_to_emitters
+from livescope.repository import ModelRepository, shipped_models_root
 from livescope.server.models import LoadedModel
 from livescope.server.offline_localise import localise_frames
 from livescope.server.providers import RuntimeOptions
-from livescope.server.repository import ModelRepository, shipped_models_root
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEST_SEED, TUNE_SEED = 50_000, 60_000  # training uses 0 (+10000, +20000 held out)
@@ -240,7 +240,7 @@ def virtual_movie(name: str, config: LocaliseSimulation, n: int, seed: int,
 
 def trained_simulation(card: ModelCard) -> LocaliseSimulation | None:
     """The simulation a model was trained on, from its card's provenance ("simulated on the fly:
-    {json}", models/train_localise.py); None if the card does not record one."""
+    {json}", models/localise/train.py); None if the card does not record one."""
     try:
         return LocaliseSimulation.model_validate_json(card.provenance.data.split(":", 1)[-1])
     except ValueError:  # pydantic's ValidationError is one
@@ -1017,7 +1017,7 @@ def main() -> None:
         "model3d_trained_for": model3d.card.trained_for.model_dump() if model3d else None,
         "model3d_z_range_nm": list(z_range_of(model3d)) if model3d else None,
         "scoring": "2016 SMLM challenge, 250 nm lateral disc, per-frame optimal pairing "
-                   "(models.localise_metrics); 'interior' excludes emitters within "
+                   "(models.localise.metrics); 'interior' excludes emitters within "
                    f"{INTERIOR_MARGIN_PX} px of the edge (targets use it)",
         "virtual_setup": {"frame_px": FRAME_PX, "pixel_nm": PIXEL_NM, "psf_sigma_px": SIGMA_PX,
                           "camera": SCMOS.model_dump(), "samples": args.samples,

@@ -1,4 +1,4 @@
-"""Bead calibration of the PSF (models/psf_calibration.py): recovered pupil parameters against truth,
+"""Bead calibration of the PSF (models/psf/calibration.py): recovered pupil parameters against truth,
 and how well the fitted model describes public bead data. Prints JSON.
 
 Part 1, the virtual microscope: beads (``specimen="beads"``) on a rig with known astigmatism and
@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from livescope.models.psf_calibration import (
+from livescope.models.psf.calibration import (
     PsfCalibration,
     PsfCalibrationError,
     calibrate_psf,
@@ -94,7 +94,7 @@ def _rois(stack: np.ndarray, cal: PsfCalibration, bead, half: int) -> np.ndarray
 
 def virtual_part(positions: int, astigmatism: float, spherical: float) -> dict:
     from livescope.acquire.virtual import VirtualRigConfig
-    from livescope.models.localise_data import LocaliseSimulation, render_emitters
+    from livescope.models.localise.data import LocaliseSimulation, render_emitters
 
     rig = VirtualRigConfig(specimen="beads", sensor_shape_px=(128, 128), field_um=100.0, signal_photons_per_ms=200.0,
                            astigmatism_waves=astigmatism, spherical_waves=spherical, seed=1)

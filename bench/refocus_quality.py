@@ -7,7 +7,7 @@ filaments and beads 4 µm deep, flat cells; 128x128 px; signal 3, 10, 30 photons
 spherical aberration) but another seed (70000; the CLI trains on seed 0), ``--fields`` fields per
 specimen. Every plane pair of a stack whose delta-z lies on a ``--dz-step`` grid within the card's
 range is scored: the noisy input plane refocused by delta-z, against the noise-free target plane;
-next to the input left unchanged. PSNR as ``models.train_denoise.psnr_db`` (peak = the targets'
+next to the input left unchanged. PSNR as ``models.denoise.train.psnr_db`` (peak = the targets'
 range, squared error pooled over every pair of the group: per signed delta-z over all fields, per
 specimen, and per |delta-z| over both signs as the card's metrics are); SSIM per frame
 (scikit-image, Gaussian window sigma 1.5 px, data range = that target plane's range), averaged.
@@ -54,18 +54,22 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
-
 from _common import median
+
 from livescope.acquire.virtual import VirtualRigConfig
-from livescope.models.refocus_data import VirtualRefocusData, ZStack, split_fields, virtual_stacks
-from livescope.models.train_refocus import (
-    FINE_TUNE_LEARNING_RATE, RefocusTrainConfig, train_and_publish_refocuser, train_refocus)
 from livescope.modelcard import ModelCard, TrainedFor
+from livescope.models.refocus.data import VirtualRefocusData, ZStack, split_fields, virtual_stacks
+from livescope.models.refocus.train import (
+    FINE_TUNE_LEARNING_RATE,
+    RefocusTrainConfig,
+    train_and_publish_refocuser,
+    train_refocus,
+)
 from livescope.protocol import split_stage
+from livescope.repository import ModelRepository, ModelVersion, UnknownModelError, shipped_models_root
 from livescope.server.models import LoadedModel
 from livescope.server.offline_refocus import refocus_frames
 from livescope.server.providers import RuntimeOptions
-from livescope.server.repository import ModelRepository, ModelVersion, UnknownModelError, shipped_models_root
 
 try:  # scikit-image (the `bench` extra): SSIM; without it only PSNR is reported
     from skimage.metrics import structural_similarity
@@ -568,7 +572,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "settings": {k: (str(v) if isinstance(v, Path) else [str(p) for p in v] if k == "models" else v)
                      for k, v in vars(args).items() if k != "model_given"},
         "psnr": ("dB, peak = the noise-free targets' range, squared error pooled over the group's pairs "
-                 "(models.train_denoise.psnr_db on the stacked frames)"),
+                 "(models.denoise.train.psnr_db on the stacked frames)"),
         "ssim": ("skimage.metrics.structural_similarity (Gaussian window sigma 1.5 px, K1 0.01, K2 0.03, "
                  "data range = the target plane's range), mean over the pairs") if structural_similarity
                 else "not computed: scikit-image not importable",

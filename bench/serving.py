@@ -25,10 +25,10 @@ import time
 
 import numpy as np
 import onnxruntime as ort
-
 from _common import livescope_server, median
+
 from livescope.client import Result, StreamClient
-from livescope.server.repository import ModelRepository, shipped_models_root
+from livescope.repository import ModelRepository, shipped_models_root
 
 MODEL = "denoise"
 IN_FLIGHT = 2

@@ -249,7 +249,7 @@ def _virtual_rig(kind: str, given: dict[str, Any], base=None):
 def _plan(core: CMMCorePlus, kind: str, opts: _Options, kind_options: dict[str, Any],
           previous: SessionManifest | None) -> SessionPlan:
     """The plan from the options; when resuming, options left out take the session's values."""
-    from livescope.acquire.calibration_plan import grid_positions, make_plan, parse_grid, read_positions
+    from livescope.acquire.calibration.plan import grid_positions, make_plan, parse_grid, read_positions
     from livescope.cli import fail
     from livescope.session import GridSpec, SessionError
 
@@ -311,7 +311,7 @@ def _field_of_view_um(core: CMMCorePlus) -> float | None:
 
 
 def _acquire(core: CMMCorePlus, plan: SessionPlan, opts: _Options, camera, mm_config: Path | None) -> None:
-    from livescope.acquire.calibration import SessionInterrupted, run_session
+    from livescope.acquire.calibration.run import SessionInterrupted, run_session
     from livescope.cli import fail
     from livescope.session import SessionError
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 if TYPE_CHECKING:
-    from livescope.acquire.pair_registration import RegistrationSettings
+    from livescope.acquire.calibration.registration import RegistrationSettings
     from livescope.session import Session
 
 
@@ -25,7 +25,7 @@ def register(
 ) -> None:
     """Register each pair's high image onto its low one (sub-pixel phase correlation; --affine)
     and write the QA report: SESSION/registration.json and SESSION/qa/report.html."""
-    from livescope.acquire.pair_registration import RegistrationSettings
+    from livescope.acquire.calibration.registration import RegistrationSettings
     from livescope.cli import fail
     from livescope.session import SessionError, load_session
 
@@ -39,7 +39,7 @@ def register(
 
 def register_and_report(session: Session, settings: RegistrationSettings | None = None) -> None:
     """Register ``session``'s pairs, save the registration and QA report, print what failed QA."""
-    from livescope.acquire.session_registration import register_session
+    from livescope.acquire.calibration.session_registration import register_session
     from livescope.console import console
 
     with console.status(f"registering the pairs of {session.root}"):

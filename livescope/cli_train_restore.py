@@ -51,8 +51,8 @@ def train_restore(
     if repository.exists() and not repository.is_dir():
         fail(f"--models {repository} is a file, not a folder")
     from livescope.modelcard import TrainedFor
-    from livescope.models.restore_data import RestoreDataError, require_fields, split_fields
-    from livescope.models.train_restore import RestoreTrainConfig
+    from livescope.models.restore.data import RestoreDataError, require_fields, split_fields
+    from livescope.models.restore.train import RestoreTrainConfig
 
     config = RestoreTrainConfig(steps=steps, seed=seed,
                                 budget_seconds=None if steps else (budget_minutes or DEFAULT_BUDGET_MINUTES) * 60.0)
@@ -73,7 +73,7 @@ def train_restore(
         trained_for = TrainedFor(pixel_size_nm=(pixel_size_um * 1e3,) * 2 if pixel_size_um else None)
         config = config.model_copy(update={"target": "noisy"})
     else:
-        from livescope.models.restore_data import VirtualRestoreData, virtual_pairs
+        from livescope.models.restore.data import VirtualRestoreData, virtual_pairs
 
         spec = VirtualRestoreData(seed=seed)
         with console.status("simulating confocal/STED pairs on the virtual microscope"):
@@ -83,7 +83,7 @@ def train_restore(
         base, described, pixel_size_um, session_ids = rig.baseline_adu, spec.describe(), spec.pixel_size_um, ()
         trained_for = TrainedFor(pixel_size_nm=(spec.pixel_size_um * 1e3,) * 2, na=(rig.na,) * 2,
                                  emission_nm=(rig.emission_nm,) * 2, modalities=("confocal", "sted"))
-    from livescope.models.train_restore import train_and_publish_restorer
+    from livescope.models.restore.train import train_and_publish_restorer
 
     command = shlex.join(["livescope", *sys.argv[1:]])
     compare_with = _compare_with(deploy, server, name, force)
@@ -99,7 +99,7 @@ def _session_pairs(paths: list[Path], patch_px: int):
     sessions at ``paths``; SessionError / RestoreDataError with a one-line message."""
     import numpy as np
 
-    from livescope.models.restore_data import RestoreDataError, session_pairs
+    from livescope.models.restore.data import RestoreDataError, session_pairs
     from livescope.session import load_session
 
     pairs, dropped, ids, baselines, pixel_sizes = [], [], [], [], []
@@ -138,9 +138,9 @@ def _session_pairs(paths: list[Path], patch_px: int):
 def _registration(session, pairs):
     """How each pair's high image lands on its low one: the registration saved with the session
     (what its QA report shows), else registered now; pairs failing registration QA are left out."""
-    from livescope.acquire.pair_registration import register_pairs
-    from livescope.acquire.session_registration import saved_registration
-    from livescope.models.restore_data import registration_aligner
+    from livescope.acquire.calibration.registration import register_pairs
+    from livescope.acquire.calibration.session_registration import saved_registration
+    from livescope.models.restore.data import registration_aligner
 
     report = saved_registration(session) or register_pairs(pairs, session_id=session.session_id)
     return registration_aligner(report)

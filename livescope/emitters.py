@@ -51,7 +51,7 @@ EMITTER_DTYPE: np.dtype = table_dtype(EMITTER_FIELDS)
 LOCALISE_MAP_CHANNELS = ("p", "photons", "dx", "dy", "dz", "photons_sigma", "x_sigma", "y_sigma", "z_sigma",
                          "background")
 """The per-pixel maps a localisation model outputs (ONNX output ``maps``, channel order), which
-``server/localise.py`` turns into emitters: p detection probability; photons; dx, dy sub-pixel
+``livescope/localise_maps.py`` turns into emitters: p detection probability; photons; dx, dy sub-pixel
 offset from the pixel centre (px); dz (nm); the standard deviations of photons, x, y (px), z (nm);
 background (photons/px)."""
 

@@ -67,7 +67,7 @@ class TrainedFor(_Frozen):
 
 
 class LocaliseSpec(_Frozen):
-    """What a localisation model needs and gives beyond its tensors (see server/localise.py).
+    """What a localisation model needs and gives beyond its tensors (see livescope/localise_maps.py).
 
     Its input is ``context_frames`` consecutive frames in photo-electrons ("photons" as ThunderSTORM
     counts them: camera counts minus the baseline, times e-/ADU, divided by the EM gain); it
@@ -83,7 +83,7 @@ class LocaliseSpec(_Frozen):
 
 
 class RefocusSpec(_Frozen):
-    """What a refocusing model needs beyond its tensors (see models/refocus_net.py).
+    """What a refocusing model needs beyond its tensors (see models/refocus/net.py).
 
     Its input is [N, 2, H, W] float32: the camera frame in ADU (baseline included) and a map of
     delta-z, the wanted plane's focus position minus the frame's, in µm (uniform for a plane,

@@ -8,7 +8,7 @@ Partial data of an interrupted position is kept under ``interrupted/`` and recor
 
 Core module: pydantic, numpy and `livescope.stackio` only (no pymmcore-plus, no torch), so
 training code reads sessions without the acquisition stack. Acquiring one is
-`livescope.acquire.calibration.run_session`.
+`livescope.acquire.calibration.run.run_session`.
 """
 
 from __future__ import annotations

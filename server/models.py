@@ -15,9 +15,9 @@ import onnxruntime as ort
 
 from livescope.modelcard import ModelCard
 from livescope.protocol import split_stage
+from livescope.repository import ModelRepository, ModelVersion, UnknownModelError
 from livescope.server.buffers import BufferPool
 from livescope.server.providers import RuntimeOptions, create_session
-from livescope.server.repository import ModelRepository, ModelVersion, UnknownModelError
 from livescope.server.tiling import is_out_of_memory, run_shrinking_on_oom, smaller_tile
 
 _ORT_DTYPES = {"tensor(uint16)": "uint16", "tensor(uint8)": "uint8", "tensor(float)": "float32"}

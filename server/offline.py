@@ -24,12 +24,12 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from livescope.modelcard import ModelCard
-from livescope.stackio import Stack, StackError, read_stack, stack_format, write_stack
 from livescope.server.tiling import DEFAULT_TILE_PX, is_out_of_memory, run_shrinking_on_oom
+from livescope.stackio import Stack, StackError, read_stack, stack_format, write_stack
 
 if TYPE_CHECKING:
+    from livescope.repository import ModelVersion
     from livescope.server.models import LoadedModel
-    from livescope.server.repository import ModelVersion
 
 log = logging.getLogger("livescope.server")
 
@@ -166,7 +166,7 @@ def resolve_model(task_stage: str, model_dirs: Sequence[str | os.PathLike]) -> M
     """The ModelVersion ``task_stage`` ('denoise' or 'denoise@2') names among the shipped models and
     ``model_dirs``; OfflineError with a one-line message if there is none."""
     from livescope.protocol import split_stage
-    from livescope.server.repository import ModelRepository, UnknownModelError, shipped_models_root
+    from livescope.repository import ModelRepository, UnknownModelError, shipped_models_root
 
     try:
         name, version = split_stage(task_stage)

@@ -4,7 +4,7 @@
 localised with the ``context_frames - 1`` frames before it as context (the first frames of a
 stack repeat the first frame, as the live stage does at the start of a stream), in batches,
 tiled with the card's halo when frames are large, and the maps become emitters by the server's
-post-processing (``server/localise.py``).
+post-processing (``livescope/localise_maps.py``).
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from livescope.emitters import EmitterTable
+from livescope.localise_maps import maps_to_emitters, range_warnings
 from livescope.protocol import CameraCalibration
+from livescope.server.models import LoadedModel
 from livescope.server.offline import OfflineError, load_model, resolve_model
 from livescope.stackio import StackError, StackInfo, read_stack, stack_format, write_stack
-from livescope.server.localise import maps_to_emitters, range_warnings
-from livescope.server.models import LoadedModel
 
 
 def causal_windows(frames: np.ndarray, context: int, start: int, stop: int) -> np.ndarray:

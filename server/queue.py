@@ -20,7 +20,7 @@ import numpy as np
 import zmq
 
 from livescope.protocol import FrameHeader
-from livescope.server.repository import ModelVersion
+from livescope.repository import ModelVersion
 
 
 class QueueFullError(Exception):

@@ -17,14 +17,14 @@ import errno
 import logging
 import threading
 import time
-from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from collections import OrderedDict
 from queue import SimpleQueue
 
 import numpy as np
 import zmq
 
 from livescope.emitters import EMITTER_FIELDS, EmitterTable
+from livescope.localise_maps import maps_to_emitters, range_warnings
 from livescope.protocol import (
     AckHeader,
     ControlReply,
@@ -40,20 +40,21 @@ from livescope.protocol import (
     expected_nbytes,
     split_stage,
 )
-from livescope.security import CurveServer
-from livescope.server.config import ServerConfig
-from livescope.server.localise import maps_to_emitters, range_warnings
-from livescope.server.localise_stage import LocaliseStreams, RenderSettings
-from livescope.server.metrics import ServerMetrics
-from livescope.server.models import LoadedModel, ModelLoadError, ModelRegistry
-from livescope.server.queue import Job, QueueFullError, WorkQueue
-from livescope.server.tiling import is_out_of_memory
-from livescope.server.repository import (
+from livescope.repository import (
     ModelRepository,
     ModelVersion,
     UnknownModelError,
     shipped_models_root,
 )
+from livescope.security import CurveServer
+from livescope.server.config import ServerConfig
+from livescope.server.ledger import StreamLedger, nbytes
+from livescope.server.localise_stage import LocaliseStreams, RenderSettings
+from livescope.server.metrics import ServerMetrics
+from livescope.server.models import LoadedModel, ModelLoadError, ModelRegistry
+from livescope.server.pipeline import check_pipeline
+from livescope.server.queue import Job, QueueFullError, WorkQueue
+from livescope.server.tiling import is_out_of_memory
 from livescope.transport import recv_parts, send_message
 
 log = logging.getLogger("livescope.server")
@@ -71,53 +72,6 @@ class ServerStartError(Exception):
     """The server could not start (address in use, bad keys): a one-line message."""
 
 
-@dataclass
-class _StreamLedger:
-    """Per-stream memory for de-duplicating resent frames (lossless mode)."""
-
-    pending: set[int] = field(default_factory=set)
-    results: OrderedDict[int, list[zmq.Frame]] = field(default_factory=OrderedDict)
-    done: set[int] = field(default_factory=set)
-    done_order: deque[int] = field(default_factory=deque)
-
-    def finish(self, seq: int, parts: list[zmq.Frame] | None, cache: int) -> int:
-        """Mark ``seq`` answered; keep its result for resends. Returns cached bytes added."""
-        self.pending.discard(seq)
-        self.done.add(seq)
-        self.done_order.append(seq)
-        if len(self.done_order) > 100_000:
-            self.done.discard(self.done_order.popleft())
-        added = 0
-        if parts is not None and cache:
-            self.results[seq] = parts
-            added += _nbytes(parts)
-            while len(self.results) > cache:
-                added -= self.evict_oldest()
-        return added
-
-    def evict_oldest(self) -> int:
-        _, parts = self.results.popitem(last=False)
-        return _nbytes(parts)
-
-
-def _nbytes(parts: list[zmq.Frame]) -> int:
-    return sum(len(p) for p in parts)
-
-
-def _check_dz(header: FrameHeader, version: ModelVersion) -> None:
-    """A refocus stage needs the frame's delta-z, within the range its model was trained for (it
-    never saw more; refused before queueing, like the offline ``livescope refocus``)."""
-    if header.dz_um is None:
-        raise ProtocolError(ErrorCode.bad_header,
-                            f"stage {version.ref} needs the frame's dz_um (µm to move the focus by: "
-                            "the wanted plane's focus position minus the frame's)")
-    low, high = version.card.refocus.dz_range_um
-    if not low - 1e-9 <= header.dz_um <= high + 1e-9:
-        raise ProtocolError(ErrorCode.bad_header,
-                            f"dz_um {header.dz_um:+g} µm is outside the {low:+g} to {high:+g} µm "
-                            f"{version.ref} was trained for")
-
-
 class InferenceServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
@@ -128,7 +82,7 @@ class InferenceServer:
         self.localise_streams = LocaliseStreams(default_render=RenderSettings(pixel_nm=config.render_pixel_nm))
         self.ctx = zmq.Context()
         self._stop = threading.Event()
-        self._ledgers: OrderedDict[str, _StreamLedger] = OrderedDict()
+        self._ledgers: OrderedDict[str, StreamLedger] = OrderedDict()
         self._cached_bytes = 0  # results kept for resends, across all streams
         self._counts: dict[str, int] = {"frames": 0, "results": 0, "errors": 0, "dropped": 0,
                                         "duplicates": 0}
@@ -284,7 +238,7 @@ class InferenceServer:
             return
         try:
             stages = [self.registry.resolve(stage) for stage in header.pipeline]
-            self._check_pipeline(header, stages)
+            check_pipeline(header, stages)
         except ProtocolError as e:
             self._error(identity, e.code, e.message, stream=stream, seq=seq)
             return
@@ -313,33 +267,7 @@ class InferenceServer:
                                                 detail="superseded by a newer frame (latest mode)"),
                          envelope=[old.identity])
 
-    @staticmethod
-    def _check_pipeline(header: FrameHeader, stages: list[ModelVersion]) -> None:
-        """Each stage takes what the one before gives; a localise stage (a table out) comes last
-        and needs the frame's pixel size and camera calibration; a refocus stage needs the frame's
-        dz_um within the range its model was trained for. Raises ProtocolError."""
-        dtype = header.dtype
-        for i, version in enumerate(stages):
-            if version.card.task == "refocus":
-                _check_dz(header, version)
-                dtype = version.card.outputs[0].dtype  # it takes any pixel dtype: it converts itself
-                continue
-            if version.card.task == "localise":
-                if i != len(stages) - 1:
-                    raise ProtocolError(ErrorCode.unknown_pipeline,
-                                        f"{version.ref} gives a table, so it must be the pipeline's last stage")
-                missing = [name for name in ("pixel_size_um", "camera") if getattr(header, name) is None]
-                if missing:
-                    raise ProtocolError(ErrorCode.bad_header,
-                                        f"stage {version.ref} needs the frame's {' and '.join(missing)} "
-                                        "(photons and nm come from them)")
-                return
-            want = version.card.inputs[0].dtype
-            if want != dtype:
-                raise ProtocolError(ErrorCode.unknown_model, f"stage {version.ref} takes {want} but receives {dtype}")
-            dtype = version.card.outputs[0].dtype
-
-    def _duplicate(self, identity: bytes, header: FrameHeader, ledger: _StreamLedger) -> None:
+    def _duplicate(self, identity: bytes, header: FrameHeader, ledger: StreamLedger) -> None:
         self._counts["duplicates"] += 1
         self.metrics.duplicates.inc()
         cached = ledger.results.get(header.seq)
@@ -360,13 +288,13 @@ class InferenceServer:
             if self._cached_bytes <= self.config.result_cache_bytes:
                 return
 
-    def _ledger(self, stream: str) -> _StreamLedger:
+    def _ledger(self, stream: str) -> StreamLedger:
         ledger = self._ledgers.get(stream)
         if ledger is None:
-            ledger = self._ledgers[stream] = _StreamLedger()
+            ledger = self._ledgers[stream] = StreamLedger()
             if len(self._ledgers) > _MAX_STREAMS:
                 _, old = self._ledgers.popitem(last=False)
-                self._cached_bytes -= sum(_nbytes(p) for p in old.results.values())
+                self._cached_bytes -= sum(nbytes(p) for p in old.results.values())
         else:
             self._ledgers.move_to_end(stream)
         return ledger

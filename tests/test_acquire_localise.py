@@ -132,8 +132,8 @@ def test_a_nonsensical_calibration_or_render_pixel_is_refused(option):
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory) -> Path:
     """A localisation model from a 2-step training run: it runs, it does not localise well."""
-    from livescope.models.localise_data import LocaliseSimulation
-    from livescope.models.train_localise import LocaliseTrainConfig, train_and_publish_localiser
+    from livescope.models.localise.data import LocaliseSimulation
+    from livescope.models.localise.train import LocaliseTrainConfig, train_and_publish_localiser
 
     folder = tmp_path_factory.mktemp("models")
     config = LocaliseTrainConfig(frame_channels=4, temporal_channels=4, batch_size=4, steps=2,

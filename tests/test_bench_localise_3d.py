@@ -18,8 +18,8 @@ from scipy.spatial import cKDTree
 from scipy.special import erf
 
 from livescope.emitters import EmitterTable
-from livescope.models.localise_data import LocaliseSimulation
-from livescope.models.localise_metrics import crlb_astigmatic
+from livescope.models.localise.data import LocaliseSimulation
+from livescope.models.localise.metrics import crlb_astigmatic
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 NAIRR_3DAS_LD = BENCH.parent.parent / "shared" / "data" / "nairr_smlm" / "3DAS_LD"

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from livescope.models.refocus_data import ZStack
-from livescope.models.train_denoise import psnr_db
+from livescope.models.denoise.train import psnr_db
+from livescope.models.refocus.data import ZStack
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
@@ -92,7 +92,7 @@ def test_the_other_rig_has_its_own_objective() -> None:
 
 
 def test_part_one_runs_on_a_model_and_writes_report_and_figure(tmp_path, capsys) -> None:
-    from livescope.models.train_refocus import RefocusTrainConfig, train_and_publish_refocuser
+    from livescope.models.refocus.train import RefocusTrainConfig, train_and_publish_refocuser
 
     rng = np.random.default_rng(1)
     stacks = [_stack(rng, planes=13, side=64, step=0.5) for _ in range(2)]

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import livescope.acquire.calibration_store as calibration_store
-from livescope.acquire.calibration import (
+import livescope.acquire.calibration.store as calibration_store
+from livescope.acquire.calibration.run import (
     SessionInterrupted,
     grid_positions,
     make_plan,

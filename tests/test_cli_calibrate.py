@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-import livescope.acquire.calibration_store as calibration_store
+import livescope.acquire.calibration.store as calibration_store
 import livescope.acquire.microscope as microscope
 from livescope.cli import app
 from livescope.session import MANIFEST_FILE, load_session, read_manifest

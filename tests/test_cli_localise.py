@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from livescope.models.localise_data import LocaliseSimulation, simulate_batch
-from livescope.models.train_localise import LocaliseTrainConfig, train_and_publish_localiser
+from livescope.models.localise.data import LocaliseSimulation, simulate_batch
+from livescope.models.localise.train import LocaliseTrainConfig, train_and_publish_localiser
 from livescope.stackio import read_stack
 
 HEADER = ('"id","frame","x [nm]","y [nm]","z [nm]","sigma [nm]","intensity [photon]","offset [photon]",'

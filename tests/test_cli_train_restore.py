@@ -19,12 +19,19 @@ from typer.testing import CliRunner
 
 from livescope.cli_train_restore import train_restore
 from livescope.modelcard import CARD_FILE, ModelCard
-from livescope.models.repository_write import next_version
-from livescope.models.restore_data import VirtualRestoreData, virtual_pairs
+from livescope.models.restore.data import VirtualRestoreData, virtual_pairs
 from livescope.protocol import CameraCalibration
+from livescope.repository import next_version
 from livescope.session import (
-    MANIFEST_FILE, CompletedPosition, PlannedPosition, RigSnapshot, SessionManifest, SessionPlan, file_checksums,
-    store_name)
+    MANIFEST_FILE,
+    CompletedPosition,
+    PlannedPosition,
+    RigSnapshot,
+    SessionManifest,
+    SessionPlan,
+    file_checksums,
+    store_name,
+)
 from livescope.stackio import StackInfo, write_stack
 
 PIXEL_SIZE_UM = 0.03

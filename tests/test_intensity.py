@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from livescope.models.denoise.train import DenoiseTrainConfig, train_denoise
 from livescope.models.intensity import IntensityTransform
-from livescope.models.train_denoise import DenoiseTrainConfig, train_denoise
 
 
 @pytest.mark.parametrize("kind", ["linear", "sqrt"])

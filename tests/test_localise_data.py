@@ -9,8 +9,15 @@ from livescope.acquire.virtual.camera import expected_adu
 from livescope.acquire.virtual.scene import VirtualRigConfig
 from livescope.acquire.virtual.specimen import EmitterKinetics
 from livescope.emitters import EMITTER_DTYPE
-from livescope.models.localise_data import (EMCCD, SCMOS, LocaliseSimulation, adu_to_photons, photons_to_adu,
-                                            render_emitters, simulate_batch)
+from livescope.models.localise.data import (
+    EMCCD,
+    SCMOS,
+    LocaliseSimulation,
+    adu_to_photons,
+    photons_to_adu,
+    render_emitters,
+    simulate_batch,
+)
 
 PSFS = ("gaussian", "airy", "astigmatic")
 

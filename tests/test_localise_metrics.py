@@ -10,7 +10,7 @@ import pytest
 from scipy.integrate import quad
 
 from livescope.emitters import EmitterTable
-from livescope.models.localise_metrics import (
+from livescope.models.localise.metrics import (
     AstigmaticCalibration,
     crlb_astigmatic,
     crlb_gaussian_2d,

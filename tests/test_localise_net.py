@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from livescope.emitters import LOCALISE_MAP_CHANNELS
+from livescope.localise_maps import local_maxima, maps_to_emitters
 from livescope.modelcard import CARD_FILE, MODEL_FILE, LocaliseSpec, ModelCard
-from livescope.models.localise_data import LocaliseSimulation
-from livescope.models.localise_net import LocaliseNet, LocaliseNetConfig, Targets, mixture_loss
-from livescope.models.train_localise import LocaliseTrainConfig, train_and_publish_localiser
-from livescope.server.localise import local_maxima, maps_to_emitters
+from livescope.models.localise.data import LocaliseSimulation
+from livescope.models.localise.net import LocaliseNet, LocaliseNetConfig, Targets, mixture_loss
+from livescope.models.localise.train import LocaliseTrainConfig, train_and_publish_localiser
 
 SPEC = LocaliseSpec(context_frames=3, psf="gaussian")
 TINY = LocaliseNetConfig(frame_channels=4, temporal_channels=4)

@@ -14,11 +14,15 @@ import torch
 
 from livescope.modelcard import CARD_FILE, MODEL_FILE, ModelCard
 from livescope.models import export
-from livescope.models.data import VirtualDenoiseData, virtual_frames
-from livescope.models.n2v import BlindSpotMasking, blind_spot_mask, masked_mse, neighbourhood_median, struct_neighbours
-from livescope.models.intensity import IntensityTransform
-from livescope.models.repository_write import existing_versions, write_version
-from livescope.models.train_denoise import (
+from livescope.models.denoise.data import VirtualDenoiseData, virtual_frames
+from livescope.models.denoise.n2v import (
+    BlindSpotMasking,
+    blind_spot_mask,
+    masked_mse,
+    neighbourhood_median,
+    struct_neighbours,
+)
+from livescope.models.denoise.train import (
     VALIDATION_PATCHES_IN_LOOP,
     DenoiseTrainConfig,
     HeldOutLoss,
@@ -26,7 +30,9 @@ from livescope.models.train_denoise import (
     train_and_publish,
     train_denoise,
 )
+from livescope.models.intensity import IntensityTransform
 from livescope.models.unet import InGraphNormalised, UNet, UNetConfig
+from livescope.repository import existing_versions, write_version
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "shipped"
 TINY_DATA = VirtualDenoiseData(

@@ -7,7 +7,7 @@ import pytest
 import tifffile
 
 from livescope.modelcard import ModelCard
-from livescope.models.data import VirtualDenoiseData, virtual_frames
+from livescope.models.denoise.data import VirtualDenoiseData, virtual_frames
 from livescope.models.identity import identity_card
 from livescope.server.offline import (
     OfflineError,
@@ -76,9 +76,9 @@ def test_a_stack_unlike_the_training_data_is_denoised_with_a_warning_naming_the_
 
 
 def test_large_frames_are_tiled_and_agree_with_whole_frame_runs(tmp_path):
+    from livescope.repository import ModelRepository, shipped_models_root
     from livescope.server.models import LoadedModel
     from livescope.server.providers import RuntimeOptions
-    from livescope.server.repository import ModelRepository, shipped_models_root
 
     model = LoadedModel.load(ModelRepository([shipped_models_root()]).resolve("denoise"),
                              RuntimeOptions(provider="cpu", intra_op_threads=2))

@@ -1,4 +1,4 @@
-"""Registration of calibration pairs (`livescope.acquire.pair_registration`), on real snaps of the
+"""Registration of calibration pairs (`livescope.acquire.calibration.registration`), on real snaps of the
 virtual microscope (pymmcore-plus, `Modality` presets Confocal / STED, 96 px fields).
 
 Measured (this rig, 108 nm pixels): confocal/confocal stage offsets recovered to 0.06 px;
@@ -14,10 +14,17 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from livescope.acquire.calibration.registration import (
+    REGISTRATION_FILE,
+    PairRegistration,
+    RegistrationError,
+    RegistrationReport,
+    RegistrationSettings,
+    apply_registration,
+    register_pair,
+    register_pairs,
+)
 from livescope.acquire.microscope import VirtualMicroscope
-from livescope.acquire.pair_registration import (
-    REGISTRATION_FILE, PairRegistration, RegistrationError, RegistrationReport, RegistrationSettings,
-    apply_registration, register_pair, register_pairs)
 from livescope.acquire.virtual import VirtualRigConfig
 
 SIZE_PX = 96

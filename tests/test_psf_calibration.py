@@ -1,4 +1,4 @@
-"""Bead calibration of the PSF (models/psf_calibration.py) on the virtual microscope: bead z-stacks
+"""Bead calibration of the PSF (models/psf/calibration.py) on the virtual microscope: bead z-stacks
 acquired through pymmcore-plus on a rig with known astigmatism and spherical aberration, the
 pupil model fitted to them, and the calibration handed to the localisation simulation.
 
@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import useq
 
-from livescope.acquire.calibration import grid_positions, make_plan, run_session
+from livescope.acquire.calibration.run import grid_positions, make_plan, run_session
 from livescope.acquire.microscope import VirtualMicroscope
 from livescope.acquire.virtual import VirtualRigConfig
-from livescope.models.localise_data import LocaliseSimulation, render_emitters
-from livescope.models.psf_calibration import (
+from livescope.models.localise.data import LocaliseSimulation, render_emitters
+from livescope.models.psf.calibration import (
     PsfCalibration,
     PsfCalibrationError,
     calibrate_psf,

@@ -11,8 +11,7 @@ import tifffile
 from scipy.ndimage import fourier_shift
 
 from livescope.acquire.virtual import VirtualScene
-from livescope.stackio import StackInfo, write_stack
-from livescope.models.refocus_data import (
+from livescope.models.refocus.data import (
     RefocusDataError,
     VirtualRefocusData,
     ZStack,
@@ -24,6 +23,7 @@ from livescope.models.refocus_data import (
     split_fields,
     virtual_stacks,
 )
+from livescope.stackio import StackInfo, write_stack
 
 # Beads on the coverslip (one z-slab: fast), planes 1 µm apart about focus.
 FLAT_BEADS = dict(specimens=("beads",), specimen_depth_um=0.0, fields_per_specimen=1, sensor_shape_px=(48, 48),

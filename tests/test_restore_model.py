@@ -13,14 +13,19 @@ import tifffile
 import torch
 
 from livescope.modelcard import CARD_FILE, MODEL_FILE, ModelCard
-from livescope.models.repository_write import INCOMING_PREFIX, next_version
-from livescope.models.restore_data import (
-    RestoreDataError, VirtualRestoreData, registration_aligner, require_fields, sample_patches, session_pairs,
-    split_fields, virtual_pairs)
-from livescope.models.restore_net import RestoreGraph, restore_unet
-from livescope.models.train_restore import (
-    RestoreTrainConfig, frc_resolution_px, train_and_publish_restorer)
-from livescope.server.repository import ModelVersion
+from livescope.models.restore.data import (
+    RestoreDataError,
+    VirtualRestoreData,
+    registration_aligner,
+    require_fields,
+    sample_patches,
+    session_pairs,
+    split_fields,
+    virtual_pairs,
+)
+from livescope.models.restore.net import RestoreGraph, restore_unet
+from livescope.models.restore.train import RestoreTrainConfig, frc_resolution_px, train_and_publish_restorer
+from livescope.repository import INCOMING_PREFIX, ModelVersion, next_version
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "shipped" / "restore" / "1"
 BASELINE_ADU = 100.0
@@ -66,15 +71,15 @@ def test_the_virtual_data_says_what_it_is():
 
 
 def registration(position: int, shift_px: tuple[float, float], reason: str | None = None):
-    """A pair's registration as `livescope.acquire.pair_registration` reports it."""
-    from livescope.acquire.pair_registration import PairRegistration
+    """A pair's registration as `livescope.acquire.calibration.registration` reports it."""
+    from livescope.acquire.calibration.registration import PairRegistration
 
     return PairRegistration(position=position, repeat=0, shift_px=shift_px, ncc_before=0.5, ncc_after=0.9,
                             residual_rms=0.2, passed=reason is None, reason=reason)
 
 
 def test_a_session_pair_is_registered_its_uncovered_border_cut_and_scaled_to_the_low_brightness(pairs):
-    from livescope.acquire.pair_registration import RegistrationReport
+    from livescope.acquire.calibration.registration import RegistrationReport
 
     field = pairs[-1]
     low = field.low_adu[4:60, 4:60].astype(np.uint16)  # 56 px of the 64 px field
@@ -94,7 +99,7 @@ def test_a_session_pair_is_registered_its_uncovered_border_cut_and_scaled_to_the
 
 
 def test_pairs_that_fail_registration_or_show_no_signal_are_left_out_with_a_reason(pairs):
-    from livescope.acquire.pair_registration import RegistrationReport
+    from livescope.acquire.calibration.registration import RegistrationReport
 
     field = pairs[0]
     raw = [Pair(i, 0, field.low_adu, field.high_adu) for i in range(3)]

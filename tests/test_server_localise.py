@@ -12,12 +12,12 @@ import yaml
 
 from livescope.client import ControlError, Refusal, Result, ResultSubscriber, StreamClient
 from livescope.emitters import EMITTER_DTYPE, EMITTER_FIELDS, EmitterTable
-from livescope.models.localise_data import LocaliseSimulation, simulate_batch
-from livescope.models.train_localise import LocaliseTrainConfig, train_and_publish_localiser
+from livescope.models.localise.data import LocaliseSimulation, simulate_batch
+from livescope.models.localise.train import LocaliseTrainConfig, train_and_publish_localiser
 from livescope.protocol import CameraCalibration
+from livescope.repository import ModelRepository
 from livescope.server.models import LoadedModel
 from livescope.server.offline_localise import localise_frames
-from livescope.server.repository import ModelRepository
 
 CAMERA = CameraCalibration(baseline_adu=100.0, e_per_adu=0.5)
 PIXEL_UM = 0.1

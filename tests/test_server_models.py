@@ -145,8 +145,8 @@ def test_prometheus_metrics_count_frames_per_model(own_server):
 
 
 def test_a_frame_too_large_for_the_device_is_run_in_smaller_tiles_and_the_size_is_kept():
+    from livescope.repository import ModelRepository, shipped_models_root
     from livescope.server.models import LoadedModel
-    from livescope.server.repository import ModelRepository, shipped_models_root
 
     class SmallDevice(LoadedModel):
         """The real identity session on a 'device' that holds at most 96x96 pixels per call."""

@@ -31,10 +31,10 @@ from livescope.modelcard import (
     Tiling,
 )
 from livescope.models import export
-from livescope.models.refocus_data import ZStack
-from livescope.models.refocus_net import INPUT_NAME, OUTPUT_NAME, RefocusGraph, refocus_unet
-from livescope.models.repository_write import write_version
-from livescope.models.train_refocus import export_refocuser
+from livescope.models.refocus.data import ZStack
+from livescope.models.refocus.net import INPUT_NAME, OUTPUT_NAME, RefocusGraph, refocus_unet
+from livescope.models.refocus.train import export_refocuser
+from livescope.repository import write_version
 
 BASELINE_ADU = 100.0
 DZ_RANGE_UM = (-2.0, 2.0)

@@ -1,4 +1,4 @@
-"""The session QA report (`livescope.acquire.session_qa`) of registered virtual-microscope pairs."""
+"""The session QA report (`livescope.acquire.calibration.qa`) of registered virtual-microscope pairs."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
+from livescope.acquire.calibration.qa import OVERVIEW_FILE, REPORT_FILE, write_qa_report
+from livescope.acquire.calibration.registration import RegistrationError, RegistrationReport, register_pairs
 from livescope.acquire.microscope import VirtualMicroscope
-from livescope.acquire.pair_registration import RegistrationError, RegistrationReport, register_pairs
-from livescope.acquire.session_qa import OVERVIEW_FILE, REPORT_FILE, write_qa_report
 from livescope.acquire.virtual import VirtualRigConfig
 
 SIZE_PX = 96
@@ -70,8 +70,6 @@ def test_a_pair_the_registration_does_not_cover_is_a_clear_error_and_nothing_is_
     assert list(tmp_path.iterdir()) == []
 
 
-def test_the_pair_registration_module_writes_the_same_report(pairs, tmp_path):
-    from livescope.acquire.pair_registration import write_qa_report as from_registration
-
-    html_file = from_registration(pairs[:1], register_pairs(pairs[:1]), tmp_path / "qa")
+def test_a_report_of_one_registered_pair_is_complete(pairs, tmp_path):
+    html_file = write_qa_report(pairs[:1], register_pairs(pairs[:1]), tmp_path / "qa")
     assert html_file.name == REPORT_FILE and (tmp_path / "qa" / OVERVIEW_FILE).is_file()

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from livescope.repository import ModelRepository, shipped_models_root
 from livescope.server.models import LoadedModel
 from livescope.server.providers import RuntimeOptions
-from livescope.server.repository import ModelRepository, shipped_models_root
 from livescope.server.tiling import (
     plan_tiles,
     run_tiled,

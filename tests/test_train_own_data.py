@@ -147,7 +147,7 @@ def test_the_model_trained_on_own_data_denoises_a_frame_of_another_size(trained_
 
 
 def test_the_same_data_hash_for_the_same_pixels_and_a_new_one_for_others(tmp_path):
-    from livescope.models.user_data import load_training_stacks
+    from livescope.models.denoise.user_data import load_training_stacks
 
     for name, seed in (("a.tif", 0), ("b.tif", 0), ("c.tif", 1)):
         tifffile.imwrite(tmp_path / name, noisy_stack(seed=seed))
@@ -156,7 +156,7 @@ def test_the_same_data_hash_for_the_same_pixels_and_a_new_one_for_others(tmp_pat
 
 
 def test_stacks_of_different_sizes_are_tiled_and_a_seeded_tenth_is_held_out(tmp_path):
-    from livescope.models.user_data import load_training_stacks
+    from livescope.models.denoise.user_data import load_training_stacks
 
     tifffile.imwrite(tmp_path / "small.tif", noisy_stack(10, 64, 64))
     tifffile.imwrite(tmp_path / "wide.tif", noisy_stack(5, 64, 128).astype(np.float32))
@@ -170,7 +170,7 @@ def test_stacks_of_different_sizes_are_tiled_and_a_seeded_tenth_is_held_out(tmp_
 
 
 def test_a_single_frame_holds_out_its_last_rows(tmp_path):
-    from livescope.models.user_data import load_training_stacks
+    from livescope.models.denoise.user_data import load_training_stacks
 
     tifffile.imwrite(tmp_path / "one.tif", noisy_stack(1, 128, 96)[0])
     data = load_training_stacks([tmp_path / "one.tif"], 32)
@@ -178,7 +178,7 @@ def test_a_single_frame_holds_out_its_last_rows(tmp_path):
 
 
 def test_ome_zarr_stacks_are_read_with_their_pixel_size(tmp_path):
-    from livescope.models.user_data import load_training_stacks
+    from livescope.models.denoise.user_data import load_training_stacks
     from livescope.stackio import StackInfo, write_stack
 
     like = StackInfo(path="x", format="ome-tiff", axes="TYX", shape=(8, 64, 64), dtype="uint16",
@@ -189,7 +189,7 @@ def test_ome_zarr_stacks_are_read_with_their_pixel_size(tmp_path):
 
 
 def test_an_epoch_is_as_many_patches_as_the_training_frames_hold():
-    from livescope.models.train_denoise import DenoiseTrainConfig, steps_per_epoch
+    from livescope.models.denoise.train import DenoiseTrainConfig, steps_per_epoch
 
     config = DenoiseTrainConfig(patch_px=32, batch_size=16, steps=1)
     assert steps_per_epoch(np.zeros((10, 64, 96), np.uint16), config) == 4  # 60 patches / 16

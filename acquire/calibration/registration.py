@@ -68,7 +68,7 @@ from scipy import ndimage, optimize
 from skimage.filters import window
 from skimage.registration import phase_cross_correlation
 
-from livescope.acquire.calibration_store import replace_file_durably
+from livescope.acquire.calibration.store import replace_file_durably
 from livescope.validation import first_error
 
 REGISTRATION_FILE = "registration.json"
@@ -369,15 +369,6 @@ def apply_registration(high: np.ndarray, reg: PairRegistration, *, fill: float =
     warped, valid = _warp(img.astype(np.float64), reg.matrix)
     warped[~valid] = fill
     return warped.astype(np.float32)
-
-
-def write_qa_report(pairs: Iterable[PairLike], report: RegistrationReport, out_dir: Path, *, title: str = "",
-                    baseline_adu: float | None = None) -> Path:
-    """The session QA report (`livescope.acquire.session_qa.write_qa_report`); here so that a
-    caller holding a registration needs one import."""
-    from livescope.acquire.session_qa import write_qa_report as write
-
-    return write(pairs, report, out_dir, title=title, baseline_adu=baseline_adu)
 
 
 # -- the steps ------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """From a localisation network's output maps to an emitter table (numpy only: the server's side).
 
-The network (``models/localise_net.py``) gives per-pixel maps; an emitter whose centre lies near a
+The network (``models/localise/net.py``) gives per-pixel maps; an emitter whose centre lies near a
 pixel border spreads its detection probability over two or four pixels. So, as DECODE does, the
 probability is integrated: every local maximum of p (over its 3x3 neighbourhood, ties broken
 towards the top-left) with p above ``candidate_p`` collects the p of its 3x3 neighbourhood, and

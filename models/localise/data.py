@@ -3,7 +3,7 @@ the fly with the virtual microscope's optics and camera.
 
 A sample is ``context_frames`` (3) consecutive camera frames of one small field; the network sees
 frames t-2, t-1, t and localises the last one (a causal window: live, it is the frame that just
-arrived; see models/localise_net.py). Per sample, everything a rig varies is drawn
+arrived; see models/localise/net.py). Per sample, everything a rig varies is drawn
 afresh: pixel size and PSF width (uniform), emitter density and background (log-uniform: they
 span 1.5-2 decades and matter on a ratio scale, so every decade gets equal weight), and per
 emitter its brightness (log-uniform, same reason), position and, for 3-D, z (uniform).

@@ -46,8 +46,8 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from livescope.session import SessionError, is_session, load_session
 from livescope.models.virtual_fields import field_centres
+from livescope.session import SessionError, is_session, load_session
 from livescope.stackio import StackError, StackInfo, read_stack
 
 if TYPE_CHECKING:

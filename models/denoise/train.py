@@ -6,7 +6,7 @@ torch/onnxruntime parity, measures held-out PSNR against the scene's clean frame
 ``<repository>/denoise/<next version>/`` atomically.
 
 ``train_and_publish_own_data`` does the same on the user's own noisy stacks (``livescope train
-denoise --data STACK``; read and checked by ``models/user_data.py``); with no clean images, its
+denoise --data STACK``; read and checked by ``models/denoise/user_data.py``); with no clean images, its
 held-out metric is the Noise2Void loss on a held-out part of the stacks.
 """
 
@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-from torch import nn
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
 
 import livescope
 from livescope.acquire.virtual import VirtualRigConfig
@@ -39,13 +39,12 @@ from livescope.modelcard import (
 from livescope.models import export
 from livescope.models.budget import StepPlan, TrainProgress
 from livescope.models.compare import compare
-from livescope.models.data import FrameSet, VirtualDenoiseData, random_patches, virtual_frames
-from livescope.models.n2v import BlindSpotMasking, StructAxis, masked_mse
-from livescope.models.repository_write import write_version
+from livescope.models.denoise.data import FrameSet, VirtualDenoiseData, random_patches, virtual_frames
+from livescope.models.denoise.n2v import BlindSpotMasking, StructAxis, masked_mse
+from livescope.models.denoise.user_data import UserTrainingData
 from livescope.models.intensity import IntensityTransform, TransformKind
 from livescope.models.unet import InGraphNormalised, UNet, UNetConfig, parameter_count
-from livescope.models.user_data import UserTrainingData
-from livescope.server.repository import ModelVersion
+from livescope.repository import ModelVersion, write_version
 
 
 class DenoiseTrainConfig(BaseModel):
@@ -315,7 +314,7 @@ def train_and_publish(
     data: VirtualDenoiseData = VirtualDenoiseData(),
     held_out: VirtualDenoiseData | None = None,
     config: DenoiseTrainConfig = DenoiseTrainConfig(budget_seconds=420.0),
-    command: str = "livescope.models.train_denoise.train_and_publish()",
+    command: str = "livescope.models.denoise.train.train_and_publish()",
     progress: Callable[[TrainProgress], None] | None = None,
 ) -> tuple[Path, ModelCard]:
     """Train on ``data``, export, check parity, measure on ``held_out``, write the next version.
@@ -436,11 +435,11 @@ def train_and_publish_own_data(
     *,
     name: str = "denoise",
     config: DenoiseTrainConfig = DenoiseTrainConfig(budget_seconds=420.0),
-    command: str = "livescope.models.train_denoise.train_and_publish_own_data()",
+    command: str = "livescope.models.denoise.train.train_and_publish_own_data()",
     session_ids: tuple[str, ...] = (), compare_with: ModelVersion | None = None,
     progress: Callable[[TrainProgress], None] | None = None,
 ) -> tuple[Path, ModelCard]:
-    """Train on the user's stacks (``models.user_data.load_training_stacks``), export, check
+    """Train on the user's stacks (``models.denoise.user_data.load_training_stacks``), export, check
     parity, measure the N2V validation loss on the held-out part, write the next version.
 
     No clean images exist, so the held-out metric is the self-supervised loss itself.

@@ -1,8 +1,8 @@
 """Train a localisation network on simulation only, and publish it as a model version.
 
-Every step draws a fresh batch from ``models.localise_data`` (nothing is stored: the simulator is
+Every step draws a fresh batch from ``models.localise.data`` (nothing is stored: the simulator is
 the dataset), so the network never sees the same frame twice. The window's last frame is the one
-to localise (``models.localise_net``: causal, for the live stream). A fixed held-out set (another
+to localise (``models.localise.net``: causal, for the live stream). A fixed held-out set (another
 seed) is scored every ``validate_every_steps``; the best weights are kept. Then the network is
 exported to ONNX (input ``frames``: float32 [N, context, H, W] photons; output ``maps``), checked
 against torch, scored on the held-out set through onnxruntime and the server's post-processing
@@ -37,13 +37,12 @@ from livescope.modelcard import (
 )
 from livescope.models import export
 from livescope.models.budget import StepPlan, TrainProgress
-from livescope.models.localise_data import LocaliseBatch, LocalisePsf, LocaliseSimulation, simulate_batch
 from livescope.models.compare import compare
-from livescope.server.repository import ModelVersion
-from livescope.models.localise_metrics import score_localisations
-from livescope.models.localise_net import LocaliseNet, LocaliseNetConfig, Targets, mixture_loss
-from livescope.models.repository_write import write_version
+from livescope.models.localise.data import LocaliseBatch, LocalisePsf, LocaliseSimulation, simulate_batch
+from livescope.models.localise.metrics import score_localisations
+from livescope.models.localise.net import LocaliseNet, LocaliseNetConfig, Targets, mixture_loss
 from livescope.models.unet import parameter_count
+from livescope.repository import ModelVersion, write_version
 
 INPUT_NAME = "frames"
 OUTPUT_NAME = "maps"
@@ -196,7 +195,7 @@ def held_out_scores(proto: onnx.ModelProto, held_out: LocaliseBatch, spec: Local
     server's post-processing), against the last frame's emitters inside the frame."""
     import onnxruntime as ort
 
-    from livescope.server.localise import maps_to_emitters
+    from livescope.localise_maps import maps_to_emitters
 
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     maps = session.run([OUTPUT_NAME], {INPUT_NAME: network_input(held_out)})[0]

@@ -1,11 +1,11 @@
 """Train a cross-modality restoration network (confocal -> STED) and publish it as a model version.
 
-Pairs come from ``models.restore_data``: from the virtual microscope (noise-free STED targets) or
+Pairs come from ``models.restore.data``: from the virtual microscope (noise-free STED targets) or
 from a calibration session (noisy STED targets: their noise is independent of the confocal
 input's, so the squared error trains towards the expected STED image, as in Noise2Noise).
 Whole fields are held out; the held-out loss is measured every ``validate_every_steps`` on fixed
 patches and the best weights are kept (early stop after ``patience_validations`` without gain).
-Then the served graph (``models.restore_net.RestoreGraph``) is exported to ONNX, checked against
+Then the served graph (``models.restore.net.RestoreGraph``) is exported to ONNX, checked against
 torch, and scored on the held-out fields through onnxruntime:
 
 - PSNR (dB) of the restored frame against the high image (noise-free where there is one), next
@@ -34,13 +34,12 @@ from livescope.modelcard import MODEL_FILE, ModelCard, Normalisation, Provenance
 from livescope.models import export
 from livescope.models.budget import TrainProgress
 from livescope.models.compare import compare
-from livescope.models.repository_write import write_version
+from livescope.models.denoise.train import psnr_db
+from livescope.models.restore.data import RestorePair, require_fields, sample_patches
+from livescope.models.restore.net import INPUT_NAME, OUTPUT_NAME, OUTPUT_UNITS, RestoreGraph, restore_unet
 from livescope.models.supervised import SupervisedTrainConfig, TrainedGraph, fit, loop_settings
-from livescope.models.restore_data import RestorePair, require_fields, sample_patches
-from livescope.models.restore_net import INPUT_NAME, OUTPUT_NAME, OUTPUT_UNITS, RestoreGraph, restore_unet
-from livescope.models.train_denoise import psnr_db
 from livescope.models.unet import parameter_count
-from livescope.server.repository import ModelVersion
+from livescope.repository import ModelVersion, write_version
 
 HELD_OUT_PATCHES = 64
 FRC_THRESHOLD = 0.5  # agreement with a known reference (not the 1/7 of two noisy halves)

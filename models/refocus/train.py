@@ -1,12 +1,12 @@
 """Train a refocusing network on axial stacks and publish it as a model version.
 
-Pairs come from z-stacks of the same field (``models.refocus_data``): the plane at z_i with the
+Pairs come from z-stacks of the same field (``models.refocus.data``): the plane at z_i with the
 map delta-z = z_j - z_i in, the plane at z_j out; from the virtual microscope (with its noise-free
 planes as targets) or from a calibration session's stacks (noisy targets: the noise of two planes
 is independent, so the squared error trains towards the expected image, as in Noise2Noise).
 Whole fields are held out; the held-out loss is measured every ``validate_every_steps`` on fixed
 pairs and the best weights are kept (early stop after ``patience_validations`` without gain).
-Then the served graph (``models.refocus_net.RefocusGraph``) is exported to ONNX, checked against
+Then the served graph (``models.refocus.net.RefocusGraph``) is exported to ONNX, checked against
 torch, and scored on the held-out fields through onnxruntime: PSNR of the refocused frame against
 the true plane, next to the input left unchanged, at several delta-z.
 """
@@ -36,13 +36,12 @@ from livescope.modelcard import (
 from livescope.models import export
 from livescope.models.budget import TrainProgress
 from livescope.models.compare import compare
-from livescope.models.refocus_data import ZStack, sample_pairs
-from livescope.models.refocus_net import INPUT_NAME, OUTPUT_NAME, RefocusGraph, refocus_unet
-from livescope.models.repository_write import write_version
+from livescope.models.denoise.train import psnr_db
+from livescope.models.refocus.data import ZStack, sample_pairs
+from livescope.models.refocus.net import INPUT_NAME, OUTPUT_NAME, RefocusGraph, refocus_unet
 from livescope.models.supervised import SupervisedTrainConfig, TrainedGraph, fit, loop_settings
-from livescope.models.train_denoise import psnr_db
 from livescope.models.unet import parameter_count
-from livescope.server.repository import ModelVersion
+from livescope.repository import ModelVersion, write_version
 
 HELD_OUT_PAIRS = 64
 FINE_TUNE_LEARNING_RATE = 3e-4  # starting from a trained model: smaller steps keep what it knows

@@ -2,14 +2,14 @@
 
 A pair is the low-resolution image (confocal) and the high-resolution one (STED) of the same
 field, the high one registered to the low one and scaled to its brightness (the served contract,
-see ``models.restore_net``).
+see ``models.restore.net``).
 
 - `RestorePair`: one field's pair (and, from the virtual microscope, the noise-free high image).
 - `VirtualRestoreData` / `virtual_pairs`: pairs snapped with the virtual microscope, the two
   modalities through its confocal and STED PSFs (`VirtualScene.expected_photons(modality=...)`).
 - `session_pairs`: a calibration session's pairs (anything with ``.position, .repeat, .low_adu,
   .high_adu``), each high image aligned by a registration callable (`registration_aligner`
-  makes one from `livescope.acquire.pair_registration`'s report); pairs that fail registration
+  makes one from `livescope.acquire.calibration.registration`'s report); pairs that fail registration
   are left out, not used unaligned.
 - `sample_patches`: a training batch; `split_fields`: hold out whole fields (positions);
   `require_fields`: the clear error for too few.
@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from livescope.models.virtual_fields import field_centres
 
 if TYPE_CHECKING:
-    from livescope.acquire.pair_registration import RegistrationReport
+    from livescope.acquire.calibration.registration import RegistrationReport
     from livescope.acquire.virtual import VirtualRigConfig, VirtualScene
 
 RestoreSpecimen = Literal["filaments", "beads", "cells"]
@@ -213,10 +213,10 @@ NaN where the high field does not cover it), or why it could not be (a reason, o
 
 
 def registration_aligner(report: RegistrationReport) -> Align:
-    """An `Align` from a pair-registration report (`livescope.acquire.pair_registration`): each
+    """An `Align` from a pair-registration report (`livescope.acquire.calibration.registration`): each
     pair resampled by its own registration; pairs that failed QA, or that the report lacks, are
     refused with the reason (left out, never used unaligned)."""
-    from livescope.acquire.pair_registration import apply_registration
+    from livescope.acquire.calibration.registration import apply_registration
 
     def align(high_adu: np.ndarray, position: int, repeat: int) -> np.ndarray | str:
         reg = report.get(position, repeat)

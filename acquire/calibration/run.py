@@ -26,7 +26,7 @@ import useq
 from pydantic import BaseModel
 from pymmcore_plus import CMMCorePlus
 
-from livescope.acquire.calibration_plan import (
+from livescope.acquire.calibration.plan import (
     check_plan_on_rig,
     grid_positions,
     make_plan,
@@ -35,7 +35,7 @@ from livescope.acquire.calibration_plan import (
     read_positions,
     z_offsets_um,
 )
-from livescope.acquire.calibration_store import SessionStore, is_disk_full, stored_axes
+from livescope.acquire.calibration.store import SessionStore, is_disk_full, stored_axes
 from livescope.protocol import CameraCalibration
 from livescope.session import (
     RigSnapshot,

@@ -13,8 +13,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from livescope.acquire.pair_registration import (
-    REGISTRATION_FILE, RegistrationError, RegistrationReport, RegistrationSettings, register_pairs, write_qa_report)
+from livescope.acquire.calibration.qa import write_qa_report
+from livescope.acquire.calibration.registration import (
+    REGISTRATION_FILE,
+    RegistrationError,
+    RegistrationReport,
+    RegistrationSettings,
+    register_pairs,
+)
 from livescope.session import Session, SessionError
 
 QA_FOLDER = "qa"

@@ -466,7 +466,7 @@ def refocus(
 def _resolve_model(ref: str, repository: Path, *, task: str, option: str):
     """NAME[@VERSION] in the shipped models and ``repository`` (a `ModelVersion` of ``task``)."""
     from livescope.protocol import split_stage
-    from livescope.server.repository import ModelRepository, UnknownModelError, shipped_models_root
+    from livescope.repository import ModelRepository, UnknownModelError, shipped_models_root
 
     try:
         name, version = split_stage(ref)
@@ -509,7 +509,7 @@ def _compare_with(deploy: bool, server: str, name: str, force: bool):
         return None
     from livescope.deploy import DeployError, active_version
     from livescope.modelcard import CARD_FILE, ModelCard
-    from livescope.server.repository import ModelVersion
+    from livescope.repository import ModelVersion
 
     try:
         active = active_version(server, name)
@@ -610,14 +610,14 @@ def train_denoise(
     own = None
     session_ids: tuple[str, ...] = ()
     if data:  # checked before torch is even imported: a mistake costs no time
-        from livescope.models.user_data import TrainingDataError, load_training_stacks
+        from livescope.models.denoise.user_data import TrainingDataError, load_training_stacks
 
         data, session_ids = _expand_sessions(data)
         try:
             own = load_training_stacks(data, patch, seed)
         except TrainingDataError as e:
             fail(str(e))
-    from livescope.models.train_denoise import DenoiseTrainConfig
+    from livescope.models.denoise.train import DenoiseTrainConfig
 
     budget_s = None if steps else (budget_minutes or (None if epochs else 5.0))
     budget_s = budget_s * 60.0 if budget_s else None
@@ -626,7 +626,7 @@ def train_denoise(
                                 struct_axis=struct or "none", struct_span_px=struct_span if struct else 0)
     command = shlex.join(["livescope", *sys.argv[1:]])
     if own is not None:
-        from livescope.models.train_denoise import steps_per_epoch, train_and_publish_own_data
+        from livescope.models.denoise.train import steps_per_epoch, train_and_publish_own_data
 
         if epochs is not None and steps is None:
             config = DenoiseTrainConfig(**(config.model_dump() | {
@@ -636,8 +636,8 @@ def train_denoise(
         train = partial(train_and_publish_own_data, repository, own, compare_with=compare_with,
                         session_ids=session_ids)
     else:
-        from livescope.models.data import VirtualDenoiseData
-        from livescope.models.train_denoise import train_and_publish
+        from livescope.models.denoise.data import VirtualDenoiseData
+        from livescope.models.denoise.train import train_and_publish
 
         _compare_with(deploy, server, "denoise", force)  # checks the server before training; no comparison
         source = VirtualDenoiseData(frames_per_condition=frames_per_condition, seed=seed)
@@ -682,8 +682,8 @@ def train_localise(
     repository = models or _default_models_dir()
     if repository.exists() and not repository.is_dir():
         fail(f"--models {repository} is a file, not a folder")
-    from livescope.models.localise_data import EMCCD, SCMOS, LocaliseSimulation
-    from livescope.models.train_localise import LocaliseTrainConfig, train_and_publish_localiser
+    from livescope.models.localise.data import EMCCD, SCMOS, LocaliseSimulation
+    from livescope.models.localise.train import LocaliseTrainConfig, train_and_publish_localiser
 
     budget_s = None if steps else (budget_minutes or 20.0) * 60.0
     # the issue's ranges, widened to the virtual rig's own PSF (0.72 px) and background (2 photons/px)
@@ -708,7 +708,7 @@ def train_localise(
 def _bead_calibration(path: Path, **optics: float | None):
     """The PSF calibrated on a beads session's stacks, and the session's id (printed as it goes)."""
     from livescope.console import console
-    from livescope.models.psf_calibration import PsfCalibrationError, calibrate_psf_from_session
+    from livescope.models.psf.calibration import PsfCalibrationError, calibrate_psf_from_session
     from livescope.session import SessionError, load_session
 
     try:
@@ -767,9 +767,15 @@ def train_refocus(
     if repository.exists() and not repository.is_dir():
         fail(f"--models {repository} is a file, not a folder")
     from livescope.modelcard import TrainedFor
-    from livescope.models.refocus_data import (
-        RefocusDataError, VirtualRefocusData, read_stacks, register_stacks, split_fields, virtual_stacks)
-    from livescope.models.train_refocus import RefocusTrainConfig, train_and_publish_refocuser
+    from livescope.models.refocus.data import (
+        RefocusDataError,
+        VirtualRefocusData,
+        read_stacks,
+        register_stacks,
+        split_fields,
+        virtual_stacks,
+    )
+    from livescope.models.refocus.train import RefocusTrainConfig, train_and_publish_refocuser
 
     config = RefocusTrainConfig(dz_max_um=dz_max, steps=steps, seed=seed,
                                 budget_seconds=None if steps else (budget_minutes or 10.0) * 60.0)
@@ -811,7 +817,7 @@ def train_refocus(
     config = config.model_copy(update={"target": target})
     start = None
     if start_from is not None:
-        from livescope.models.train_refocus import FINE_TUNE_LEARNING_RATE
+        from livescope.models.refocus.train import FINE_TUNE_LEARNING_RATE
 
         start = _resolve_model(start_from, repository, task="refocus", option="--from")
         config = config.model_copy(update={"learning_rate": FINE_TUNE_LEARNING_RATE})

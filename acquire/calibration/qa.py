@@ -27,8 +27,14 @@ import imageio.v3 as iio
 import numpy as np
 from skimage.transform import resize
 
-from livescope.acquire.pair_registration import (
-    PairLike, PairRegistration, RegistrationError, RegistrationReport, apply_registration, image_stats)
+from livescope.acquire.calibration.registration import (
+    PairLike,
+    PairRegistration,
+    RegistrationError,
+    RegistrationReport,
+    apply_registration,
+    image_stats,
+)
 from livescope.stackio import move_into_place
 
 REPORT_FILE = "report.html"

@@ -1,0 +1,1 @@
+"""Virtual refocusing (Deep-Z style): z-stacks, the delta-z-conditioned UNet and its training."""

@@ -1,0 +1,1 @@
+"""Cross-modality restoration (confocal -> STED, CARE-style): pairs, network and training."""
