@@ -22,8 +22,8 @@ from pymmcore_plus import CMMCorePlus
 from livescope.acquire.localisations import LocalisationWriter, gives_tables, localises
 from livescope.acquire.results import RestoredWriter, restored_path, table_paths
 from livescope.acquire.streamer import FrameStreamer
+from livescope.camera import CameraCalibration
 from livescope.client import DeliveryMode, Refusal, Result, StreamClient
-from livescope.protocol import CameraCalibration
 
 
 class AcquisitionProgress(BaseModel):

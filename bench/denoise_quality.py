@@ -7,7 +7,7 @@ chosen from a small grid on a separate validation stack, seed 30000); non-local 
 (scikit-image, when importable); the shipped ``denoise`` model through ``LoadedModel.run_frames``
 (onnxruntime); and livescope trained on the test stack itself (Noise2Void, noisy frames only)
 within ``--budget-minutes``, exported to ONNX and run with onnxruntime. PSNR as
-``models.denoise.train.psnr_db`` (peak = the clean frames' range, MSE pooled over the stack);
+``models.metrics.psnr_db`` (peak = the clean frames' range, MSE pooled over the stack);
 SSIM per frame with the same data range, averaged. Also onnxruntime ms per 512x512 frame.
 
 Real data: FMD Confocal_BPAE_B (Zhang et al., CVPR 2019, "A Poisson-Gaussian Denoising Dataset
@@ -42,7 +42,8 @@ from scipy import ndimage
 
 from livescope.models import export
 from livescope.models.denoise.data import VirtualDenoiseData, virtual_frames
-from livescope.models.denoise.train import DenoiseTrainConfig, psnr_db, train_denoise
+from livescope.models.denoise.train import DenoiseTrainConfig, train_denoise
+from livescope.models.metrics import psnr_db
 from livescope.repository import ModelRepository, shipped_models_root
 from livescope.server.models import LoadedModel
 from livescope.server.providers import RuntimeOptions
@@ -153,7 +154,7 @@ def self_trained(frames: np.ndarray, budget_s: float, args: argparse.Namespace
     config = DenoiseTrainConfig(budget_seconds=budget_s, seed=TRAIN_SEED, intensity=args.intensity)
     trained = train_denoise(train, config, held_out=frames[held])
     proto = export.to_onnx(trained.served(), trained.net.config.size_multiple_px)
-    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = export.cpu_session(proto)
 
     def run(stack: np.ndarray) -> np.ndarray:
         return np.concatenate([session.run([export.OUTPUT_NAME], {export.INPUT_NAME: f[None, None]})[0][:, 0]
@@ -410,7 +411,7 @@ def main() -> None:
         "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
         "onnxruntime": ort.__version__,
         "shipped_model": model.ref,
-        "psnr": "dB, peak = clean (reference) range, MSE pooled over the stack (models.denoise.train.psnr_db)",
+        "psnr": "dB, peak = clean (reference) range, MSE pooled over the stack (models.metrics.psnr_db)",
         "ssim": ("skimage.metrics.structural_similarity" if structural_similarity is not None
                  else "own implementation") + " (Gaussian window sigma 1.5 px, K1 0.01, K2 0.03, "
                  "data range = clean range), mean over frames",

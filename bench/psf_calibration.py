@@ -39,13 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
-from livescope.models.psf.calibration import (
-    PsfCalibration,
-    PsfCalibrationError,
-    calibrate_psf,
-    localise_planes,
-    second_moments,
-)
+from livescope.models.psf.beads import second_moments
+from livescope.models.psf.calibration import PsfCalibration, PsfCalibrationError, calibrate_psf, localise_planes
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 

@@ -30,8 +30,8 @@ import zmq
 import zmq.utils.monitor
 from pydantic import BaseModel
 
+from livescope.camera import CameraCalibration
 from livescope.protocol import (
-    CameraCalibration,
     AckHeader,
     ControlReply,
     ControlRequest,

@@ -20,6 +20,9 @@ from typing import Annotated, Any, Literal, Union
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
+# The camera model is the core's (livescope/camera.py); a frame header carries its calibration.
+from livescope.camera import CameraCalibration
+
 PROTOCOL_VERSION = 1
 """Bumped on any change that an older peer could misread."""
 
@@ -69,21 +72,6 @@ class _ServerHeader(_Header):
     """What the server sends is read leniently, so older clients survive added fields."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
-
-
-class CameraCalibration(BaseModel):
-    """The camera's ADU -> detected photons (photo-electrons):
-    photons = (ADU - baseline_adu) x e_per_adu / em_gain. Localisation models take photons, so a
-    frame for a ``localise`` stage carries its camera's calibration."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    baseline_adu: float = Field(ge=0)
-    e_per_adu: float = Field(gt=0)
-    em_gain: float = Field(default=1.0, ge=1)
-
-    def photons(self, frames_adu: np.ndarray) -> np.ndarray:
-        return (frames_adu.astype(np.float32) - self.baseline_adu) * (self.e_per_adu / self.em_gain)
 
 
 class FrameHeader(_Header):

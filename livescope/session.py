@@ -24,7 +24,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from livescope.protocol import CameraCalibration
+from livescope.camera import CameraCalibration
 from livescope.stackio import StackError, read_stack
 from livescope.validation import first_error
 
@@ -341,6 +341,25 @@ def load_session(path: str | os.PathLike, *, verify: bool = False) -> Session:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise SessionError(f"session {root} is damaged: {problems[0]}{more}")
     return session
+
+
+def expand_sessions(paths: list[Path]) -> tuple[list[Path], tuple[str, ...]]:
+    """``paths`` with every calibration session replaced by its completed positions' OME-Zarr
+    stores, in position order (each an ordinary stack, for readers that know nothing of
+    sessions), and the sessions' ids (for a trained model's lineage). SessionError for a session
+    that cannot be read or has no completed position."""
+    expanded: list[Path] = []
+    ids: list[str] = []
+    for path in paths:
+        if not is_session(path):
+            expanded.append(path)
+            continue
+        session = load_session(path)
+        if not session.manifest.completed:
+            raise SessionError(f"{path}: the session has no completed positions yet")
+        expanded += [session.root / done.path for done in sorted(session.manifest.completed, key=lambda d: d.index)]
+        ids.append(session.session_id)
+    return expanded, tuple(ids)
 
 
 def read_manifest(root: Path) -> SessionManifest:

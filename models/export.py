@@ -104,13 +104,18 @@ def check_contract(proto: onnx.ModelProto, input_name: str = INPUT_NAME, output_
             raise ExportError(f"{value.name} has static axes {static}: N, H, W must be dynamic")
 
 
+def cpu_session(proto: onnx.ModelProto):
+    """An onnxruntime session of ``proto`` on the CPU: what parity checks and held-out scores run."""
+    import onnxruntime as ort
+
+    return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
 def check_parity(module: nn.Module, proto: onnx.ModelProto, x: np.ndarray,
                  input_name: str = INPUT_NAME, output_name: str = OUTPUT_NAME) -> float:
     """Run torch and onnxruntime (CPU) on ``x`` ([N,C,H,W]; uint16 for the image models); return
     the relative error max |onnx - torch| / max |torch|; above PARITY_RTOL raises ExportError."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = cpu_session(proto)
     got = session.run([output_name], {input_name: x})[0]
     with torch.no_grad():
         tensor = (torch.from_numpy(x.astype(np.int32)).to(torch.uint16) if x.dtype == np.uint16

@@ -1,7 +1,12 @@
-"""Where the virtual microscope's training fields are taken: separate stage positions, each the
-fullest of a few random candidates (the virtual specimens are sparse: a random field is often
-empty). Positions lie on the pixel grid, so every field has the same sub-pixel offset and one
-OTF per plane serves them all."""
+"""The virtual microscope's training fields: where they are taken, and snapping them at a signal level.
+
+`field_centres`: separate stage positions, each the fullest of a few random candidates (the
+virtual specimens are sparse: a random field is often empty). Positions lie on the pixel grid, so
+every field has the same sub-pixel offset and one OTF per plane serves them all.
+
+`snap_at_signal`: a frame at any signal level from one scene set up at 1 photon/ms, so that the
+scene's OTF cache (the costly part) serves every level.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
+    from livescope.acquire.virtual.optics import Modality
     from livescope.acquire.virtual.scene import VirtualScene
 
 
@@ -36,3 +42,20 @@ def field_centres(n: int, scene: VirtualScene, *, pixel_size_um: float, sensor_s
         amounts = [float(scene.specimen.render(x - w * p / 2, y - h * p / 2, (h, w), p).sum()) for x, y in found]
         centres.append(found[int(np.argmax(amounts))])
     return centres
+
+
+def snap_at_signal(scene: VirtualScene, x_um: float, y_um: float, z_um: float, exposure_ms: float,
+                   signal_photons_per_ms: float, rng: np.random.Generator,
+                   modality: Modality | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(noisy uint16, noise-free float32) ADU: `VirtualScene.snap` as a rig whose signal is
+    ``signal_photons_per_ms`` would give it (``modality``: the rig's by default), from a scene set up
+    at 1 photon/ms: the signal is linear in the rate, the background is not scaled."""
+    from livescope.acquire.virtual.camera import expected_adu, read_out
+
+    if scene.config.signal_photons_per_ms != 1.0:
+        raise ValueError("snap_at_signal needs a scene whose rig has signal_photons_per_ms = 1")
+    background = np.float32(scene.config.background_photons_per_ms * exposure_ms)
+    photons = scene.expected_photons(x_um, y_um, z_um, exposure_ms, modality=modality)
+    photons = (photons - background) * np.float32(signal_photons_per_ms) + background
+    np.maximum(photons, 0.0, out=photons)
+    return read_out(photons, rng, scene.camera), expected_adu(photons, scene.camera)

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from livescope.camera import CameraCalibration
 from livescope.emitters import EmitterTable
 from livescope.localise_maps import maps_to_emitters, range_warnings
-from livescope.protocol import CameraCalibration
 from livescope.server.models import LoadedModel
 from livescope.server.offline import OfflineError, load_model, resolve_model
 from livescope.stackio import StackError, StackInfo, read_stack, stack_format, write_stack

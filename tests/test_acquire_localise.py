@@ -148,7 +148,7 @@ def test_every_frame_of_a_live_localisation_is_accounted_for_and_its_emitters_wr
     from livescope.acquire.microscope import open_microscope
     from livescope.acquire.run import run_acquisition
     from livescope.acquire.virtual import VirtualRigConfig
-    from livescope.protocol import CameraCalibration
+    from livescope.camera import CameraCalibration
 
     srv = own_server("--models", str(repository))
     rig = VirtualRigConfig(sensor_shape_px=(64, 64), specimen="smlm", seed=2)

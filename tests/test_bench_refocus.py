@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from livescope.models.denoise.train import psnr_db
+from livescope.models.metrics import psnr_db
 from livescope.models.refocus.data import ZStack
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"

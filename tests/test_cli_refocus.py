@@ -13,7 +13,7 @@ import pytest
 import tifffile
 
 from livescope.modelcard import CARD_FILE, ModelCard
-from livescope.models.refocus.data import VirtualRefocusData, virtual_stacks
+from livescope.models.refocus.virtual import VirtualRefocusData, virtual_stacks
 from livescope.stackio import read_stack
 
 Z_STEP_UM = 0.25

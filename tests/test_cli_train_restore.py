@@ -2,7 +2,7 @@
 `restore` version out. Bad sessions are refused in one line (exit 2), before any training, and
 nothing is written.
 
-The command is registered here on a local typer app as livescope/cli.py registers it
+The command is registered here on a local typer app as livescope/cli/train.py registers it
 (``train_app.command("restore")(train_restore)``); the sessions are real session folders (the
 manifest and one OME-Zarr per position, as `livescope.session` reads them).
 """
@@ -17,7 +17,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from livescope.cli_train_restore import train_restore
+from livescope.cli.train import train_restore
 from livescope.modelcard import CARD_FILE, ModelCard
 from livescope.models.restore.data import VirtualRestoreData, virtual_pairs
 from livescope.protocol import CameraCalibration

@@ -26,11 +26,11 @@ from livescope.models.denoise.train import (
     VALIDATION_PATCHES_IN_LOOP,
     DenoiseTrainConfig,
     HeldOutLoss,
-    psnr_db,
     train_and_publish,
     train_denoise,
 )
 from livescope.models.intensity import IntensityTransform
+from livescope.models.metrics import psnr_db
 from livescope.models.unet import InGraphNormalised, UNet, UNetConfig
 from livescope.repository import existing_versions, write_version
 

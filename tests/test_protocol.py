@@ -97,3 +97,14 @@ def test_a_client_reads_server_headers_with_fields_it_does_not_know():
     newer = json.loads(encode_header(r))
     newer["gpu_temperature_c"] = 61
     assert decode_header(json.dumps(newer).encode()) == r
+
+
+def test_a_cameras_read_noise_is_optional_on_the_wire_and_absent_when_unknown():
+    plain = decode_header(json.dumps(frame_header(camera={"baseline_adu": 100, "e_per_adu": 0.5})).encode())
+    assert "read_noise_e" not in encode_header(plain).decode()
+    noisy = decode_header(json.dumps(frame_header(
+        camera={"baseline_adu": 100, "e_per_adu": 0.5, "read_noise_e": 1.6})).encode())
+    assert noisy.camera.read_noise_e == 1.6 and decode_header(encode_header(noisy)) == noisy
+    with pytest.raises(ProtocolError, match="read_noise_e"):
+        decode_header(json.dumps(frame_header(
+            camera={"baseline_adu": 100, "e_per_adu": 0.5, "read_noise_e": -1})).encode())

@@ -19,12 +19,12 @@ from livescope.acquire.calibration.run import grid_positions, make_plan, run_ses
 from livescope.acquire.microscope import VirtualMicroscope
 from livescope.acquire.virtual import VirtualRigConfig
 from livescope.models.localise.data import LocaliseSimulation, render_emitters
+from livescope.models.psf.beads import detect_beads
 from livescope.models.psf.calibration import (
     PsfCalibration,
     PsfCalibrationError,
     calibrate_psf,
     calibrate_psf_from_session,
-    detect_beads,
     localise_planes,
 )
 from livescope.session import GridSpec, Session, load_session

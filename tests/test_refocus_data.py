@@ -11,18 +11,11 @@ import tifffile
 from scipy.ndimage import fourier_shift
 
 from livescope.acquire.virtual import VirtualScene
-from livescope.models.refocus.data import (
-    RefocusDataError,
-    VirtualRefocusData,
-    ZStack,
-    read_stacks,
-    register_stack,
-    register_stacks,
-    sample_pairs,
-    snap_at_signal,
-    split_fields,
-    virtual_stacks,
-)
+from livescope.models.refocus.data import RefocusDataError, ZStack, sample_pairs, split_fields
+from livescope.models.refocus.registration import register_stack, register_stacks
+from livescope.models.refocus.user_data import read_stacks
+from livescope.models.refocus.virtual import VirtualRefocusData, virtual_stacks
+from livescope.models.virtual_fields import snap_at_signal
 from livescope.stackio import StackInfo, write_stack
 
 # Beads on the coverslip (one z-slab: fast), planes 1 µm apart about focus.

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import yaml
 
+from livescope.camera import CameraCalibration
 from livescope.client import ControlError, Refusal, Result, ResultSubscriber, StreamClient
 from livescope.emitters import EMITTER_DTYPE, EMITTER_FIELDS, EmitterTable
 from livescope.models.localise.data import LocaliseSimulation, simulate_batch
 from livescope.models.localise.train import LocaliseTrainConfig, train_and_publish_localiser
-from livescope.protocol import CameraCalibration
 from livescope.repository import ModelRepository
 from livescope.server.models import LoadedModel
 from livescope.server.offline_localise import localise_frames

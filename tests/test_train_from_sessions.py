@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from livescope.modelcard import CARD_FILE, ModelCard
-from livescope.models.refocus.data import read_stacks
+from livescope.models.refocus.user_data import read_stacks
 from livescope.session import load_session
 
 

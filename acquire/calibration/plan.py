@@ -1,6 +1,6 @@
-"""Planning a calibration session: positions (a grid or a list file), the `SessionPlan`, the
-useq sequence of one position, and the checks of a plan against the rig made before anything
-is acquired.
+"""Planning a calibration session: positions (a grid or a list file), the `SessionPlan` (from
+the options given, when resuming completed by the session's own plan), the useq sequence of one
+position, and the checks of a plan against the rig made before anything is acquired.
 
 Every problem is a `SessionError` with a one-line message.
 """
@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import useq
 import yaml
@@ -146,3 +148,68 @@ def check_plan_on_rig(core: CMMCorePlus, plan: SessionPlan) -> None:
             if preset not in presets:
                 raise SessionError(f"preset {preset!r} does not exist in config group {plan.group!r} "
                                    f"(presets: {', '.join(presets) or 'none'})")
+
+
+def plan_session(core: CMMCorePlus, kind: SessionKind, kind_options: dict[str, Any], defaults: dict[str, Any], *,
+                 positions_file: Path | None = None, grid: str | None = None, spacing_um: float | None = None,
+                 exposure_ms: float | None = None, previous: SessionPlan | None = None,
+                 warn: Callable[[str], None] = lambda message: None) -> SessionPlan:
+    """The plan from the options given (None: not given): positions from ``positions_file`` or a
+    ``grid`` ('ROWSxCOLS', default 1x1) ``spacing_um`` apart (default: one field of view) about the
+    stage's position, ``kind_options`` (the kind's presets and repeats, or z range and step; those
+    not given take ``defaults``). When resuming, ``previous`` is the session's plan and options left
+    out take its values. ``warn`` receives what is legal but worth saying (fields that overlap).
+    SessionError (one line)."""
+    z_now = core.getPosition() if core.getFocusDevice() else None
+    if positions_file is not None:
+        positions, grid_spec, source = _listed_positions(positions_file, previous, z_now), None, str(positions_file)
+    elif grid is None and spacing_um is None and previous is not None:
+        positions, grid_spec, source = previous.positions, previous.grid, previous.positions_file
+    else:
+        grid_spec = _grid(core, grid, spacing_um, previous)
+        z = previous.positions[0].z_um if previous is not None and previous.grid is not None else z_now
+        positions, source = grid_positions(grid_spec, z), None
+        if (message := overlap_warning(core, grid_spec)) is not None:
+            warn(message)
+    own = previous.model_dump() if previous is not None else {}
+    chosen = {k: v if v is not None else own.get(k, defaults[k]) for k, v in kind_options.items()}
+    exposure = exposure_ms or (previous.exposure_ms if previous is not None else core.getExposure())
+    return make_plan(kind, positions, exposure_ms=exposure, grid=grid_spec, positions_file=source, **chosen)
+
+
+def _listed_positions(path: Path, previous: SessionPlan | None, z_now: float | None) -> tuple[PlannedPosition, ...]:
+    """A positions file's positions; entries without z take the focus of the day (when resuming:
+    of the day the session started, which its plan kept)."""
+    positions = read_positions(path)
+    if previous is not None:
+        return tuple(p if p.z_um is not None or i >= len(previous.positions)
+                     else p.model_copy(update={"z_um": previous.positions[i].z_um})
+                     for i, p in enumerate(positions))
+    return tuple(p if p.z_um is not None else p.model_copy(update={"z_um": z_now}) for p in positions)
+
+
+def _grid(core: CMMCorePlus, grid: str | None, spacing_um: float | None, previous: SessionPlan | None) -> GridSpec:
+    """The grid asked for, centred where the session's grid was (resuming) or on the stage now."""
+    rows, cols = parse_grid(grid or "1x1")
+    before = previous.grid if previous is not None else None
+    spacing = spacing_um or (before.spacing_um if before is not None else field_of_view_um(core))
+    if spacing is None:
+        raise SessionError("the rig has no pixel size configured: give the grid's --spacing in µm")
+    cx, cy = (before.centre_x_um, before.centre_y_um) if before is not None else core.getXYPosition()
+    return GridSpec(rows=rows, columns=cols, spacing_um=spacing, centre_x_um=cx, centre_y_um=cy)
+
+
+def overlap_warning(core: CMMCorePlus, grid: GridSpec) -> str | None:
+    """Overlapping fields are legal, but training holds out whole positions to score a model:
+    a held-out field that overlaps a trained one is not unseen."""
+    field_um = field_of_view_um(core)
+    if grid.rows * grid.columns > 1 and field_um is not None and grid.spacing_um < field_um:
+        return (f"the grid spacing {grid.spacing_um:g} µm is less than the field of view ({field_um:g} µm): "
+                "neighbouring fields overlap, so a model's held-out fields would not be unseen")
+    return None
+
+
+def field_of_view_um(core: CMMCorePlus) -> float | None:
+    """The camera's field of view at the sample (its longer side, to 1 nm), µm; None without a pixel size."""
+    px = core.getPixelSizeUm()
+    return round(px * max(core.getImageWidth(), core.getImageHeight()), 3) if px else None

@@ -36,7 +36,7 @@ from livescope.acquire.calibration.plan import (
     z_offsets_um,
 )
 from livescope.acquire.calibration.store import SessionStore, is_disk_full, stored_axes
-from livescope.protocol import CameraCalibration
+from livescope.camera import CameraCalibration
 from livescope.session import (
     RigSnapshot,
     Session,

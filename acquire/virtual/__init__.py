@@ -7,6 +7,6 @@ core, see `livescope.acquire.microscope.open_microscope`.
 
 from .optics import Optics
 from .scene import VirtualRigConfig, VirtualScene
-from .specimen import EmitterKinetics, EmitterSet
+from .specimen import EmitterKinetics
 
-__all__ = ["EmitterKinetics", "EmitterSet", "Optics", "VirtualRigConfig", "VirtualScene"]
+__all__ = ["EmitterKinetics", "Optics", "VirtualRigConfig", "VirtualScene"]

@@ -1,6 +1,8 @@
 """The camera: photons -> photo-electrons (QE, shot noise) -> gain -> read noise -> ADU.
 
-A camera model in physical units. Each pixel detects Poisson(QE x photons) electrons, which
+A detector model in physical units, around the core's camera model (livescope/camera.py: how ADU
+relate to photo-electrons, which `expected_adu` and `read_out` convert with; ``calibration`` is
+this camera's). Each pixel detects Poisson(QE x photons) electrons, which
 saturate at the full-well capacity; an EMCCD (``em_gain`` > 1) multiplies them in its gain
 register, which adds excess noise (the output of n electrons is Gamma(n, G) distributed, so the
 noise factor F^2 tends to 2); then Gaussian read noise (e- rms) is added, the sum divided by
@@ -24,6 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from livescope.camera import CameraCalibration, photons_to_adu
+
 _BANDS = 8  # fixed: a frame must not depend on how many cores drew it
 _pool = ThreadPoolExecutor(max_workers=min(_BANDS, os.cpu_count() or 1), thread_name_prefix="camera")
 
@@ -44,6 +48,12 @@ class CameraModel(BaseModel):
     gain_rms: float = Field(default=0.0, ge=0, lt=0.5, description="sCMOS pixel-to-pixel gain spread, relative")
     read_noise_spread: float = Field(default=0.0, ge=0, description="sCMOS read-noise spread (lognormal sigma)")
     map_seed: int = Field(default=0, ge=0, description="seed of the fixed-pattern pixel maps")
+
+    @property
+    def calibration(self) -> CameraCalibration:
+        """The core camera model of this detector (without its pixel maps' spread)."""
+        return CameraCalibration(baseline_adu=self.baseline_adu, e_per_adu=self.e_per_adu, em_gain=self.em_gain,
+                                 read_noise_e=self.read_noise_e)
 
     @property
     def max_adu(self) -> int:
@@ -94,11 +104,9 @@ def expected_adu(photons: np.ndarray, camera: CameraModel) -> np.ndarray:
     """The noise-free mean of each pixel in ADU, baseline included (not rounded or clipped;
     saturation ignored). With pixel maps: each pixel's own offset and gain."""
     maps = pixel_maps(camera, photons.shape)
-    if maps is not None:
-        return (photons * np.float32(camera.qe * camera.em_gain) / maps.e_per_adu + maps.offset_adu).astype(
-            np.float32, copy=False)
-    return (photons * np.float32(camera.qe * camera.em_gain / camera.e_per_adu)
-            + np.float32(camera.baseline_adu)).astype(np.float32, copy=False)
+    if maps is None:
+        return camera.calibration.expected_adu(photons, camera.qe)
+    return photons_to_adu(photons, maps.offset_adu, maps.e_per_adu, camera.em_gain, camera.qe)
 
 
 def read_out(photons: np.ndarray, rng: np.random.Generator, camera: CameraModel) -> np.ndarray:
@@ -131,16 +139,13 @@ def _read_band(photons: np.ndarray, rng: np.random.Generator, camera: CameraMode
     else:
         adu = electrons.astype(np.float32)
     noise = rng.standard_normal(photons.shape, np.float32)
+    noise *= np.float32(camera.read_noise_e) if maps is None else maps.read_noise_e
+    adu += noise
+    # The electrons out of the gain register (QE and EM gain applied above) through the ADC.
     if maps is None:
-        noise *= np.float32(camera.read_noise_e)
-        adu += noise
-        adu *= np.float32(1.0 / camera.e_per_adu)
-        adu += np.float32(camera.baseline_adu)
+        adu = photons_to_adu(adu, camera.baseline_adu, camera.e_per_adu)
     else:
-        noise *= maps.read_noise_e
-        adu += noise
-        adu /= maps.e_per_adu
-        adu += maps.offset_adu
+        adu = photons_to_adu(adu, maps.offset_adu, maps.e_per_adu)
     np.rint(adu, out=adu)
     np.clip(adu, 0, camera.max_adu, out=adu)
     out[...] = adu

@@ -33,9 +33,10 @@ from pymmcore_plus.experimental.unicore import (
     pymm_property,
 )
 
+from livescope.emitters import EmitterTable
+
 from .camera import CameraModel, expected_adu, read_out
 from .scene import VirtualScene
-from .specimen import EmitterSet
 
 _NOISE_STREAM = 0xca3  # keeps the camera's random stream apart from the specimen's
 
@@ -52,13 +53,16 @@ class FrameTruth:
     """What the virtual camera knows about one frame it delivered.
 
     ``clean_adu``: the noise-free expectation (float32 ADU, baseline included) of the frame as
-    delivered (ROI applied); ``emitters``: the active molecules (smlm, else None); the stage
-    position (µm) and defocus, the sample's drift (x, y, z, µm) and the light path.
+    delivered (ROI applied); ``emitters``: the active molecules on the sensor (smlm, else None),
+    numbered as frame ``frame_number + 1``, in the delivered frame's coordinates (so with an ROI,
+    those outside it lie beyond its edges), and ``emitter_ids`` the molecules' ids, row by row; the
+    stage position (µm) and defocus, the sample's drift (x, y, z, µm) and the light path.
     """
 
     frame_number: int
     clean_adu: np.ndarray
-    emitters: EmitterSet | None
+    emitters: EmitterTable | None
+    emitter_ids: np.ndarray | None
     stage_xy_um: tuple[float, float]
     defocus_um: float
     drift_um: tuple[float, float, float]
@@ -213,7 +217,8 @@ class VirtualCamera(SimpleCameraDevice):
     `snap` takes at least the exposure time, like a real camera, so a live loop runs at the
     camera's frame rate rather than as fast as the CPU renders. `last_ground_truth` is the
     noise-free expectation (float32 ADU, baseline included, full sensor) of the last frame;
-    ``last_emitters`` the active molecules of the last frame (smlm specimen, else None);
+    ``last_emitters`` the active molecules of the last frame (smlm specimen, else None; an
+    `EmitterTable` in the sensor's coordinates, and ``last_emitter_ids`` their ids);
     ``last_drift_um`` the sample's drift (x, y, z) at the last frame.
 
     An MDA delivers frames to its outputs after the camera has moved on, so "the last frame"
@@ -234,7 +239,8 @@ class VirtualCamera(SimpleCameraDevice):
         self._drift = np.zeros(3)
         self._drift_rng = np.random.default_rng([scene.config.seed, _DRIFT_STREAM])
         self.last_ground_truth: np.ndarray | None = None
-        self.last_emitters = None
+        self.last_emitters: EmitterTable | None = None
+        self.last_emitter_ids: np.ndarray | None = None
         self.last_drift_um: tuple[float, float, float] = (0.0, 0.0, 0.0)
         self._truths: OrderedDict[bytes, FrameTruth] = OrderedDict()
         self._binning = 1
@@ -277,8 +283,12 @@ class VirtualCamera(SimpleCameraDevice):
     def _remember(self, buffer: np.ndarray, stage_xy_um: tuple[float, float]) -> None:
         x, y, w, h = self.get_roi()
         window = (slice(y, y + h), slice(x, x + w))
-        truth = FrameTruth(self._frame, self.last_ground_truth[window], self.last_emitters, stage_xy_um,
-                           self._focus.defocus_um, self.last_drift_um,
+        emitters = self.last_emitters
+        if emitters is not None and (x or y):  # the ROI's corner is the delivered frame's origin
+            pixel_nm = self._scene.pixel_size_um * self._binning * 1e3
+            emitters = _moved_origin(emitters, x * pixel_nm, y * pixel_nm)
+        truth = FrameTruth(self._frame, self.last_ground_truth[window], emitters, self.last_emitter_ids,
+                           stage_xy_um, self._focus.defocus_um, self.last_drift_um,
                            self._light_path.modality if self._light_path is not None else "widefield")
         self._truths[_digest(buffer[window])] = truth
         keep = max(4, self.TRUTH_MEMORY_BYTES // max(self.last_ground_truth.nbytes, 1))
@@ -325,10 +335,12 @@ class VirtualCamera(SimpleCameraDevice):
             modality = self._light_path.modality if self._light_path is not None else None
             photons = self._scene.expected_photons(x_um - dx, y_um - dy, self._focus.defocus_um - dz,
                                                    exposure_ms, modality=modality)
-            self.last_emitters = self._scene.last_emitters
+            emitters = self._scene.last_emitters
+            self.last_emitters = None if emitters is None else emitters.with_frame(self._frame + 1)
+            self.last_emitter_ids = self._scene.last_emitter_ids
         else:
             photons = np.zeros(self._scene.config.sensor_shape_px, np.float32)
-            self.last_emitters = None
+            self.last_emitters = self.last_emitter_ids = None
         photons = _bin(photons, self._binning)
         buffer[...] = read_out(photons, rng, self._camera)
         self.last_ground_truth = expected_adu(photons, self._camera)
@@ -344,6 +356,14 @@ def _bin(photons: np.ndarray, b: int) -> np.ndarray:
         return photons
     h, w = photons.shape[0] // b * b, photons.shape[1] // b * b
     return photons[:h, :w].reshape(h // b, b, w // b, b).sum(axis=(1, 3))
+
+
+def _moved_origin(table: EmitterTable, x_nm: float, y_nm: float) -> EmitterTable:
+    """``table`` in coordinates whose origin is its point (x_nm, y_nm)."""
+    rows = table.rows.copy()
+    rows["x_nm"] -= x_nm
+    rows["y_nm"] -= y_nm
+    return EmitterTable(rows)
 
 
 def _digest(frame: np.ndarray) -> bytes:

@@ -12,7 +12,9 @@ per emitter, background 5-200 photons/px.
 
 The single-molecule specimen (``"smlm"``) changes every frame: each `expected_photons` call steps
 its molecules one frame, and ``last_emitters`` holds that frame's active molecules in the field
-of view with the photons each emitted (the ground truth). Molecules are imaged one by one, each
+of view with the photons each emitted (the ground truth): a `livescope.emitters.EmitterTable` in
+the frame's coordinates (x, y nm from its top-left corner, z nm from the focal plane), and
+``last_emitter_ids`` the molecules' ids, row by row. Molecules are imaged one by one, each
 as the exact PSF at its own sub-pixel position (`spots.SpotImager`), not through the raster.
 
 To keep up as a live camera, the specimen is rendered at camera resolution once per tile of the
@@ -34,9 +36,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 import scipy.fft as sfft
 from scipy.special import erfinv
 
+from livescope.emitters import EmitterTable
+
 from .camera import CameraModel, expected_adu, read_out
 from .optics import Modality, Optics, PsfModel, fast_fft_len, otf
-from .specimen import EmitterKinetics, EmitterSet, SpecimenKind, make_specimen
+from .specimen import EmitterKinetics, SpecimenKind, make_specimen
 from .spots import SpotImager
 
 
@@ -165,7 +169,10 @@ class VirtualScene:
                                       config.specimen_depth_um)
         self._slabs = _slabs(config.specimen_depth_um, config.slab_um)
         self.dynamic = getattr(self.specimen, "dynamic", False)
-        self.last_emitters: EmitterSet | None = None
+        self.last_emitters: EmitterTable | None = None
+        # A molecule's id is simulator knowledge, not a localisation's: it stays beside the table
+        # (whose records are the wire's, and whose CSV "id" is a row number).
+        self.last_emitter_ids: np.ndarray | None = None
         self._optics = {config.modality: self.optics}
         # The field raster: whole pixels, centred on the origin.
         self._field_px = math.ceil(config.field_um / self.pixel_size_um)
@@ -200,7 +207,7 @@ class VirtualScene:
         row = (y_um - self._origin_um) / p - h / 2
         if self.dynamic:
             self.specimen.step(exposure_ms)
-            self._keep_emitters(row, col, h, w)
+            self._keep_emitters(row, col, h, w, z_um)
             photons = self._molecules(row, col, h, w, z_um, optics)
         else:
             photons = self._blurred(row, col, h, w, z_um, optics)
@@ -243,18 +250,20 @@ class VirtualScene:
         coordinates (row, col): each the PSF at its position and its z-slab's defocus (as the
         raster's slabs are blurred), molecules just outside the frame included."""
         image = np.zeros((h, w), np.float32)
-        on = self.specimen.active()
+        molecules = self.specimen
+        on = molecules.active()
+        z, photons = molecules.z_um[on], molecules.photons[on]
         # Frame pixel coordinates, centres at integers: a molecule at the frame's corner is at -0.5.
-        r = (on.y_um - self._origin_um) / self.pixel_size_um - row - 0.5
-        c = (on.x_um - self._origin_um) / self.pixel_size_um - col - 0.5
+        r = (molecules.y_um[on] - self._origin_um) / self.pixel_size_um - row - 0.5
+        c = (molecules.x_um[on] - self._origin_um) / self.pixel_size_um - col - 0.5
         for centre, z_range in self._slabs:
             dz = z_um - centre
             reach = self._spots.support_px(optics, dz) + 1
             near = (r > -reach) & (r < h + reach) & (c > -reach) & (c < w + reach)
             if z_range is not None:
-                near &= (on.z_um >= z_range[0]) & (on.z_um < z_range[1])
+                near &= (z >= z_range[0]) & (z < z_range[1])
             if near.any():
-                self._spots.add(image, r[near], c[near], on.photons[near], optics, dz)
+                self._spots.add(image, r[near], c[near], photons[near], optics, dz)
         return image
 
     def snap(self, x_um: float, y_um: float, z_um: float, exposure_ms: float,
@@ -280,14 +289,23 @@ class VirtualScene:
         centre = float(optics.psf((k, k), p, 0.0)[k // 2, k // 2])
         return p / (2 * math.sqrt(2) * float(erfinv(math.sqrt(min(centre, 0.999999)))))
 
-    def _keep_emitters(self, row: float, col: float, h: int, w: int) -> None:
+    def _keep_emitters(self, row: float, col: float, h: int, w: int, z_um: float) -> None:
         """Keep the active molecules inside the frame (whose pixel (0, 0) sits at field-raster
-        coordinates (row, col)) as ``last_emitters``."""
+        coordinates (row, col); focal plane at ``z_um``) as ``last_emitters``, numbered as the
+        specimen's frame, and their ids as ``last_emitter_ids``."""
         p = self.pixel_size_um
         x0, y0 = self._origin_um + col * p, self._origin_um + row * p  # the frame's top-left corner
-        on = self.specimen.active()
-        inside = (on.x_um >= x0) & (on.x_um < x0 + w * p) & (on.y_um >= y0) & (on.y_um < y0 + h * p)
-        self.last_emitters = on.select(inside)
+        molecules = self.specimen
+        on = molecules.active()
+        x, y = molecules.x_um[on], molecules.y_um[on]
+        on = on[(x >= x0) & (x < x0 + w * p) & (y >= y0) & (y < y0 + h * p)]
+        # The simulator works in sample coordinates (µm, float64, which its pixels depend on); the
+        # truth is converted here, at its edge, to the emitter table's frame coordinates in nm.
+        self.last_emitters = EmitterTable.from_columns(
+            frame=np.full(on.size, molecules.frame), x_nm=(molecules.x_um[on] - x0) * 1e3,
+            y_nm=(molecules.y_um[on] - y0) * 1e3, z_nm=(molecules.z_um[on] - z_um) * 1e3,
+            photons=molecules.photons[on])
+        self.last_emitter_ids = on
 
     # -- caches -----------------------------------------------------------------------------------
 

@@ -17,14 +17,13 @@ for the `Specimen` protocol).
 
 Single molecules (``"smlm"``) are the one dynamic specimen: dye molecules on filaments that
 blink (off <-> on) and bleach, frame by frame, each emitting a random number of photons while
-on. The scene steps them once per frame and keeps the list of active emitters (`EmitterSet`)
-as the frame's ground truth.
+on. The scene steps them once per frame and keeps the active emitters, as a
+`livescope.emitters.EmitterTable` in the frame's own coordinates, as the frame's ground truth.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import numpy as np
@@ -253,23 +252,6 @@ class EmitterKinetics(BaseModel):
         return p_on / (p_on + p_off) if p_on + p_off > 0 else 0.0
 
 
-@dataclass(frozen=True)
-class EmitterSet:
-    """Emitters of one frame: ids, positions (µm, sample coordinates) and photons emitted."""
-
-    id: np.ndarray
-    x_um: np.ndarray
-    y_um: np.ndarray
-    z_um: np.ndarray
-    photons: np.ndarray
-
-    def __len__(self) -> int:
-        return int(self.id.size)
-
-    def select(self, keep: np.ndarray) -> EmitterSet:
-        return EmitterSet(self.id[keep], self.x_um[keep], self.y_um[keep], self.z_um[keep], self.photons[keep])
-
-
 class SingleMolecules:
     """Dye molecules along filaments, blinking and bleaching frame by frame.
 
@@ -277,6 +259,10 @@ class SingleMolecules:
     molecule bleaches with p_bleach, else switches off with p_off; an off one switches on with
     p_on. They start in the steady state (on with the duty cycle). An on molecule emits a
     Gamma-distributed number of photons in the frame (mean ``photons_mean``).
+
+    A molecule's index into ``x_um``, ``y_um``, ``z_um`` (µm, sample coordinates), ``state`` and
+    ``photons`` (this frame's) is its id; ``frame`` is the current frame's number (from 1; 0 before
+    the first `step`).
     """
 
     dynamic = True
@@ -290,7 +276,7 @@ class SingleMolecules:
         self.kinetics = kinetics
         self._rng = rng
         self.state = np.full(self.x_um.size, self.OFF, np.int8)
-        self._started = False
+        self.frame = 0
         self.photons = np.zeros(self.x_um.size, np.float32)
 
     def step(self, exposure_ms: float) -> None:
@@ -298,9 +284,8 @@ class SingleMolecules:
         k = self.kinetics
         p_on, p_off, p_bleach = k.probabilities(exposure_ms)
         n = self.state.size
-        if not self._started:
+        if self.frame == 0:
             self.state[self._rng.random(n) < k.duty_cycle(exposure_ms)] = self.ON
-            self._started = True
         else:
             u = self._rng.random(n)
             on, off = self.state == self.ON, self.state == self.OFF
@@ -311,17 +296,18 @@ class SingleMolecules:
         on = np.flatnonzero(self.state == self.ON)
         shape = 1.0 / k.photons_cv**2
         self.photons[on] = self._rng.gamma(shape, k.photons_mean / shape, on.size)
+        self.frame += 1
 
-    def active(self) -> EmitterSet:
-        on = np.flatnonzero(self.state == self.ON)
-        return EmitterSet(on, self.x_um[on], self.y_um[on], self.z_um[on], self.photons[on].copy())
+    def active(self) -> np.ndarray:
+        """The ids of the molecules on in this frame, increasing."""
+        return np.flatnonzero(self.state == self.ON)
 
     def render(self, x0_um: float, y0_um: float, shape: tuple[int, int], pixel_size_um: float,
                z_range_um: tuple[float, float] | None = None) -> np.ndarray:
         """Photons emitted in this frame per pixel (the active molecules)."""
         on = self.active()
-        return _splat(on.x_um, on.y_um, on.photons, x0_um, y0_um, shape, pixel_size_um,
-                      _in_range(on.z_um, z_range_um))
+        return _splat(self.x_um[on], self.y_um[on], self.photons[on], x0_um, y0_um, shape, pixel_size_um,
+                      _in_range(self.z_um[on], z_range_um))
 
     def in_focus_peak(self, psf_sigma_um: float, pixel_size_um: float) -> float:
         return 1.0  # amounts are photons already

@@ -1,6 +1,6 @@
 """Train the denoiser (Noise2Void, self-supervised) and publish it as a model version.
 
-``livescope train denoise`` (``livescope/cli.py``) is the command. Without ``--data``,
+``livescope train denoise`` (``livescope.cli.train``) is the command. Without ``--data``,
 ``train_and_publish`` trains on virtual-microscope frames (noisy only), exports to ONNX, checks
 torch/onnxruntime parity, measures held-out PSNR against the scene's clean frames, and writes
 ``<repository>/denoise/<next version>/`` atomically.
@@ -12,11 +12,9 @@ held-out metric is the Noise2Void loss on a held-out part of the stacks.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -25,26 +23,19 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-import livescope
 from livescope.acquire.virtual import VirtualRigConfig
-from livescope.modelcard import (
-    MODEL_FILE,
-    ModelCard,
-    Normalisation,
-    Provenance,
-    TensorSpec,
-    Tiling,
-    TrainedFor,
-)
+from livescope.modelcard import ModelCard, Normalisation, TensorSpec, Tiling, TrainedFor
 from livescope.models import export
-from livescope.models.budget import StepPlan, TrainProgress
-from livescope.models.compare import compare
+from livescope.models.budget import TrainProgress
 from livescope.models.denoise.data import FrameSet, VirtualDenoiseData, random_patches, virtual_frames
 from livescope.models.denoise.n2v import BlindSpotMasking, StructAxis, masked_mse
 from livescope.models.denoise.user_data import UserTrainingData
 from livescope.models.intensity import IntensityTransform, TransformKind
+from livescope.models.metrics import psnr_db
+from livescope.models.publish import TrainingRecord, publish_version
+from livescope.models.training_loop import LoopSettings, fit
 from livescope.models.unet import InGraphNormalised, UNet, UNetConfig, parameter_count
-from livescope.repository import ModelVersion, write_version
+from livescope.repository import ModelVersion
 
 
 class DenoiseTrainConfig(BaseModel):
@@ -88,6 +79,14 @@ class DenoiseTrainConfig(BaseModel):
     def masking(self) -> BlindSpotMasking:
         return BlindSpotMasking(self.mask_box_px, self.median_radius_px, self.struct_axis,
                                 self.struct_span_px)
+
+    def loop_settings(self) -> LoopSettings:
+        """The training loop's settings: Adam, early stop on a small relative gain, validation
+        before counting each step (`models.training_loop`)."""
+        return LoopSettings(learning_rate=self.learning_rate, steps=self.steps, budget_seconds=self.budget_seconds,
+                            validate_every_steps=self.validate_every_steps,
+                            patience_validations=self.patience_validations,
+                            min_relative_improvement=MIN_RELATIVE_IMPROVEMENT, validate_before_counting=True)
 
 
 @dataclass(frozen=True)
@@ -198,44 +197,17 @@ def train_denoise(
     validate = (HeldOutLoss(held_out, transform, config, VALIDATION_PATCHES_IN_LOOP)
                 if held_out is not None else None)
     net = UNet(UNetConfig(config.depth, config.base_channels))
-    optimiser = torch.optim.Adam(net.parameters(), lr=config.learning_rate)
-    net.train()
-    plan = StepPlan(config.steps, config.budget_seconds, replan_every=config.validate_every_steps)
-    loss_avg = float("nan")
-    val_loss = best_loss = best_step = best_state = None
-    since_best = 0
-    while plan.running:
-        for group in optimiser.param_groups:
-            group["lr"] = config.learning_rate * plan.lr_factor()
+
+    def train_loss(graph: nn.Module) -> torch.Tensor:
         patches = random_patches(data, config.patch_px, config.batch_size, generator)
         masked, mask = config.masking(patches, generator)
-        loss = masked_mse(net(masked), patches, mask)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        step = plan.step + 1
-        value = float(loss.detach())
-        loss_avg = value if math.isnan(loss_avg) else 0.98 * loss_avg + 0.02 * value
-        last = plan.total is not None and step >= plan.total
-        if validate is not None and (step % config.validate_every_steps == 0 or last):
-            val_loss = validate(net)
-            if best_loss is None or val_loss < best_loss * (1.0 - MIN_RELATIVE_IMPROVEMENT):
-                best_loss, best_step, since_best = val_loss, step, 0
-                best_state = copy.deepcopy(net.state_dict())
-            else:
-                since_best += 1
-        plan.after_step()
-        if config.patience_validations and since_best >= config.patience_validations:
-            plan.stop("early stop")
-        if progress is not None:
-            progress(plan.progress(loss_avg, val_loss, best_loss))
-    if best_state is not None:
-        net.load_state_dict(best_state)
-    net.eval()
+        return masked_mse(graph(masked), patches, mask)
+
+    trained = fit(net, train_loss, validate, config.loop_settings(), progress)
     if config.intensity != "linear":
         transform = transform.with_bias(_mean_bias_adu(net, transform, frames, config.seed))
-    return TrainedDenoiser(net, transform, plan.step, plan.elapsed_s, loss_avg,
-                           plan.stopped_because, best_step, best_loss)
+    return TrainedDenoiser(net, transform, trained.steps, trained.train_seconds, trained.final_loss,
+                           trained.stopped_because, trained.best_step, trained.best_validation_loss)
 
 
 BIAS_FRAMES = 16
@@ -252,16 +224,6 @@ def _mean_bias_adu(net: nn.Module, transform: IntensityTransform, frames: np.nda
     with torch.no_grad():
         out = torch.cat([InGraphNormalised(net, transform)(r[None]) for r in raw])
     return float(raw.double().mean() - out.double().mean())
-
-
-def psnr_db(images: np.ndarray, clean: np.ndarray) -> float:
-    """PSNR (dB) of ``images`` against ``clean`` (same shape, one frame or a stack).
-
-    Peak = the clean range (max - min), MSE pooled over all pixels of all frames.
-    """
-    mse = float(np.mean((images.astype(np.float64) - clean) ** 2))
-    peak = float(clean.max() - clean.min())
-    return 10.0 * math.log10(peak**2 / mse)
 
 
 def held_out_metrics(denoise: Callable[[np.ndarray], np.ndarray], held_out: FrameSet) -> dict[str, float]:
@@ -285,9 +247,7 @@ def held_out_metrics(denoise: Callable[[np.ndarray], np.ndarray], held_out: Fram
 
 
 def _ort_denoiser(proto) -> Callable[[np.ndarray], np.ndarray]:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = export.cpu_session(proto)
     return lambda raw: session.run([export.OUTPUT_NAME], {export.INPUT_NAME: raw})[0][:, 0]
 
 
@@ -329,44 +289,27 @@ def train_and_publish(
                                        progress)
     metrics = held_out_metrics(_ort_denoiser(proto), held_out_frames)
     rig = VirtualRigConfig()  # the optics and camera the data were simulated with
-
-    def fill(folder: Path, version: int) -> ModelCard:
-        export.save(proto, folder / MODEL_FILE)
-        return ModelCard(
-            **_served_card_fields(name, version, trained, config),
-            trained_for=TrainedFor(
-                pixel_size_nm=(rig.pixel_size_um * 1e3,) * 2,
-                na=(rig.na,) * 2,
-                emission_nm=(rig.emission_nm,) * 2,
-                peak_photons=(
-                    min(data.signal_photons_per_ms) * data.exposure_ms,
-                    max(data.signal_photons_per_ms) * data.exposure_ms,
-                ),
-                modalities=data.modalities,
-            ),
-            provenance=Provenance(
-                command=command,
-                code_version=livescope.__version__,
-                data=f"train: {data.describe()}; held out: {held_out.describe()}",
-                data_hash=frames.hash(),
-                seed=config.seed,
-                trained_at=datetime.now(timezone.utc).replace(microsecond=0),
-                train_seconds=round(trained.train_seconds, 1),
-            ),
-            metrics=metrics,
-        )
-
-    return write_version(repository, name, fill)
+    trained_for = TrainedFor(
+        pixel_size_nm=(rig.pixel_size_um * 1e3,) * 2,
+        na=(rig.na,) * 2,
+        emission_nm=(rig.emission_nm,) * 2,
+        peak_photons=(
+            min(data.signal_photons_per_ms) * data.exposure_ms,
+            max(data.signal_photons_per_ms) * data.exposure_ms,
+        ),
+        modalities=data.modalities,
+    )
+    record = TrainingRecord(command, f"train: {data.describe()}; held out: {held_out.describe()}", config.seed,
+                            trained.train_seconds, data_hash=frames.hash())
+    return publish_version(repository, proto, name=name, task="denoise",
+                           card_fields=_served_card_fields(trained, config) | {"trained_for": trained_for},
+                           metrics=metrics, record=record)
 
 
-def _served_card_fields(name: str, version: int, trained: TrainedDenoiser,
-                        config: DenoiseTrainConfig) -> dict:
+def _served_card_fields(trained: TrainedDenoiser, config: DenoiseTrainConfig) -> dict:
     """The card fields every denoiser version has: what it is, its tensors, units and tiling."""
     unet = trained.net.config
     return dict(
-        name=name,
-        version=version,
-        task="denoise",
         description=(
             f"Noise2Void (N2V2) UNet, depth {unet.depth}, {unet.base_channels} base channels, "
             f"{parameter_count(trained.net)} parameters; self-supervised on noisy frames only; "
@@ -447,31 +390,20 @@ def train_and_publish_own_data(
     trained, proto = _train_and_export(data.train_adu, data.held_out_adu, config, progress)
     metrics = n2v_validation_mse_adu2(trained, data.held_out_adu, config)
     metrics["n2v_train_loss_final"] = round(trained.final_loss, 6)
-    comparison = None
-    if compare_with is not None:  # both through onnxruntime, on the same masked held-out patches
+    # The comparison: both versions through onnxruntime, on the same masked held-out patches (the
+    # card's metric is the trained network's in torch).
+    compared = score_active = None
+    if compare_with is not None:
         held_out = HeldOutLoss(data.held_out_adu, trained.transform, config, MAX_VALIDATION_PATCHES)
-        key = "n2v_validation_mse_adu2"
-        comparison = compare("denoise", {key: round(held_out.served_mse_adu2(_ort_denoiser(proto)), 4)},
-                             compare_with.ref,
-                             {key: round(held_out.served_mse_adu2(_ort_denoiser(onnx.load(compare_with.onnx_path))), 4)})
 
-    def fill(folder: Path, version: int) -> ModelCard:
-        export.save(proto, folder / MODEL_FILE)
-        return ModelCard(
-            **_served_card_fields(name, version, trained, config),
-            trained_for=TrainedFor(pixel_size_nm=data.pixel_size_nm),
-            provenance=Provenance(
-                command=command,
-                code_version=livescope.__version__,
-                data=data.describe(),
-                data_hash=data.data_hash,
-                seed=config.seed,
-                trained_at=datetime.now(timezone.utc).replace(microsecond=0),
-                train_seconds=round(trained.train_seconds, 1),
-                session_ids=session_ids,
-            ),
-            metrics=metrics,
-            comparison=comparison,
-        )
+        def served_loss(graph: onnx.ModelProto, _card: ModelCard | None = None) -> dict[str, float]:
+            return {"n2v_validation_mse_adu2": round(held_out.served_mse_adu2(_ort_denoiser(graph)), 4)}
 
-    return write_version(repository, name, fill)
+        compared, score_active = served_loss(proto), served_loss
+    record = TrainingRecord(command, data.describe(), config.seed, trained.train_seconds,
+                            data_hash=data.data_hash, session_ids=session_ids)
+    return publish_version(repository, proto, name=name, task="denoise",
+                           card_fields=_served_card_fields(trained, config)
+                           | {"trained_for": TrainedFor(pixel_size_nm=data.pixel_size_nm)},
+                           metrics=metrics, record=record, compare_with=compare_with, score_active=score_active,
+                           compared_metrics=compared)

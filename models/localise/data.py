@@ -73,6 +73,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy.special import erf
 
+from livescope import camera as camera_model  # ADU <-> photons: the core's camera model
 # `_read_band` is the camera's noise model on an array of any shape: one call reads a whole batch
 # (`read_out` takes one 2-D frame at a time, too slow for thousands of 40x40 frames a second).
 from livescope.acquire.virtual.camera import CameraModel, _read_band, pixel_maps
@@ -234,25 +235,24 @@ class LocaliseBatch:
 
 def adu_to_photons(frames_adu: np.ndarray, baseline_adu: np.ndarray | float, e_per_adu: np.ndarray | float,
                    em_gain: np.ndarray | float, qe: np.ndarray | float) -> np.ndarray:
-    """Camera frames (n, ..., H, W) in ADU to photons arriving at each pixel, float32: (ADU -
-    baseline) x e-/ADU / (EM gain x QE), the inverse of the camera's mean response. Per-sample
-    parameters are (n,) arrays (or scalars); noise and offsets make dark pixels slightly negative."""
+    """Camera frames (n, ..., H, W) in ADU to photons arriving at each pixel, float32: the core camera
+    model's `livescope.camera.adu_to_photons`, with per-sample parameters as (n,) arrays (or scalars).
+    Noise and offsets make dark pixels slightly negative."""
     frames = np.asarray(frames_adu, np.float32)
-    shape = (-1,) + (1,) * (frames.ndim - 1)
-    per = [np.asarray(v, np.float32).reshape(shape) if np.ndim(v) else np.float32(v)
-           for v in (baseline_adu, e_per_adu, em_gain, qe)]
-    baseline, e_per, gain, q = per
-    return (frames - baseline) * (e_per / (gain * q))
+    return camera_model.adu_to_photons(frames, *_per_sample(frames.ndim, baseline_adu, e_per_adu, em_gain, qe))
 
 
 def photons_to_adu(photons: np.ndarray, baseline_adu: np.ndarray | float, e_per_adu: np.ndarray | float,
                    em_gain: np.ndarray | float, qe: np.ndarray | float) -> np.ndarray:
     """The camera's mean response, float32 ADU (baseline included): the inverse of `adu_to_photons`."""
     photons = np.asarray(photons, np.float32)
-    shape = (-1,) + (1,) * (photons.ndim - 1)
-    baseline, e_per, gain, q = [np.asarray(v, np.float32).reshape(shape) if np.ndim(v) else np.float32(v)
-                                for v in (baseline_adu, e_per_adu, em_gain, qe)]
-    return photons * (gain * q / e_per) + baseline
+    return camera_model.photons_to_adu(photons, *_per_sample(photons.ndim, baseline_adu, e_per_adu, em_gain, qe))
+
+
+def _per_sample(ndim: int, *values: np.ndarray | float) -> list[np.ndarray | np.float32]:
+    """Camera parameters in float32, (n,) arrays shaped to broadcast along the first of ``ndim`` axes."""
+    shape = (-1,) + (1,) * (ndim - 1)
+    return [np.asarray(v, np.float32).reshape(shape) if np.ndim(v) else np.float32(v) for v in values]
 
 
 # -- sampling -------------------------------------------------------------------------------------

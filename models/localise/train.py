@@ -11,38 +11,26 @@ against torch, scored on the held-out set through onnxruntime and the server's p
 
 from __future__ import annotations
 
-import copy
-import math
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import onnx
 import torch
 from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
 
-import livescope
 from livescope.emitters import LOCALISE_MAP_CHANNELS, EmitterTable
-from livescope.modelcard import (
-    MODEL_FILE,
-    LocaliseSpec,
-    ModelCard,
-    Normalisation,
-    Provenance,
-    TensorSpec,
-    Tiling,
-    TrainedFor,
-)
+from livescope.modelcard import LocaliseSpec, ModelCard, Normalisation, TensorSpec, Tiling, TrainedFor
 from livescope.models import export
-from livescope.models.budget import StepPlan, TrainProgress
-from livescope.models.compare import compare
+from livescope.models.budget import TrainProgress
 from livescope.models.localise.data import LocaliseBatch, LocalisePsf, LocaliseSimulation, simulate_batch
 from livescope.models.localise.metrics import score_localisations
 from livescope.models.localise.net import LocaliseNet, LocaliseNetConfig, Targets, mixture_loss
+from livescope.models.publish import TrainingRecord, publish_version
+from livescope.models.training_loop import LoopSettings, TrainedGraph, fit
 from livescope.models.unet import parameter_count
-from livescope.repository import ModelVersion, write_version
+from livescope.repository import ModelVersion
 
 INPUT_NAME = "frames"
 OUTPUT_NAME = "maps"
@@ -72,6 +60,14 @@ class LocaliseTrainConfig(BaseModel):
             temporal_channels=self.temporal_channels, depth=self.depth, three_d=three_d,
             z_range_nm=simulation.z_range_nm, photons_max=1.5 * simulation.photons[1],
             background_max_photons=1.5 * simulation.background_photons_per_px[1])
+
+    def loop_settings(self) -> LoopSettings:
+        """The training loop's settings: AdamW (DECODE's), clipped gradients, the best weights kept
+        without early stop, validation before counting each step (`models.training_loop`)."""
+        return LoopSettings(learning_rate=self.learning_rate, steps=self.steps, budget_seconds=self.budget_seconds,
+                            validate_every_steps=self.validate_every_steps, weight_decay=0.1,
+                            clip_grad_norm=10.0,  # a rare dense batch must not blow up
+                            validate_before_counting=True)
 
 
 def targets_of(batch: LocaliseBatch) -> Targets:
@@ -114,66 +110,29 @@ def _inputs(batch: LocaliseBatch) -> torch.Tensor:
     return torch.from_numpy(network_input(batch))
 
 
-@dataclass(frozen=True)
-class TrainedLocaliser:
-    net: LocaliseNet
-    steps: int
-    train_seconds: float
-    stopped_because: str
-    best_step: int | None
-    best_validation_loss: float | None
-
-
 def train_localise(simulation: LocaliseSimulation, config: LocaliseTrainConfig,
-                   progress: Callable[[TrainProgress], None] | None = None) -> TrainedLocaliser:
+                   progress: Callable[[TrainProgress], None] | None = None) -> TrainedGraph:
+    """Train on fresh simulated batches; keep the weights best on a fixed held-out batch."""
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     held_out = simulate_batch(simulation, config.held_out_samples, np.random.default_rng(config.seed + 10_000))
     held_inputs, held_targets = _inputs(held_out), targets_of(held_out)
     net = LocaliseNet(config.net_config(simulation))
     three_d = net.config.three_d
-    optimiser = torch.optim.AdamW(net.parameters(), lr=config.learning_rate, weight_decay=0.1)
-    plan = StepPlan(config.steps, config.budget_seconds, replan_every=config.validate_every_steps)
-    loss_avg = float("nan")
-    val_loss = best_loss = best_step = best_state = None
 
-    def validate() -> float:
-        net.eval()
-        with torch.no_grad():
-            total = 0.0
-            for start in range(0, config.held_out_samples, 64):
-                part = slice(start, start + 64)
-                sub = Targets(*(getattr(held_targets, f)[part] for f in Targets.__dataclass_fields__))
-                total += float(mixture_loss(net(held_inputs[part]), sub, three_d)["total"]) * (
-                    sub.mask.shape[0])
-        net.train()
+    def train_loss(graph: nn.Module) -> torch.Tensor:
+        batch = simulate_batch(simulation, config.batch_size, rng)
+        return mixture_loss(graph(_inputs(batch)), targets_of(batch), three_d)["total"]
+
+    def held_out_loss(graph: nn.Module) -> float:
+        total = 0.0
+        for start in range(0, config.held_out_samples, 64):
+            part = slice(start, start + 64)
+            sub = Targets(*(getattr(held_targets, f)[part] for f in Targets.__dataclass_fields__))
+            total += float(mixture_loss(graph(held_inputs[part]), sub, three_d)["total"]) * sub.mask.shape[0]
         return total / config.held_out_samples
 
-    net.train()
-    while plan.running:
-        for group in optimiser.param_groups:
-            group["lr"] = config.learning_rate * plan.lr_factor()
-        batch = simulate_batch(simulation, config.batch_size, rng)
-        losses = mixture_loss(net(_inputs(batch)), targets_of(batch), three_d)
-        optimiser.zero_grad(set_to_none=True)
-        losses["total"].backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 10.0)  # a rare dense batch must not blow up
-        optimiser.step()
-        step = plan.step + 1
-        value = float(losses["total"].detach())
-        loss_avg = value if math.isnan(loss_avg) else 0.98 * loss_avg + 0.02 * value
-        last = plan.total is not None and step >= plan.total
-        if step % config.validate_every_steps == 0 or last:
-            val_loss = validate()
-            if best_loss is None or val_loss < best_loss:
-                best_loss, best_step, best_state = val_loss, step, copy.deepcopy(net.state_dict())
-        plan.after_step()
-        if progress is not None:
-            progress(plan.progress(loss_avg, val_loss, best_loss))
-    if best_state is not None:
-        net.load_state_dict(best_state)
-    net.eval()
-    return TrainedLocaliser(net, plan.step, plan.elapsed_s, plan.stopped_because, best_step, best_loss)
+    return fit(net, train_loss, held_out_loss, config.loop_settings(), progress)
 
 
 def export_localiser(net: LocaliseNet, parity_batch: LocaliseBatch) -> onnx.ModelProto:
@@ -193,11 +152,9 @@ def export_localiser(net: LocaliseNet, parity_batch: LocaliseBatch) -> onnx.Mode
 def held_out_scores(proto: onnx.ModelProto, held_out: LocaliseBatch, spec: LocaliseSpec) -> dict[str, float]:
     """Jaccard, RMSE and efficiency of the exported model on ``held_out`` (onnxruntime + the
     server's post-processing), against the last frame's emitters inside the frame."""
-    import onnxruntime as ort
-
     from livescope.localise_maps import maps_to_emitters
 
-    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = export.cpu_session(proto)
     maps = session.run([OUTPUT_NAME], {INPUT_NAME: network_input(held_out)})[0]
     found = EmitterTable.concatenate([
         maps_to_emitters(maps[i], float(held_out.pixel_size_nm[i]), i + 1, spec) for i in range(len(maps))])
@@ -219,43 +176,38 @@ def train_and_publish_localiser(
     (the server's active version) is scored on the same held-out movies (the deploy gate)."""
     trained = train_localise(simulation, config, progress)
     held_out = simulate_batch(simulation, config.held_out_samples, np.random.default_rng(config.seed + 20_000))
-    proto = export_localiser(trained.net, held_out)
-    c = trained.net.config
+    net = trained.graph
+    proto = export_localiser(net, held_out)
+    c = net.config
     spec = LocaliseSpec(context_frames=c.context_frames, psf=config.psf, three_d=c.three_d,
                         z_range_nm=simulation.z_range_nm if c.three_d else None)
     metrics = held_out_scores(proto, held_out, spec)
-    comparison = None
-    if compare_with is not None and compare_with.card.localise is not None:
-        active = held_out_scores(onnx.load(compare_with.onnx_path), held_out, compare_with.card.localise)
-        comparison = compare("localise", metrics, compare_with.ref, active)
 
-    def fill(folder: Path, version: int) -> ModelCard:
-        export.save(proto, folder / MODEL_FILE)
-        return ModelCard(
-            name=name, version=version, task="localise",
-            description=(
-                f"DECODE-style localisation network ({config.psf} PSF, {'3-D' if c.three_d else '2-D'}): "
-                f"frame UNet {c.frame_channels} + temporal UNet {c.temporal_channels} channels, depth "
-                f"{c.depth}, {parameter_count(trained.net)} parameters; trained on simulation only, "
-                f"{trained.steps} steps of {config.batch_size} fields of {config.frame_px} px (stopped by "
-                f"{trained.stopped_because}; kept step {trained.best_step}); train config: "
-                f"{config.model_dump_json(exclude_none=True)}"),
-            inputs=(TensorSpec(name=INPUT_NAME, dtype="float32", axes="NCYX"),),
-            outputs=(TensorSpec(name=OUTPUT_NAME, dtype="float32", axes="NCYX"),),
-            normalisation=Normalisation(kind="none"),
-            tiling=Tiling(size_multiple_px=c.size_multiple_px, halo_px=c.halo_px),
-            trained_for=TrainedFor(
-                pixel_size_nm=simulation.pixel_size_nm, emitter_photons=simulation.photons,
-                background_photons_per_px=simulation.background_photons_per_px,
-                density_per_um2=simulation.density_per_um2,
-                psf_sigma_px=None if c.three_d else simulation.psf_sigma_px),
-            provenance=Provenance(
-                command=command, code_version=livescope.__version__,
-                data=(f"{data_note}; " if data_note else "") + f"simulated on the fly: {simulation.model_dump_json()}",
-                seed=config.seed, trained_at=datetime.now(timezone.utc).replace(microsecond=0),
-                train_seconds=round(trained.train_seconds, 1), session_ids=session_ids),
-            metrics=metrics, comparison=comparison,
-            localise=spec,
-        )
+    def score_active(active: onnx.ModelProto, card: ModelCard) -> dict[str, float] | None:
+        """With the active version's own post-processing; not a localiser: not scored."""
+        return None if card.localise is None else held_out_scores(active, held_out, card.localise)
 
-    return write_version(repository, name, fill)
+    record = TrainingRecord(
+        command, (f"{data_note}; " if data_note else "") + f"simulated on the fly: {simulation.model_dump_json()}",
+        config.seed, trained.train_seconds, session_ids=session_ids)
+    card_fields = dict(
+        description=(
+            f"DECODE-style localisation network ({config.psf} PSF, {'3-D' if c.three_d else '2-D'}): "
+            f"frame UNet {c.frame_channels} + temporal UNet {c.temporal_channels} channels, depth "
+            f"{c.depth}, {parameter_count(net)} parameters; trained on simulation only, "
+            f"{trained.steps} steps of {config.batch_size} fields of {config.frame_px} px (stopped by "
+            f"{trained.stopped_because}; kept step {trained.best_step}); train config: "
+            f"{config.model_dump_json(exclude_none=True)}"),
+        inputs=(TensorSpec(name=INPUT_NAME, dtype="float32", axes="NCYX"),),
+        outputs=(TensorSpec(name=OUTPUT_NAME, dtype="float32", axes="NCYX"),),
+        normalisation=Normalisation(kind="none"),
+        tiling=Tiling(size_multiple_px=c.size_multiple_px, halo_px=c.halo_px),
+        trained_for=TrainedFor(
+            pixel_size_nm=simulation.pixel_size_nm, emitter_photons=simulation.photons,
+            background_photons_per_px=simulation.background_photons_per_px,
+            density_per_um2=simulation.density_per_um2,
+            psf_sigma_px=None if c.three_d else simulation.psf_sigma_px),
+        localise=spec,
+    )
+    return publish_version(repository, proto, name=name, task="localise", card_fields=card_fields, metrics=metrics,
+                           record=record, compare_with=compare_with, score_active=score_active)

@@ -4,9 +4,7 @@ so that its localiser is trained on the rig's own PSF (`PsfCalibration.simulatio
 The model is `Optics`' scalar pupil PSF (acquire/virtual/optics.py), the one `LocaliseSimulation`
 renders astigmatic emitters with: a pupil of radius NA / lambda, the exact high-NA defocus phase,
 Zernike astigmatism Z(2,2) and primary spherical aberration Z(4,0), the intensity integrated over
-camera pixels. `_PupilModel` evaluates it for many (bead, plane) pairs at once -- the same
-formulas as `Optics._intensity` / `Optics._pupil_psf`, vectorised over the batch and evaluated only
-at the pupil samples inside the aperture; the tests check that it equals `Optics.psf`.
+camera pixels (`models.psf.pupil`); the beads are found and measured by `models.psf.beads`.
 
 Fitted (global): ``astigmatism_waves``, ``spherical_waves`` and a lateral Gaussian blur
 ``blur_sigma_nm`` (the bead's own size, residual defocus blur of a real rig's sample, and, on the
@@ -38,33 +36,29 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.fft as sfft
 from pydantic import BaseModel, ConfigDict, Field
 from scipy import ndimage, optimize, sparse
-from skimage.feature import peak_local_max
 
-from livescope.acquire.virtual.optics import _MAX_FINE_GRID, Optics, fast_fft_len
+from livescope.acquire.virtual.optics import Optics
+from livescope.models.psf.beads import (
+    BeadCandidate,
+    BeadRejection,
+    crop_rois,
+    default_roi_half_px,
+    detect_beads,
+    focus_of,
+    second_moments,
+)
+from livescope.models.psf.pupil import PupilGrids
 from livescope.session import Session, SessionError
 
 MIN_PLANES = 5
 MIN_Z_RANGE_UM = 0.5  # both astigmatic foci (0.29 um apart at 0.1 waves, NA 1.4) and the widening beyond
-_CHUNK = 24  # (bead, plane) images per FFT batch: small batches stay in cache
 _MAX_NFEV = 60
 
 
 class PsfCalibrationError(Exception):
     """Bead stacks that cannot calibrate the PSF; the message is one line, for the user."""
-
-
-class BeadRejection(BaseModel):
-    """A bead candidate left out of the fit, and why."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    stack: int = Field(ge=0, description="index of the stack it was found in")
-    x_nm: float
-    y_nm: float
-    reason: str
 
 
 class BeadFit(BaseModel):
@@ -124,7 +118,7 @@ class PsfCalibration(BaseModel):
         ``blur``: with the fitted blur (as the beads looked), else the pupil PSF alone (as molecules)."""
         defocus = np.atleast_1d(np.asarray(defocus_um, np.float64))
         offsets = np.zeros((defocus.size, 2)) if offset_px is None else np.asarray(offset_px, np.float64)
-        grids = _Grids(self.optics, self.pixel_size_nm * 1e-3, self.na)
+        grids = PupilGrids(self.optics, self.pixel_size_nm * 1e-3, self.na)
         return grids.images(self.na, self.astigmatism_waves, self.spherical_waves,
                             self.blur_sigma_nm * 1e-3 if blur else 0.0, defocus, offsets, grids.sizes(defocus), half_px)
 
@@ -146,202 +140,15 @@ class PsfCalibration(BaseModel):
                 f"{100 * self.residual_relative:.1f} %")
 
 
-# -- the forward model ----------------------------------------------------------------------------
 
-
-class _PupilModel:
-    """`Optics`' widefield pupil PSF, pixel-integrated, for a batch of (defocus, sub-pixel offset)
-    pairs on a ``k`` x ``k`` pixel grid centred at ``k // 2`` (light beyond wraps round), the grid
-    `Optics.psf` computes it on: its pupil sampling (1 / (k pixels)) sets the PSF to ~1-3 %, so the
-    fit uses the virtual microscope's own grid per defocus (`_Grids`)."""
-
-    def __init__(self, emission_nm: float, immersion_index: float, pixel_size_um: float, k: int,
-                 na_max: float) -> None:
-        self.lam = emission_nm * 1e-3
-        self.n = immersion_index
-        self.p = pixel_size_um
-        # Fine samples per pixel as `Optics._pupil_psf` takes them (for the largest NA fitted).
-        s = max(1, math.ceil(2.2 * pixel_size_um * 2 * na_max / self.lam))
-        if k * s > _MAX_FINE_GRID:
-            s = 1
-        while fast_fft_len(k * s) != k * s:
-            k += 1
-        self.k, self.s, self.m = k, s, k * s
-        dx = pixel_size_um / s
-        f = np.fft.fftfreq(self.m, dx)
-        fy, fx = np.meshgrid(f, f, indexing="ij")
-        self.fy, self.fx = fy.ravel(), fx.ravel()
-        fr = np.fft.rfftfreq(self.m, dx)
-        self.box = np.sinc(f * pixel_size_um)[:, None] * np.sinc(fr * pixel_size_um)[None, :]  # rfft2 layout
-        self.f2r = f[:, None] ** 2 + fr[None, :] ** 2
-        self._na: float | None = None
-
-    def _aperture(self, na: float) -> None:
-        if self._na == na:
-            return
-        rho2 = (self.fx * self.fx + self.fy * self.fy) * (self.lam / na) ** 2
-        inside = np.flatnonzero(rho2 <= 1.0)
-        r2 = rho2[inside]
-        fx, fy = self.fx[inside], self.fy[inside]
-        self.inside, self.count = inside, inside.size
-        self.kz = np.sqrt(np.maximum(self.n**2 - r2 * na * na, 0.0))
-        self.sph = math.sqrt(5) * (6 * r2**2 - 6 * r2 + 1)
-        cos2 = np.where(r2 > 0, (fx * fx - fy * fy) / np.maximum(fx * fx + fy * fy, 1e-30), 0.0)
-        self.ast = math.sqrt(6) * r2 * cos2
-        self.pfx, self.pfy = fx, fy
-        self._na = na
-
-    def images(self, na: float, astigmatism: float, spherical: float, blur_um: float, defocus_um: np.ndarray,
-               offset_px: np.ndarray, half: int) -> np.ndarray:
-        """(B, 2 half + 1, 2 half + 1): the middle of the PSFs at ``defocus_um`` (B,) centred at
-        k // 2 + ``offset_px`` (B, 2: rows, cols); a whole PSF sums to 1 (widefield)."""
-        self._aperture(na)
-        two_pi = 2 * math.pi
-        out = np.empty((len(defocus_um), 2 * half + 1, 2 * half + 1))
-        aberration = two_pi * (astigmatism * self.ast + spherical * self.sph)
-        transfer = self.box * np.exp(-2 * math.pi**2 * blur_um**2 * self.f2r) if blur_um > 0 else self.box
-        m, s = self.m, self.s
-        rows = np.arange(-half, half + 1) % self.k  # the ROI: pixels about the centre (index 0, as unrolled)
-        for a in range(0, len(defocus_um), _CHUNK):
-            d = np.asarray(defocus_um[a:a + _CHUNK], np.float64)
-            o = np.asarray(offset_px[a:a + _CHUNK], np.float64) * self.p
-            phase = (two_pi / self.lam) * d[:, None] * self.kz[None, :] + aberration[None, :]
-            phase -= two_pi * (o[:, :1] * self.pfy[None, :] + o[:, 1:] * self.pfx[None, :])
-            pupil = np.zeros((d.size, m * m), np.complex128)
-            pupil[:, self.inside] = np.exp(1j * phase)
-            field = sfft.ifft2(pupil.reshape(-1, m, m), axes=(1, 2))
-            fine = (field.real**2 + field.imag**2) * (m * m / self.count)
-            spectrum = sfft.rfft2(fine, axes=(1, 2))
-            spectrum *= transfer
-            pixels = sfft.irfft2(spectrum, s=(m, m), axes=(1, 2))[:, ::s, ::s]
-            out[a:a + d.size] = pixels[:, rows[:, None], rows[None, :]] * (s * s)
-        return out
-
-
-class _Grids:
-    """One `_PupilModel` per grid size: each (bead, plane) image on the grid `Optics.psf` would use at
-    its defocus (fixed at the start, so that the model is smooth in the fitted parameters)."""
-
-    def __init__(self, optics: Optics, pixel_size_um: float, na_max: float) -> None:
-        self.optics, self.p, self.na_max = optics, pixel_size_um, na_max
-        self._models: dict[int, _PupilModel] = {}
-
-    def sizes(self, defocus_um: np.ndarray) -> np.ndarray:
-        """The grid (pixels) of each defocus: `Optics.support_px`'s."""
-        return np.array([2 * self.optics.support_px(self.p, float(d)) + 1 for d in defocus_um])
-
-    def images(self, na: float, astigmatism: float, spherical: float, blur_um: float, defocus_um: np.ndarray,
-               offset_px: np.ndarray, sizes: np.ndarray, half: int) -> np.ndarray:
-        out = np.empty((len(defocus_um), 2 * half + 1, 2 * half + 1))
-        for k in np.unique(sizes):
-            k = int(max(k, 2 * half + 1))
-            model = self._models.get(k)
-            if model is None:
-                o = self.optics
-                model = self._models[k] = _PupilModel(o.emission_nm, o.immersion_index, self.p, k, self.na_max)
-            mine = np.flatnonzero(np.maximum(sizes, 2 * half + 1) == k)
-            out[mine] = model.images(na, astigmatism, spherical, blur_um, defocus_um[mine], offset_px[mine], half)
-        return out
-
-
-# -- beads: detection and ROIs --------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BeadCandidate:
-    """A bead found in a stack: its peak (row, col) in the max projection."""
-
-    stack: int
-    row: int
-    col: int
-
-
-def default_roi_half_px(pixel_size_nm: float, emission_nm: float, na: float) -> int:
-    """Half-width of a bead's ROI: 3 lambda / NA, which holds most of the astigmatic PSF over +-0.8 um."""
-    return max(4, math.ceil(3 * emission_nm / na / pixel_size_nm))
-
-
-def detect_beads(stacks: Sequence[np.ndarray], *, roi_half_px: int, baseline_adu: float, pixel_size_nm: float,
-                 saturation_adu: float | None = None, min_snr: float = 10.0,
-                 ) -> tuple[list[BeadCandidate], list[BeadRejection]]:
-    """Beads in (Z, H, W) ADU stacks: peaks of each stack's (lightly smoothed) max projection that
-    stand ``min_snr`` noise sigmas above its background; then those whose ROI would cross the
-    image's edge, overlap another bead's ROI, or hold a pixel at ``saturation_adu`` are rejected,
-    each with its reason."""
-    kept: list[BeadCandidate] = []
-    rejected: list[BeadRejection] = []
-    for index, stack in enumerate(stacks):
-        projection = ndimage.gaussian_filter(stack.max(axis=0).astype(np.float64) - baseline_adu, 1.0)
-        background = float(np.median(projection))
-        noise = 1.4826 * float(np.median(np.abs(projection - background))) or 1.0
-        peaks = peak_local_max(projection, min_distance=max(2, roi_half_px // 2), exclude_border=False,
-                               threshold_abs=background + min_snr * noise)
-        h, w = stack.shape[1:]
-        for row, col in peaks:
-            reason = None
-            if row < roi_half_px or col < roi_half_px or row >= h - roi_half_px or col >= w - roi_half_px:
-                reason = "too close to the image edge for its ROI"
-            else:
-                near = [(r, c) for r, c in peaks if (r, c) != (row, col)
-                        and max(abs(r - row), abs(c - col)) <= 2 * roi_half_px]
-                if near:
-                    reason = f"overlaps the bead at row {near[0][0]}, col {near[0][1]}"
-                elif saturation_adu is not None and stack[:, row - roi_half_px:row + roi_half_px + 1,
-                                                         col - roi_half_px:col + roi_half_px + 1].max() >= saturation_adu:
-                    reason = f"saturated (a pixel at {saturation_adu:g} ADU)"
-            if reason is None:
-                kept.append(BeadCandidate(index, int(row), int(col)))
-            else:
-                rejected.append(BeadRejection(stack=index, x_nm=(col + 0.5) * pixel_size_nm,
-                                              y_nm=(row + 0.5) * pixel_size_nm, reason=reason))
-    return kept, rejected
-
-
-def crop_rois(stacks: Sequence[np.ndarray], beads: Sequence[BeadCandidate], roi_half_px: int) -> np.ndarray:
-    """(N, Z, R, R) float64 ADU: each bead's stack around its peak, R = 2 roi_half_px + 1."""
-    r = roi_half_px
-    return np.stack([stacks[b.stack][:, b.row - r:b.row + r + 1, b.col - r:b.col + r + 1].astype(np.float64)
-                     for b in beads])
-
-
-# -- starting values ------------------------------------------------------------------------------
-
-
-def second_moments(rois: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per image (..., R, R) above its border's median: variance along x (cols) and y (rows), px^2,
-    within the ROI's inscribed disc."""
-    r = rois.shape[-1] // 2
-    yy, xx = np.mgrid[-r:r + 1, -r:r + 1].astype(np.float64)
-    disc = (yy**2 + xx**2) <= r * r
-    border = np.concatenate([rois[..., 0, :], rois[..., -1, :], rois[..., :, 0], rois[..., :, -1]], axis=-1)
-    signal = np.clip(rois - np.median(border, axis=-1)[..., None, None], 0, None) * disc
-    total = signal.sum(axis=(-2, -1)) + 1e-12
-    cy = (signal * yy).sum(axis=(-2, -1)) / total
-    cx = (signal * xx).sum(axis=(-2, -1)) / total
-    vy = (signal * yy**2).sum(axis=(-2, -1)) / total - cy**2
-    vx = (signal * xx**2).sum(axis=(-2, -1)) / total - cx**2
-    return vx, vy
-
-
-def _focus_of(curve: np.ndarray, z_um: np.ndarray) -> float:
-    """z of a width curve's minimum (parabola through its 5 nearest points)."""
-    i = int(np.argmin(ndimage.uniform_filter1d(curve, 3, mode="nearest")))
-    lo, hi = max(0, i - 2), min(len(z_um), i + 3)
-    if hi - lo >= 3:
-        a, b, _ = np.polyfit(z_um[lo:hi], curve[lo:hi], 2)
-        if a > 0 and z_um[lo] <= -b / (2 * a) <= z_um[hi - 1]:
-            return float(-b / (2 * a))
-    return float(z_um[i])
-
-
-def _astigmatism_per_focal_split(grids: _Grids, na: float, half: int) -> float:
+def _astigmatism_per_focal_split(grids: PupilGrids, na: float, half: int) -> float:
     """d(z_x focus - z_y focus) / d(astigmatism waves), um per wave, measured on the model itself
     with the same moment code as the data (so sign and scale conventions cannot drift apart)."""
     a = 0.1
     z = np.linspace(-1.0, 1.0, 41)
     psf = grids.images(na, a, 0.0, 0.0, z, np.zeros((z.size, 2)), grids.sizes(z), half)
     vx, vy = second_moments(psf)
-    return (_focus_of(vx, z) - _focus_of(vy, z)) / a
+    return (focus_of(vx, z) - focus_of(vy, z)) / a
 
 
 # -- the fit ----------------------------------------------------------------------------------------
@@ -349,7 +156,7 @@ def _astigmatism_per_focal_split(grids: _Grids, na: float, half: int) -> float:
 
 @dataclass
 class _Problem:
-    grids: _Grids
+    grids: PupilGrids
     data_e: np.ndarray  # (N, Z, R, R) photo-electrons above the baseline
     z_um: np.ndarray  # (Z,)
     half: int
@@ -495,7 +302,7 @@ def calibrate_psf(stacks: Sequence[np.ndarray], z_um: np.ndarray, *, pixel_size_
     data_e = (crop_rois(stacks, beads, half) - baseline_adu) * gain
     excess = 2.0 if em_gain > 1 else 1.0
     na_max = min(na * 1.1, immersion_index * 0.999) if fit_na else na
-    grids = _Grids(Optics(na=na, emission_nm=emission_nm, immersion_index=immersion_index), p_um, na_max)
+    grids = PupilGrids(Optics(na=na, emission_nm=emission_nm, immersion_index=immersion_index), p_um, na_max)
     # Variance floor: read noise referred to the input, plus 1 e^2 so that no pixel weighs infinitely.
     floor_e2 = max(read_noise_e / em_gain, 0.0) ** 2 + 1.0
     problem = _Problem(grids, data_e, z, half, floor_e2, excess, fit_na, fit_blur, na)
@@ -551,8 +358,8 @@ def _start(problem: _Problem, na: float) -> np.ndarray:
     data, z, half = problem.data_e, problem.z_um, problem.half
     vx, vy = second_moments(data)  # (N, Z)
     width = vx + vy
-    focus = np.array([_focus_of(w, z) for w in width])
-    split = np.median([_focus_of(a, z) - _focus_of(b, z) for a, b in zip(vx, vy)])
+    focus = np.array([focus_of(w, z) for w in width])
+    split = np.median([focus_of(a, z) - focus_of(b, z) for a, b in zip(vx, vy)])
     per_wave = _astigmatism_per_focal_split(problem.grids, na, half)
     astig = float(np.clip(split / per_wave, -0.5, 0.5)) if abs(per_wave) > 1e-6 else 0.0
     # Each image's grid as `Optics.psf` takes it at the starting astigmatism (fixed from here on).
@@ -676,7 +483,7 @@ def localise_planes(calibration: PsfCalibration, rois_e: np.ndarray, *, excess: 
     data_c = data - data.mean(axis=1, keepdims=True)
     score = (data_c @ centred.T) ** 2 / (centred**2).sum(axis=1)[None, :]  # explained variance
     start = library_z[np.argmax(score, axis=1)]
-    grids = _Grids(calibration.optics, calibration.pixel_size_nm * 1e-3, calibration.na)
+    grids = PupilGrids(calibration.optics, calibration.pixel_size_nm * 1e-3, calibration.na)
     fixed = (calibration.na, calibration.astigmatism_waves, calibration.spherical_waves,
              calibration.blur_sigma_nm / calibration.pixel_size_nm)
     problem = _Problem(grids, rois[:, None], np.zeros(1), half, read_noise_e**2 + 1.0, excess, False, True,

@@ -14,7 +14,6 @@ the true plane, next to the input left unchanged, at several delta-z.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -22,26 +21,17 @@ import onnx
 import torch
 from pydantic import Field
 
-import livescope
-from livescope.modelcard import (
-    MODEL_FILE,
-    ModelCard,
-    Normalisation,
-    Provenance,
-    RefocusSpec,
-    TensorSpec,
-    Tiling,
-    TrainedFor,
-)
+from livescope.modelcard import ModelCard, Normalisation, RefocusSpec, TensorSpec, Tiling, TrainedFor
 from livescope.models import export
 from livescope.models.budget import TrainProgress
-from livescope.models.compare import compare
-from livescope.models.denoise.train import psnr_db
+from livescope.models.metrics import psnr_db
+from livescope.models.publish import TrainingRecord, publish_version
 from livescope.models.refocus.data import ZStack, sample_pairs
 from livescope.models.refocus.net import INPUT_NAME, OUTPUT_NAME, RefocusGraph, refocus_unet
-from livescope.models.supervised import SupervisedTrainConfig, TrainedGraph, fit, loop_settings
+from livescope.models.supervised import SupervisedTrainConfig, fit_supervised
+from livescope.models.training_loop import TrainedGraph
 from livescope.models.unet import parameter_count
-from livescope.repository import ModelVersion, write_version
+from livescope.repository import ModelVersion
 
 HELD_OUT_PAIRS = 64
 FINE_TUNE_LEARNING_RATE = 3e-4  # starting from a trained model: smaller steps keep what it knows
@@ -86,9 +76,9 @@ def train_refocus(stacks: Sequence[ZStack], held_out: Sequence[ZStack], config: 
         export.load_weights(graph, init, "the model to start from")
     held = sample_pairs(held_out, HELD_OUT_PAIRS, config.patch_px, config.dz_max_um,
                         np.random.default_rng(config.seed + 1), target=config.target)
-    return fit(graph, _loss, lambda: sample_pairs(stacks, config.batch_size, config.patch_px, config.dz_max_um, rng,
-                                                  target=config.target),
-               held, loop_settings(config), progress)
+    return fit_supervised(graph, _loss, lambda: sample_pairs(stacks, config.batch_size, config.patch_px,
+                                                             config.dz_max_um, rng, target=config.target),
+                          held, config, progress)
 
 
 def export_refocuser(graph: RefocusGraph, example_stack: ZStack) -> onnx.ModelProto:
@@ -110,9 +100,7 @@ def export_refocuser(graph: RefocusGraph, example_stack: ZStack) -> onnx.ModelPr
 def refocus_with(proto: onnx.ModelProto) -> Callable[[np.ndarray, float], np.ndarray]:
     """(H, W) ADU frame, uniform delta-z µm -> refocused (H, W), through onnxruntime on the CPU;
     crops to the model's size multiple are the caller's business (the stacks' sizes are)."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = export.cpu_session(proto)
 
     def run(frame: np.ndarray, dz_um: float) -> np.ndarray:
         x = np.stack([frame.astype(np.float32), np.full(frame.shape, dz_um, np.float32)])[None]
@@ -167,40 +155,32 @@ def train_and_publish_refocuser(
     trained = train_refocus(stacks, held_out, config, baseline_adu, progress, init=init, dz_scale_um=dz_scale)
     proto = export_refocuser(trained.graph, held_out[0])
     metrics = held_out_metrics(refocus_with(proto), held_out, config.dz_max_um, config.target)
-    comparison = None
-    if compare_with is not None:
-        active_range = compare_with.card.refocus.dz_range_um if compare_with.card.refocus else (0.0, 0.0)
+
+    def score_active(active: onnx.ModelProto, card: ModelCard) -> dict[str, float]:
+        """Over the delta-z range both versions were trained for."""
+        active_range = card.refocus.dz_range_um if card.refocus else (0.0, 0.0)
         shared_dz = min(config.dz_max_um, -active_range[0], active_range[1])
-        active = held_out_metrics(refocus_with(onnx.load(compare_with.onnx_path)), held_out, shared_dz,
-                                  config.target)
-        comparison = compare("refocus", metrics, compare_with.ref, active)
+        return held_out_metrics(refocus_with(active), held_out, shared_dz, config.target)
+
     unet = trained.graph.net.config
     z_step = float(np.median([s.z_step_um for s in stacks]))
-
-    def fill(folder: Path, version: int) -> ModelCard:
-        export.save(proto, folder / MODEL_FILE)
-        return ModelCard(
-            name=name, version=version, task="refocus",
-            description=(
-                f"Deep-Z-style refocusing UNet (delta-z map as a second channel, residual), depth {unet.depth}, "
-                f"{unet.base_channels} base channels, {parameter_count(trained.graph.net)} parameters; "
-                f"{trained.steps} steps of {config.batch_size} pairs of {config.patch_px} px (stopped by "
-                f"{trained.stopped_because}"
-                + (f"; kept the weights of step {trained.best_step}" if trained.best_step else "")
-                + (f"; fine-tuned from {start_from.ref}" if start_from is not None else "")
-                + f"); train config: {config.model_dump_json(exclude_none=True)}"),
-            inputs=(TensorSpec(name=INPUT_NAME, dtype="float32", axes="NCYX"),),
-            outputs=(TensorSpec(name=OUTPUT_NAME, dtype="float32", axes="NCYX"),),
-            normalisation=Normalisation(kind="in_graph", transform="linear", offset_adu=baseline_adu),
-            tiling=Tiling(size_multiple_px=unet.size_multiple_px, halo_px=unet.halo_px),
-            trained_for=trained_for,
-            refocus=RefocusSpec(dz_range_um=(-config.dz_max_um, config.dz_max_um), z_step_um=z_step,
-                                spherical_waves=spherical_waves),
-            provenance=Provenance(
-                command=command, code_version=livescope.__version__, data=data_description, seed=config.seed,
-                trained_at=datetime.now(timezone.utc).replace(microsecond=0),
-                train_seconds=round(trained.train_seconds, 1), session_ids=session_ids),
-            metrics=metrics, comparison=comparison,
-        )
-
-    return write_version(repository, name, fill)
+    record = TrainingRecord(command, data_description, config.seed, trained.train_seconds, session_ids=session_ids)
+    card_fields = dict(
+        description=(
+            f"Deep-Z-style refocusing UNet (delta-z map as a second channel, residual), depth {unet.depth}, "
+            f"{unet.base_channels} base channels, {parameter_count(trained.graph.net)} parameters; "
+            f"{trained.steps} steps of {config.batch_size} pairs of {config.patch_px} px (stopped by "
+            f"{trained.stopped_because}"
+            + (f"; kept the weights of step {trained.best_step}" if trained.best_step else "")
+            + (f"; fine-tuned from {start_from.ref}" if start_from is not None else "")
+            + f"); train config: {config.model_dump_json(exclude_none=True)}"),
+        inputs=(TensorSpec(name=INPUT_NAME, dtype="float32", axes="NCYX"),),
+        outputs=(TensorSpec(name=OUTPUT_NAME, dtype="float32", axes="NCYX"),),
+        normalisation=Normalisation(kind="in_graph", transform="linear", offset_adu=baseline_adu),
+        tiling=Tiling(size_multiple_px=unet.size_multiple_px, halo_px=unet.halo_px),
+        trained_for=trained_for,
+        refocus=RefocusSpec(dz_range_um=(-config.dz_max_um, config.dz_max_um), z_step_um=z_step,
+                            spherical_waves=spherical_waves),
+    )
+    return publish_version(repository, proto, name=name, task="refocus", card_fields=card_fields, metrics=metrics,
+                           record=record, compare_with=compare_with, score_active=score_active)

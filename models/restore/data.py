@@ -33,7 +33,9 @@ from typing import TYPE_CHECKING, Literal, Protocol
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from livescope.models.virtual_fields import field_centres
+from livescope.models.fields import split_by_field
+from livescope.models.patches import random_crop, same_random_turn
+from livescope.models.virtual_fields import field_centres, snap_at_signal
 
 if TYPE_CHECKING:
     from livescope.acquire.calibration.registration import RegistrationReport
@@ -127,7 +129,7 @@ class VirtualRestoreData(BaseModel):
         return self
 
     def rig(self, specimen: str, seed: int = 0) -> VirtualRigConfig:
-        """The rig a specimen's pairs are snapped with (signal 1 photon/ms: `_snap` scales it)."""
+        """The rig a specimen's pairs are snapped with (signal 1 photon/ms: `snap_at_signal` scales it)."""
         from livescope.acquire.virtual import VirtualRigConfig
 
         field_um = 2 * self.stage_range_um + max(self.sensor_shape_px) * self.pixel_size_um + 2 * MIN_FIELD_GAP_UM
@@ -146,19 +148,6 @@ class VirtualRestoreData(BaseModel):
             f"photons/ms, {self.exposure_ms:g} ms, NA {rig.na:g} {rig.excitation_nm:g}/{rig.emission_nm:g} nm, "
             f"pinhole {rig.pinhole_au:g} AU, STED saturation {self.sted_saturation:g}, seed {self.seed}"
         )
-
-
-def _snap(scene: VirtualScene, x_um: float, y_um: float, modality: str, exposure_ms: float,
-          signal_photons_per_ms: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """(noisy uint16, noise-free float32) ADU of one modality, from a scene set up at 1 photon/ms:
-    the signal is linear in the rate, the background is not scaled (so one scene, and its OTF
-    cache, serves every signal level)."""
-    from livescope.acquire.virtual.camera import expected_adu, read_out
-
-    background = np.float32(scene.config.background_photons_per_ms * exposure_ms)
-    photons = scene.expected_photons(x_um, y_um, 0.0, exposure_ms, modality=modality)
-    photons = np.maximum((photons - background) * np.float32(signal_photons_per_ms) + background, 0.0)
-    return read_out(photons, rng, scene.camera), expected_adu(photons, scene.camera)
 
 
 def _field_centres(n: int, spec: VirtualRestoreData, scene: VirtualScene,
@@ -185,8 +174,8 @@ def virtual_pairs(spec: VirtualRestoreData) -> list[RestorePair]:
         base = rig.baseline_adu
         for f, (x, y) in enumerate(_field_centres(spec.fields_per_specimen, spec, scene, rng)):
             level = spec.signal_photons_per_ms[f % len(spec.signal_photons_per_ms)]
-            low, low_clean = _snap(scene, x, y, "confocal", spec.exposure_ms, level, rng)
-            high, high_clean = _snap(scene, x, y, "sted", spec.exposure_ms, level, rng)
+            low, low_clean = snap_at_signal(scene, x, y, 0.0, spec.exposure_ms, level, rng, modality="confocal")
+            high, high_clean = snap_at_signal(scene, x, y, 0.0, spec.exposure_ms, level, rng, modality="sted")
             ratio = brightness_ratio(low_clean, high_clean, base) or 1.0  # an empty field: nothing to scale
             pairs.append(RestorePair(
                 low.astype(np.float32), _scaled(high, ratio, base), _scaled(high_clean, ratio, base),
@@ -311,26 +300,14 @@ def sample_patches(pairs: Sequence[RestorePair], batch_size: int, patch_px: int,
     targets = np.empty((batch_size, 1, patch_px, patch_px), np.float32)
     for b in range(batch_size):
         pair = pairs[int(rng.integers(len(pairs)))]
-        h, w = pair.shape
-        y, x = int(rng.integers(h - patch_px + 1)), int(rng.integers(w - patch_px + 1))
-        crop = (slice(y, y + patch_px), slice(x, x + patch_px))
-        a, t = pair.low_adu[crop], pair.target(target)[crop]
-        turns, flip = (int(rng.integers(4)) if rotate else 0), bool(rng.integers(2))
-        a, t = np.rot90(a, turns), np.rot90(t, turns)
-        if flip:
-            a, t = a[:, ::-1], t[:, ::-1]
-        inputs[b, 0], targets[b, 0] = a, t
+        crop = random_crop(pair.shape, patch_px, rng)
+        inputs[b, 0], targets[b, 0] = same_random_turn(pair.low_adu[crop], pair.target(target)[crop], rng, rotate)
     return inputs, targets
 
 
 def split_fields(pairs: Sequence[RestorePair], fraction: float,
                  rng: np.random.Generator) -> tuple[list[RestorePair], list[RestorePair]]:
     """(train, held out): whole fields held out (repeats of one position are too alike to validate
-    on), ``fraction`` of the fields rounded, at least one while there are two or more, never all."""
-    if not 0 <= fraction < 1:
-        raise ValueError(f"fraction must be in [0, 1), got {fraction}")
-    fields = list(dict.fromkeys(p.field_id for p in pairs))
-    n = len(fields)
-    n_held = 0 if fraction == 0 or n < 2 else min(n - 1, max(1, round(fraction * n)))
-    held = {fields[i] for i in rng.permutation(n)[:n_held]}
-    return [p for p in pairs if p.field_id not in held], [p for p in pairs if p.field_id in held]
+    on), ``fraction`` of the fields rounded, at least one while there are two or more, never all
+    (`models.fields.split_by_field`)."""
+    return split_by_field(pairs, [p.field_id for p in pairs], fraction, rng)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -29,17 +28,17 @@ import onnx
 import torch
 from pydantic import Field
 
-import livescope
-from livescope.modelcard import MODEL_FILE, ModelCard, Normalisation, Provenance, TensorSpec, Tiling, TrainedFor
+from livescope.modelcard import ModelCard, Normalisation, TensorSpec, Tiling, TrainedFor
 from livescope.models import export
 from livescope.models.budget import TrainProgress
-from livescope.models.compare import compare
-from livescope.models.denoise.train import psnr_db
+from livescope.models.metrics import psnr_db
+from livescope.models.publish import TrainingRecord, publish_version
 from livescope.models.restore.data import RestorePair, require_fields, sample_patches
 from livescope.models.restore.net import INPUT_NAME, OUTPUT_NAME, OUTPUT_UNITS, RestoreGraph, restore_unet
-from livescope.models.supervised import SupervisedTrainConfig, TrainedGraph, fit, loop_settings
+from livescope.models.supervised import SupervisedTrainConfig, fit_supervised
+from livescope.models.training_loop import TrainedGraph
 from livescope.models.unet import parameter_count
-from livescope.repository import ModelVersion, write_version
+from livescope.repository import ModelVersion
 
 HELD_OUT_PATCHES = 64
 FRC_THRESHOLD = 0.5  # agreement with a known reference (not the 1/7 of two noisy halves)
@@ -66,8 +65,9 @@ def train_restore(pairs: Sequence[RestorePair], held_out: Sequence[RestorePair],
     graph = RestoreGraph(restore_unet(config.depth, config.base_channels), baseline_adu=baseline_adu)
     held = sample_patches(held_out, HELD_OUT_PATCHES, config.patch_px, np.random.default_rng(config.seed + 1),
                           config.target)
-    return fit(graph, _loss, lambda: sample_patches(pairs, config.batch_size, config.patch_px, rng, config.target),
-               held, loop_settings(config), progress)
+    return fit_supervised(graph, _loss,
+                          lambda: sample_patches(pairs, config.batch_size, config.patch_px, rng, config.target),
+                          held, config, progress)
 
 
 def export_restorer(graph: RestoreGraph, example: RestorePair) -> onnx.ModelProto:
@@ -85,9 +85,7 @@ def export_restorer(graph: RestoreGraph, example: RestorePair) -> onnx.ModelProt
 def restore_with(proto: onnx.ModelProto) -> Callable[[np.ndarray], np.ndarray]:
     """(H, W) ADU frame -> restored (H, W), through onnxruntime on the CPU (H, W multiples of the
     model's size multiple: the caller crops)."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = export.cpu_session(proto)
 
     def run(frame: np.ndarray) -> np.ndarray:
         raw = np.clip(np.rint(frame), 0, 65535).astype(np.uint16)
@@ -170,35 +168,27 @@ def train_and_publish_restorer(
     proto = export_restorer(trained.graph, held_out[0])
     unet = trained.graph.net.config
     metrics = held_out_metrics(restore_with(proto), held_out, config.target, unet.size_multiple_px, pixel_size_um)
-    comparison = None
-    if compare_with is not None:
-        active_multiple = compare_with.card.tiling.size_multiple_px
-        active = held_out_metrics(restore_with(onnx.load(compare_with.onnx_path)), held_out, config.target,
-                                  math.lcm(active_multiple, unet.size_multiple_px), pixel_size_um)
-        comparison = compare("restore", metrics, compare_with.ref, active)
 
-    def fill(folder: Path, version: int) -> ModelCard:
-        export.save(proto, folder / MODEL_FILE)
-        return ModelCard(
-            name=name, version=version, task="restore",
-            description=(
-                f"Cross-modality restoration (confocal -> STED, CARE-style UNet, residual), depth {unet.depth}, "
-                f"{unet.base_channels} base channels, {parameter_count(trained.graph.net)} parameters. Input: the "
-                f"low-resolution (confocal) frame, the camera's uint16 ADU. Output: {OUTPUT_UNITS}. "
-                f"{trained.steps} steps of {config.batch_size} patches of {config.patch_px} px (stopped by "
-                f"{trained.stopped_because}"
-                + (f"; kept the weights of step {trained.best_step}" if trained.best_step else "")
-                + f"); train config: {config.model_dump_json(exclude_none=True)}"),
-            inputs=(TensorSpec(name=INPUT_NAME, dtype="uint16", axes="NCYX"),),
-            outputs=(TensorSpec(name=OUTPUT_NAME, dtype="float32", axes="NCYX"),),
-            normalisation=Normalisation(kind="in_graph", transform="linear", offset_adu=baseline_adu),
-            tiling=Tiling(size_multiple_px=unet.size_multiple_px, halo_px=unet.halo_px),
-            trained_for=trained_for,
-            provenance=Provenance(
-                command=command, code_version=livescope.__version__, data=data_description, seed=config.seed,
-                trained_at=datetime.now(timezone.utc).replace(microsecond=0),
-                train_seconds=round(trained.train_seconds, 1), session_ids=session_ids),
-            metrics=metrics, comparison=comparison,
-        )
+    def score_active(active: onnx.ModelProto, card: ModelCard) -> dict[str, float]:
+        """On crops that both versions' size multiples divide."""
+        multiple = math.lcm(card.tiling.size_multiple_px, unet.size_multiple_px)
+        return held_out_metrics(restore_with(active), held_out, config.target, multiple, pixel_size_um)
 
-    return write_version(repository, name, fill)
+    record = TrainingRecord(command, data_description, config.seed, trained.train_seconds, session_ids=session_ids)
+    card_fields = dict(
+        description=(
+            f"Cross-modality restoration (confocal -> STED, CARE-style UNet, residual), depth {unet.depth}, "
+            f"{unet.base_channels} base channels, {parameter_count(trained.graph.net)} parameters. Input: the "
+            f"low-resolution (confocal) frame, the camera's uint16 ADU. Output: {OUTPUT_UNITS}. "
+            f"{trained.steps} steps of {config.batch_size} patches of {config.patch_px} px (stopped by "
+            f"{trained.stopped_because}"
+            + (f"; kept the weights of step {trained.best_step}" if trained.best_step else "")
+            + f"); train config: {config.model_dump_json(exclude_none=True)}"),
+        inputs=(TensorSpec(name=INPUT_NAME, dtype="uint16", axes="NCYX"),),
+        outputs=(TensorSpec(name=OUTPUT_NAME, dtype="float32", axes="NCYX"),),
+        normalisation=Normalisation(kind="in_graph", transform="linear", offset_adu=baseline_adu),
+        tiling=Tiling(size_multiple_px=unet.size_multiple_px, halo_px=unet.halo_px),
+        trained_for=trained_for,
+    )
+    return publish_version(repository, proto, name=name, task="restore", card_fields=card_fields, metrics=metrics,
+                           record=record, compare_with=compare_with, score_active=score_active)

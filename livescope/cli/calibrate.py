@@ -1,6 +1,5 @@
-"""`livescope calibrate {pairs,zstack,beads}`: calibration sessions on the rig (or the virtual
-microscope). Commands import their parts lazily, as livescope/cli.py does, so `livescope --help`
-stays fast; this module must not import livescope.cli at import time (cli imports it).
+"""`livescope calibrate {pairs,zstack,beads,register}`: calibration sessions on the rig (or the
+virtual microscope), and the registration and QA report of a pairs session.
 
 With --resume, an option left out takes the session's own value, and one given must match it:
 `livescope calibrate pairs --output S.ome.zarr --resume` continues S as it was planned.
@@ -14,20 +13,23 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
+from livescope.cli._common import fail
+
 if TYPE_CHECKING:
     from pymmcore_plus import CMMCorePlus
 
-    from livescope.session import SessionManifest, SessionPlan
+    from livescope.acquire.calibration.registration import RegistrationSettings
+    from livescope.session import Session, SessionManifest, SessionPlan
 
 calibrate_app = typer.Typer(no_args_is_help=True,
                             help="Calibration sessions: paired, multi-plane and bead acquisitions for retraining.")
 
-# Virtual microscope defaults per kind: flat specimens image pairs; stacks need depth (as the
-# refocus training data's virtual stacks: 4 µm deep, focused mid-specimen).
-_VIRTUAL_DEFAULTS = {"pairs": ("filaments", 0.0), "zstack": ("filaments", 4.0), "beads": ("beads", 4.0)}
 _VIRTUAL_OPTIONS = {"specimen": "--specimen", "specimen_depth_um": "--depth", "signal_photons_per_ms": "--signal",
                     "size": "--size", "seed": "--seed"}
-_Z_DEFAULTS_UM = (6.0, 0.25)  # range, step: the refocus training stacks' -3..+3 µm at 0.25 µm
+Z_DEFAULTS_UM = (6.0, 0.25)  # range, step: the refocus training stacks' -3..+3 µm at 0.25 µm
+# The kinds' options neither given nor (resuming) in the session's plan take these.
+KIND_DEFAULTS: dict[str, Any] = {"group": "Modality", "low_preset": "Confocal", "high_preset": "STED", "repeats": 1,
+                                 "z_range_um": Z_DEFAULTS_UM[0], "z_step_um": Z_DEFAULTS_UM[1]}
 
 OutputOpt = Annotated[Path, typer.Option(
     "--output", help="The session folder to create, SESSION.ome.zarr (with --resume: to continue).")]
@@ -59,9 +61,9 @@ BaselineOpt = Annotated[Optional[float], typer.Option(
 EPerAduOpt = Annotated[Optional[float], typer.Option(
     "--e-per-adu", help="Camera conversion gain, e-/ADU, recorded with the session.")]
 RangeOpt = Annotated[Optional[float], typer.Option(
-    "--range", metavar="MICRONS", help=f"Stack height about each position's focus, µm (default {_Z_DEFAULTS_UM[0]:g}).")]
+    "--range", metavar="MICRONS", help=f"Stack height about each position's focus, µm (default {Z_DEFAULTS_UM[0]:g}).")]
 StepOpt = Annotated[Optional[float], typer.Option(
-    "--step", metavar="MICRONS", help=f"Plane spacing, µm (default {_Z_DEFAULTS_UM[1]:g}).")]
+    "--step", metavar="MICRONS", help=f"Plane spacing, µm (default {Z_DEFAULTS_UM[1]:g}).")]
 
 
 @dataclass
@@ -83,10 +85,14 @@ class _Options:
 @calibrate_app.command("pairs")
 def pairs(
     output: OutputOpt,
-    group: Annotated[Optional[str], typer.Option(help="The config group switching the two images (default Modality).")] = None,
-    low: Annotated[Optional[str], typer.Option(help="The input image's preset (default Confocal).")] = None,
-    high: Annotated[Optional[str], typer.Option(help="The target image's preset (default STED).")] = None,
-    repeats: Annotated[Optional[int], typer.Option(help="Pairs per position (default 1).")] = None,
+    group: Annotated[Optional[str], typer.Option(
+        help=f"The config group switching the two images (default {KIND_DEFAULTS['group']}).")] = None,
+    low: Annotated[Optional[str], typer.Option(
+        help=f"The input image's preset (default {KIND_DEFAULTS['low_preset']}).")] = None,
+    high: Annotated[Optional[str], typer.Option(
+        help=f"The target image's preset (default {KIND_DEFAULTS['high_preset']}).")] = None,
+    repeats: Annotated[Optional[int], typer.Option(
+        help=f"Pairs per position (default {KIND_DEFAULTS['repeats']}).")] = None,
     resume: ResumeOpt = False, mm_config: MmConfigOpt = None, grid: GridOpt = None, spacing: SpacingOpt = None,
     positions: PositionsOpt = None, exposure: ExposureOpt = None, specimen: SpecimenOpt = None,
     depth: DepthOpt = None, signal: SignalOpt = None, size: SizeOpt = None, seed: SeedOpt = None,
@@ -132,11 +138,34 @@ def _virtual(specimen, depth, signal, size, seed) -> dict[str, Any]:
     return {k: v for k, v in given.items() if v is not None}
 
 
+@calibrate_app.command("register")
+def register(
+    session: Annotated[Path, typer.Argument(help="A pairs session folder (SESSION.ome.zarr).")],
+    affine: Annotated[bool, typer.Option(
+        "--affine", help="Refine each translation to an affine map (rotation, scale, shear).")] = False,
+    max_shift: Annotated[Optional[float], typer.Option(
+        "--max-shift", min=0.1, help="Pairs shifted more than this many pixels fail QA.")] = None,
+    min_ncc: Annotated[Optional[float], typer.Option(
+        "--min-ncc", min=-1.0, max=1.0, help="Pairs whose correlation after alignment is lower fail QA.")] = None,
+) -> None:
+    """Register each pair's high image onto its low one (sub-pixel phase correlation; --affine)
+    and write the QA report: SESSION/registration.json and SESSION/qa/report.html."""
+    from livescope.acquire.calibration.registration import RegistrationSettings
+    from livescope.session import SessionError, load_session
+
+    given = {"affine": affine, "max_shift_px": max_shift, "min_ncc": min_ncc}
+    try:
+        settings = RegistrationSettings(**{k: v for k, v in given.items() if v is not None})
+        register_and_report(load_session(session, verify=True), settings)
+    except SessionError as e:
+        fail(str(e))
+
+
+
 # -- running ------------------------------------------------------------------------------------
 
 
 def _run(kind: str, opts: _Options, kind_options: dict[str, Any]) -> None:
-    from livescope.cli import fail
     from livescope.session import SessionError, read_manifest
 
     previous = None
@@ -163,7 +192,6 @@ def _run(kind: str, opts: _Options, kind_options: dict[str, Any]) -> None:
 
 def _check_values(opts: _Options, kind_options: dict[str, Any]) -> None:
     from livescope.acquire.virtual.devices import SPECIMENS
-    from livescope.cli import fail
 
     v = opts.virtual
     if "specimen" in v and v["specimen"] not in SPECIMENS:
@@ -193,10 +221,10 @@ def _check_values(opts: _Options, kind_options: dict[str, Any]) -> None:
 
 def _open_rig(kind: str, opts: _Options, previous: SessionManifest | None):
     """The rig (the session's own when resuming), its config path and the camera calibration."""
+    from livescope.acquire.calibration.rig import resumed_virtual_rig, virtual_rig
     from livescope.acquire.microscope import MicroscopeError, open_microscope
-    from livescope.acquire.virtual import VirtualRigConfig
-    from livescope.cli import fail
-    from livescope.protocol import CameraCalibration
+    from livescope.camera import CameraCalibration
+    from livescope.session import SessionError
 
     mm_config = opts.mm_config
     rig = None
@@ -205,14 +233,12 @@ def _open_rig(kind: str, opts: _Options, previous: SessionManifest | None):
         if mm_config is None and snap.source == "micro-manager" and snap.mm_config_path:
             mm_config = Path(snap.mm_config_path)
         if mm_config is None and snap.virtual_rig_config is not None:
-            rig = VirtualRigConfig.model_validate(snap.virtual_rig_config)
-            wanted = _virtual_rig(kind, opts.virtual, rig)
-            if wanted != rig:
-                differ = [k for k in type(rig).model_fields if getattr(wanted, k) != getattr(rig, k)]
-                fail(f"cannot resume {opts.output}: its virtual microscope had {differ[0]} "
-                     f"{getattr(rig, differ[0])!r}; leave the virtual microscope options out")
+            try:
+                rig = resumed_virtual_rig(snap.virtual_rig_config, opts.virtual, str(opts.output))
+            except SessionError as e:
+                fail(str(e))
     elif mm_config is None:
-        rig = _virtual_rig(kind, opts.virtual)
+        rig = virtual_rig(kind, opts.virtual)
     camera = None
     if opts.baseline_adu is not None or opts.e_per_adu is not None:
         if opts.baseline_adu is None or opts.e_per_adu is None:
@@ -229,90 +255,26 @@ def _open_rig(kind: str, opts: _Options, previous: SessionManifest | None):
     return core, mm_config, camera
 
 
-def _virtual_rig(kind: str, given: dict[str, Any], base=None):
-    from livescope.acquire.virtual import VirtualRigConfig
-
-    if base is not None:
-        size = given.get("size")
-        update = {k: v for k, v in given.items() if k != "size"}
-        if size is not None:
-            update["sensor_shape_px"] = (size, size)
-        return base.model_copy(update=update)
-    specimen, depth = _VIRTUAL_DEFAULTS[kind]
-    size = given.get("size", 512)
-    return VirtualRigConfig(
-        sensor_shape_px=(size, size), specimen=given.get("specimen", specimen),
-        specimen_depth_um=given.get("specimen_depth_um", depth),
-        signal_photons_per_ms=given.get("signal_photons_per_ms", 10.0), seed=given.get("seed", 0))
-
-
 def _plan(core: CMMCorePlus, kind: str, opts: _Options, kind_options: dict[str, Any],
           previous: SessionManifest | None) -> SessionPlan:
     """The plan from the options; when resuming, options left out take the session's values."""
-    from livescope.acquire.calibration.plan import grid_positions, make_plan, parse_grid, read_positions
-    from livescope.cli import fail
-    from livescope.session import GridSpec, SessionError
+    from livescope.acquire.calibration.plan import plan_session
+    from livescope.cli._console import console
+    from livescope.session import SessionError
 
-    before = previous.plan if previous is not None else None
-    z_now = core.getPosition() if core.getFocusDevice() else None
+    def warn(message: str) -> None:
+        console.print(f"[yellow]warning: {message}[/yellow]")
+
     try:
-        if opts.positions is not None:
-            positions = read_positions(opts.positions)
-            if before is not None:  # entries without z took the focus of the day
-                positions = tuple(p if p.z_um is not None or i >= len(before.positions)
-                                  else p.model_copy(update={"z_um": before.positions[i].z_um})
-                                  for i, p in enumerate(positions))
-            else:
-                positions = tuple(p if p.z_um is not None else p.model_copy(update={"z_um": z_now})
-                                  for p in positions)
-            grid, source = None, str(opts.positions)
-        elif opts.grid is None and opts.spacing_um is None and before is not None:
-            positions, grid, source = before.positions, before.grid, before.positions_file
-        else:
-            rows, cols = parse_grid(opts.grid or "1x1")
-            spacing = opts.spacing_um or (before.grid.spacing_um if before is not None and before.grid
-                                          else _field_of_view_um(core))
-            if spacing is None:
-                fail("the rig has no pixel size configured: give the grid's --spacing in µm")
-            if before is not None and before.grid is not None:
-                cx, cy, z = before.grid.centre_x_um, before.grid.centre_y_um, before.positions[0].z_um
-            else:
-                (cx, cy), z = core.getXYPosition(), z_now
-            grid = GridSpec(rows=rows, columns=cols, spacing_um=spacing, centre_x_um=cx, centre_y_um=cy)
-            positions, source = grid_positions(grid, z), None
-            _warn_if_fields_overlap(core, grid)
-        own = before.model_dump() if before is not None else {}
-        z_default = dict(zip(("z_range_um", "z_step_um"), _Z_DEFAULTS_UM))
-        defaults = {"group": "Modality", "low_preset": "Confocal", "high_preset": "STED", "repeats": 1,
-                    **z_default}
-        chosen = {k: v if v is not None else own.get(k, defaults[k]) for k, v in kind_options.items()}
-        exposure = opts.exposure_ms or (before.exposure_ms if before is not None else core.getExposure())
-        return make_plan(kind, positions, exposure_ms=exposure, grid=grid, positions_file=source, **chosen)
+        return plan_session(core, kind, kind_options, KIND_DEFAULTS, positions_file=opts.positions, grid=opts.grid,
+                            spacing_um=opts.spacing_um, exposure_ms=opts.exposure_ms,
+                            previous=previous.plan if previous is not None else None, warn=warn)
     except SessionError as e:
         fail(str(e))
 
 
-def _warn_if_fields_overlap(core: CMMCorePlus, grid) -> None:
-    """Overlapping fields are legal, but training holds out whole positions to score a model:
-    a held-out field that overlaps a trained one is not unseen."""
-    from livescope.console import console
-
-    field_um = _field_of_view_um(core)
-    if grid.rows * grid.columns > 1 and field_um is not None and grid.spacing_um < field_um:
-        console.print(f"[yellow]warning: the grid spacing {grid.spacing_um:g} µm is less than the field of view "
-                      f"({field_um:g} µm): neighbouring fields overlap, so a model's held-out fields would "
-                      "not be unseen[/yellow]")
-
-
-def _field_of_view_um(core: CMMCorePlus) -> float | None:
-    """The camera's field of view at the sample (its longer side, to 1 nm), µm; None without a pixel size."""
-    px = core.getPixelSizeUm()
-    return round(px * max(core.getImageWidth(), core.getImageHeight()), 3) if px else None
-
-
 def _acquire(core: CMMCorePlus, plan: SessionPlan, opts: _Options, camera, mm_config: Path | None) -> None:
     from livescope.acquire.calibration.run import SessionInterrupted, run_session
-    from livescope.cli import fail
     from livescope.session import SessionError
 
     try:
@@ -331,12 +293,30 @@ def _acquire(core: CMMCorePlus, plan: SessionPlan, opts: _Options, camera, mm_co
     typer.echo(f"{session.root}: {m.kind} session {m.session_id}, {len(m.completed)} positions, "
                f"{frames} frames{', complete' if m.complete else ''}")
     if m.kind == "pairs" and m.complete:
-        from livescope.cli_calibrate_register import register_and_report
-
         try:
             register_and_report(session)
         except SessionError as e:
             fail(f"the session is saved, but its pairs could not be registered: {e}", code=1)
+
+
+def register_and_report(session: Session, settings: RegistrationSettings | None = None) -> None:
+    """Register ``session``'s pairs, save the registration and QA report, print what failed QA."""
+    from livescope.acquire.calibration.session_registration import register_session
+    from livescope.cli._console import console
+
+    with console.status(f"registering the pairs of {session.root}"):
+        report, html = register_session(session, settings)
+    passed, failed = report.passed, report.failed
+    if passed:
+        shifts = [max(abs(p.shift_px[0]), abs(p.shift_px[1])) for p in passed]
+        console.print(f"registration: {len(passed)} of {len(report.pairs)} pairs pass QA "
+                      f"(shifts up to {max(shifts):.2f} px, correlation after alignment "
+                      f"{min(p.ncc_after for p in passed):.2f} or more)")
+    else:
+        console.print(f"registration: none of the {len(report.pairs)} pairs passes QA")
+    for p in failed:
+        console.print(f"  position {p.position} repeat {p.repeat}: failed QA ({p.reason}); training leaves it out")
+    console.print(f"QA report: {html}")
 
 
 def _progress(plan: SessionPlan):
@@ -345,7 +325,7 @@ def _progress(plan: SessionPlan):
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from livescope.console import console
+    from livescope.cli._console import console
 
     @contextmanager
     def display():

@@ -1,0 +1,132 @@
+"""The offline commands: `livescope denoise`, `restore`, `localise` and `refocus` run a model of the
+repository over a stack on disk (`livescope.server.offline*`), under a progress bar."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from livescope.cli._common import default_models_dir, fail
+
+InArg = Annotated[Path, typer.Argument(help="TIFF, OME-TIFF or OME-Zarr stack (first axis = frames).")]
+OutArg = Annotated[Path, typer.Argument(help="Output .ome.tiff / .tif / .ome.zarr (float32, input units).")]
+
+
+def _offline(task: str, model: str | None, inp: Path, out: Path, models: Path | None,
+             overwrite: bool, tile: int | None, batch: int, provider: str | None) -> None:
+    from livescope.server.offline import run_offline
+
+    _run_offline_job(task, lambda progress: run_offline(
+        model or task, inp, out, task=task, overwrite=overwrite,
+        model_dirs=[models or default_models_dir()], tile_px=tile, batch=batch, provider=provider,
+        progress=progress))
+
+
+def _run_offline_job(label: str, job: Callable[[Callable[[int, int], None]], Any]) -> None:
+    """Run ``job(progress)`` under a progress bar; a StackError / OfflineError becomes a one-line
+    error; then print the summary's line and its warnings."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from livescope.cli._console import console
+    from livescope.server.offline import OfflineError
+    from livescope.stackio import StackError
+
+    bar = Progress("[bold]" + label, BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                   console=console, transient=True, disable=not console.is_terminal)
+    try:
+        with bar:
+            task = bar.add_task(label, total=None)
+            summary = job(lambda done, total: bar.update(task, completed=done, total=total))
+    except (StackError, OfflineError) as e:
+        fail(str(e))
+    console.print(summary.line())
+    for warning in summary.warnings:
+        console.print(f"[yellow]warning:[/] {warning}")
+
+
+_OfflineOpts = dict(
+    models=typer.Option(None, "--models", help="Your model repository, searched after the shipped models."),
+    overwrite=typer.Option(False, help="Replace an existing output."),
+    tile=typer.Option(None, help="Tile size in pixels for large frames (default: by model and memory)."),
+    batch=typer.Option(4, min=1, help="Frames (or tiles) per model call."),
+    provider=typer.Option(None, help="tensorrt, cuda or cpu; default: probe."),
+)
+
+
+def denoise(
+    inp: InArg, out: OutArg,
+    model: Annotated[Optional[str], typer.Option(help="denoise[@VERSION]; default: newest.")] = None,
+    models: Optional[Path] = _OfflineOpts["models"], overwrite: bool = _OfflineOpts["overwrite"],
+    tile: Optional[int] = _OfflineOpts["tile"], batch: int = _OfflineOpts["batch"],
+    provider: Optional[str] = _OfflineOpts["provider"],
+) -> None:
+    """Denoise a stack with the newest (or the named) denoise model."""
+    _offline("denoise", model, inp, out, models, overwrite, tile, batch, provider)
+
+
+def restore(
+    inp: InArg, out: OutArg,
+    model: Annotated[Optional[str], typer.Option(help="restore[@VERSION]; default: newest.")] = None,
+    models: Optional[Path] = _OfflineOpts["models"], overwrite: bool = _OfflineOpts["overwrite"],
+    tile: Optional[int] = _OfflineOpts["tile"], batch: int = _OfflineOpts["batch"],
+    provider: Optional[str] = _OfflineOpts["provider"],
+) -> None:
+    """Cross-modality restoration (e.g. confocal -> STED) of a stack."""
+    _offline("restore", model, inp, out, models, overwrite, tile, batch, provider)
+
+
+def localise(
+    inp: InArg,
+    out: Annotated[Path, typer.Argument(help="Localisations, ThunderSTORM CSV (.csv).")],
+    pixel_size: Annotated[Optional[float], typer.Option(
+        "--pixel-size", help="Camera pixel size at the sample, nm (default: from the stack's metadata).")] = None,
+    baseline: Annotated[float, typer.Option(help="Camera baseline (offset), ADU.")] = ...,
+    e_per_adu: Annotated[float, typer.Option("--e-per-adu", help="Camera conversion gain, e-/ADU.")] = ...,
+    em_gain: Annotated[float, typer.Option("--em-gain", help="EMCCD gain (1 for sCMOS).")] = 1.0,
+    render: Annotated[Optional[Path], typer.Option(
+        help="Also write a Gaussian super-resolution render (OME-TIFF or OME-Zarr).")] = None,
+    render_px: Annotated[float, typer.Option("--render-px", help="Render pixel size, nm.")] = 10.0,
+    model: Annotated[Optional[str], typer.Option(help="localise[@VERSION]; default: newest.")] = None,
+    models: Optional[Path] = _OfflineOpts["models"], overwrite: bool = _OfflineOpts["overwrite"],
+    strict: Annotated[bool, typer.Option(
+        help="Refuse data outside the model's trained range instead of warning.")] = False,
+    provider: Optional[str] = _OfflineOpts["provider"],
+) -> None:
+    """Localise single molecules in every frame of a stack; write a ThunderSTORM CSV (x, y in nm
+    from the top-left corner of the top-left pixel; frames from 1) and optionally a render."""
+    if pixel_size is not None and pixel_size <= 0:
+        fail(f"--pixel-size must be positive nm, not {pixel_size:g}")
+    if e_per_adu <= 0 or em_gain < 1 or baseline < 0 or render_px <= 0:
+        fail("--e-per-adu and --render-px must be positive, --em-gain at least 1, --baseline not negative")
+    from livescope.camera import CameraCalibration
+    from livescope.server.offline_localise import run_localise_offline
+
+    camera = CameraCalibration(baseline_adu=baseline, e_per_adu=e_per_adu, em_gain=em_gain)
+    _run_offline_job("localise", lambda progress: run_localise_offline(
+        inp, out, camera, pixel_size_nm=pixel_size, render_path=render, render_px_nm=render_px,
+        model=model or "localise", model_dirs=[models or default_models_dir()], overwrite=overwrite,
+        strict=strict, provider=provider, progress=progress))
+
+
+def refocus(
+    inp: InArg, out: OutArg,
+    dz: Annotated[Optional[float], typer.Option(
+        "--dz", help="Move every frame's focus by this, µm (the wanted plane minus the frame's).")] = None,
+    sweep: Annotated[Optional[str], typer.Option(
+        help="START:STOP:STEP µm: one frame (--frame) becomes a virtual z-stack, e.g. -2:2:0.25.")] = None,
+    frame: Annotated[int, typer.Option(min=0, help="With --sweep: the frame to sweep, from 0.")] = 0,
+    model: Annotated[Optional[str], typer.Option(help="refocus[@VERSION]; default: newest.")] = None,
+    models: Optional[Path] = _OfflineOpts["models"], overwrite: bool = _OfflineOpts["overwrite"],
+    batch: int = _OfflineOpts["batch"], provider: Optional[str] = _OfflineOpts["provider"],
+) -> None:
+    """Virtual refocusing (Deep-Z style): each frame as it would look with the focus moved by --dz,
+    or one frame swept through focus (--sweep) into a z-stack."""
+    from livescope.server.offline_refocus import run_refocus_offline
+
+    _run_offline_job("refocus", lambda progress: run_refocus_offline(
+        inp, out, dz_um=dz, sweep=sweep, frame=frame, model=model or "refocus",
+        model_dirs=[models or default_models_dir()], overwrite=overwrite, batch=batch, provider=provider,
+        progress=progress))

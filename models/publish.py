@@ -1,0 +1,73 @@
+"""Publishing a trained model as the next version of a repository: the one path every trainer ends on.
+
+The trainer has exported its graph to ONNX (parity-checked against torch) and scored it on its
+held-out data. `publish_version` then scores the version active in the server (``compare_with``)
+on the SAME held-out data with the trainer's scorer and compares the two (`compare`: the evidence
+the deploy gate acts on), records where the version came from (`TrainingRecord` -> the card's
+`Provenance`, with this code's version and the time), and writes ``model.onnx`` and ``card.yaml``
+atomically (`write_version`): the whole version, or nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+import livescope
+from livescope.modelcard import MODEL_FILE, ModelCard, Provenance, Task
+from livescope.models import export
+from livescope.models.compare import compare
+from livescope.repository import ModelVersion, write_version
+
+ScoreActive = Callable[[onnx.ModelProto, ModelCard], "Mapping[str, float] | None"]
+"""(the active version's graph, its card) -> its metrics on the new version's held-out data, or
+None where it cannot be scored there (e.g. a model of another kind)."""
+
+
+@dataclass(frozen=True)
+class TrainingRecord:
+    """What the card's provenance says about a training run (code version and time are added)."""
+
+    command: str  # the command that repeats it
+    data: str  # what the training data was
+    seed: int
+    train_seconds: float
+    data_hash: str = ""
+    session_ids: tuple[str, ...] = ()  # calibration sessions it was trained on
+
+    def provenance(self) -> Provenance:
+        return Provenance(command=self.command, code_version=livescope.__version__, data=self.data,
+                          data_hash=self.data_hash, seed=self.seed,
+                          trained_at=datetime.now(timezone.utc).replace(microsecond=0),
+                          train_seconds=round(self.train_seconds, 1), session_ids=self.session_ids)
+
+
+def publish_version(
+    repository: Path, proto: onnx.ModelProto, *, name: str, task: Task, card_fields: Mapping[str, Any],
+    metrics: dict[str, float], record: TrainingRecord, compare_with: ModelVersion | None = None,
+    score_active: ScoreActive | None = None, compared_metrics: Mapping[str, float] | None = None,
+) -> tuple[Path, ModelCard]:
+    """Write ``proto`` as the next version of ``name`` with its card; return its folder and card.
+
+    ``card_fields``: the card's fields other than name, version, task, provenance, metrics and
+    comparison. ``metrics``: the new version's held-out metrics. With ``compare_with`` and
+    ``score_active``, the card records the comparison of ``compared_metrics`` (default:
+    ``metrics``) with the active version's scores on the same held-out data."""
+    comparison = None
+    if compare_with is not None and score_active is not None:
+        active = score_active(onnx.load(compare_with.onnx_path), compare_with.card)
+        if active is not None:
+            new = metrics if compared_metrics is None else compared_metrics
+            comparison = compare(task, new, compare_with.ref, active)
+
+    def fill(folder: Path, version: int) -> ModelCard:
+        export.save(proto, folder / MODEL_FILE)
+        return ModelCard(name=name, version=version, task=task, **card_fields, provenance=record.provenance(),
+                         metrics=metrics, comparison=comparison)
+
+    return write_version(repository, name, fill)
