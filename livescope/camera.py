@@ -51,11 +51,11 @@ def photons_to_adu(photons: np.ndarray, baseline_adu: CameraValue, e_per_adu: Ca
 
 class CameraCalibration(BaseModel):
     """A camera's ADU <-> photo-electrons (detected photons): its baseline, conversion gain and EM
-    gain, and its read noise where known. Localisation models take photo-electrons, so a frame for a ``localise`` stage carries its
+    gain, and its read noise where known. Every value is finite. Localisation models take photo-electrons, so a frame for a ``localise`` stage carries its
     camera's calibration: this model is the wire protocol's ``FrameHeader.camera``
     (docs/protocol.md), and also what a calibration session records of its rig."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     baseline_adu: float = Field(ge=0, description="offset added to every pixel, ADU")
     e_per_adu: float = Field(gt=0, description="conversion gain, e- per ADU (after EM gain)")

@@ -63,7 +63,8 @@ class ProtocolError(Exception):
 class _Header(BaseModel):
     """What a client sends is strict: a misspelled field is an error, not silently ignored."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # A number a header carries is finite: NaN or infinity is a mistake, never a value.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     protocol: int = PROTOCOL_VERSION
 
@@ -71,7 +72,7 @@ class _Header(BaseModel):
 class _ServerHeader(_Header):
     """What the server sends is read leniently, so older clients survive added fields."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    model_config = ConfigDict(frozen=True, extra="ignore", allow_inf_nan=False)
 
 
 class FrameHeader(_Header):
@@ -205,43 +206,91 @@ def encode_header(header: Header) -> bytes:
     return header.model_dump_json().encode()
 
 
+MAX_HEADER_BYTES = 64 * 1024
+"""The largest header accepted (a frame's or a control request's JSON is a few hundred bytes)."""
+MAX_HEADER_DEPTH = 16
+"""Deepest nesting of objects and arrays in a header (the protocol's own headers use 3)."""
+
+
+def _shown(value: object, limit: int = 60) -> str:
+    """A client's value as an error message may quote it: its repr, cut short (never echo a message back)."""
+    return _cut(repr(value), limit)
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _check_json_values(obj: object) -> None:
+    """Nesting within MAX_HEADER_DEPTH and every string valid Unicode (JSON's \\ud800 escapes can
+    spell a lone surrogate, which no reply could then encode). Iterative: no recursion to exhaust."""
+    stack: list[tuple[object, int]] = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (dict, list)):
+            if depth > MAX_HEADER_DEPTH:
+                raise ProtocolError(ErrorCode.bad_header, f"header nests deeper than {MAX_HEADER_DEPTH} levels")
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in items:
+                if isinstance(key, str):
+                    stack.append((key, depth))
+                stack.append((item, depth + 1))
+        elif isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ProtocolError(ErrorCode.bad_header, "header holds a lone UTF-16 surrogate (an escape such "
+                                    "as \\ud800 without its pair): strings must be valid Unicode") from None
+
+
 def decode_header(raw: bytes) -> Header:
     """Parse and validate a header; raise ProtocolError naming exactly what is wrong.
 
-    Checks, in order: JSON object, protocol version, known type, dtype, then every field.
+    Checks, in order: size, UTF-8 JSON (numbers of at most 4300 digits), nesting and Unicode, a JSON
+    object, protocol version, known type, dtype, then every field. The messages quote a client's
+    values only cut short.
     """
+    if len(raw) > MAX_HEADER_BYTES:
+        raise ProtocolError(ErrorCode.bad_header, f"header is {len(raw)} bytes; the limit is {MAX_HEADER_BYTES}")
     try:
         obj = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ProtocolError(ErrorCode.bad_header, f"header is not UTF-8 JSON: {e}") from None
+        raise ProtocolError(ErrorCode.bad_header, f"header is not UTF-8 JSON: {_cut(str(e), 200)}") from None
+    except RecursionError:
+        raise ProtocolError(ErrorCode.bad_header, f"header nests deeper than {MAX_HEADER_DEPTH} levels") from None
+    except ValueError:  # Python refuses to convert integers of over 4300 digits
+        raise ProtocolError(ErrorCode.bad_header, "header holds a number too long to be one") from None
+    _check_json_values(obj)
     if not isinstance(obj, dict):
         raise ProtocolError(ErrorCode.bad_header, "header must be a JSON object")
     version = obj.get("protocol")
-    if version != PROTOCOL_VERSION:
+    if version != PROTOCOL_VERSION or isinstance(version, bool):
         raise ProtocolError(
             ErrorCode.protocol_version,
-            f"protocol version {version!r} is not supported; this server speaks "
+            f"protocol version {_shown(version)} is not supported; this server speaks "
             f"version {PROTOCOL_VERSION}",
         )
     kind = obj.get("type")
-    if kind not in _HEADER_TYPES:
+    if not isinstance(kind, str) or kind not in _HEADER_TYPES:
         raise ProtocolError(
             ErrorCode.unknown_type,
-            f"unknown message type {kind!r}; expected one of {sorted(_HEADER_TYPES)}",
+            f"unknown message type {_shown(kind)}; expected one of {sorted(_HEADER_TYPES)}",
         )
-    if kind == "frame" and "dtype" in obj and obj["dtype"] not in PixelDtype.__args__:
+    if kind == "frame" and "dtype" in obj and (
+            not isinstance(obj["dtype"], str) or obj["dtype"] not in PixelDtype.__args__):
         raise ProtocolError(
             ErrorCode.unsupported_dtype,
-            f"dtype {obj['dtype']!r} is not supported; send one of {list(PixelDtype.__args__)}",
+            f"dtype {_shown(obj['dtype'])} is not supported; send one of {list(PixelDtype.__args__)}",
         )
     try:
         return _header_adapter.validate_python(obj)
     except ValidationError as e:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'][1:]) or 'header'}: {err['msg']}"
-            for err in e.errors()
+            f"{_cut('.'.join(str(p) for p in err['loc'][1:]), 80) or 'header'}: {err['msg']}"
+            for err in e.errors()[:5]
         )
-        raise ProtocolError(ErrorCode.bad_header, f"invalid {kind} header: {problems}") from None
+        more = f" (and {e.error_count() - 5} more)" if e.error_count() > 5 else ""
+        raise ProtocolError(ErrorCode.bad_header, f"invalid {kind} header: {problems}{more}") from None
 
 
 def expected_nbytes(shape: tuple[int, ...], dtype: str | np.dtype) -> int:

@@ -197,6 +197,14 @@ class InferenceServer:
         if not body:
             return  # an empty message carries nothing to answer
         try:
+            self._handle_message(identity, body)
+        except Exception:  # a bug must cost one message its answer's detail, never the server
+            log.exception("internal error while handling a message")
+            self._error(identity, ErrorCode.internal, "internal error while handling this message; "
+                        "the server logged it and goes on serving", stream=None, seq=None)
+
+    def _handle_message(self, identity: bytes, body: list[zmq.Frame]) -> None:
+        try:
             header = decode_header(body[0].bytes)
         except ProtocolError as e:
             self._error(identity, e.code, e.message, stream=None, seq=None)
@@ -349,6 +357,10 @@ class InferenceServer:
             return ControlReply(request_id=req.request_id, ok=True, data=handler(**req.args))
         except (TypeError, ValueError, LookupError, ModelLoadError) as e:
             return ControlReply(request_id=req.request_id, ok=False, error=str(e))
+        except Exception:  # a bug costs this request its answer's detail, never the (control) thread
+            log.exception("internal error in control command %s", req.command)
+            return ControlReply(request_id=req.request_id, ok=False,
+                                error=f"internal error in {req.command}; the server logged it")
 
     def _control_loop(self) -> None:
         """The control thread: slow commands, answered through the pipe."""

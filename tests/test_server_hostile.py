@@ -1,0 +1,119 @@
+"""Messages a hostile or broken client sends: each one gets one clear refusal, and the server (its
+I/O thread and its control thread) goes on serving everyone. Each case once killed the server
+process or its control thread (issue 16, defects 1, 2 and 10)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import zmq
+
+from livescope.client import StreamClient
+from livescope.protocol import (
+    PROTOCOL_VERSION,
+    ControlReply,
+    ErrorHeader,
+    FrameHeader,
+    ResultHeader,
+    decode_header,
+    encode_header,
+)
+
+
+def frame_header(**over) -> dict:
+    h = {"type": "frame", "protocol": PROTOCOL_VERSION, "stream": "hostile", "seq": 0,
+         "shape": [8, 8], "dtype": "uint16", "pipeline": ["identity"]}
+    h.update(over)
+    return h
+
+
+def control(command: str, request_id: str = "r1", **args) -> dict:
+    return {"type": "control", "protocol": PROTOCOL_VERSION, "request_id": request_id,
+            "command": command, "args": args}
+
+
+def nested(levels: int) -> str:
+    return "[" * levels + "]" * levels
+
+
+HOSTILE_HEADERS = {
+    "type is a list": b'{"protocol":1,"type":[]}',
+    "type is an object": b'{"protocol":1,"type":{}}',
+    "protocol is a list": b'{"protocol":[],"type":"frame"}',
+    "dtype is a list": json.dumps(frame_header(dtype=[])).encode(),
+    "1000 levels of nesting": ('{"protocol":1,"type":"frame","x":' + nested(1000) + "}").encode(),
+    "100000 levels of nesting": ('{"protocol":1,"type":"frame","x":' + nested(100_000) + "}").encode(),
+    "a 5000-digit integer": ('{"protocol":1,"type":"frame","seq":' + "9" * 5000 + "}").encode(),
+    "a lone surrogate in a control argument": (
+        '{"protocol":1,"type":"control","request_id":"r","command":"ping","args":{"x":"\\ud800"}}').encode(),
+    "a lone surrogate in a stream name": json.dumps(frame_header(stream="\ud800")).encode(),
+    "a NaN literal": b'{"protocol":1,"type":"frame","z_um":NaN}',
+    "a header of 2 MiB": json.dumps(frame_header(event_index={"k": 1}, pad="x" * 2**21)).encode(),
+}
+
+
+def alive(sock: zmq.Socket, seq: int) -> None:
+    """The server still restores a good frame for this client."""
+    img = np.arange(64, dtype=np.uint16).reshape(8, 8)
+    sock.send_multipart([json.dumps(frame_header(seq=seq, stream=f"alive-{seq}")).encode(), img])
+    header = decode_header(sock.recv_multipart()[0])
+    assert isinstance(header, ResultHeader), header
+
+
+@pytest.mark.parametrize("raw", HOSTILE_HEADERS.values(), ids=HOSTILE_HEADERS.keys())
+def test_a_hostile_header_is_refused_in_one_reply_and_the_server_keeps_serving(own_server, dealer, raw):
+    srv = own_server()
+    sock = dealer(srv.frames)
+    sock.send_multipart([raw, b"\0" * 128])
+    header = decode_header(sock.recv_multipart()[0])
+    assert isinstance(header, ErrorHeader), header
+    assert header.code.value in ("bad_header", "unknown_type", "protocol_version", "unsupported_dtype")
+    assert len(header.message) < 1000  # names the problem; does not echo the message back
+    assert srv.proc.poll() is None
+    alive(sock, 1)
+
+
+def test_every_hostile_header_in_a_row_leaves_one_server_serving(own_server, dealer):
+    srv = own_server()
+    sock = dealer(srv.frames)
+    for raw in HOSTILE_HEADERS.values():
+        sock.send_multipart([raw])
+        assert isinstance(decode_header(sock.recv_multipart()[0]), ErrorHeader)
+    alive(sock, 2)
+    assert srv.proc.poll() is None
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_a_focus_position_that_is_not_a_finite_number_is_refused(server, dealer, value):
+    sock = dealer(server.frames)
+    raw = json.dumps(frame_header(z_um=value, stream="zum")).encode()  # json writes NaN / Infinity
+    sock.send_multipart([raw, np.zeros((8, 8), np.uint16)])
+    header = decode_header(sock.recv_multipart()[0])
+    assert isinstance(header, ErrorHeader) and header.code.value == "bad_header"
+    assert "z_um" in header.message
+
+
+def test_the_control_thread_survives_bad_arguments_to_slow_commands(own_server, dealer):
+    srv = own_server()
+    sock = dealer(srv.frames)
+    bad = [
+        ('{"protocol":1,"type":"control","request_id":"r1","command":"render","args":{"stream":"\\ud800"}}'),
+        json.dumps(control("render", "r2", stream=["not", "a", "name"])),
+        json.dumps(control("render", "r3", stream="s", pixel_nm="fine")),
+        json.dumps(control("load", "r4", model={"a": 1})),
+        json.dumps(control("activate", "r5", model="identity@1", extra=True)),
+        json.dumps(control("rescan", "r6", everything=1)),
+    ]
+    for raw in bad:
+        sock.send_multipart([raw.encode()])
+        header = decode_header(sock.recv_multipart()[0])
+        assert isinstance(header, (ErrorHeader, ControlReply)), header
+        if isinstance(header, ControlReply):
+            assert not header.ok and header.error
+    with StreamClient(srv.frames) as client:  # slow commands are still answered
+        client.connect()
+        assert "identity" in client.control("rescan")["models"]
+        assert client.control("load", model="identity@1")["model"] == "identity@1"
+    assert srv.proc.poll() is None
