@@ -48,7 +48,7 @@ from livescope.repository import (
 )
 from livescope.security import CurveServer
 from livescope.server.config import ServerConfig
-from livescope.server.ledger import StreamLedger, nbytes
+from livescope.server.ledger import StreamLedger, checksum
 from livescope.server.localise_stage import LocaliseStreams, RenderSettings
 from livescope.server.metrics import ServerMetrics
 from livescope.server.models import LoadedModel, ModelLoadError, ModelRegistry
@@ -82,7 +82,7 @@ class InferenceServer:
         self.localise_streams = LocaliseStreams(default_render=RenderSettings(pixel_nm=config.render_pixel_nm))
         self.ctx = zmq.Context()
         self._stop = threading.Event()
-        self._ledgers: OrderedDict[str, StreamLedger] = OrderedDict()
+        self._ledgers: OrderedDict[tuple[bytes, str], StreamLedger] = OrderedDict()  # (sender, stream)
         self._cached_bytes = 0  # results kept for resends, across all streams
         self._counts: dict[str, int] = {"frames": 0, "results": 0, "errors": 0, "dropped": 0,
                                         "duplicates": 0}
@@ -240,9 +240,8 @@ class InferenceServer:
         except ProtocolError as e:
             self._error(identity, e.code, e.message, stream=stream, seq=seq)
             return
-        ledger = self._ledger(stream)
-        if seq in ledger.pending or seq in ledger.done:
-            self._duplicate(identity, header, ledger)
+        ledger = self._ledger(identity, stream)
+        if self._answered_as_resend(identity, header, ledger, payload[0]):
             return
         try:
             stages = [self.registry.resolve(stage) for stage in header.pipeline]
@@ -263,11 +262,11 @@ class InferenceServer:
         except QueueFullError as e:
             self._error(identity, ErrorCode.internal, f"{e}; retry later", stream=stream, seq=seq)
             return
-        ledger.pending.add(seq)
+        ledger.pending[seq] = payload[0]
         self._counts["frames"] += 1
         self.metrics.frames.labels(header.mode).inc()
         for old in superseded:
-            self._ledger(old.header.stream).finish(old.header.seq, None, 0)
+            self._cached_bytes += self._ledger(old.identity, old.header.stream).finish(old.header.seq, None, None, 0)
             self._counts["dropped"] += 1
             self.metrics.dropped.labels("superseded").inc()
             send_message(self.router, AckHeader(stream=old.header.stream, seq=old.header.seq,
@@ -275,18 +274,29 @@ class InferenceServer:
                                                 detail="superseded by a newer frame (latest mode)"),
                          envelope=[old.identity])
 
-    def _duplicate(self, identity: bytes, header: FrameHeader, ledger: StreamLedger) -> None:
+    def _answered_as_resend(self, identity: bytes, header: FrameHeader, ledger: StreamLedger,
+                            pixels: zmq.Frame) -> bool:
+        """Answer a frame this sender sent before (the same stream, seq and pixels) without running
+        it again where possible: it is in flight (its result will follow) or its result is kept.
+        False: process it (a new frame, or a resend whose result is no longer kept)."""
+        same = ledger.same_as_pending(header.seq, pixels)
+        if same is False:
+            self._error(identity, ErrorCode.bad_header,
+                        f"seq {header.seq} of stream {header.stream!r} is being processed with other "
+                        "pixels: a seq names one frame of its stream", stream=header.stream, seq=header.seq)
+            return True
+        cached = None if same else ledger.cached_result(header.seq, pixels)
+        if not same and cached is None:
+            return False
         self._counts["duplicates"] += 1
         self.metrics.duplicates.inc()
-        cached = ledger.results.get(header.seq)
         if cached is not None:  # the sender lost our result: send it again
             self.router.send_multipart([identity, *cached], copy=False)
-            return
-        detail = ("already queued; its result will follow" if header.seq in ledger.pending
-                  else "already processed; result no longer cached")
-        send_message(self.router, AckHeader(stream=header.stream, seq=header.seq,
-                                            status="duplicate", detail=detail),
-                     envelope=[identity])
+        else:
+            send_message(self.router, AckHeader(stream=header.stream, seq=header.seq, status="duplicate",
+                                                detail="already queued; its result will follow"),
+                         envelope=[identity])
+        return True
 
     def _trim_result_cache(self) -> None:
         """Keep cached results within budget, evicting from the least recently active streams."""
@@ -296,15 +306,17 @@ class InferenceServer:
             if self._cached_bytes <= self.config.result_cache_bytes:
                 return
 
-    def _ledger(self, stream: str) -> StreamLedger:
-        ledger = self._ledgers.get(stream)
+    def _ledger(self, identity: bytes, stream: str) -> StreamLedger:
+        """The ledger of one sender's stream (never shared between senders: see server/ledger.py)."""
+        key = (identity, stream)
+        ledger = self._ledgers.get(key)
         if ledger is None:
-            ledger = self._ledgers[stream] = StreamLedger()
+            ledger = self._ledgers[key] = StreamLedger()
             if len(self._ledgers) > _MAX_STREAMS:
                 _, old = self._ledgers.popitem(last=False)
-                self._cached_bytes -= sum(nbytes(p) for p in old.results.values())
+                self._cached_bytes -= old.cached_bytes()
         else:
-            self._ledgers.move_to_end(stream)
+            self._ledgers.move_to_end(key)
         return ledger
 
     def _error(self, identity: bytes, code: ErrorCode, message: str, *, stream: str | None,
@@ -316,12 +328,13 @@ class InferenceServer:
                                               request_id=request_id), envelope=[identity])
 
     def _forward(self, parts: list[zmq.Frame]) -> None:
-        """A message from the worker: [kind, identity, stream, seq, header, payload?].
+        """A message from the worker: [kind, identity, stream, seq, crc, header, payload?] (crc: the
+        frame's pixel checksum, with a final result).
 
         The envelope says what the header holds, so results need not be parsed again here.
         """
         kind, identity, stream = parts[0].bytes, parts[1].bytes, parts[2].bytes
-        seq, body = int(parts[3].bytes), parts[4:]
+        seq, crc, body = int(parts[3].bytes), parts[4].bytes, parts[5:]
         if kind == _PUBLISH:
             self.pub.send_multipart([stream, *body], copy=False)
             return
@@ -329,13 +342,13 @@ class InferenceServer:
             self.router.send_multipart([identity, *body], copy=False)
             return
         self.router.send_multipart([identity, *body], copy=False)
-        ledger = self._ledger(stream.decode())
+        ledger = self._ledger(identity, stream.decode())
         if kind == _ERROR:
             self._counts["errors"] += 1
-            ledger.finish(seq, None, 0)
+            self._cached_bytes += ledger.finish(seq, None, None, 0)
             return
         self._counts["results"] += 1
-        self._cached_bytes += ledger.finish(seq, body, self.config.result_cache_per_stream)
+        self._cached_bytes += ledger.finish(seq, body, int(crc), self.config.result_cache_per_stream)
         self._trim_result_cache()
         self.pub.send_multipart([stream, *body], copy=False)
 
@@ -369,7 +382,7 @@ class InferenceServer:
         try:
             while (item := self._control_requests.get()) is not None:
                 identity, req = item
-                send_message(pipe, self._execute(req), envelope=[_CONTROL, identity, b"", b"0"])
+                send_message(pipe, self._execute(req), envelope=[_CONTROL, identity, b"", b"0", b""])
         finally:
             pipe.close(linger=-1)
 
@@ -391,7 +404,7 @@ class InferenceServer:
         with self._inference_lock:
             inference = {ref: {"frames": int(n), "mean_ms_per_frame": round(1e3 * t / n, 3)}
                          for ref, (n, t) in self._inference.items()}
-        return {**self._counts, "queue_depth": len(self.queue), "streams": len(self._ledgers),
+        return {**self._counts, "queue_depth": len(self.queue), "streams": len({stream for _, stream in self._ledgers}),
                 "result_cache_bytes": self._cached_bytes,
                 "uptime_s": round(time.monotonic() - self._started, 3), "inference": inference}
 
@@ -445,7 +458,7 @@ class InferenceServer:
                               pixel_size_um=info.pixel_nm / 1000.0,
                               latency=Latency(queue_ms=0, inference_ms=0, total_ms=0))
         send_message(self._control_pipe, header, image,
-                     envelope=[_PUBLISH, b"", stream.encode(), b"%d" % header.seq])
+                     envelope=[_PUBLISH, b"", stream.encode(), b"%d" % header.seq, b""])
         return info.model_dump()
 
     def _cmd_rescan(self) -> dict:
@@ -499,7 +512,7 @@ class InferenceServer:
                 err = ErrorHeader(code=ErrorCode.inference_failed, stream=h.stream, seq=h.seq,
                                   message=f"{stage.ref} failed: {e}")
                 send_message(pipe, err, envelope=[_ERROR, job.identity, h.stream.encode(),
-                                                  b"%d" % h.seq])
+                                                  b"%d" % h.seq, b""])
             return
         t_done = time.perf_counter()
         self.metrics.batch_size.observe(len(jobs))
@@ -509,7 +522,7 @@ class InferenceServer:
                               inference_ms=(t_done - t_start) * 1e3,
                               total_ms=(t_done - job.t_received) * 1e3, batch_size=len(jobs))
             self.metrics.total.observe(t_done - job.t_received)
-            envelope_tail = [job.identity, h.stream.encode(), b"%d" % h.seq]
+            envelope_tail = [job.identity, h.stream.encode(), b"%d" % h.seq, b"%d" % checksum(job.image)]
             for i, (model, out) in enumerate(outputs):
                 final = i == len(outputs) - 1
                 if isinstance(out, list):  # a table: packed EMITTER_FIELDS records
