@@ -3,16 +3,27 @@
 Outcomes can arrive out of order (a frame dropped before sending is reported at once, while
 older frames are still in flight), so they pass a reorder buffer; frames that got no result
 are skipped, leaving the writer's fill value, and are counted in the summary.
+
+Restored frames are float32 in the raw data's units (ADU). A failure to write them is raised as
+`RestoredWriteError`, a one-line message naming the store; the acquisition stops on it.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+import numpy as np
 import ome_writers
 import useq
 
 from livescope.client import FrameOutcome, Refusal, Result
+
+log = logging.getLogger(__name__)
+
+
+class RestoredWriteError(Exception):
+    """The restored frames could not be written (one line: the store and the reason)."""
 
 
 def _Gap(seq: int) -> Refusal:  # noqa: N802 - reads as a value
@@ -42,13 +53,20 @@ def table_paths(raw: Path, stage: str) -> tuple[Path, Path]:
 
 
 class RestoredWriter:
-    """Opens the file at the first result, whose shape and dtype it takes."""
+    """Opens the file at the first result, whose shape and dtype it takes.
+
+    ``window_adu`` (low, high) is the display range written with each channel: the camera's
+    range, since restored frames keep the raw data's units. ``add`` and ``close`` raise
+    `RestoredWriteError` if the store cannot be written; after that the writer takes nothing more.
+    """
 
     def __init__(self, path: Path, sequence: useq.MDASequence,
-                 pixel_size_um: float | None) -> None:
+                 pixel_size_um: float | None, window_adu: tuple[float, float] = (0.0, 65535.0)) -> None:
         self.path = path
         self._sequence = sequence
         self._pixel_size_um = pixel_size_um
+        self._window_adu = window_adu
+        self.error: RestoredWriteError | None = None
         self._stream: ome_writers.OMEStream | None = None
         self._pending_skips = 0
         self._next = 0
@@ -57,6 +75,14 @@ class RestoredWriter:
         self.skipped = 0
 
     def add(self, outcome: FrameOutcome) -> None:
+        if self.error is not None:
+            return
+        try:
+            self._add(outcome)
+        except Exception as e:  # whatever the backend raises: the disk, the path, the library
+            raise self._failed(e) from e
+
+    def _add(self, outcome: FrameOutcome) -> None:
         self._held[outcome.seq] = outcome
         while self._next in self._held:
             o = self._held.pop(self._next)
@@ -66,6 +92,7 @@ class RestoredWriter:
                     stream.skip(frames=self._pending_skips)
                     self._pending_skips = 0
                 stream.append(o.data)
+                self._check_writes_done(stream)
                 self.written += 1
             else:
                 self._pending_skips += 1
@@ -77,18 +104,96 @@ class RestoredWriter:
         settings = ome_writers.useq_to_acquisition_settings(
             self._sequence, image_width=w, image_height=h, pixel_size_um=self._pixel_size_um)
         fmt = "ome-tiff" if ".tif" in self.path.name else "ome-zarr"
+        dtype = first.data.dtype
+        channels = None
+        if fmt == "ome-zarr" and not np.issubdtype(dtype, np.integer):
+            # Works around ome-writers 0.3.2: its Zarr backends (all yaozarrs-based) give each
+            # named channel a display window from np.iinfo(dtype), which raises on float32. So
+            # the channel axis goes in unnamed, and the names (with a window) are added below.
+            settings["dimensions"], channels = _unnamed_channels(settings["dimensions"])
         self._stream = ome_writers.create_stream(ome_writers.AcquisitionSettings(
-            root_path=str(self.path), dtype=first.data.dtype.name, format=fmt, overwrite=True,
+            root_path=str(self.path), dtype=dtype.name, format=fmt, overwrite=True,
             **settings))
+        if channels:
+            self._name_channels(channels)
         return self._stream
 
+    @staticmethod
+    def _check_writes_done(stream: ome_writers.OMEStream) -> None:
+        """Raise the error of a write that has failed so far, and let go of finished writes.
+
+        Works around ome-writers 0.3.2: its tensorstore backend writes asynchronously and keeps
+        every write's future until the store is closed, so a failed write (the store removed,
+        the disk full) would surface only at the end of the acquisition, and the futures
+        pile up. Its list is private: where it is absent, ``close`` still reports the failure.
+        """
+        futures = getattr(getattr(stream, "_backend", None), "_futures", None)
+        if not isinstance(futures, list) or not futures:
+            return
+        pending = []
+        for future in futures:
+            if future.done():
+                future.result()  # raises the write's error
+            else:
+                pending.append(future)
+        futures[:] = pending
+
+    def _name_channels(self, channels: list) -> None:
+        """Write the channels' OMERO metadata (names, colours, display window) into each image."""
+        low, high = self._window_adu
+        window = {"min": low, "max": high, "start": low, "end": high}
+        omero = {"channels": [{"label": c.name, "window": window,
+                               "color": c.color.as_hex(format="long").lstrip("#").upper()
+                               if c.color else "FFFFFF"} for c in channels]}
+        metadata = self._stream.get_metadata()
+        for attrs in metadata.values():
+            if "multiscales" in attrs.get("ome", {}):
+                attrs["ome"]["omero"] = omero
+        self._stream.update_metadata(metadata)
+
+    def _failed(self, e: Exception) -> RestoredWriteError:
+        log.debug("writing %s failed", self.path, exc_info=e)
+        reason = " ".join(str(e).split()) or type(e).__name__
+        reason = reason if len(reason) <= 300 else reason[:297] + "..."
+        self.error = RestoredWriteError(f"cannot write the restored data to {self.path}: {reason}")
+        return self.error
+
     def close(self) -> None:
-        """Write what is held, leaving frames that were never answered as gaps."""
-        while self._held:
-            if self._next not in self._held:
-                self._held[self._next] = _Gap(self._next)
-            self.add(self._held.pop(self._next))
+        """Write what is held, leaving frames that were never answered as gaps, and finish the
+        store (where a backend that writes asynchronously reports its errors)."""
+        if self.error is not None:
+            self._abandon()
+            return
+        try:
+            while self._held:
+                if self._next not in self._held:
+                    self._held[self._next] = _Gap(self._next)
+                self._add(self._held.pop(self._next))
+            if self._stream is not None:
+                if self._pending_skips:
+                    self._stream.skip(frames=self._pending_skips)
+                self._stream.close()
+        except Exception as e:
+            self._failed(e)
+            self._abandon()
+            raise self.error from e
+
+    def _abandon(self) -> None:
+        """After a failure: release the store as far as it lets us; its own errors add nothing."""
+        self._held.clear()
         if self._stream is not None:
-            if self._pending_skips:
-                self._stream.skip(frames=self._pending_skips)
-            self._stream.close()
+            try:
+                self._stream.close()
+            except Exception:
+                log.debug("closing %s after a failure failed too", self.path, exc_info=True)
+
+
+def _unnamed_channels(dims: list) -> tuple[list, list | None]:
+    """``dims`` with the channel axis's names taken out, and the names (None if it had none)."""
+    out, channels = [], None
+    for d in dims:
+        if d.type == "channel" and d.coords:
+            channels = list(d.coords)
+            d = d.model_copy(update={"coords": None})
+        out.append(d)
+    return out, channels

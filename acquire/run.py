@@ -5,25 +5,37 @@ a second thread, written to disk and summarised. Progress is reported through a 
 that the CLI can draw it and tests can ignore it. A pipeline ending in ``localise`` gives an
 emitter table per frame instead of an image: the tables are counted live and, with an output,
 written as a ThunderSTORM CSV and a super-resolution render (``acquire/localisations.py``).
+
+If the results cannot be written, the acquisition stops (the raw data acquired is saved) and
+the summary's ``output_error`` says why; nothing then claims the results were saved.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import useq
+from livescope.acquire.localisations import LocalisationWriter, gives_tables, localises
+from livescope.acquire.results import (
+    RestoredWriteError,
+    RestoredWriter,
+    restored_path,
+    table_paths,
+)
+from livescope.acquire.streamer import FrameStreamer
 from pydantic import BaseModel, ConfigDict
 from pymmcore_plus import CMMCorePlus
 
-from livescope.acquire.localisations import LocalisationWriter, gives_tables, localises
-from livescope.acquire.results import RestoredWriter, restored_path, table_paths
-from livescope.acquire.streamer import FrameStreamer
 from livescope.camera import CameraCalibration
 from livescope.client import DeliveryMode, Refusal, Result, StreamClient
+
+log = logging.getLogger(__name__)
 
 
 class AcquisitionProgress(BaseModel):
@@ -59,6 +71,7 @@ class AcquisitionSummary(BaseModel):
     unanswered: int = 0  # sent or queued, but the server never answered
     not_streamed: int = 0  # acquired after streaming stopped (saved raw, never sent)
     stopped_reason: str | None = None  # why restoration stopped before the end, if it did
+    output_error: str | None = None  # why the restored frames or tables could not be written
     models: tuple[str, ...] = ()
     refusal_reasons: dict[str, int] = {}
     raw_path: str | None = None
@@ -108,7 +121,8 @@ def run_acquisition(
     Raises ServerUnreachableError before acquiring anything if the server does not answer. If
     it stops answering later (``server_timeout_s`` with the window full), the acquisition is
     cancelled: what was acquired is saved, and the summary counts the unanswered frames and
-    says why it stopped.
+    says why it stopped. If the restored frames (or the tables) cannot be written, the
+    acquisition is cancelled the same way, and ``output_error`` says why.
     """
     tables = server is not None and gives_tables(pipeline)
     if server is not None and localises(pipeline):
@@ -121,6 +135,7 @@ def run_acquisition(
     t0 = time.perf_counter()
     outputs: list = [str(output)] if output is not None else []
     client = None
+    cancel = _Cancel(core)
     if server is not None:
         client = StreamClient(server, stream=stream, pipeline=pipeline, mode=mode,
                               max_in_flight=max_in_flight, camera=camera, dz_um=dz_um)
@@ -130,7 +145,7 @@ def run_acquisition(
             client.close(timeout_s=0)
             raise
         streamer = FrameStreamer(client, submit_timeout_s=server_timeout_s)
-        streamer.on_error = lambda e: core.mda.cancel()
+        streamer.on_error = cancel
         outputs.insert(0, streamer)
     else:
         counter = _Counter()
@@ -146,11 +161,14 @@ def run_acquisition(
                 table_path, render_path, frame_shape_px=(core.getImageHeight(), core.getImageWidth()),
                 pixel_size_nm=core.getPixelSizeUm() * 1000.0, render_px_nm=render_px_nm)
         elif output is not None:
-            writer = RestoredWriter(restored_path(output, stage), sequence, core.getPixelSizeUm() or None)
+            writer = RestoredWriter(restored_path(output, stage), sequence, core.getPixelSizeUm() or None,
+                                    window_adu=(0.0, float(2 ** core.getImageBitDepth() - 1)))
         collector = _ResultCollector(client, writer, localisations, state, progress, t0)
+        collector.on_error = cancel
         collector.start()
 
-    core.mda.run(sequence, output=outputs, overwrite=True)
+    with cancel.quiet():
+        core.mda.run(sequence, output=outputs, overwrite=True)
     t_acquired = time.perf_counter() - t0
     acquired = streamer.acquired if client is not None else counter.acquired
 
@@ -169,6 +187,7 @@ def run_acquisition(
     stopped = str(streamer.error) if streamer.error is not None else (
         f"the server did not answer {unanswered} frames within {server_timeout_s:g} s"
         if unanswered else None)
+    failed = collector.error is not None
     t_total = time.perf_counter() - t0
     lat = np.array(collector.latencies_ms) if collector.latencies_ms else None
     srv = np.array(collector.server_ms) if collector.server_ms else None
@@ -187,19 +206,50 @@ def run_acquisition(
         unanswered=unanswered,
         not_streamed=acquired - stats.submitted,
         stopped_reason=stopped,
+        output_error=str(collector.error) if failed else None,
         models=tuple(sorted(collector.models)),
         refusal_reasons=collector.refusal_reasons,
         raw_path=str(output) if output else None,
-        restored_path=str(collector.writer.path) if collector.writer and collector.writer.written else None,
-        **_table_summary(collector.localisations),
+        restored_path=(str(collector.writer.path)
+                       if collector.writer and collector.writer.written and not failed else None),
+        **_table_summary(collector.localisations, failed),
     )
 
 
-def _table_summary(localisations: LocalisationWriter | None) -> dict:
+def _table_summary(localisations: LocalisationWriter | None, failed: bool) -> dict:
     if localisations is None:
         return {}
+    if failed:
+        return {"tables": localisations.tables, "emitters": localisations.emitters}
     written = dict(zip(("table_path", "render_path"), map(str, localisations.written)))
     return {"tables": localisations.tables, "emitters": localisations.emitters, **written}
+
+
+class _Cancel(logging.Filter):
+    """Cancels the acquisition for a reason the summary gives (called with that error), and
+    keeps pymmcore-plus's warning for that cancel ("MDA Canceled: <the whole sequence>") out of
+    the log while ``quiet``."""
+
+    def __init__(self, core: CMMCorePlus) -> None:
+        super().__init__()
+        self.core = core
+        self.cancelled = False
+
+    def __call__(self, error: Exception) -> None:
+        self.cancelled = True
+        self.core.mda.cancel()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (self.cancelled and str(record.msg).startswith("MDA Canceled"))
+
+    @contextmanager
+    def quiet(self) -> Iterator[None]:
+        mda_log = logging.getLogger("pymmcore-plus")
+        mda_log.addFilter(self)
+        try:
+            yield
+        finally:
+            mda_log.removeFilter(self)
 
 
 class _Counter:
@@ -212,7 +262,12 @@ class _Counter:
 
 class _ResultCollector(threading.Thread):
     """Reads outcomes as they arrive: latency, models used, restored frames or emitter tables
-    to disk."""
+    to disk.
+
+    A failure to write (or any other in this thread) is kept in ``error`` and passed to
+    ``on_error`` (which cancels the acquisition); the outcomes still arriving are then only
+    counted, so that the acquisition winds down as after a server failure.
+    """
 
     def __init__(self, client: StreamClient, writer: RestoredWriter | None,
                  localisations: LocalisationWriter | None, state: AcquisitionProgress,
@@ -228,18 +283,30 @@ class _ResultCollector(threading.Thread):
         self._seen = 0
         self._lock = threading.Lock()
         self._done = threading.Event()
+        self.error: Exception | None = None
+        self.on_error: Callable[[Exception], None] | None = None
 
     def finish(self, submitted: int, timeout_s: float = 60.0) -> None:
+        """Wait for the ``submitted`` frames' outcomes, then close the writers (where writers
+        that write asynchronously report their errors)."""
         with self._lock:
             self._expected = submitted
         self._done.wait(timeout_s)
         self.join(timeout_s)
-        if self.writer is not None:
-            self.writer.close()
-        if self.localisations is not None:
-            self.localisations.close()
+        for output in (self.writer, self.localisations):
+            if output is not None:
+                self._guard(output.close)
 
     def run(self) -> None:
+        try:
+            self._collect()
+        except Exception as e:  # not to die silently: the acquisition stops and says why
+            log.debug("reading the results failed", exc_info=e)
+            self._fail(RuntimeError(f"reading the results failed: {_one_line(e)}"))
+        finally:
+            self._done.set()
+
+    def _collect(self) -> None:
         last_report = 0.0
         while True:
             with self._lock:
@@ -254,7 +321,24 @@ class _ResultCollector(threading.Thread):
                 last_report = now
                 self._report(now)
         self._report(time.perf_counter())
-        self._done.set()
+
+    def _guard(self, write: Callable[[], object]) -> None:
+        """Run one write; a failure is kept (the first one) and stops the acquisition."""
+        try:
+            write()
+        except RestoredWriteError as e:
+            self._fail(e)
+        except Exception as e:  # the tables' writer: a CSV or a render that cannot be written
+            log.debug("writing the localisations failed", exc_info=e)
+            where = self.localisations.table_path if self.localisations is not None else None
+            self._fail(RuntimeError(f"cannot write the localisations to {where}: {_one_line(e)}"))
+
+    def _fail(self, e: Exception) -> None:
+        if self.error is not None:
+            return
+        self.error = e
+        if self.on_error is not None:
+            self.on_error(e)
 
     def _record(self, outcome: Result | Refusal) -> None:
         if isinstance(outcome, Result):
@@ -268,11 +352,13 @@ class _ResultCollector(threading.Thread):
         else:
             self.state.refused += 1
             self.refusal_reasons[outcome.reason] = self.refusal_reasons.get(outcome.reason, 0) + 1
+        if self.error is not None:
+            return  # nothing more is written after a failure
         if self.writer is not None:
-            self.writer.add(outcome)
+            self._guard(lambda: self.writer.add(outcome))
         if self.localisations is not None:
             loc = self.localisations
-            loc.add(outcome)
+            self._guard(lambda: loc.add(outcome))
             self.state.tables, self.state.emitters = loc.tables, loc.emitters
             self.state.last_frame_emitters = loc.last_frame_emitters
 
@@ -283,3 +369,7 @@ class _ResultCollector(threading.Thread):
             self.state.latency_p50_ms = float(np.median(self.latencies_ms[-200:]))
         if self.progress:
             self.progress(self.state)
+
+
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split()) or type(e).__name__

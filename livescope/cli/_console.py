@@ -89,6 +89,8 @@ def print_summary(s: AcquisitionSummary, extra: dict[str, str] | None = None) ->
         table.add_row("raw data", s.raw_path)
     if s.restored_path:
         table.add_row("restored data", s.restored_path)
+    elif s.output_error:
+        table.add_row("localisations" if s.tables else "restored data", "[red]not saved[/] (see the error below)")
     if s.table_path:
         table.add_row("localisations", s.table_path)
     if s.render_path:

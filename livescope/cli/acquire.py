@@ -92,6 +92,8 @@ def acquire(
     from livescope.cli._console import print_summary
 
     print_summary(summary)
+    if summary.output_error:
+        fail(f"{summary.output_error}; the raw data acquired is saved in {summary.raw_path}", code=1)
     if summary.stopped_reason:
         fail(f"restoration stopped: {summary.stopped_reason}; the raw data acquired is saved",
              code=1)
@@ -213,5 +215,7 @@ def demo(
                                          f"{report.psnr_restored_db:.1f} dB")
     print_summary(report.summary, extra)
     s = report.summary
+    if s.output_error:
+        fail(f"{s.output_error}; the raw data acquired is saved in {s.raw_path}", code=1)
     if s.dropped or s.errors or s.results != s.frames_acquired:
         fail("not every frame was restored (see the summary above)", code=1)
