@@ -117,3 +117,36 @@ def test_the_control_thread_survives_bad_arguments_to_slow_commands(own_server, 
         assert "identity" in client.control("rescan")["models"]
         assert client.control("load", model="identity@1")["model"] == "identity@1"
     assert srv.proc.poll() is None
+
+
+def control_error(sock: zmq.Socket, raw: dict) -> str:
+    sock.send_multipart([json.dumps(raw).encode()])
+    header = decode_header(sock.recv_multipart()[0])
+    assert isinstance(header, ControlReply) and not header.ok, header
+    return header.error
+
+
+def test_control_errors_name_the_problem_in_the_protocols_words(server, dealer):
+    """No Python call errors, no pydantic text or links: what was wrong, in the command's terms."""
+    sock = dealer(server.frames)
+    unknown_arg = control_error(sock, control("stats", "a1", verbose=True))
+    assert "stats" in unknown_arg and "verbose" in unknown_arg and "unexpected keyword" not in unknown_arg
+    missing = control_error(sock, control("render", "a2"))
+    assert "render" in missing and "stream" in missing and "positional argument" not in missing
+    wrong_type = control_error(sock, control("render", "a3", stream="s", pixel_nm="fine"))
+    assert "pixel_nm" in wrong_type
+    for text in (unknown_arg, missing, wrong_type):
+        assert "pydantic" not in text and "http" not in text and "_cmd_" not in text
+
+
+def test_a_model_failure_is_reported_without_the_servers_exception_text(own_server, tmp_path):
+    from tests.test_server_models import write_tiling_only_model  # a model that raises on small frames
+
+    write_tiling_only_model(tmp_path)
+    srv = own_server("--models", str(tmp_path))
+    with StreamClient(srv.frames, pipeline=["tiles"]) as c:
+        c.connect()
+        c.submit(np.zeros((8, 8), np.uint16))
+        (refusal,) = list(c.outcomes())
+    assert refusal.reason == "inference_failed" and "tiles@1" in refusal.message
+    assert "Error" not in refusal.message and "onnxruntime" not in refusal.message.lower()
