@@ -14,18 +14,14 @@ was a duplicate or dropped (latest mode). Nothing is lost uncounted.
 from __future__ import annotations
 
 import errno
-import functools
-import inspect
 import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
 from queue import SimpleQueue
 
 import numpy as np
 import zmq
-from pydantic import ValidationError, validate_call
 
 from livescope.emitters import EMITTER_FIELDS, EmitterTable
 from livescope.localise_maps import maps_to_emitters, range_warnings
@@ -52,15 +48,15 @@ from livescope.repository import (
 )
 from livescope.security import CurveServer
 from livescope.server.config import ServerConfig
+from livescope.server.control import execute
 from livescope.server.ledger import StreamLedger, checksum
 from livescope.server.localise_stage import LocaliseStreams, RenderSettings
 from livescope.server.metrics import ServerMetrics
-from livescope.server.models import LoadedModel, ModelLoadError, ModelRegistry
+from livescope.server.models import LoadedModel, ModelRegistry
 from livescope.server.pipeline import check_pipeline
 from livescope.server.queue import Job, QueueFullError, WorkQueue
 from livescope.server.tiling import is_out_of_memory
 from livescope.transport import recv_parts, send_message
-from livescope.validation import first_error
 
 log = logging.getLogger("livescope.server")
 
@@ -71,25 +67,6 @@ _REPLY, _PUBLISH, _ERROR, _CONTROL = b"R", b"P", b"E", b"C"
 # Control commands that may take seconds (loading a model) run on the control thread.
 _SLOW_COMMANDS = frozenset({"load", "activate", "unload", "rescan", "render"})
 _MAX_STREAMS = 256  # per-stream de-duplication state kept for the most recent streams
-
-
-def _argument_problem(command: str, handler: Callable[..., dict], args: dict) -> str | None:
-    """What is wrong with a control request's argument names, in the command's terms; None if nothing."""
-    params = inspect.signature(handler).parameters
-    unknown = sorted(set(args) - set(params))
-    if unknown:
-        takes = ", ".join(params) or "no arguments"
-        return f"{command} takes {takes}; unknown: {', '.join(repr(a)[:40] for a in unknown[:5])}"
-    missing = [name for name, p in params.items() if p.default is inspect.Parameter.empty and name not in args]
-    if missing:
-        return f"{command} needs {', '.join(missing)}"
-    return None
-
-
-@functools.cache
-def _validated(handler: Callable[..., dict]) -> Callable[..., dict]:
-    """The command with its arguments checked against its annotations (a ValidationError names the field)."""
-    return validate_call(handler)
 
 
 class ServerStartError(Exception):
@@ -385,24 +362,7 @@ class InferenceServer:
         send_message(self.router, self._execute(req), envelope=[identity])
 
     def _execute(self, req: ControlRequest) -> ControlReply:
-        handler = getattr(self, f"_cmd_{req.command}", None)
-        if handler is None:
-            return ControlReply(request_id=req.request_id, ok=False,
-                                error=f"unknown command {req.command!r}; commands: "
-                                      f"{', '.join(self.commands())}")
-        problem = _argument_problem(req.command, handler, req.args)
-        if problem is not None:
-            return ControlReply(request_id=req.request_id, ok=False, error=problem)
-        try:
-            return ControlReply(request_id=req.request_id, ok=True, data=_validated(handler)(**req.args))
-        except ValidationError as e:  # an argument of the wrong type, or a setting out of range
-            return ControlReply(request_id=req.request_id, ok=False, error=f"{req.command}: {first_error(e)}")
-        except (TypeError, ValueError, LookupError, ModelLoadError) as e:
-            return ControlReply(request_id=req.request_id, ok=False, error=str(e))
-        except Exception:  # a bug costs this request its answer's detail, never the (control) thread
-            log.exception("internal error in control command %s", req.command)
-            return ControlReply(request_id=req.request_id, ok=False,
-                                error=f"internal error in {req.command}; the server logged it")
+        return execute(req, getattr(self, f"_cmd_{req.command}", None), self.commands())
 
     def _control_loop(self) -> None:
         """The control thread: slow commands, answered through the pipe."""
