@@ -56,6 +56,10 @@ class ServerUnreachableError(ConnectionError):
     pass
 
 
+class ServerAddressError(ServerUnreachableError):
+    """The address is not one ZeroMQ can connect to (e.g. ``127.0.0.1:5760``, without ``tcp://``)."""
+
+
 class ControlError(RuntimeError):
     pass
 
@@ -114,6 +118,19 @@ class ClientStats(BaseModel):
                                   + self.in_flight + self.queued)
 
 
+def _connect(sock: zmq.Socket, address: str, *also_close: zmq.Socket) -> None:
+    """Connect ``sock``, or close it (and ``also_close``) and raise ServerAddressError: a socket
+    left open would block its context's termination forever."""
+    try:
+        sock.connect(address)
+    except zmq.ZMQError as e:
+        for s in (*also_close, sock):
+            s.close(0)
+        raise ServerAddressError(
+            f"cannot connect to {address!r} ({zmq.strerror(e.errno).lower()}): a server address "
+            f"must look like tcp://HOST:PORT, e.g. {DEFAULT_SERVER}") from None
+
+
 def decode_result(parts: Sequence[zmq.Frame]) -> Result | ErrorHeader | AckHeader | ControlReply:
     """Turn a received ``[header, payload?]`` into a Result or the header it carries."""
     header = decode_header(parts[0].bytes)
@@ -161,6 +178,7 @@ class StreamClient:
         self._heartbeat_s, self._liveness_s = heartbeat_s, liveness_s
         self._identity = f"livescope-{uuid.uuid4().hex}".encode()
         self._ctx = zmq.Context()
+        self._ctx.linger = 0  # closing never waits for unsent messages (close() waits for answers)
         self._cond = threading.Condition()
         self._unsent: deque[tuple[FrameHeader, np.ndarray]] = deque()
         self._in_flight: OrderedDict[int, tuple[FrameHeader, np.ndarray]] = OrderedDict()
@@ -172,6 +190,7 @@ class StreamClient:
         self._closing = False
         self._thread_error: BaseException | None = None
         self._auth_failed = False
+        self._unusable: str | None = None  # what the server last sent that answers nothing, and why
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -185,8 +204,12 @@ class StreamClient:
         try:
             self.control("ping", timeout_s=timeout_s)
         except TimeoutError:
-            why = ("the server refused this client's CURVE key" if self._auth_failed
-                   else f"no livescope server answered at {self.server} within {timeout_s:g} s")
+            if self._auth_failed:
+                why = "the server refused this client's CURVE key"
+            elif self._unusable is not None:
+                why = f"the server at {self.server} {self._unusable}"
+            else:
+                why = f"no livescope server answered at {self.server} within {timeout_s:g} s"
             raise ServerUnreachableError(why) from None
 
     def submit(
@@ -280,7 +303,7 @@ class StreamClient:
         if isinstance(reply, ErrorHeader):
             raise ControlError(f"{reply.code.value}: {reply.message}")
         if not reply.ok:
-            raise ControlError(reply.error or "request failed")
+            raise ControlError(reply.error or "the server refused the request without saying why")
         return reply.data
 
     @property
@@ -299,7 +322,7 @@ class StreamClient:
             self._thread.join()
         self._wake_r.close()
         self._wake_w.close()
-        self._ctx.term()
+        self._ctx.destroy(linger=0)  # the I/O thread has closed its sockets; this closes any left
 
     def __enter__(self) -> StreamClient:
         return self
@@ -310,8 +333,11 @@ class StreamClient:
     # -- the I/O thread ------------------------------------------------------------------------
 
     def _raise_if_broken(self) -> None:
-        if self._thread_error is not None:
-            raise RuntimeError(f"client I/O thread failed: {self._thread_error}")
+        error = self._thread_error
+        if isinstance(error, ServerAddressError):
+            raise ServerAddressError(str(error)) from None
+        if error is not None:
+            raise RuntimeError(f"client I/O thread failed: {error}")
 
     def _wake(self) -> None:
         try:
@@ -327,8 +353,15 @@ class StreamClient:
             apply_client_curve(sock, self._curve[0], self._curve[1])
         monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
                                           | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
-        sock.connect(self.server)
+        _connect(sock, self.server, monitor)
         return sock, monitor
+
+    @staticmethod
+    def _close_socket(sock: zmq.Socket, monitor: zmq.Socket) -> None:
+        if not sock.closed:
+            sock.disable_monitor()
+            sock.close(0)
+        monitor.close(0)
 
     def _io_loop(self) -> None:
         try:
@@ -340,63 +373,61 @@ class StreamClient:
 
     def _run_io(self) -> None:
         sock, monitor = self._open_socket()
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
-        poller.register(monitor, zmq.POLLIN)
-        poller.register(self._wake_r.fileno(), zmq.POLLIN)
-        connected_once = False
-        last_rx = last_ping = time.monotonic()
-        while True:
-            events = dict(poller.poll(int(self._heartbeat_s * 1000 / 4)))
-            if self._wake_r.fileno() in events:
-                try:
-                    while self._wake_r.recv(4096):
-                        pass
-                except (BlockingIOError, OSError):
-                    pass
-            if monitor in events:
-                while monitor.poll(0):
-                    event = zmq.utils.monitor.recv_monitor_message(monitor)["event"]
-                    if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                        if connected_once:
-                            self._resend_in_flight(sock)
-                        connected_once = True
-                    elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-                        self._auth_failed = True
-            if sock in events:
-                while True:
+        try:
+            poller = zmq.Poller()
+            poller.register(sock, zmq.POLLIN)
+            poller.register(monitor, zmq.POLLIN)
+            poller.register(self._wake_r.fileno(), zmq.POLLIN)
+            connected_once = False
+            last_rx = last_ping = time.monotonic()
+            while True:
+                events = dict(poller.poll(int(self._heartbeat_s * 1000 / 4)))
+                if self._wake_r.fileno() in events:
                     try:
-                        parts = recv_parts(sock, zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    last_rx = time.monotonic()
-                    self._receive(parts)
-            self._send_pending(sock)
-            now = time.monotonic()
-            with self._cond:
-                waiting = bool(self._in_flight)
-                if self._closing:
-                    break
-            if waiting and now - last_rx > self._liveness_s:
-                # Lazy Pirate: the connection is presumed dead; start over and resend.
-                poller.unregister(sock)
-                poller.unregister(monitor)
-                sock.disable_monitor()
-                monitor.close(0)
-                sock.close(0)
-                sock, monitor = self._open_socket()
-                poller.register(sock, zmq.POLLIN)
-                poller.register(monitor, zmq.POLLIN)
+                        while self._wake_r.recv(4096):
+                            pass
+                    except (BlockingIOError, OSError):
+                        pass
+                if monitor in events:
+                    while monitor.poll(0):
+                        event = zmq.utils.monitor.recv_monitor_message(monitor)["event"]
+                        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                            if connected_once:
+                                self._resend_in_flight(sock)
+                            connected_once = True
+                        elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                            self._auth_failed = True
+                if sock in events:
+                    while True:
+                        try:
+                            parts = recv_parts(sock, zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        last_rx = time.monotonic()
+                        self._receive(parts)
+                self._send_pending(sock)
+                now = time.monotonic()
                 with self._cond:
-                    self._stats.reconnects += 1
-                self._resend_in_flight(sock)
-                last_rx = now
-            elif waiting and now - last_rx > self._heartbeat_s and now - last_ping > self._heartbeat_s:
-                send_message(sock, ControlRequest(request_id="heartbeat", command="ping"))
-                last_ping = now
-        sock.disable_monitor()
-        monitor.close(0)
-        sock.close(0)
+                    waiting = bool(self._in_flight)
+                    if self._closing:
+                        break
+                if waiting and now - last_rx > self._liveness_s:
+                    # Lazy Pirate: the connection is presumed dead; start over and resend.
+                    poller.unregister(sock)
+                    poller.unregister(monitor)
+                    self._close_socket(sock, monitor)
+                    sock, monitor = self._open_socket()
+                    poller.register(sock, zmq.POLLIN)
+                    poller.register(monitor, zmq.POLLIN)
+                    with self._cond:
+                        self._stats.reconnects += 1
+                    self._resend_in_flight(sock)
+                    last_rx = now
+                elif waiting and now - last_rx > self._heartbeat_s and now - last_ping > self._heartbeat_s:
+                    send_message(sock, ControlRequest(request_id="heartbeat", command="ping"))
+                    last_ping = now
+        finally:  # also when the loop fails: an open socket would block the context's end
+            self._close_socket(sock, monitor)
 
     def _send_pending(self, sock: zmq.Socket) -> None:
         while True:
@@ -422,8 +453,9 @@ class StreamClient:
     def _receive(self, parts: list[zmq.Frame]) -> None:
         try:
             msg = decode_result(parts)
-        except ProtocolError:
-            return  # not something this client can attribute to a frame
+        except ProtocolError as e:  # not something this client can attribute to a frame
+            self._unusable = f"answered with a message this client cannot read ({e.message})"
+            return
         with self._cond:
             if isinstance(msg, Result):
                 if msg.header.final and self._in_flight.pop(msg.seq, None) is not None:
@@ -438,6 +470,8 @@ class StreamClient:
                 elif msg.seq is not None and self._in_flight.pop(msg.seq, None) is not None:
                     self._stats.errors += 1
                     self._outcomes.append(Refusal(msg.seq, msg.code.value, msg.message))
+                elif msg.seq is None:  # a message the server could not read, so cannot name
+                    self._unusable = f"refused this client's request: {msg.code.value}: {msg.message}"
             elif isinstance(msg, AckHeader) and msg.status == "dropped":
                 if self._in_flight.pop(msg.seq, None) is not None:
                     self._stats.dropped_by_server += 1
@@ -456,15 +490,19 @@ class ResultSubscriber:
     def __init__(self, address: str = DEFAULT_RESULTS, streams: Sequence[str] = (),
                  *, curve_secret_key: Path | None = None, curve_server_key: Path | None = None):
         self._ctx = zmq.Context()
+        self._ctx.linger = 0
         self._sock = self._ctx.socket(zmq.SUB)
-        self._sock.linger = 0
-        if curve_secret_key is not None:
-            apply_client_curve(self._sock, curve_secret_key, curve_server_key)
         self._streams = {s.encode() for s in streams}
-        # PUB filters by prefix: subscribe to each stream, then match exactly below.
-        for s in self._streams or {b""}:
-            self._sock.setsockopt(zmq.SUBSCRIBE, s)
-        self._sock.connect(address)
+        try:
+            if curve_secret_key is not None:
+                apply_client_curve(self._sock, curve_secret_key, curve_server_key)
+            # PUB filters by prefix: subscribe to each stream, then match exactly below.
+            for s in self._streams or {b""}:
+                self._sock.setsockopt(zmq.SUBSCRIBE, s)
+            _connect(self._sock, address)
+        except BaseException:
+            self.close()  # nothing is left open for the caller, who gets no object to close
+            raise
 
     def recv(self, timeout_s: float | None = None) -> Result | None:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s

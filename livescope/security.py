@@ -1,11 +1,15 @@
 """CURVE security (ZeroMQ's zmq.auth): loopback needs none, any other interface requires it.
 
 Keys are ZeroMQ certificate files: ``NAME.key`` (public, give it out) and ``NAME.key_secret``
-(keep it). The server allows exactly the client public keys found in its allow-list folder.
+(keep it; written readable by its owner alone). The server allows exactly the client public keys
+found in its allow-list folder.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -30,9 +34,39 @@ def is_loopback(address: str) -> bool:
 
 
 def generate_keys(folder: Path, name: str) -> tuple[Path, Path]:
+    """Write a new key pair, ``folder/NAME.key`` and ``folder/NAME.key_secret``, replacing any
+    there. The secret key's file is readable by its owner alone (0600) from the moment it exists:
+    it is written to a new 0600 file beside it, then renamed over the old one."""
+    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    public, secret = zmq.auth.create_certificates(str(folder), name)
-    return Path(public), Path(secret)
+    public_key, secret_key = zmq.curve_keypair()
+    public, secret = folder / f"{name}.key", folder / f"{name}.key_secret"
+    _write_owner_only(secret, _certificate(public_key, secret_key))
+    public.write_text(_certificate(public_key))
+    return public, secret
+
+
+def _certificate(public_key: bytes, secret_key: bytes | None = None) -> str:
+    """A ZeroMQ certificate file's text (as zmq.auth writes it, and reads it back)."""
+    what = "**Secret** Certificate\n#   Keep it private." if secret_key else "Public Certificate"
+    lines = [f"#   ****  Generated on {datetime.now().isoformat(timespec='seconds')} by livescope  ****",
+             f"#   ZeroMQ CURVE {what}", "", "metadata", "curve", f'    public-key = "{public_key.decode()}"']
+    if secret_key:
+        lines.append(f'    secret-key = "{secret_key.decode()}"')
+    return "\n".join(lines) + "\n"
+
+
+def _write_owner_only(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # created 0600
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _load_secret(path: Path) -> tuple[bytes, bytes]:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from livescope.security import is_loopback
 from livescope.server.providers import RuntimeOptions
+
+_ADDRESS = re.compile(r"tcp://[^/]+:(\d+|\*)|ipc://.+|inproc://.+")  # what ZeroMQ binds
 
 
 class ServerConfig(BaseModel):
@@ -31,6 +34,25 @@ class ServerConfig(BaseModel):
     curve_secret_key: Path | None = None
     curve_allowed_clients: Path | None = None
     preload: bool = True
+
+    @field_validator("frames_address", "results_address")
+    @classmethod
+    def _bindable(cls, address: str) -> str:
+        if not _ADDRESS.fullmatch(address):
+            raise ValueError(f"{address!r} is not an address to bind: it must look like tcp://HOST:PORT, "
+                             "e.g. tcp://127.0.0.1:5760")
+        return address
+
+    @field_validator("model_dirs")
+    @classmethod
+    def _repositories_are_folders(cls, model_dirs: tuple[Path, ...]) -> tuple[Path, ...]:
+        """A repository folder may be missing (it is created when a model is trained there), but a
+        file, a device or anything else that is not a folder is a mistake the server would not see."""
+        for folder in model_dirs:
+            if folder.exists() and not folder.is_dir():
+                raise ValueError(f"{folder} is not a folder (--models takes a model repository's folder; "
+                                 "a missing one is created when a model is trained)")
+        return model_dirs
 
     @model_validator(mode="after")
     def _remote_needs_curve(self) -> ServerConfig:

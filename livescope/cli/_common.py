@@ -11,14 +11,17 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional, TypeVar
 
 import typer
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
     from rich.console import Console
 
     from livescope.repository import ModelVersion
+
+R = TypeVar("R", bound="BaseModel")
 
 EXIT_USER_ERROR = 2
 DEFAULT_SERVER = "tcp://127.0.0.1:5760"
@@ -72,21 +75,42 @@ def command_line() -> str:
     return shlex.join(["livescope", *sys.argv[1:]])
 
 
-def control(server: str, command: str, *, timeout_s: float = 5.0, **args: object) -> dict:
+def control(server: str, command: str, *, timeout_s: float = 5.0, reply: type[R] | None = None,
+            **args: object) -> Any:
     """One control request to a running server (Lazy Pirate: the client retries, then gives up);
-    an unreachable server or a refused request is a one-line error."""
+    its data as a ``reply`` (a pydantic model of the fields the command reads), or as sent.
+
+    An unreachable server or a bad address, a refused request, no reply, and a reply without the
+    fields ``reply`` names are each a one-line error."""
     from livescope.client import ControlError, ServerUnreachableError, StreamClient
 
     client = StreamClient(server)
     try:
         client.connect(timeout_s=3.0)
-        return client.control(command, timeout_s=timeout_s, **args)
+        data = client.control(command, timeout_s=timeout_s, **args)
     except ServerUnreachableError as e:
         fail(str(e))
     except ControlError as e:
         fail(f"{command}: {e}")
+    except TimeoutError:
+        fail(f"{command}: no reply from {server} within {timeout_s:g} s")
     finally:
         client.close(timeout_s=0)
+    return data if reply is None else read_reply(server, command, data, reply)
+
+
+def read_reply(server: str, command: str, data: object, reply: type[R]) -> R:
+    """``data`` of a server's reply to ``command`` as ``reply``; one that does not fit is a
+    one-line error (a different livescope version, or a server's bug), never a traceback."""
+    from pydantic import ValidationError
+
+    from livescope.validation import first_error
+
+    try:
+        return reply.model_validate(data)
+    except ValidationError as e:
+        fail(f"{command}: the reply from {server} is not one this livescope can read ({first_error(e)}); "
+             "are the server and this command the same livescope version?")
 
 
 def expand_sessions(paths: list[Path]) -> tuple[list[Path], tuple[str, ...]]:

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from livescope.cli._common import DEFAULT_SERVER, ServerOpt, control, fail
+from livescope.cli._common import DEFAULT_SERVER, ServerOpt, control, fail, read_reply
 
 models_app = typer.Typer(no_args_is_help=True, help="Model versions: list (a repository's or a server's), "
                                                     "load, activate (hot-swap), unload, rescan.")
@@ -21,14 +21,16 @@ def status(server: ServerOpt = DEFAULT_SERVER) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    health, stats = control(server, "health"), control(server, "stats")
+    from livescope.cli._replies import Health, Stats
+
+    health, stats = control(server, "health", reply=Health), control(server, "stats", reply=Stats)
     table = Table(title=f"livescope server at {server}", show_header=False)
-    table.add_row("status", health["status"])
-    table.add_row("providers", ", ".join(health["providers"]) or "-")
-    table.add_row("models loaded", ", ".join(health["models_loaded"]) or "-")
+    table.add_row("status", health.status)
+    table.add_row("providers", ", ".join(health.providers) or "-")
+    table.add_row("models loaded", ", ".join(health.models_loaded) or "-")
     for key in ("frames", "results", "errors", "dropped", "duplicates", "queue_depth", "streams"):
-        table.add_row(key.replace("_", " "), str(stats[key]))
-    table.add_row("uptime", f"{stats['uptime_s']:.0f} s")
+        table.add_row(key.replace("_", " "), str(getattr(stats, key)))
+    table.add_row("uptime", f"{stats.uptime_s:.0f} s")
     Console().print(table)
 
 
@@ -56,8 +58,12 @@ def models_list(
 
         listing = repository_listing([shipped_models_root(), models])
     else:
+        from livescope.cli._replies import ModelList
+
         server = server or DEFAULT_SERVER
-        listing = server_listing(server, control(server, "list_models"))
+        data = control(server, "list_models")
+        read_reply(server, "list_models", data, ModelList)  # what server_listing reads is there
+        listing = server_listing(server, data)
     if as_json:
         typer.echo(listing.model_dump_json(indent=2))
     else:
@@ -77,30 +83,38 @@ def models_activate(model: ModelRefArg, server: ServerOpt = DEFAULT_SERVER) -> N
 
     Frames already on their way finish on the version they started with; if loading fails, the
     active version stays in service."""
-    data = control(server, "activate", timeout_s=300.0, model=model)
-    typer.echo(f"active: {data['active']} (was {data['previous']})")
+    from livescope.cli._replies import Activated
+
+    data = control(server, "activate", timeout_s=300.0, reply=Activated, model=model)
+    typer.echo(f"active: {data.active} (was {data.previous})")
 
 
 @models_app.command("load")
 def models_load(model: ModelRefArg, server: ServerOpt = DEFAULT_SERVER) -> None:
     """Load a version (warm it up) without activating it."""
-    data = control(server, "load", timeout_s=300.0, model=model)
-    typer.echo(f"loaded {data['model']} on {data['provider']} in {data['load_s']:.2f} s")
+    from livescope.cli._replies import Loaded
+
+    data = control(server, "load", timeout_s=300.0, reply=Loaded, model=model)
+    typer.echo(f"loaded {data.model} on {data.provider} in {data.load_s:.2f} s")
 
 
 @models_app.command("unload")
 def models_unload(model: ModelRefArg, server: ServerOpt = DEFAULT_SERVER) -> None:
     """Free a loaded version that is not active."""
-    typer.echo(f"unloaded {control(server, 'unload', model=model)['unloaded']}")
+    from livescope.cli._replies import Unloaded
+
+    typer.echo(f"unloaded {control(server, 'unload', reply=Unloaded, model=model).unloaded}")
 
 
 @models_app.command("rescan")
 def models_rescan(server: ServerOpt = DEFAULT_SERVER) -> None:
     """Re-read the model repositories (new versions become loadable; nothing is activated)."""
-    data = control(server, "rescan")
-    for name, versions in data["models"].items():
+    from livescope.cli._replies import Rescanned
+
+    data = control(server, "rescan", reply=Rescanned)
+    for name, versions in data.models.items():
         typer.echo(f"{name}: versions {', '.join(map(str, versions))}")
-    for problem in data["problems"]:
+    for problem in data.problems:
         typer.echo(f"warning: {problem}", err=True)
 
 
@@ -113,5 +127,10 @@ def keys_generate(
     the server's --allow folder."""
     from livescope.security import generate_keys
 
-    public, secret = generate_keys(folder, name)
-    typer.echo(f"public key: {public}\nsecret key: {secret} (keep it private)")
+    if folder.exists() and not folder.is_dir():
+        fail(f"{folder} is not a folder")
+    try:
+        public, secret = generate_keys(folder, name)
+    except OSError as e:
+        fail(f"cannot write keys to {folder}: {e.strerror or e}")
+    typer.echo(f"public key: {public}\nsecret key: {secret} (readable by you alone; keep it private)")
