@@ -31,7 +31,7 @@ PixelDtype = Literal["uint8", "uint16", "float32"]
 
 DeliveryMode = Literal["lossless", "latest"]
 StageName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,63}(@[0-9]+)?$")]
-StreamId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
+StreamId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]  # _STREAM_RE below
 
 
 class ErrorCode(str, Enum):
@@ -54,10 +54,25 @@ class ErrorCode(str, Enum):
 class ProtocolError(Exception):
     """A message that cannot be accepted; `code` says why, the text says what to fix."""
 
-    def __init__(self, code: ErrorCode, message: str) -> None:
+    def __init__(self, code: ErrorCode, message: str, *, stream: str | None = None, seq: int | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.stream, self.seq = stream, seq  # the refused frame's, where they could be read
+
+
+_STREAM_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+
+
+def _frame_identity(obj: dict) -> tuple[str | None, int | None]:
+    """A refused frame header's stream and seq, if both are valid: the refusal then carries them,
+    so a client counting credits by (stream, seq) can account for the frame."""
+    stream, seq = obj.get("stream"), obj.get("seq")
+    if obj.get("type") != "frame" or not isinstance(stream, str) or not _STREAM_RE.match(stream):
+        return None, None
+    if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq < 2**63:
+        return None, None
+    return stream, seq
 
 
 class _Header(BaseModel):
@@ -276,11 +291,13 @@ def decode_header(raw: bytes) -> Header:
             ErrorCode.unknown_type,
             f"unknown message type {_shown(kind)}; expected one of {sorted(_HEADER_TYPES)}",
         )
+    stream, seq = _frame_identity(obj)
     if kind == "frame" and "dtype" in obj and (
             not isinstance(obj["dtype"], str) or obj["dtype"] not in PixelDtype.__args__):
         raise ProtocolError(
             ErrorCode.unsupported_dtype,
             f"dtype {_shown(obj['dtype'])} is not supported; send one of {list(PixelDtype.__args__)}",
+            stream=stream, seq=seq,
         )
     try:
         return _header_adapter.validate_python(obj)
@@ -290,7 +307,8 @@ def decode_header(raw: bytes) -> Header:
             for err in e.errors()[:5]
         )
         more = f" (and {e.error_count() - 5} more)" if e.error_count() > 5 else ""
-        raise ProtocolError(ErrorCode.bad_header, f"invalid {kind} header: {problems}{more}") from None
+        raise ProtocolError(ErrorCode.bad_header, f"invalid {kind} header: {problems}{more}",
+                            stream=stream, seq=seq) from None
 
 
 def expected_nbytes(shape: tuple[int, ...], dtype: str | np.dtype) -> int:

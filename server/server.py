@@ -208,7 +208,7 @@ class InferenceServer:
         try:
             header = decode_header(body[0].bytes)
         except ProtocolError as e:
-            self._error(identity, e.code, e.message, stream=None, seq=None)
+            self._error(identity, e.code, e.message, stream=e.stream, seq=e.seq)
             return
         if isinstance(header, FrameHeader):
             self._accept_frame(identity, header, body[1:])

@@ -150,3 +150,14 @@ def test_a_model_failure_is_reported_without_the_servers_exception_text(own_serv
         (refusal,) = list(c.outcomes())
     assert refusal.reason == "inference_failed" and "tiles@1" in refusal.message
     assert "Error" not in refusal.message and "onnxruntime" not in refusal.message.lower()
+
+
+@pytest.mark.parametrize("change", [{"dtype": "float64"}, {"shape": [-1, 4]}, {"pipeline": []},
+                                    {"mode": "eventually"}, {"colour": "red"}])
+def test_a_refused_frame_whose_stream_and_seq_are_readable_is_refused_by_them(server, dealer, change):
+    """So a client that counts credits by (stream, seq) can account for it (docs/protocol.md)."""
+    sock = dealer(server.frames)
+    sock.send_multipart([json.dumps(frame_header(stream="counted", seq=41, **change)).encode(), b"\0" * 128])
+    header = decode_header(sock.recv_multipart()[0])
+    assert isinstance(header, ErrorHeader), header
+    assert (header.stream, header.seq) == ("counted", 41)
