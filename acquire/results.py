@@ -1,8 +1,9 @@
-"""Writing restored frames with ome-writers (the library behind pymmcore-plus's outputs).
+"""Writing restored frames in the raw data's layout: OME-Zarr with ome-writers (the library
+behind pymmcore-plus's outputs), OME-TIFF with tifffile in ome-writers' layout (`OmeTiffFiles`).
 
 Outcomes can arrive out of order (a frame dropped before sending is reported at once, while
 older frames are still in flight), so they pass a reorder buffer; frames that got no result
-are skipped, leaving the writer's fill value, and are counted in the summary.
+are skipped, leaving the writer's fill value (zeros), and are counted in the summary.
 
 Restored frames are float32 in the raw data's units (ADU). A failure to write them is raised as
 `RestoredWriteError`, a one-line message naming the store; the acquisition stops on it.
@@ -11,10 +12,13 @@ Restored frames are float32 in the raw data's units (ADU). A failure to write th
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
+import ome_types.model as ome
 import ome_writers
+import tifffile
 import useq
 
 from livescope.client import FrameOutcome, Refusal, Result
@@ -67,7 +71,7 @@ class RestoredWriter:
         self._pixel_size_um = pixel_size_um
         self._window_adu = window_adu
         self.error: RestoredWriteError | None = None
-        self._stream: ome_writers.OMEStream | None = None
+        self._stream: ome_writers.OMEStream | OmeTiffFiles | None = None
         self._pending_skips = 0
         self._next = 0
         self._held: dict[int, FrameOutcome] = {}
@@ -99,14 +103,18 @@ class RestoredWriter:
                 self.skipped += 1
             self._next += 1
 
-    def _open(self, first: Result) -> ome_writers.OMEStream:
+    def _open(self, first: Result) -> ome_writers.OMEStream | OmeTiffFiles:
         h, w = first.data.shape
         settings = ome_writers.useq_to_acquisition_settings(
             self._sequence, image_width=w, image_height=h, pixel_size_um=self._pixel_size_um)
         fmt = "ome-tiff" if ".tif" in self.path.name else "ome-zarr"
         dtype = first.data.dtype
+        if fmt == "ome-tiff":
+            self._stream = OmeTiffFiles(ome_writers.AcquisitionSettings(
+                root_path=str(self.path), dtype=dtype.name, format=fmt, **settings))
+            return self._stream
         channels = None
-        if fmt == "ome-zarr" and not np.issubdtype(dtype, np.integer):
+        if not np.issubdtype(dtype, np.integer):
             # Works around ome-writers 0.3.2: its Zarr backends (all yaozarrs-based) give each
             # named channel a display window from np.iinfo(dtype), which raises on float32. So
             # the channel axis goes in unnamed, and the names (with a window) are added below.
@@ -183,7 +191,10 @@ class RestoredWriter:
         self._held.clear()
         if self._stream is not None:
             try:
-                self._stream.close()
+                if isinstance(self._stream, OmeTiffFiles):
+                    self._stream.abort()
+                else:
+                    self._stream.close()
             except Exception:
                 log.debug("closing %s after a failure failed too", self.path, exc_info=True)
 
@@ -197,3 +208,109 @@ def _unnamed_channels(dims: list) -> tuple[list, list | None]:
             d = d.model_copy(update={"coords": None})
         out.append(d)
     return out, channels
+
+
+class OmeTiffFiles:
+    """Restored frames as OME-TIFF, in the layout ome-writers gives the raw data: one file, or
+    (several positions) one file per position in a folder, run.denoise/run.denoise_p000.ome.tiff;
+    the axes (in acquisition order), sizes, channel names, position names and physical sizes of
+    ``settings``, the ones the raw data's writer gets.
+
+    Works around ome-writers 0.3.2: its OME-TIFF backend writes a float32 image's OME pixel type
+    as 'float32', which ome-types refuses ('float'), so it writes no float OME-TIFF at all; and
+    its writer thread turns a failed write into a warning. Here each frame is written with
+    tifffile as it arrives (contiguous pages after the first, which carries the OME-XML), on the
+    calling thread, so a failed write raises there; memory does not grow with the run.
+
+    ``close`` completes the last time point (or outermost step) of a run that stopped early with
+    zeros and shrinks the OME-XML to what was written; ``abort`` only releases the files.
+    """
+
+    def __init__(self, settings: ome_writers.AcquisitionSettings) -> None:
+        dims = settings.dimensions[:-2]  # in acquisition order, positions included
+        self._counts = tuple(d.count for d in dims)
+        self._p_axis = next((i for i, d in enumerate(dims) if d.type == "position"), None)
+        index = [d for d in dims if d.type != "position"]  # a position's frames, file order
+        self._outer = index[0].name.upper() if index else None
+        self._inner = math.prod(d.count for d in index[1:])
+        self._sizes = {d.name.upper(): d.count for d in index}
+        self._order = _dimension_order("".join(d.name.upper() for d in index))
+        self._frame_shape = tuple(d.count for d in settings.frame_dimensions)
+        self._dtype = np.dtype(settings.dtype)
+        self._names = [p.name for p in settings.positions]
+        self._meta = _ome_pixels_metadata(settings)
+        out, suffix = Path(settings.output_path), settings.format.suffix
+        self.paths = ([out] if len(self._names) == 1
+                      else [out / f"{out.name}_p{i:03}{suffix}" for i in range(len(self._names))])
+        self._writers: dict[int, tifffile.TiffWriter] = {}
+        self._written = [0] * len(self._names)
+        self._frames = 0
+
+    def append(self, frame: np.ndarray) -> None:
+        p = 0 if self._p_axis is None else int(np.unravel_index(self._frames, self._counts)[self._p_axis])
+        writer = self._writers.get(p) or self._create(p)
+        writer.write(frame, contiguous=True, metadata=None, photometric="minisblack",
+                     description=self._xml(p).encode() if not self._written[p] else None)
+        self._written[p] += 1
+        self._frames += 1
+
+    def skip(self, *, frames: int = 1) -> None:
+        for _ in range(frames):
+            self.append(np.zeros(self._frame_shape, self._dtype))
+
+    def close(self) -> None:
+        planned = math.prod(self._sizes.values())
+        for p, writer in sorted(self._writers.items()):
+            whole = math.ceil(self._written[p] / self._inner) * self._inner
+            for _ in range(whole - self._written[p]):
+                writer.write(np.zeros(self._frame_shape, self._dtype), contiguous=True, metadata=None)
+            writer.close()
+            if whole < planned:
+                tifffile.tiffcomment(self.paths[p], comment=self._xml(p, whole // self._inner).encode())
+        self._writers.clear()
+
+    def abort(self) -> None:
+        writers, self._writers = self._writers, {}
+        for p, writer in writers.items():
+            try:
+                writer.close()
+            except Exception:  # a file that failed already: its own errors add nothing
+                log.debug("closing %s after a failure failed too", self.paths[p], exc_info=True)
+
+    def _create(self, p: int) -> tifffile.TiffWriter:
+        self.paths[p].parent.mkdir(parents=True, exist_ok=True)
+        self._writers[p] = tifffile.TiffWriter(self.paths[p], bigtiff=True, ome=False)
+        return self._writers[p]
+
+    def _xml(self, p: int, outer_count: int | None = None) -> str:
+        """Position ``p``'s OME-XML (tifffile's), with ``outer_count`` steps of the outermost axis
+        (default: all planned)."""
+        sizes = dict(self._sizes)
+        if outer_count is not None:
+            sizes[self._outer] = outer_count
+        axes = self._order[:1:-1]  # XYZCT -> TCZ: slowest first, every OME axis (size 1 if absent)
+        shape = tuple(sizes.get(a, 1) for a in axes) + self._frame_shape
+        xml = tifffile.OmeXml()
+        xml.addimage(self._dtype, shape, (math.prod(shape[:-2]), 1, 1, *self._frame_shape, 1),
+                     axes=axes + "YX", Name=self._names[p], **self._meta)
+        return xml.tostring()
+
+
+def _dimension_order(axes: str) -> str:
+    """The OME DimensionOrder ome-writers 0.3.2 gives ``axes`` (slowest first): the first one
+    whose axes after X, Y start with them, fastest first ("TCZ" -> "XYZCT"; "T" -> "XYTCZ")."""
+    suffix = axes[::-1]
+    return next(o.value for o in ome.Pixels_DimensionOrder if o.value[2:].startswith(suffix))
+
+
+def _ome_pixels_metadata(settings: ome_writers.AcquisitionSettings) -> dict:
+    """Physical sizes (x, y, z) and channel names as tifffile's OmeXml takes them."""
+    meta: dict = {}
+    for d in settings.dimensions:
+        if d.name in ("x", "y", "z") and d.scale is not None:
+            meta[f"PhysicalSize{d.name.upper()}"] = d.scale
+            if d.unit:
+                meta[f"PhysicalSize{d.name.upper()}Unit"] = ome.UnitsLength[d.unit.upper()].value
+        if d.type == "channel" and d.coords:
+            meta["Channel"] = {"Name": [c.name for c in d.coords]}
+    return meta
