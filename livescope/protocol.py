@@ -34,6 +34,9 @@ StageName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,63}(@[0-9]+)?$")]
 StreamId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]  # _STREAM_RE below
 
 
+MAX_PIPELINE_STAGES = 8
+
+
 class ErrorCode(str, Enum):
     """Why the server refused a message or could not process a frame."""
 
@@ -47,6 +50,7 @@ class ErrorCode(str, Enum):
     frame_too_large = "frame_too_large"  # payload over the server's configured limit
     inference_failed = "inference_failed"  # the model raised while processing this frame
     bad_request = "bad_request"  # a control request the server cannot carry out
+    busy = "busy"  # the sender has its share of the server's queue (or the queue is full): send later
     shutting_down = "shutting_down"  # server is draining; frame not accepted
     internal = "internal"
 
@@ -102,7 +106,8 @@ class FrameHeader(_Header):
     pixel_size_um: float | None = Field(default=None, gt=0)
     z_um: float | None = Field(default=None, description="focus stage position in µm")
     event_index: dict[str, int] = Field(default_factory=dict, description="useq event index")
-    pipeline: tuple[StageName, ...] = Field(min_length=1, description='e.g. ("denoise",)')
+    pipeline: tuple[StageName, ...] = Field(min_length=1, max_length=MAX_PIPELINE_STAGES,
+                                            description='e.g. ("denoise",)')
     mode: DeliveryMode = "lossless"
     t_acquired_ns: int | None = Field(default=None, description="camera time, Unix ns")
     t_sent_ns: int = Field(default=0, description="client wall clock at send, Unix ns")

@@ -21,7 +21,9 @@ class ServerConfig(BaseModel):
     metrics_port: int | None = Field(default=9760, ge=0, le=65535, description="None = off")
     model_dirs: tuple[Path, ...] = Field(default=(), description="searched after the shipped models")
     max_frame_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
-    max_queued_frames: int = Field(default=256, ge=1)
+    max_queued_frames: int = Field(default=256, ge=1, description="all clients together")
+    max_queued_frames_per_client: int = Field(default=64, ge=1, description="one client's share")
+    max_queued_bytes_per_client: int = Field(default=256 * 2**20, ge=1, description="one client's share, bytes")
     batch_max_frames: int = Field(default=8, ge=1, description="micro-batch size limit")
     batch_wait_ms: float = Field(
         default=0.0, ge=0, description="wait for more frames to batch; 0 = batch what waits")

@@ -27,6 +27,10 @@ class QueueFullError(Exception):
     pass
 
 
+class SenderBusyError(Exception):
+    """The sender has its share of the queue already (frames or bytes)."""
+
+
 @dataclass
 class Job:
     identity: bytes
@@ -44,9 +48,17 @@ class Job:
 
 
 class WorkQueue:
-    def __init__(self, max_jobs: int) -> None:
+    """Frames waiting for the worker, per stream, taken round-robin across streams. Bounded in frames
+    overall, and per sender in frames and bytes, so that a client sending faster than it reads its
+    results is refused (`SenderBusyError`) while the others are still served."""
+
+    def __init__(self, max_jobs: int, *, max_jobs_per_sender: int | None = None,
+                 max_bytes_per_sender: int | None = None) -> None:
         self.max_jobs = max_jobs
-        self._streams: OrderedDict[str, deque[Job]] = OrderedDict()
+        self.max_jobs_per_sender = max_jobs_per_sender or max_jobs
+        self.max_bytes_per_sender = max_bytes_per_sender
+        self._streams: OrderedDict[tuple[bytes, str], deque[Job]] = OrderedDict()  # (sender, stream)
+        self._senders: dict[bytes, list[int]] = {}  # identity -> [frames, bytes] queued
         self._count = 0
         self._closed = False
         self._cond = threading.Condition()
@@ -55,20 +67,42 @@ class WorkQueue:
         return self._count
 
     def put(self, job: Job) -> list[Job]:
-        """Queue a job; return the jobs it superseded (latest mode)."""
+        """Queue a job; return the jobs it superseded (latest mode: the sender's older frames of the
+        stream). QueueFullError when the queue is full, SenderBusyError when the job's sender
+        already has its share queued (a sender with nothing queued always gets one frame in);
+        either way nothing changes."""
         with self._cond:
-            pending = self._streams.setdefault(job.header.stream, deque())
-            dropped: list[Job] = []
-            if job.header.mode == "latest":
-                dropped, pending_kept = list(pending), deque()
-                self._streams[job.header.stream] = pending = pending_kept
-                self._count -= len(dropped)
-            if self._count >= self.max_jobs:
-                raise QueueFullError(f"server queue is full ({self.max_jobs} frames)")
+            key = (job.identity, job.header.stream)
+            pending = self._streams.get(key, deque())
+            superseded = list(pending) if job.header.mode == "latest" else []
+            frames, nbytes = self._senders.get(job.identity, (0, 0))
+            frames -= len(superseded)
+            nbytes -= sum(old.image.nbytes for old in superseded)
+            if self._count - len(superseded) >= self.max_jobs:
+                raise QueueFullError(f"the server's queue is full ({self.max_jobs} frames from all clients)")
+            if frames and (frames >= self.max_jobs_per_sender or (
+                    self.max_bytes_per_sender is not None and nbytes + job.image.nbytes > self.max_bytes_per_sender)):
+                raise SenderBusyError(f"you have {frames} frames ({nbytes / 2**20:.0f} MiB) queued, your share of "
+                                      "the server: wait for their answers before sending more")
+            if superseded:  # the caller acks them
+                pending.clear()
+                self._count -= len(superseded)
+                for old in superseded:
+                    self._account(old, -1)
             pending.append(job)
+            self._streams[key] = pending
             self._count += 1
+            self._account(job, +1)
             self._cond.notify()
-            return dropped
+            return superseded
+
+    def _account(self, job: Job, sign: int) -> None:
+        frames, nbytes = self._senders.get(job.identity, (0, 0))
+        frames, nbytes = frames + sign, nbytes + sign * job.image.nbytes
+        if frames:
+            self._senders[job.identity] = [frames, nbytes]
+        else:
+            self._senders.pop(job.identity, None)
 
     def take(self, timeout_s: float) -> Job | None:
         """The next job, round-robin across streams; None on timeout or when closed and empty."""
@@ -85,6 +119,7 @@ class WorkQueue:
                 if pending:
                     job = pending.popleft()
                     self._count -= 1
+                    self._account(job, -1)
                     self._streams.move_to_end(stream)  # fairness: this stream goes last
                     if not pending:
                         del self._streams[stream]
@@ -115,6 +150,7 @@ class WorkQueue:
             if pending and pending[0].batch_key == key:
                 job = pending.popleft()
                 self._count -= 1
+                self._account(job, -1)
                 if not pending:
                     del self._streams[stream]
                 return job

@@ -54,7 +54,7 @@ from livescope.server.localise_stage import LocaliseStreams, RenderSettings
 from livescope.server.metrics import ServerMetrics
 from livescope.server.models import LoadedModel, ModelRegistry
 from livescope.server.pipeline import check_pipeline
-from livescope.server.queue import Job, QueueFullError, WorkQueue
+from livescope.server.queue import Job, QueueFullError, SenderBusyError, WorkQueue
 from livescope.server.tiling import is_out_of_memory
 from livescope.transport import recv_parts, send_message
 
@@ -79,7 +79,8 @@ class InferenceServer:
         self.metrics = ServerMetrics()
         self.repository = ModelRepository([shipped_models_root(), *config.model_dirs])
         self.registry = ModelRegistry(self.repository, config.runtime)
-        self.queue = WorkQueue(config.max_queued_frames)
+        self.queue = WorkQueue(config.max_queued_frames, max_jobs_per_sender=config.max_queued_frames_per_client,
+                               max_bytes_per_sender=config.max_queued_bytes_per_client)
         self.localise_streams = LocaliseStreams(default_render=RenderSettings(pixel_nm=config.render_pixel_nm))
         self.ctx = zmq.Context()
         self._stop = threading.Event()
@@ -260,8 +261,8 @@ class InferenceServer:
         job = Job(identity, header, image, stages, payload=payload[0])
         try:
             superseded = self.queue.put(job)
-        except QueueFullError as e:
-            self._error(identity, ErrorCode.internal, f"{e}; retry later", stream=stream, seq=seq)
+        except (SenderBusyError, QueueFullError) as e:
+            self._error(identity, ErrorCode.busy, f"{e}; send it again later", stream=stream, seq=seq)
             return
         ledger.pending[seq] = payload[0]
         self._counts["frames"] += 1
@@ -469,7 +470,15 @@ class InferenceServer:
                     if self._stop.is_set() and len(self.queue) == 0:
                         return
                     continue
-                self._run_batch(jobs, pipe)
+                try:
+                    self._run_batch(jobs, pipe)
+                except Exception:  # a bug must cost these frames their results, never the worker
+                    log.exception("internal error in the worker on %d frame(s)", len(jobs))
+                    for job in jobs:
+                        h = job.header
+                        err = ErrorHeader(code=ErrorCode.internal, stream=h.stream, seq=h.seq,
+                                          message="internal error while processing this frame; the server logged it")
+                        send_message(pipe, err, envelope=[_ERROR, job.identity, h.stream.encode(), b"%d" % h.seq, b""])
         finally:
             pipe.close(linger=-1)
 

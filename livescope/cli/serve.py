@@ -21,6 +21,8 @@ def serve(
     graph_opt: Annotated[str, typer.Option(
         help="onnxruntime graph optimisation: disable, basic, extended, all.")] = "all",
     max_frame_mb: Annotated[float, typer.Option(help="Largest frame accepted, MiB.")] = 64.0,
+    max_queued_mb_per_client: Annotated[float, typer.Option(
+        min=1, help="Frames one client may have waiting, MiB; beyond it they are refused 'busy'.")] = 256.0,
     batch_max_frames: Annotated[int, typer.Option(min=1, help="Micro-batch size limit.")] = 8,
     batch_wait_ms: Annotated[float, typer.Option(
         min=0, help="Wait this long for more frames to batch; 0 batches what is waiting.")] = 0.0,
@@ -49,6 +51,7 @@ def serve(
             runtime=RuntimeOptions(provider=provider, intra_op_threads=threads, fp16=fp16,
                                    graph_optimisation=graph_opt),
             max_frame_bytes=int(max_frame_mb * 2**20),
+            max_queued_bytes_per_client=int(max_queued_mb_per_client * 2**20),
             batch_max_frames=batch_max_frames, batch_wait_ms=batch_wait_ms, render_pixel_nm=render_px,
             curve_secret_key=curve_secret, curve_allowed_clients=allow)
     except ValidationError as e:
