@@ -50,6 +50,7 @@ from livescope.transport import recv_parts, send_message
 
 DEFAULT_SERVER = "tcp://127.0.0.1:5760"
 DEFAULT_RESULTS = "tcp://127.0.0.1:5761"
+BUSY_BACKOFF_S = 0.05  # lossless: wait this long before resending a frame the server refused as busy
 
 
 class ServerUnreachableError(ConnectionError):
@@ -187,6 +188,7 @@ class StreamClient:
         self._replies: dict[str, ControlReply | ErrorHeader] = {}
         self._stats = ClientStats()
         self._seq = 0
+        self._busy_until = 0.0  # lossless: after a 'busy' refusal, nothing is sent before this
         self._closing = False
         self._thread_error: BaseException | None = None
         self._auth_failed = False
@@ -435,7 +437,8 @@ class StreamClient:
                 if self._controls:
                     send_message(sock, self._controls.popleft())
                     continue
-                if not self._unsent or len(self._in_flight) >= self.max_in_flight:
+                if (not self._unsent or len(self._in_flight) >= self.max_in_flight
+                        or time.monotonic() < self._busy_until):
                     return
                 header, image = self._unsent.popleft()
                 header = header.model_copy(update={"t_sent_ns": time.time_ns()})
@@ -467,6 +470,12 @@ class StreamClient:
             elif isinstance(msg, ErrorHeader):
                 if msg.request_id is not None:
                     self._replies[msg.request_id] = msg
+                elif (msg.code is ErrorCode.busy and self.mode == "lossless"
+                      and msg.seq is not None and msg.seq in self._in_flight):
+                    # The server holds this client's share already: send the frame again shortly.
+                    self._unsent.appendleft(self._in_flight.pop(msg.seq))
+                    self._stats.resent += 1
+                    self._busy_until = time.monotonic() + BUSY_BACKOFF_S
                 elif msg.seq is not None and self._in_flight.pop(msg.seq, None) is not None:
                     self._stats.errors += 1
                     self._outcomes.append(Refusal(msg.seq, msg.code.value, msg.message))

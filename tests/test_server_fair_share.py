@@ -61,3 +61,16 @@ def test_a_pipeline_of_more_stages_than_the_protocol_allows_is_refused(server, d
     sock.send_multipart([json.dumps(header).encode(), b"\0" * 32])
     reply = decode_header(sock.recv_multipart()[0])
     assert isinstance(reply, ErrorHeader) and reply.code.value == "bad_header" and "pipeline" in reply.message
+
+
+def test_a_lossless_client_beyond_its_share_sends_again_and_loses_nothing(own_server):
+    srv = own_server("--max-queued-mb-per-client", "1")  # two of these frames
+    frames = [np.full((512, 512), k, np.uint16) for k in range(24)]  # 0.5 MiB each
+    with StreamClient(srv.frames, stream="eager", pipeline=["identity"], mode="lossless",
+                      max_in_flight=8) as client:
+        client.connect()
+        for f in frames:
+            client.submit(f)
+        outcomes = list(client.outcomes())
+    assert len(outcomes) == 24 and all(isinstance(o, Result) for o in outcomes), outcomes[:3]
+    assert [int(o.data[0, 0]) for o in sorted(outcomes, key=lambda o: o.seq)] == list(range(24))
