@@ -58,14 +58,23 @@ class ErrorCode(str, Enum):
 class ProtocolError(Exception):
     """A message that cannot be accepted; `code` says why, the text says what to fix."""
 
-    def __init__(self, code: ErrorCode, message: str, *, stream: str | None = None, seq: int | None = None) -> None:
+    def __init__(self, code: ErrorCode, message: str, *, stream: str | None = None, seq: int | None = None,
+                 request_id: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.stream, self.seq = stream, seq  # the refused frame's, where they could be read
+        self.request_id = request_id  # the refused control request's, where it could be read
 
 
 _STREAM_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+
+
+def _request_id(obj: dict) -> str | None:
+    """A refused control header's request_id, if valid (the refusal then carries it)."""
+    rid = obj.get("request_id")
+    ok = obj.get("type") == "control" and isinstance(rid, str) and 1 <= len(rid) <= 64
+    return rid if ok and rid.isprintable() and rid.encode("utf-8", "replace").decode() == rid else None
 
 
 def _frame_identity(obj: dict) -> tuple[str | None, int | None]:
@@ -280,29 +289,34 @@ def decode_header(raw: bytes) -> Header:
         raise ProtocolError(ErrorCode.bad_header, f"header nests deeper than {MAX_HEADER_DEPTH} levels") from None
     except ValueError:  # Python refuses to convert integers of over 4300 digits
         raise ProtocolError(ErrorCode.bad_header, "header holds a number too long to be one") from None
-    _check_json_values(obj)
     if not isinstance(obj, dict):
+        _check_json_values(obj)
         raise ProtocolError(ErrorCode.bad_header, "header must be a JSON object")
+    stream, seq = _frame_identity(obj)
+    ids = {"stream": stream, "seq": seq, "request_id": _request_id(obj)}
+    try:
+        _check_json_values(obj)
+    except ProtocolError as e:
+        raise ProtocolError(e.code, e.message, **ids) from None
     version = obj.get("protocol")
     if version != PROTOCOL_VERSION or isinstance(version, bool):
         raise ProtocolError(
             ErrorCode.protocol_version,
             f"protocol version {_shown(version)} is not supported; this server speaks "
-            f"version {PROTOCOL_VERSION}",
+            f"version {PROTOCOL_VERSION}", **ids,
         )
     kind = obj.get("type")
     if not isinstance(kind, str) or kind not in _HEADER_TYPES:
         raise ProtocolError(
             ErrorCode.unknown_type,
-            f"unknown message type {_shown(kind)}; expected one of {sorted(_HEADER_TYPES)}",
+            f"unknown message type {_shown(kind)}; expected one of {sorted(_HEADER_TYPES)}", **ids,
         )
-    stream, seq = _frame_identity(obj)
     if kind == "frame" and "dtype" in obj and (
             not isinstance(obj["dtype"], str) or obj["dtype"] not in PixelDtype.__args__):
         raise ProtocolError(
             ErrorCode.unsupported_dtype,
             f"dtype {_shown(obj['dtype'])} is not supported; send one of {list(PixelDtype.__args__)}",
-            stream=stream, seq=seq,
+            **ids,
         )
     try:
         return _header_adapter.validate_python(obj)
@@ -312,8 +326,7 @@ def decode_header(raw: bytes) -> Header:
             for err in e.errors()[:5]
         )
         more = f" (and {e.error_count() - 5} more)" if e.error_count() > 5 else ""
-        raise ProtocolError(ErrorCode.bad_header, f"invalid {kind} header: {problems}{more}",
-                            stream=stream, seq=seq) from None
+        raise ProtocolError(ErrorCode.bad_header, f"invalid {kind} header: {problems}{more}", **ids) from None
 
 
 def expected_nbytes(shape: tuple[int, ...], dtype: str | np.dtype) -> int:

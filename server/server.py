@@ -209,7 +209,7 @@ class InferenceServer:
         try:
             header = decode_header(body[0].bytes)
         except ProtocolError as e:
-            self._error(identity, e.code, e.message, stream=e.stream, seq=e.seq)
+            self._error(identity, e.code, e.message, stream=e.stream, seq=e.seq, request_id=e.request_id)
             return
         if isinstance(header, FrameHeader):
             self._accept_frame(identity, header, body[1:])
