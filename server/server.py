@@ -87,7 +87,7 @@ class InferenceServer:
         self._ledgers: OrderedDict[tuple[bytes, str], StreamLedger] = OrderedDict()  # (sender, stream)
         self._cached_bytes = 0  # results kept for resends, across all streams
         self._counts: dict[str, int] = {"frames": 0, "results": 0, "errors": 0, "dropped": 0,
-                                        "duplicates": 0}
+                                        "duplicates": 0, "busy": 0}  # busy: refusals counted in errors too
         self._started = time.monotonic()
         # model ref -> [frames, seconds]: written by the worker, read by the stats command
         self._inference: dict[str, list[float]] = {}
@@ -262,6 +262,7 @@ class InferenceServer:
         try:
             superseded = self.queue.put(job)
         except (SenderBusyError, QueueFullError) as e:
+            self._counts["busy"] += 1
             self._error(identity, ErrorCode.busy, f"{e}; send it again later", stream=stream, seq=seq)
             return
         ledger.pending[seq] = payload[0]

@@ -50,6 +50,9 @@ def test_a_flooding_client_is_refused_busy_and_another_clients_frames_are_all_re
         results = [a for a in answers if isinstance(a, ResultHeader)]
         assert busy and results and len(busy) + len(results) == 300
         assert "queued" in busy[0].message and busy[0].stream == "flood"
+        with StreamClient(srv.frames) as observer:  # counted where a facility looks
+            observer.connect()
+            assert observer.control("stats")["busy"] == len(busy)
     finally:
         ctx.destroy(linger=0)
 

@@ -27,6 +27,7 @@ class Stats(_Reply):
     frames: int
     results: int
     errors: int
+    busy: int = 0  # refused 'busy' (a client beyond its share); 0 from servers that do not count it
     dropped: int
     duplicates: int
     queue_depth: int
