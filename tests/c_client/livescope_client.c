@@ -24,6 +24,9 @@
  * shows that the protocol does not need more. It is not a general JSON parser.
  *
  * Payloads are built byte by byte in little-endian order, so the program is right on any host.
+ *
+ * One file on purpose, though long: a client writer can read, copy and build it with the one
+ * command above, and no livescope build system stands between the doc and this program.
  */
 #define _POSIX_C_SOURCE 200809L
 
