@@ -16,7 +16,7 @@ Written by the worker thread, read by the control thread: one lock guards it all
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,6 +25,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from livescope.emitters import EmitterTable
 from livescope.protocol import FrameHeader
 from livescope.render import RenderGrid, RenderMethod, RunningRender
+
+
+RENDERED_MEMORY = 100_000  # seqs remembered per stream (a few MB) to count each frame once
 
 
 class RenderSettings(BaseModel):
@@ -63,6 +66,10 @@ class _Stream:
     not_kept: int = 0
     frames: int = 0
     last_seq: int = -1
+    # seqs already in the render (the most recent RENDERED_MEMORY): a frame processed again, for a
+    # resend whose result was no longer kept, must not be counted twice
+    rendered: set[int] = field(default_factory=set)
+    rendered_order: deque[int] = field(default_factory=deque)
     model: str = ""  # the localisation model of the latest table
 
 
@@ -97,10 +104,16 @@ class LocaliseStreams:
         return out
 
     def add(self, header: FrameHeader, table: EmitterTable, pixel_size_nm: float, model: str) -> bool:
-        """A frame's emitters into its stream's render (the field is the stream's first frame's);
-        True for a stream's first frame."""
+        """A frame's emitters into its stream's render (the field is the stream's first frame's), once
+        per seq; True for a stream's first frame."""
         with self._lock:
             state = self._stream(header.stream)
+            if header.seq in state.rendered:
+                return False
+            state.rendered.add(header.seq)
+            state.rendered_order.append(header.seq)
+            if len(state.rendered_order) > RENDERED_MEMORY:
+                state.rendered.discard(state.rendered_order.popleft())
             first = state.frames == 0
             if state.render is None:
                 h, w = header.shape
