@@ -31,7 +31,8 @@ PixelDtype = Literal["uint8", "uint16", "float32"]
 
 DeliveryMode = Literal["lossless", "latest"]
 StageName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,63}(@[0-9]+)?$")]
-StreamId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]  # _STREAM_RE below
+STREAM_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
+StreamId = Annotated[str, Field(pattern=STREAM_PATTERN)]
 
 
 MAX_PIPELINE_STAGES = 8
@@ -67,21 +68,21 @@ class ProtocolError(Exception):
         self.request_id = request_id  # the refused control request's, where it could be read
 
 
-_STREAM_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+_STREAM_RE = re.compile(STREAM_PATTERN)
 
 
 def _request_id(obj: dict) -> str | None:
     """A refused control header's request_id, if valid (the refusal then carries it)."""
     rid = obj.get("request_id")
     ok = obj.get("type") == "control" and isinstance(rid, str) and 1 <= len(rid) <= 64
-    return rid if ok and rid.isprintable() and rid.encode("utf-8", "replace").decode() == rid else None
+    return rid if ok and rid.isprintable() else None  # not printable: control characters, lone surrogates
 
 
 def _frame_identity(obj: dict) -> tuple[str | None, int | None]:
     """A refused frame header's stream and seq, if both are valid: the refusal then carries them,
     so a client counting credits by (stream, seq) can account for the frame."""
     stream, seq = obj.get("stream"), obj.get("seq")
-    if obj.get("type") != "frame" or not isinstance(stream, str) or not _STREAM_RE.match(stream):
+    if obj.get("type") != "frame" or not isinstance(stream, str) or not _STREAM_RE.fullmatch(stream):
         return None, None
     if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq < 2**63:
         return None, None

@@ -475,13 +475,18 @@ class InferenceServer:
                     self._run_batch(jobs, pipe)
                 except Exception:  # a bug must cost these frames their results, never the worker
                     log.exception("internal error in the worker on %d frame(s)", len(jobs))
-                    for job in jobs:
-                        h = job.header
-                        err = ErrorHeader(code=ErrorCode.internal, stream=h.stream, seq=h.seq,
-                                          message="internal error while processing this frame; the server logged it")
-                        send_message(pipe, err, envelope=[_ERROR, job.identity, h.stream.encode(), b"%d" % h.seq, b""])
+                    self._refuse_jobs(pipe, jobs, ErrorCode.internal,
+                                      "internal error while processing this frame; the server logged it")
         finally:
             pipe.close(linger=-1)
+
+    def _refuse_jobs(self, pipe: zmq.Socket, jobs: list[Job], code: ErrorCode, message: str) -> None:
+        """Each of these frames' answer: an error (through the pipe, so the I/O thread counts it)."""
+        self.metrics.errors.labels(code.value).inc(len(jobs))
+        for job in jobs:
+            h = job.header
+            err = ErrorHeader(code=code, stream=h.stream, seq=h.seq, message=message)
+            send_message(pipe, err, envelope=[_ERROR, job.identity, h.stream.encode(), b"%d" % h.seq, b""])
 
     def _run_batch(self, jobs: list[Job], pipe: zmq.Socket) -> None:
         """Run one micro-batch through its pipeline; send each frame's results in order."""
@@ -505,13 +510,8 @@ class InferenceServer:
                 self._record_inference(model.ref, time.perf_counter() - t0, len(jobs))
         except Exception as e:  # any failure inside a model is these frames' error, not ours
             log.warning("inference failed in %s on %d frame(s): %s", stage.ref, len(jobs), e)
-            self.metrics.errors.labels(ErrorCode.inference_failed.value).inc(len(jobs))
-            for job in jobs:
-                h = job.header
-                err = ErrorHeader(code=ErrorCode.inference_failed, stream=h.stream, seq=h.seq,
-                                  message=f"{stage.ref} failed on this frame; the server's log says why")
-                send_message(pipe, err, envelope=[_ERROR, job.identity, h.stream.encode(),
-                                                  b"%d" % h.seq, b""])
+            self._refuse_jobs(pipe, jobs, ErrorCode.inference_failed,
+                              f"{stage.ref} failed on this frame; the server's log says why")
             return
         t_done = time.perf_counter()
         self.metrics.batch_size.observe(len(jobs))
