@@ -16,6 +16,9 @@ class ServerMetrics:
         self.errors = Counter("livescope_errors", "Messages refused or failed", ["code"], registry=r)
         self.dropped = Counter("livescope_frames_dropped", "Frames dropped, counted and reported",
                                ["reason"], registry=r)
+        self.undelivered = Counter("livescope_messages_undelivered",
+                                   "Answers and publications a peer could not take (not reading, gone, "
+                                   "too slow), counted", ["reason"], registry=r)
         self.duplicates = Counter("livescope_frames_duplicate", "Resent frames de-duplicated",
                                   registry=r)
         self.inference = Histogram("livescope_inference_seconds", "Inference time per batch",

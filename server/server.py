@@ -32,11 +32,13 @@ from livescope.protocol import (
     ErrorCode,
     ErrorHeader,
     FrameHeader,
+    Header,
     Latency,
     ProtocolError,
     ResultHeader,
     array_from_payload,
     decode_header,
+    encode_header,
     expected_nbytes,
     split_stage,
 )
@@ -67,6 +69,11 @@ _REPLY, _PUBLISH, _ERROR, _CONTROL = b"R", b"P", b"E", b"C"
 # Control commands that may take seconds (loading a model) run on the control thread.
 _SLOW_COMMANDS = frozenset({"load", "activate", "unload", "rescan", "render"})
 _MAX_STREAMS = 256  # per-stream de-duplication state kept for the most recent streams
+# Messages ZeroMQ may hold for one peer before the server counts further ones undelivered: twice
+# a client's share of the queue for answers, fewer for subscribers (viewers want the newest);
+# a bound in bytes too, as results are at most max_frame_bytes (float32) each.
+REPLY_QUEUE_MESSAGES = 128
+PUB_QUEUE_MESSAGES = 64
 
 
 class ServerStartError(Exception):
@@ -86,8 +93,11 @@ class InferenceServer:
         self._stop = threading.Event()
         self._ledgers: OrderedDict[tuple[bytes, str], StreamLedger] = OrderedDict()  # (sender, stream)
         self._cached_bytes = 0  # results kept for resends, across all streams
+        # busy: refusals, counted in errors too; undelivered_*: messages ZeroMQ could not take
+        # (a client not reading or gone, a subscriber too slow), counted rather than dropped silently
         self._counts: dict[str, int] = {"frames": 0, "results": 0, "errors": 0, "dropped": 0,
-                                        "duplicates": 0, "busy": 0}  # busy: refusals counted in errors too
+                                        "duplicates": 0, "busy": 0, "undelivered_replies": 0,
+                                        "undelivered_publications": 0}
         self._started = time.monotonic()
         # model ref -> [frames, seconds]: written by the worker, read by the stats command
         self._inference: dict[str, list[float]] = {}
@@ -110,8 +120,12 @@ class InferenceServer:
                                       self.config.curve_allowed_clients)
         self.router = self._bind(zmq.ROUTER, self.config.frames_address)
         self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting client keeps its id
-        self.router.setsockopt(zmq.ROUTER_MANDATORY, 0)
-        self.pub = self._bind(zmq.PUB, self.config.results_address)
+        # A send that cannot be delivered raises (rather than vanishing) so that it is counted.
+        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        # An XPUB rather than a PUB: subscribers see the same socket, but with NODROP a send
+        # says when a subscriber's queue is full, so that the miss is counted (_publish).
+        self.pub = self._bind(zmq.XPUB, self.config.results_address, sndhwm=PUB_QUEUE_MESSAGES)
+        self.pub.setsockopt(zmq.XPUB_NODROP, 1)
         self.pipe_in = self.ctx.socket(zmq.PULL)
         self.pipe_in.bind(_PIPE)
         if self.config.metrics_port:
@@ -134,9 +148,10 @@ class InferenceServer:
         log.info("serving frames on %s, results on %s", self.config.frames_address,
                  self.config.results_address)
 
-    def _bind(self, kind: int, address: str) -> zmq.Socket:
+    def _bind(self, kind: int, address: str, sndhwm: int = REPLY_QUEUE_MESSAGES) -> zmq.Socket:
         sock = self.ctx.socket(kind)
         sock.linger = 2000
+        sock.sndhwm = sndhwm
         if self._curve is not None:
             self._curve.apply(sock)
         try:
@@ -166,6 +181,7 @@ class InferenceServer:
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
         poller.register(self.pipe_in, zmq.POLLIN)
+        poller.register(self.pub, zmq.POLLIN)
         draining = False
         while True:
             events = dict(poller.poll(50))
@@ -182,6 +198,12 @@ class InferenceServer:
                     except zmq.Again:
                         break
                     self._handle(parts)
+            if self.pub in events:  # (un)subscriptions: ZeroMQ has applied them; read and forget
+                for _ in range(64):
+                    try:
+                        self.pub.recv(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
             self.metrics.queue_depth.set(len(self.queue))
             if self._stop.is_set() and not draining:
                 draining = True
@@ -272,10 +294,9 @@ class InferenceServer:
             self._cached_bytes += self._ledger(old.identity, old.header.stream).finish(old.header.seq, None, None, 0)
             self._counts["dropped"] += 1
             self.metrics.dropped.labels("superseded").inc()
-            send_message(self.router, AckHeader(stream=old.header.stream, seq=old.header.seq,
-                                                status="dropped",
-                                                detail="superseded by a newer frame (latest mode)"),
-                         envelope=[old.identity])
+            self._to_client(old.identity, AckHeader(stream=old.header.stream, seq=old.header.seq,
+                                                    status="dropped",
+                                                    detail="superseded by a newer frame (latest mode)"))
 
     def _answered_as_resend(self, identity: bytes, header: FrameHeader, ledger: StreamLedger,
                             pixels: zmq.Frame) -> bool:
@@ -294,11 +315,10 @@ class InferenceServer:
         self._counts["duplicates"] += 1
         self.metrics.duplicates.inc()
         if cached is not None:  # the sender lost our result: send it again
-            self.router.send_multipart([identity, *cached], copy=False)
+            self._to_client(identity, cached)
         else:
-            send_message(self.router, AckHeader(stream=header.stream, seq=header.seq, status="duplicate",
-                                                detail="already queued; its result will follow"),
-                         envelope=[identity])
+            self._to_client(identity, AckHeader(stream=header.stream, seq=header.seq, status="duplicate",
+                                                detail="already queued; its result will follow"))
         return True
 
     def _trim_result_cache(self) -> None:
@@ -327,8 +347,8 @@ class InferenceServer:
         self._counts["errors"] += 1
         self.metrics.errors.labels(code.value).inc()
         log.debug("error to client: %s: %s", code.value, message)
-        send_message(self.router, ErrorHeader(code=code, message=message, stream=stream, seq=seq,
-                                              request_id=request_id), envelope=[identity])
+        self._to_client(identity, ErrorHeader(code=code, message=message, stream=stream, seq=seq,
+                                              request_id=request_id))
 
     def _forward(self, parts: list[zmq.Frame]) -> None:
         """A message from the worker: [kind, identity, stream, seq, crc, header, payload?] (crc: the
@@ -339,21 +359,54 @@ class InferenceServer:
         kind, identity, stream = parts[0].bytes, parts[1].bytes, parts[2].bytes
         seq, crc, body = int(parts[3].bytes), parts[4].bytes, parts[5:]
         if kind == _PUBLISH:
-            self.pub.send_multipart([stream, *body], copy=False)
+            self._publish([stream, *body])
             return
         if kind == _CONTROL:
-            self.router.send_multipart([identity, *body], copy=False)
+            self._to_client(identity, body)
             return
-        self.router.send_multipart([identity, *body], copy=False)
+        self._to_client(identity, body)
         ledger = self._ledger(identity, stream.decode())
         if kind == _ERROR:
             self._counts["errors"] += 1
             self._cached_bytes += ledger.finish(seq, None, None, 0)
             return
         self._counts["results"] += 1
-        self._cached_bytes += ledger.finish(seq, body, int(crc), self.config.result_cache_per_stream)
+        self._cached_bytes += ledger.finish(seq, body, int(crc) if crc else None,
+                                            self.config.result_cache_per_stream)
         self._trim_result_cache()
-        self.pub.send_multipart([stream, *body], copy=False)
+        self._publish([stream, *body])
+
+    def _to_client(self, identity: bytes, message: Header | list[zmq.Frame]) -> None:
+        """Send one message to one client, never blocking the I/O thread: if the client does not
+        read (its queue is full) or has gone, the message is counted undelivered. A lossless
+        client's resend still gets a kept result."""
+        parts = message if isinstance(message, list) else [encode_header(message)]
+        try:
+            self.router.send_multipart([identity, *parts], flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            self._undelivered("undelivered_replies", "client_not_reading")
+        except zmq.ZMQError as e:
+            if e.errno != errno.EHOSTUNREACH:
+                raise
+            self._undelivered("undelivered_replies", "client_gone")
+
+    def _publish(self, parts: list) -> None:
+        """Publish to every subscriber with room; a message some subscriber had no room for is
+        counted once (XPUB_NODROP refuses the whole send, so it is sent again without it)."""
+        try:
+            self.pub.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+            return
+        except zmq.Again:
+            self._undelivered("undelivered_publications", "slow_subscriber")
+        self.pub.setsockopt(zmq.XPUB_NODROP, 0)
+        try:
+            self.pub.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+        finally:
+            self.pub.setsockopt(zmq.XPUB_NODROP, 1)
+
+    def _undelivered(self, count: str, reason: str) -> None:
+        self._counts[count] += 1
+        self.metrics.undelivered.labels(reason).inc()
 
     # -- control -------------------------------------------------------------------------------
 
@@ -361,7 +414,7 @@ class InferenceServer:
         if req.command in _SLOW_COMMANDS:
             self._control_requests.put((identity, req))
             return
-        send_message(self.router, self._execute(req), envelope=[identity])
+        self._to_client(identity, self._execute(req))
 
     def _execute(self, req: ControlRequest) -> ControlReply:
         return execute(req, getattr(self, f"_cmd_{req.command}", None), self.commands())
@@ -515,13 +568,15 @@ class InferenceServer:
             return
         t_done = time.perf_counter()
         self.metrics.batch_size.observe(len(jobs))
+        keeps_results = self.config.result_cache_per_stream > 0 and self.config.result_cache_bytes > 0
         for k, job in enumerate(jobs):
             h = job.header
             latency = Latency(queue_ms=(t_start - job.t_received) * 1e3,
                               inference_ms=(t_done - t_start) * 1e3,
                               total_ms=(t_done - job.t_received) * 1e3, batch_size=len(jobs))
             self.metrics.total.observe(t_done - job.t_received)
-            envelope_tail = [job.identity, h.stream.encode(), b"%d" % h.seq, b"%d" % checksum(job.image)]
+            crc = b"%d" % checksum(job.image) if keeps_results else b""  # only to check a resend
+            envelope_tail = [job.identity, h.stream.encode(), b"%d" % h.seq, crc]
             for i, (model, out) in enumerate(outputs):
                 final = i == len(outputs) - 1
                 if isinstance(out, list):  # a table: packed EMITTER_FIELDS records

@@ -30,6 +30,8 @@ class Stats(_Reply):
     busy: int = 0  # refused 'busy' (a client beyond its share); 0 from servers that do not count it
     dropped: int
     duplicates: int
+    undelivered_replies: int = 0  # answers a client did not take (not reading, or gone)
+    undelivered_publications: int = 0  # results a subscriber was too slow for
     queue_depth: int
     streams: int
     uptime_s: float
