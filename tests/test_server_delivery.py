@@ -107,23 +107,20 @@ def test_every_answer_to_a_client_that_does_not_read_is_delivered_or_counted(own
 
 
 def test_answers_to_a_client_that_has_gone_are_counted(own_server):
+    """An answer queued before ZeroMQ sees the connection drop goes with the connection (a lossless
+    client's resend gets it from the kept results); every one after that is counted."""
     srv = own_server()
     ctx = zmq.Context()
     try:
         sock = ctx.socket(zmq.DEALER)
-        sock.linger = 0
+        sock.linger = 1000
         sock.connect(srv.frames)
-        image = np.zeros((1024, 1024), np.uint16)
-        for seq in range(8):
-            header = FrameHeader(stream="gone", seq=seq, shape=image.shape, pipeline=("identity",))
+        image = np.zeros((1024, 1024), np.uint16)  # a denoiser takes a good fraction of a second
+        for seq in range(4):
+            header = FrameHeader(stream="gone", seq=seq, shape=image.shape, pipeline=("denoise",))
             sock.send_multipart([encode_header(header), image])
-        time.sleep(0.05)
-        sock.close(0)  # before its answers come
-        s = wait_until_answered(srv.frames, 8)
-        deadline = time.monotonic() + 5
-        while s["undelivered_replies"] == 0 and time.monotonic() < deadline:
-            time.sleep(0.1)
-            s = stats(srv.frames)
-        assert 0 < s["undelivered_replies"] <= 8
+        sock.close()  # sends what it holds, then goes before most answers come
+        s = wait_until_answered(srv.frames, 4)
+        assert 0 < s["undelivered_replies"] <= 4
     finally:
         ctx.destroy(linger=0)
