@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import ome_types.model as ome
@@ -77,6 +79,7 @@ class RestoredWriter:
         self._held: dict[int, FrameOutcome] = {}
         self.written = 0
         self.skipped = 0
+        self.on_written: Callable[[int], None] | None = None  # called with each frame's seq once written
 
     def add(self, outcome: FrameOutcome) -> None:
         if self.error is not None:
@@ -98,6 +101,8 @@ class RestoredWriter:
                 stream.append(o.data)
                 self._check_writes_done(stream)
                 self.written += 1
+                if self.on_written is not None:
+                    self.on_written(o.seq)
             else:
                 self._pending_skips += 1
                 self.skipped += 1
@@ -220,7 +225,10 @@ class OmeTiffFiles:
     as 'float32', which ome-types refuses ('float'), so it writes no float OME-TIFF at all; and
     its writer thread turns a failed write into a warning. Here each frame is written with
     tifffile as it arrives (contiguous pages after the first, which carries the OME-XML), on the
-    calling thread, so a failed write raises there; memory does not grow with the run.
+    calling thread, so a failed write raises there; memory does not grow with the run. Each
+    frame is its own page, flushed to the file as it is written, so a writer that is killed
+    leaves a file that reads (its OME-XML names every planned plane; the planes never written
+    read as zeros).
 
     ``close`` completes the last time point (or outermost step) of a run that stopped early with
     zeros and shrinks the OME-XML to what was written; ``abort`` only releases the files.
@@ -243,14 +251,16 @@ class OmeTiffFiles:
         self.paths = ([out] if len(self._names) == 1
                       else [out / f"{out.name}_p{i:03}{suffix}" for i in range(len(self._names))])
         self._writers: dict[int, tifffile.TiffWriter] = {}
+        self._files: dict[int, BinaryIO] = {}
         self._written = [0] * len(self._names)
         self._frames = 0
 
     def append(self, frame: np.ndarray) -> None:
         p = 0 if self._p_axis is None else int(np.unravel_index(self._frames, self._counts)[self._p_axis])
         writer = self._writers.get(p) or self._create(p)
-        writer.write(frame, contiguous=True, metadata=None, photometric="minisblack",
+        writer.write(frame, metadata=None, photometric="minisblack",
                      description=self._xml(p).encode() if not self._written[p] else None)
+        self._files[p].flush()
         self._written[p] += 1
         self._frames += 1
 
@@ -263,8 +273,10 @@ class OmeTiffFiles:
         for p, writer in sorted(self._writers.items()):
             whole = math.ceil(self._written[p] / self._inner) * self._inner
             for _ in range(whole - self._written[p]):
-                writer.write(np.zeros(self._frame_shape, self._dtype), contiguous=True, metadata=None)
+                writer.write(np.zeros(self._frame_shape, self._dtype), metadata=None,
+                             photometric="minisblack")
             writer.close()
+            self._files.pop(p).close()
             if whole < planned:
                 tifffile.tiffcomment(self.paths[p], comment=self._xml(p, whole // self._inner).encode())
         self._writers.clear()
@@ -274,12 +286,15 @@ class OmeTiffFiles:
         for p, writer in writers.items():
             try:
                 writer.close()
+                self._files.pop(p).close()
             except Exception:  # a file that failed already: its own errors add nothing
                 log.debug("closing %s after a failure failed too", self.paths[p], exc_info=True)
 
     def _create(self, p: int) -> tifffile.TiffWriter:
         self.paths[p].parent.mkdir(parents=True, exist_ok=True)
-        self._writers[p] = tifffile.TiffWriter(self.paths[p], bigtiff=True, ome=False)
+        # Our own file handle, to flush each frame to the OS (tifffile's is private).
+        self._files[p] = open(self.paths[p], "wb")  # noqa: SIM115 - closed with the writer
+        self._writers[p] = tifffile.TiffWriter(self._files[p], bigtiff=True, ome=False)
         return self._writers[p]
 
     def _xml(self, p: int, outer_count: int | None = None) -> str:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import useq
+from livescope.acquire.journal import RunJournal
 from livescope.acquire.localisations import LocalisationWriter, gives_tables, localises
 from livescope.acquire.results import (
     RestoredWriteError,
@@ -151,9 +152,9 @@ def run_acquisition(
         counter = _Counter()
         outputs.insert(0, counter)
 
-    collector = None
+    collector = journal = None
+    writer = localisations = None
     if client is not None:
-        writer = localisations = None
         stage = pipeline[-1].split("@")[0]
         if tables:
             table_path, render_path = table_paths(output, stage) if output is not None else (None, None)
@@ -163,7 +164,16 @@ def run_acquisition(
         elif output is not None:
             writer = RestoredWriter(restored_path(output, stage), sequence, core.getPixelSizeUm() or None,
                                     window_adu=(0.0, float(2 ** core.getImageBitDepth() - 1)))
-        collector = _ResultCollector(client, writer, localisations, state, progress, t0)
+    if output is not None:
+        results = writer.path if writer is not None else localisations.table_path if localisations else None
+        journal = RunJournal(output, sequence=sequence.model_dump(mode="json"), frames_planned=total,
+                             pipeline=pipeline if client is not None else (), server=server,
+                             results_path=results)
+        outputs.append(_JournalAcquired(journal))  # after the raw writer: the frame is handed to it
+        if writer is not None:
+            writer.on_written = journal.restored
+    if client is not None:
+        collector = _ResultCollector(client, writer, localisations, state, progress, t0, journal)
         collector.on_error = cancel
         collector.start()
 
@@ -176,8 +186,8 @@ def run_acquisition(
         state.acquired, state.elapsed_s = acquired, t_acquired
         if progress:
             progress(state)
-        return AcquisitionSummary(frames_acquired=acquired, acquisition_fps=acquired / t_acquired,
-                                  raw_path=str(output) if output else None)
+        return _ended(journal, AcquisitionSummary(frames_acquired=acquired, acquisition_fps=acquired / t_acquired,
+                                                  raw_path=str(output) if output else None))
 
     client.wait_idle(timeout_s=0 if streamer.error is not None else server_timeout_s)
     collector.finish(client.stats.submitted - client.stats.in_flight - client.stats.queued)
@@ -191,7 +201,7 @@ def run_acquisition(
     t_total = time.perf_counter() - t0
     lat = np.array(collector.latencies_ms) if collector.latencies_ms else None
     srv = np.array(collector.server_ms) if collector.server_ms else None
-    return AcquisitionSummary(
+    return _ended(journal, AcquisitionSummary(
         frames_acquired=acquired,
         frames_sent=stats.sent,
         results=stats.results,
@@ -213,7 +223,13 @@ def run_acquisition(
         restored_path=(str(collector.writer.path)
                        if collector.writer and collector.writer.written and not failed else None),
         **_table_summary(collector.localisations, failed),
-    )
+    ))
+
+
+def _ended(journal: RunJournal | None, summary: AcquisitionSummary) -> AcquisitionSummary:
+    if journal is not None:
+        journal.end(summary.model_dump(mode="json"))
+    return summary
 
 
 def _table_summary(localisations: LocalisationWriter | None, failed: bool) -> dict:
@@ -260,6 +276,18 @@ class _Counter:
         self.acquired += 1
 
 
+class _JournalAcquired:
+    """Journals each frame as acquired (an MDA output handler, after the raw data's writer)."""
+
+    def __init__(self, journal: RunJournal) -> None:
+        self.journal = journal
+        self.acquired = 0
+
+    def frameReady(self, img: np.ndarray, event: useq.MDAEvent, meta: dict) -> None:
+        self.journal.acquired(self.acquired)
+        self.acquired += 1
+
+
 class _ResultCollector(threading.Thread):
     """Reads outcomes as they arrive: latency, models used, restored frames or emitter tables
     to disk.
@@ -271,8 +299,9 @@ class _ResultCollector(threading.Thread):
 
     def __init__(self, client: StreamClient, writer: RestoredWriter | None,
                  localisations: LocalisationWriter | None, state: AcquisitionProgress,
-                 progress: Callable | None, t0: float) -> None:
+                 progress: Callable | None, t0: float, journal: RunJournal | None = None) -> None:
         super().__init__(name="livescope-results", daemon=True)
+        self.journal = journal
         self.client, self.writer, self.localisations, self.state, self.progress, self.t0 = (
             client, writer, localisations, state, progress, t0)
         self.latencies_ms: list[float] = []
@@ -352,6 +381,8 @@ class _ResultCollector(threading.Thread):
         else:
             self.state.refused += 1
             self.refusal_reasons[outcome.reason] = self.refusal_reasons.get(outcome.reason, 0) + 1
+            if self.journal is not None:
+                self.journal.refused(outcome.seq, outcome.reason)
         if self.error is not None:
             return  # nothing more is written after a failure
         if self.writer is not None:

@@ -1,5 +1,5 @@
 """The `livescope` command: one typer app built from the command modules, one per command group
-(serve, acquire, offline, train, calibrate, models).
+(serve, acquire, offline, train, calibrate, models, report).
 
 Each command imports its part lazily, so `serve` never loads torch and `--help` is instant. A
 user's mistake ends in one line on stderr and a non-zero exit (`_common.fail`). Nothing imports
@@ -12,12 +12,12 @@ import sys
 
 import typer
 
-from livescope.cli import acquire, calibrate, models, offline, serve, train
+from livescope.cli import acquire, calibrate, models, offline, report, serve, train
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Deep-learning image restoration inside the microscope's acquisition loop.")
 for command in (serve.serve, acquire.acquire, acquire.demo, offline.denoise, offline.restore, offline.localise,
-                offline.refocus, models.status):
+                offline.refocus, models.status, report.report):
     app.command()(command)
 app.add_typer(models.models_app, name="models")
 app.add_typer(models.keys_app, name="keys")

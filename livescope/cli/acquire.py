@@ -116,9 +116,23 @@ def _check_output(output: Path | None, overwrite: bool, stages: tuple[str, ...])
         targets += table_paths(output, stage) if gives_tables(stages) else [restored_path(output, stage)]
     for target in targets:
         if target.exists() and not overwrite:
-            fail(f"{target} exists; choose another --output or pass --overwrite")
+            fail(f"{target} exists{_interrupted(output)}; choose another --output or pass --overwrite")
     if not output.parent.is_dir():
         fail(f"folder does not exist: {output.parent}")
+
+
+def _interrupted(raw: Path) -> str:
+    """' (an interrupted run: ...)' if ``raw``'s journal says its run was killed, else ''."""
+    from livescope.acquire.journal import JournalError, read_account
+
+    try:
+        account = read_account(raw)
+    except JournalError:
+        return ""
+    if account.status != "interrupted":
+        return ""
+    return (f" (an interrupted run, {account.frames_acquired} of {account.plan.frames_planned} frames saved: "
+            f"`livescope report {raw}` says what it holds)")
 
 
 def _acquire(*, mm_config, sequence, frames, exposure_ms, server, stages, mode, output,
