@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import tensorstore as ts
 
-MM_DEMO = Path("/work/shared/micro-manager")  # Micro-Manager's DemoCamera adapters, see its README
+# Micro-Manager's DemoCamera adapters (see its README): ../shared beside the repository
+MM_DEMO = Path(os.environ.get("LIVESCOPE_MM_DEMO", Path(__file__).resolve().parents[2] / "shared" / "micro-manager"))
 MM_DEMO_CONFIG = MM_DEMO / "MMConfig_demo.cfg"
 
 
@@ -162,3 +163,41 @@ def test_a_restored_store_that_cannot_be_written_stops_in_one_line_and_the_raw_d
     acquired = int(next(ln for ln in r.stdout.splitlines() if "frames acquired" in ln).split("│")[2])
     assert 0 < acquired < 2 * 3 * loops  # stopped
     assert frames_with_data(read_zarr(out)) == acquired
+
+
+def test_micro_manager_demo_rig_saves_raw_and_restored_ome_tiff_with_every_frame(server, tmp_path):
+    from tests.test_acquire_tiff import frames_with_data as planes_with_data
+    from tests.test_acquire_tiff import metadata, read_position
+
+    env = _micro_manager_demo_env()
+    seq = sequence_file(tmp_path, "Channel", ("DAPI", "FITC"))
+    out = tmp_path / "run.ome.tiff"
+    r = cli("acquire", "--mm-config", str(MM_DEMO_CONFIG), "--sequence", str(seq),
+            "--server", server.frames, "--pipeline", "denoise", "--output", str(out), env=env)
+    assert r.returncode == 0, r.stderr
+    raw, raw_image = read_position(out)
+    restored, restored_image = read_position(tmp_path / "run.denoise.ome.tiff")
+    assert raw.shape == restored.shape == (12, 512, 512) and restored.dtype == np.float32
+    assert metadata(restored_image) == metadata(raw_image)
+    assert metadata(raw_image)["channels"] == ["DAPI", "FITC"]
+    assert metadata(raw_image)["axes"] == [("T", 2), ("C", 2), ("Z", 3)]
+    assert planes_with_data(raw) == planes_with_data(restored) == 12
+
+
+def test_micro_manager_demo_rig_over_stage_positions_and_time_saves_every_frame(server, tmp_path):
+    """The DemoCamera's XY stage moves between two positions, three time points each."""
+    env = _micro_manager_demo_env()
+    seq = tmp_path / "seq.yaml"
+    seq.write_text("stage_positions: [{x: 0, y: 0, name: A}, {x: 100, y: 50, name: B}]\n"
+                   "time_plan: {interval: 0, loops: 3}\naxis_order: tp\n")
+    out = tmp_path / "run.ome.zarr"
+    r = cli("acquire", "--mm-config", str(MM_DEMO_CONFIG), "--sequence", str(seq),
+            "--server", server.frames, "--pipeline", "identity", "--output", str(out), env=env)
+    assert r.returncode == 0, r.stderr
+    restored = tmp_path / "run.identity.ome.zarr"
+    for position in ("A", "B"):
+        raw_frames = ts.open({"driver": "zarr3", "kvstore": f"file://{out}/{position}/0"}).result().read().result()
+        restored_frames = ts.open({"driver": "zarr3", "kvstore": f"file://{restored}/{position}/0"}
+                                  ).result().read().result()
+        assert raw_frames.shape[0] == 3 and frames_with_data(raw_frames) == 3
+        assert np.array_equal(restored_frames, raw_frames)  # each frame in its own position's place
