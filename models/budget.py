@@ -65,12 +65,18 @@ class StepPlan:
         elapsed = self.elapsed_s
         if elapsed >= budget:
             self.total, self.stopped_because = self.step, "budget"
-        elif self.step == WARMUP_STEPS or self.step % self.replan_every == 0:
-            seconds_per_step = (elapsed - self._mark[1]) / (self.step - self._mark[0])
-            fitting = self.step + int((budget - elapsed) / seconds_per_step)
-            self.total = max(self.step + 1, fitting if self.steps is None else min(self.steps, fitting))
+            return
+        # Re-plan on schedule, and whenever the plan runs out with budget left (it was made from
+        # slower steps than the recent ones): training ends on the budget, not on an old plan.
+        reached = self.total is not None and self.step >= self.total and (
+            self.steps is None or self.step < self.steps)
+        if self.step == WARMUP_STEPS or self.step % self.replan_every == 0 or reached:
+            seconds_per_step = (elapsed - self._mark[1]) / max(self.step - self._mark[0], 1)
+            fitting = self.step + int((budget - elapsed) / seconds_per_step)  # whole steps that fit
+            self.total = fitting if self.steps is None else min(self.steps, fitting)
             self.stopped_because = "budget" if self.steps is None or fitting < self.steps else "steps"
-            self._mark = (self.step, elapsed)
+            if self.step - self._mark[0] >= WARMUP_STEPS or self._mark[0] == 0:
+                self._mark = (self.step, elapsed)
 
     def stop(self, reason: str) -> None:
         """Stop after the current step (e.g. "early stop")."""
