@@ -3,12 +3,16 @@
  * docs/protocol.md alone (the doc is the contract; this program must never need the server's
  * source to be right).
  *
- *   cc -std=c99 -Wall -Werror -o livescope_client livescope_client.c -lzmq
- *   ./livescope_client tcp://127.0.0.1:5760 [tcp://127.0.0.1:5761]
+ *   cc -std=c99 -Wall -Werror -o livescope_client livescope_client.c -lzmq -lm
+ *   ./livescope_client [--only CHECK[,CHECK...]] tcp://127.0.0.1:5760 [tcp://127.0.0.1:5761]
  *
- * argv[1] is the server's frames (ROUTER) address, argv[2] its results (PUB) address; without it
- * the PUB checks are skipped. It runs a fixed script of checks against a running server, prints
- * one line per check:
+ * The first address is the server's frames (ROUTER) address, the second its results (PUB) address;
+ * without it the PUB checks are skipped. It runs a fixed script of checks against a running server
+ * started with its defaults (the limits checked are the default ones), or with --only the checks
+ * named, in the script's order. Some checks run only when named: those of a CURVE server (give its
+ * public key and this client's key pair as Z85 text in LIVESCOPE_SERVER_PUBLIC_KEY,
+ * LIVESCOPE_CLIENT_PUBLIC_KEY and LIVESCOPE_CLIENT_SECRET_KEY: then every socket uses CURVE), and
+ * shutting_down (someone else stops the server when it says so). It prints one line per check:
  *
  *   ok NAME                 the server does what the doc says
  *   FAIL NAME: why          it does not (exit status 1)
@@ -36,6 +40,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <zmq.h>
 
@@ -332,13 +337,32 @@ static int expect_silence(void *sock, const char *what)
     return 0;
 }
 
-static void *new_socket(int type, const char *address, const char *routing_id)
+/* CURVE (the doc's Security): the server's public key and this client's key pair, Z85 text of 40
+ * characters each, from the environment; NULL without them (loopback needs none). */
+static const char *g_server_key, *g_public_key, *g_secret_key;
+
+/* Make s a CURVE client of the server with this key pair. */
+static void curve_client(void *s, const char *public_key, const char *secret_key)
+{
+    if (zmq_setsockopt(s, ZMQ_CURVE_SERVERKEY, g_server_key, 40) != 0 ||
+        zmq_setsockopt(s, ZMQ_CURVE_PUBLICKEY, public_key, 40) != 0 ||
+        zmq_setsockopt(s, ZMQ_CURVE_SECRETKEY, secret_key, 40) != 0) {
+        fprintf(stderr, "cannot set CURVE keys: %s\n", zmq_strerror(zmq_errno()));
+        exit(2);
+    }
+}
+
+/* A socket connected to address; with a key pair (public_key not NULL) a CURVE client. */
+static void *new_socket_keyed(int type, const char *address, const char *routing_id, const char *public_key,
+                              const char *secret_key)
 {
     void *s = zmq_socket(g_ctx, type);
     int zero = 0;
     zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero);
     if (routing_id != NULL) /* stable and unique, as the doc asks */
         zmq_setsockopt(s, ZMQ_ROUTING_ID, routing_id, strlen(routing_id));
+    if (public_key != NULL)
+        curve_client(s, public_key, secret_key);
     if (zmq_connect(s, address) != 0) {
         fprintf(stderr, "cannot connect to %s: %s\n", address, zmq_strerror(zmq_errno()));
         exit(2);
@@ -349,6 +373,12 @@ static void *new_socket(int type, const char *address, const char *routing_id)
     }
     g_socks[g_nsocks++] = s;
     return s;
+}
+
+/* A socket as every check's: CURVE with this client's keys where the environment gives them. */
+static void *new_socket(int type, const char *address, const char *routing_id)
+{
+    return new_socket_keyed(type, address, routing_id, g_public_key, g_secret_key);
 }
 
 static int g_dealers;
@@ -1092,6 +1122,8 @@ static int pub_result_layout(void)
     void *sub = zmq_socket(g_ctx, ZMQ_SUB), *s = new_dealer();
     int zero = 0;
     zmq_setsockopt(sub, ZMQ_LINGER, &zero, sizeof zero);
+    if (g_public_key != NULL)
+        curve_client(sub, g_public_key, g_secret_key);
     zmq_setsockopt(sub, ZMQ_SUBSCRIBE, stream, strlen(stream));
     CHECK(zmq_connect(sub, g_results) == 0, "cannot connect a SUB to %s", g_results);
     g_sub = sub;
@@ -1143,13 +1175,346 @@ static int pub_every_stage(void)
     return 1;
 }
 
+/* -- limits: the queue's share, the frame size ----------------------------------------------- */
+
+/* busy: a client with its share of the queue waiting (64 frames by default) has the frames beyond
+ * it refused `busy`, each error carrying its frame's stream and seq, and every frame is still
+ * answered exactly once. The frames go through a model (refocus), far slower to run than to send,
+ * so the queue fills; they are fewer than the 128 answers the server holds for a client that does
+ * not read (it reads only once all are sent). A refused frame sent again once the others are
+ * answered is taken. */
+static int busy_beyond_share(void)
+{
+    enum { N = 120 };
+    void *s = new_dealer();
+    const char *st = stream_name("busy"), *pipeline = "[\"refocus\"]", *dz = ", \"dz_um\": 0.5";
+    unsigned char *px[N];
+    size_t n, out = (size_t)H * W * 4;
+    int answered[N] = {0};
+    long long last_result = -1, first_busy = -1, busy = 0, results = 0, counted;
+    for (int i = 0; i < N; i++) { /* all at once, without reading an answer */
+        px[i] = pixels("uint16", 1000u + (unsigned)i, &n);
+        TRY(send_frame(s, frame_header(st, i, "uint16", pipeline, dz), px[i], n));
+    }
+    for (int got = 0; got < N; got++) {
+        msg_t m;
+        long long seq;
+        TRY(recv_answer(s, &m));
+        const char *h = header_of(&m, 0);
+        CHECK(jint(jget(h, "seq"), &seq) && seq >= 0 && seq < N, "an answer for a frame not sent: %s", shown(h));
+        CHECK(!answered[seq], "seq %lld answered twice", seq);
+        answered[seq] = 1;
+        if (jstr(jget(h, "type"), "error")) {
+            TRY(is_error(&m, "busy", st, (long)seq));
+            if (first_busy < 0)
+                first_busy = seq;
+            busy++;
+            continue;
+        }
+        TRY(is_result(&m, 0, st, (long)seq, NULL, "float32", NULL, out));
+        CHECK(seq > last_result, "results of one stream should come in seq order: %lld after %lld", seq, last_result);
+        last_result = seq;
+        results++;
+    }
+    CHECK(busy > 0, "%d frames sent at once without reading: none refused busy (the share is 64 frames)", N);
+    CHECK(results >= 1, "every frame was refused busy: a client with nothing queued gets a frame in");
+    TRY(expect_silence(s, "every frame was answered"));
+    const char *data;
+    TRY(control(s, "busy-1", "stats", "{}", 1, &data));
+    CHECK(jint(jget(data, "busy"), &counted) && counted >= busy, "stats busy should count the %lld refused, got %s",
+          busy, shown(jget(data, "busy")));
+    msg_t m; /* sent again, now that its share is free */
+    TRY(send_frame(s, frame_header(st, first_busy, "uint16", pipeline, dz), px[first_busy], n));
+    TRY(recv_answer(s, &m));
+    return is_result(&m, 0, st, (long)first_busy, NULL, "float32", NULL, out);
+}
+
+/* frame_too_large: a frame over the server's limit (64 MiB by default: `serve --max-frame-mb`) is
+ * refused with its stream and seq. Sent whole (a payload of the size its shape says), so that it
+ * has no other fault. */
+static int frame_too_large(void)
+{
+    enum { ROWS = 8193, COLS = 4096 }; /* uint16: 64 MiB and one row */
+    const char *st = stream_name("huge");
+    size_t n = (size_t)ROWS * COLS * 2;
+    const char *h = fmt("{\"protocol\": 1, \"type\": \"frame\", \"stream\": \"%s\", \"seq\": 4, \"shape\": [%d, %d], "
+                        "\"dtype\": \"uint16\", \"pipeline\": [\"identity\"]}", st, ROWS, COLS);
+    return refused(h, scratch(n), n, 1, "frame_too_large", st, 4);
+}
+
+/* -- localise streams' renders ---------------------------------------------------------------- */
+
+#define CAMERA ", \"pixel_size_um\": 0.1, \"camera\": {\"baseline_adu\": 100, \"e_per_adu\": 0.5, \"em_gain\": 1}"
+
+/* An H x W uint16 camera frame (ADU): baseline 100, background 10, and three bright emitters
+ * (Gaussian spots of 1.3 px sigma) whose places move with `salt`. */
+static unsigned char *spots(unsigned salt, size_t *nbytes)
+{
+    const double cy[] = {8.0 + salt % 5, 20.0, 13.5}, cx[] = {10.0, 30.0 - salt % 7, 38.5};
+    unsigned char *b = scratch((size_t)H * W * 2);
+    for (int y = 0; y < H; y++)
+        for (int x = 0; x < W; x++) {
+            double v = 110.0;
+            for (int k = 0; k < 3; k++)
+                v += 600.0 * exp(-((y - cy[k]) * (y - cy[k]) + (x - cx[k]) * (x - cx[k])) / (2 * 1.3 * 1.3));
+            uint16_t u = (uint16_t)lround(v);
+            b[2 * (y * W + x)] = (unsigned char)(u & 0xff);
+            b[2 * (y * W + x) + 1] = (unsigned char)(u >> 8);
+        }
+    *nbytes = (size_t)H * W * 2;
+    return b;
+}
+
+static double pixel_sum_f32(const msg_t *m, int part) /* float32 little-endian pixels, summed */
+{
+    double sum = 0;
+    for (size_t i = 0; i + 4 <= m->len[part]; i += 4) {
+        const unsigned char *b = (const unsigned char *)m->part[part] + i;
+        uint32_t v = (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
+        float f;
+        memcpy(&f, &v, sizeof f);
+        sum += f;
+    }
+    return sum;
+}
+
+/* The next render published on sub (tables of the stream are published there too: passed over). */
+static int recv_render(void *sub, const char *stream, msg_t *p)
+{
+    for (;;) {
+        TRY(recv_msg(sub, p, TIMEOUT_MS));
+        CHECK(p->n == 3, "a PUB message is [topic, header, payload], got %d parts", p->n);
+        CHECK(p->len[0] == strlen(stream) && memcmp(p->part[0], stream, p->len[0]) == 0,
+              "topic should be the stream %s, got %s", stream, p->part[0]);
+        if (jstr(jget(header_of(p, 1), "stage"), "render"))
+            return 1;
+        CHECK(jstr(jget(header_of(p, 1), "stage"), "localise"), "expected a render or a table, got %s",
+              shown(header_of(p, 1)));
+    }
+}
+
+/* A render reply's data and the published render agree with the doc: the field of the stream's
+ * first frame (H x W of 100 nm) at pixel_nm, drawn by method, from every emitter of its tables. */
+static int render_is(const char *data, const msg_t *p, const char *stream, long frames, long long rows,
+                     double pixel_nm, const char *method)
+{
+    long long k, inside, outside, not_kept, y, x;
+    double d;
+    int ry = (int)lround(H * 100 / pixel_nm), rx = (int)lround(W * 100 / pixel_nm);
+    CHECK(jstr(jget(data, "stream"), stream), "render stream should be %s: %s", stream, shown(data));
+    CHECK(jget(data, "model") && strncmp(jget(data, "model"), "\"localise@", 10) == 0,
+          "render model should be localise@N: %s", shown(data));
+    CHECK(jint(jget(data, "frames"), &k) && k == frames, "render frames should be %ld: %s", frames, shown(data));
+    CHECK(jint(jget(data, "last_seq"), &k) && k == frames - 1, "render last_seq should be %ld: %s", frames - 1,
+          shown(data));
+    CHECK(jint(jget(data, "emitters"), &inside) && jint(jget(data, "emitters_outside"), &outside) &&
+          jint(jget(data, "emitters_not_kept"), &not_kept) && inside >= 0 && outside >= 0 && not_kept == 0,
+          "render emitters, emitters_outside, emitters_not_kept (0 of so few): %s", shown(data));
+    CHECK(inside + outside == rows, "render emitters + emitters_outside should be the %lld rows of the tables: %s",
+          rows, shown(data));
+    CHECK(jnum(jget(data, "pixel_nm"), &d) && d == pixel_nm, "render pixel_nm should be %g: %s", pixel_nm,
+          shown(data));
+    CHECK(jstr(jget(data, "method"), method), "render method should be %s: %s", method, shown(data));
+    const char *shape = jget(data, "shape");
+    CHECK(jlen(shape) == 2 && jint(jat(shape, 0), &y) && jint(jat(shape, 1), &x) && y == ry && x == rx,
+          "render shape should be [%d, %d] (the frame's field at %g nm): %s", ry, rx, pixel_nm, shown(data));
+    const char *h = header_of(p, 1), *pshape = jget(h, "shape");
+    CHECK(jstr(jget(h, "type"), "result") && jstr(jget(h, "stream"), stream) && jstr(jget(h, "kind"), "image") &&
+          jstr(jget(h, "dtype"), "float32"), "the render should be a result, an image of float32: %s", shown(h));
+    CHECK(jlen(pshape) == 2 && jint(jat(pshape, 0), &y) && jint(jat(pshape, 1), &x) && y == ry && x == rx,
+          "the published render's shape should be the reply's [%d, %d]: %s", ry, rx, shown(pshape));
+    CHECK(p->len[2] == (size_t)ry * rx * 4, "the render's payload should be %d x %d float32, got %zu bytes", ry, rx,
+          p->len[2]);
+    CHECK(jnum(jget(h, "pixel_size_um"), &d) && fabs(d - pixel_nm / 1000) < 1e-9,
+          "the render's pixel_size_um should be its pixel, %g: %s", pixel_nm / 1000, shown(jget(h, "pixel_size_um")));
+    double sum = pixel_sum_f32(p, 2);
+    if (strcmp(method, "histogram") == 0) /* a count per emitter */
+        CHECK(fabs(sum - (double)inside) < 1e-3, "a histogram render counts each emitter: sum %g, emitters %lld", sum,
+              inside);
+    else /* a unit-integral Gaussian each, less what falls off the field's edge */
+        CHECK(sum <= inside + 1e-3 && sum >= 0.5 * inside, "a Gaussian render's sum should be about the %lld "
+              "emitters, at most them: %g", inside, sum);
+    return 1;
+}
+
+/* render: a localise stream's render is published on PUB (topic the stream) as a result of stage
+ * "render", a float32 image, at the server's render pixel (20 nm by default), then at the pixel_nm
+ * and method asked for, which it keeps; the reply says what it shows. A stream without localised
+ * frames has no render. */
+static int render_on_request(void)
+{
+    enum { MIN_FRAMES = 3 };
+    const char *st = stream_name("smlm");
+    void *s = new_dealer(), *sub = new_socket(ZMQ_SUB, g_results, NULL);
+    zmq_setsockopt(sub, ZMQ_SUBSCRIBE, st, strlen(st));
+    long seq;
+    long long rows = 0, r;
+    int subscribed = 0;
+    msg_t m, p;
+    /* frames until there are a few and the subscription is seen working (their tables published) */
+    for (seq = 0; seq < 100 && (seq < MIN_FRAMES || !subscribed); seq++) {
+        size_t n;
+        unsigned char *px = spots((unsigned)seq, &n);
+        TRY(send_frame(s, frame_header(st, seq, "uint16", "[\"localise\"]", CAMERA), px, n));
+        TRY(recv_answer(s, &m));
+        const char *h = header_of(&m, 0);
+        CHECK(jstr(jget(h, "type"), "result") && jstr(jget(h, "kind"), "table"), "expected a table, got %s", shown(h));
+        CHECK(jint(jat(jget(h, "shape"), 0), &r) && m.n == 2 && m.len[1] == (size_t)r * 44,
+              "a table of shape[0] rows of 44 bytes: %s, %zu bytes", shown(jget(h, "shape")), m.len[1]);
+        rows += r;
+        while (recv_msg(sub, &p, subscribed ? 0 : 100))
+            subscribed = 1;
+    }
+    CHECK(subscribed, "nothing published on stream %s after %ld frames", st, seq);
+    CHECK(rows > 0, "no emitters localised in %ld frames of three bright spots each", seq);
+    while (recv_msg(sub, &p, QUIET_MS)) /* the last tables */
+        ;
+    const char *data;
+    TRY(control(s, "render-1", "render", fmt("{\"stream\": \"%s\"}", st), 1, &data));
+    TRY(recv_render(sub, st, &p));
+    TRY(render_is(data, &p, st, seq, rows, 20.0, "gaussian"));
+    TRY(control(s, "render-2", "render", fmt("{\"stream\": \"%s\", \"pixel_nm\": 50, \"method\": \"histogram\"}", st),
+                1, &data));
+    TRY(recv_render(sub, st, &p));
+    TRY(render_is(data, &p, st, seq, rows, 50.0, "histogram"));
+    TRY(control(s, "render-3", "render", fmt("{\"stream\": \"%s\"}", st), 1, &data)); /* kept at those settings */
+    TRY(recv_render(sub, st, &p));
+    TRY(render_is(data, &p, st, seq, rows, 50.0, "histogram"));
+    return control(s, "render-4", "render", fmt("{\"stream\": \"%s-none\"}", st), 0, NULL);
+}
+
+/* -- on request: CURVE, and a server stopping ------------------------------------------------- */
+
+/* A client whose key is on the server's allow-list is served: a frame and a control request. */
+static int curve_allowed_client_is_served(void)
+{
+    void *s = new_dealer();
+    const char *st = stream_name("curve"), *data;
+    size_t n;
+    unsigned char *px = pixels("uint16", 1100, &n);
+    msg_t m;
+    TRY(send_frame(s, frame_header(st, 0, "uint16", "[\"identity\"]", ""), px, n));
+    TRY(recv_answer(s, &m));
+    TRY(is_result(&m, 0, st, 0, "identity@1", "uint16", px, n));
+    TRY(control(s, "curve-1", "health", "{}", 1, &data));
+    CHECK(jstr(jget(data, "status"), "serving"), "health status should be serving, got %s", shown(data));
+    return 1;
+}
+
+/* Nothing comes back to s: it sends a ping and a frame, and waits `ms`. */
+static int gets_nothing(void *s, const char *who, int ms)
+{
+    size_t n;
+    unsigned char *px = pixels("uint16", 1101, &n);
+    msg_t m;
+    TRY(send_header(s, "{\"protocol\": 1, \"type\": \"control\", \"request_id\": \"x-1\", \"command\": \"ping\", "
+                       "\"args\": {}}"));
+    TRY(send_frame(s, frame_header(stream_name("stranger"), 0, "uint16", "[\"identity\"]", ""), px, n));
+    if (recv_msg(s, &m, ms)) {
+        snprintf(g_why, sizeof g_why, "%s got an answer: %s", who, shown(header_of(&m, 0)));
+        return 0;
+    }
+    return 1;
+}
+
+/* A client whose key is not on the allow-list fails the handshake and receives nothing. */
+static int curve_unknown_key_gets_nothing(void)
+{
+    char public_key[41], secret_key[41];
+    CHECK(zmq_curve_keypair(public_key, secret_key) == 0, "cannot make a key pair: %s", zmq_strerror(zmq_errno()));
+    void *s = new_socket_keyed(ZMQ_DEALER, g_frames, fmt("%s-stranger", g_tag), public_key, secret_key);
+    return gets_nothing(s, "a client with a key not allowed", 1500);
+}
+
+/* A server that requires CURVE answers nothing to a client without it. */
+static int curve_plain_client_gets_nothing(void)
+{
+    void *s = new_socket_keyed(ZMQ_DEALER, g_frames, fmt("%s-plain", g_tag), NULL, NULL);
+    return gets_nothing(s, "a client without CURVE", 1000);
+}
+
+static double now_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + t.tv_nsec / 1e9;
+}
+
+/* shutting_down: the server stopping (SIGTERM) finishes the frames it has and refuses the frames
+ * that come after with `shutting_down`, each error carrying its frame's stream and seq. Lossless
+ * frames through a model (refocus), 8 in flight, until one is refused; then every frame in flight
+ * is answered once, by its result or a refusal, and no refused frame comes before a finished one.
+ * Someone else stops the server: this prints "# frames in flight: stop the server now" when it may
+ * (once some frames have their results). */
+static int shutting_down(void)
+{
+    enum { WIN = 8, MAX = 20000 };
+    void *s = new_dealer();
+    const char *st = stream_name("stopping"), *pipeline = "[\"refocus\"]", *dz = ", \"dz_um\": 0.5";
+    size_t n, out = (size_t)H * W * 4;
+    unsigned char *px = pixels("uint16", 1200, &n);
+    char *answered = scratch(MAX);
+    long sent = 0, in_flight = 0, refused_n = 0, results = 0, finished_after = 0;
+    long long last_result = -1, first_refused = -1;
+    double deadline = now_s() + 30;
+    for (; sent < WIN; sent++, in_flight++)
+        TRY(send_frame(s, frame_header(st, sent, "uint16", pipeline, dz), px, n));
+    for (int told = 0; in_flight > 0;) {
+        if (!told && results >= WIN) { /* the server takes frames: now it may stop */
+            printf("# frames in flight: stop the server now\n");
+            fflush(stdout);
+            told = 1;
+        }
+        msg_t m;
+        long long seq;
+        TRY(recv_answer(s, &m));
+        const char *h = header_of(&m, 0);
+        CHECK(jint(jget(h, "seq"), &seq) && seq >= 0 && seq < sent, "an answer for a frame not in flight: %s",
+              shown(h));
+        CHECK(!answered[seq], "seq %lld answered twice", seq);
+        answered[seq] = 1;
+        in_flight--;
+        if (jstr(jget(h, "type"), "error")) {
+            TRY(is_error(&m, "shutting_down", st, (long)seq));
+            if (first_refused < 0 || seq < first_refused)
+                first_refused = seq;
+            refused_n++;
+        } else {
+            TRY(is_result(&m, 0, st, (long)seq, NULL, "float32", NULL, out));
+            CHECK(seq > last_result, "results of one stream should come in seq order: %lld after %lld", seq,
+                  last_result);
+            last_result = seq;
+            results++;
+            finished_after += refused_n > 0;
+        }
+        if (refused_n == 0 && sent < MAX && now_s() < deadline) { /* a credit came back: the next frame */
+            TRY(send_frame(s, frame_header(st, sent, "uint16", pipeline, dz), px, n));
+            sent++;
+            in_flight++;
+        }
+    }
+    CHECK(refused_n > 0, "%ld frames sent, none refused shutting_down (was the server stopped?)", sent);
+    CHECK(results >= WIN, "the frames before the server stopped should have their results: %ld", results);
+    CHECK(last_result < first_refused, "frame %lld was finished after frame %lld was refused: a stopping server "
+          "takes no new frames", last_result, first_refused);
+    printf("# %ld frames: %ld results (%ld of them after the first refusal), %ld refused shutting_down\n", sent,
+           results, finished_after, refused_n);
+    return 1;
+}
+
 /* -- the script ------------------------------------------------------------------------------- */
+
+enum {
+    NEEDS_PUB = 1,   /* the results (PUB) address */
+    NEEDS_CURVE = 2, /* CURVE keys in the environment */
+    ON_REQUEST = 4   /* not in the default script: run only when named with --only */
+};
 
 typedef struct {
     const char *name;
     int (*run)(void);
     const char *expected_fail; /* NULL, or the server change that will make it pass */
-    int needs_pub;
+    int needs;                 /* NEEDS_PUB | NEEDS_CURVE | ON_REQUEST */
 } check_t;
 
 static const check_t CHECKS[] = {
@@ -1195,24 +1560,105 @@ static const check_t CHECKS[] = {
     {"another_clients_frame_is_its_own", another_clients_frame_is_its_own, NULL, 0},
     {"reconnect_and_resend", reconnect_and_resend, NULL, 0},
     {"pub_result_layout", pub_result_layout, NULL, 1},
-    {"pub_every_stage", pub_every_stage, NULL, 1},
+    {"pub_every_stage", pub_every_stage, NULL, NEEDS_PUB},
+    {"busy_beyond_share", busy_beyond_share, NULL, 0},
+    {"frame_too_large", frame_too_large, NULL, 0},
+    {"render_on_request", render_on_request, NULL, NEEDS_PUB},
+    {"curve_allowed_client_is_served", curve_allowed_client_is_served, NULL, NEEDS_CURVE | ON_REQUEST},
+    {"curve_unknown_key_gets_nothing", curve_unknown_key_gets_nothing, NULL, NEEDS_CURVE | ON_REQUEST},
+    {"curve_plain_client_gets_nothing", curve_plain_client_gets_nothing, NULL, NEEDS_CURVE | ON_REQUEST},
+    {"shutting_down", shutting_down, NULL, ON_REQUEST},
 };
+
+/* --only's list, NAME,NAME,...: the item at p is `name`; the next item, or NULL. */
+static int item_is(const char *p, const char *name)
+{
+    size_t n = strlen(name);
+    return strncmp(p, name, n) == 0 && (p[n] == ',' || p[n] == '\0');
+}
+static const char *next_item(const char *p) { return strchr(p, ',') ? strchr(p, ',') + 1 : NULL; }
+
+static int listed(const char *list, const char *name)
+{
+    for (const char *p = list; p != NULL; p = next_item(p))
+        if (item_is(p, name))
+            return 1;
+    return 0;
+}
+
+/* The CURVE keys from the environment: all three, or none (no CURVE). */
+static int read_keys(void)
+{
+    static const char *const names[] = {"LIVESCOPE_SERVER_PUBLIC_KEY", "LIVESCOPE_CLIENT_PUBLIC_KEY",
+                                        "LIVESCOPE_CLIENT_SECRET_KEY"};
+    const char *keys[3];
+    int given = 0;
+    for (int i = 0; i < 3; i++) {
+        keys[i] = getenv(names[i]);
+        if (keys[i] != NULL && *keys[i] != '\0') {
+            given++;
+            if (strlen(keys[i]) != 40) {
+                fprintf(stderr, "%s should be a key in Z85 text (40 characters), got %zu characters\n", names[i],
+                        strlen(keys[i]));
+                return 0;
+            }
+        }
+    }
+    if (given == 0)
+        return 1;
+    if (given < 3) {
+        fprintf(stderr, "CURVE needs all of %s, %s and %s\n", names[0], names[1], names[2]);
+        return 0;
+    }
+    if (!zmq_has("curve")) {
+        fprintf(stderr, "CURVE keys given, but this libzmq was built without CURVE\n");
+        return 0;
+    }
+    g_server_key = keys[0];
+    g_public_key = keys[1];
+    g_secret_key = keys[2];
+    return 1;
+}
 
 int main(int argc, char **argv)
 {
+    const char *only = NULL;
+    int n = (int)(sizeof CHECKS / sizeof CHECKS[0]);
+    if (argc > 2 && strcmp(argv[1], "--only") == 0) {
+        only = argv[2];
+        argc -= 2;
+        argv += 2;
+    }
     if (argc < 2 || argc > 3) {
-        fprintf(stderr, "usage: %s FRAMES_ADDRESS [RESULTS_ADDRESS]\n", argv[0]);
+        fprintf(stderr, "usage: %s [--only CHECK[,CHECK...]] FRAMES_ADDRESS [RESULTS_ADDRESS]\n", argv[0]);
         return 2;
     }
+    for (const char *p = only; p != NULL; p = next_item(p)) {
+        int known = 0;
+        for (int i = 0; i < n; i++)
+            known |= item_is(p, CHECKS[i].name);
+        if (!known) {
+            fprintf(stderr, "--only: no check %.*s\n", (int)strcspn(p, ","), p);
+            return 2;
+        }
+    }
+    if (!read_keys())
+        return 2;
     g_frames = argv[1];
     g_results = argc > 2 ? argv[2] : NULL;
     snprintf(g_tag, sizeof g_tag, "c%ld", (long)getpid());
     g_ctx = zmq_ctx_new();
-    int failed = 0, xfailed = 0, passed = 0, n = (int)(sizeof CHECKS / sizeof CHECKS[0]);
+    int failed = 0, xfailed = 0, passed = 0;
     for (int i = 0; i < n; i++) {
         const check_t *c = &CHECKS[i];
-        if (c->needs_pub && g_results == NULL) {
+        if (only != NULL ? !listed(only, c->name) : (c->needs & ON_REQUEST) != 0)
+            continue;
+        if ((c->needs & NEEDS_PUB) && g_results == NULL) {
             printf("skip %s: no results (PUB) address given\n", c->name);
+            continue;
+        }
+        if ((c->needs & NEEDS_CURVE) && g_server_key == NULL) {
+            printf("skip %s: no CURVE keys in the environment\n", c->name);
             continue;
         }
         g_why[0] = '\0';
