@@ -746,9 +746,8 @@ static int too_deep_is_bad_header(void)
     return 1;
 }
 
-/* EXPECTED FAIL (server change): the doc says a refused frame header with a valid stream and seq
- * carries them "whatever else is wrong with it"; the server refuses nesting (and lone surrogates
- * and the protocol version) before it reads them, so stream and seq come back null. */
+/* The doc says a refused frame header with a valid stream and seq carries them "whatever else is
+ * wrong with it", nesting too deep included (the server once refused it before reading them). */
 static int too_deep_carries_stream_and_seq(void)
 {
     const char *st = stream_name("deep-ids");
@@ -768,7 +767,7 @@ static int wrong_protocol_version(void)
     return 1;
 }
 
-/* EXPECTED FAIL (server change): as too_deep_carries_stream_and_seq, for "protocol": 2. */
+/* As too_deep_carries_stream_and_seq, for "protocol": 2. */
 static int wrong_protocol_version_carries_stream_and_seq(void)
 {
     const char *st = stream_name("v2");
@@ -912,8 +911,8 @@ static int model_commands(void)
     return 1;
 }
 
-/* EXPECTED FAIL (server change): the doc says an error's request_id "is set when it was a control
- * request"; the server sends null for a control request it refuses as a header. */
+/* The doc says an error's request_id "is set when it was a control request", also for a control
+ * request refused as a header. */
 static int refused_control_carries_request_id(void)
 {
     void *s = new_dealer();
