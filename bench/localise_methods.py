@@ -4,14 +4,12 @@ venv), their timing and threshold tuning, and ``evaluate`` / ``evaluate_3d``: ev
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 from _common import log, median
@@ -20,6 +18,7 @@ from localise_scoring import AXIAL_TOLERANCE_NM, interior, scores, scores_3d
 
 from livescope.emitters import EmitterTable
 from livescope.localise_maps import maps_to_emitters
+from livescope.models.localise import classical
 from livescope.models.localise.metrics import score_localisations
 from livescope.server.models import LoadedModel
 from livescope.server.offline_localise import localise_frames
@@ -29,17 +28,6 @@ CLASSICAL_THRESHOLDS = (1.0, 1.5, 2.0, 3.0)
 PICASSO_GRADIENT_FRACTIONS = (0.05, 0.1, 0.2, 0.4)
 
 Localiser = Callable[[], EmitterTable]
-
-
-def _load_bench_module(name: str) -> ModuleType:
-    """bench/ is not a package: load a sibling script by path."""
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-classical = _load_bench_module("classical_localise")
 
 
 def livescope_localiser(model: LoadedModel, movie: Movie, batch: int = 16) -> Localiser:

@@ -20,7 +20,7 @@ livescope localises the LAST frame of each window from the whole window (its cau
 with the card's thresholds; the classical fitter and Picasso see only that last frame. Truth: the
 last frame's emitters inside the frame.
 
-  * classical: ``bench/classical_localise.py`` (ThunderSTORM-like wavelet detection + Poisson MLE
+  * classical: ``models/localise/classical.py`` (ThunderSTORM-like wavelet detection + Poisson MLE
     Gaussian fit), initial sigma = the true PSF sigma, detection threshold (multiple of std(F1))
     chosen per condition from CLASSICAL_THRESHOLDS for the best Jaccard on the tuning movies;
   * picasso (``--picasso-python``): ``bench/picasso_localise.py`` (identify + gaussmle, box 7,

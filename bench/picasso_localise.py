@@ -1,4 +1,4 @@
-"""Picasso's own localisation (picassosr), side by side with bench/classical_localise.py.
+"""Picasso's own localisation (picassosr), side by side with models/localise/classical.py.
 
 Not part of livescope and never imported by it: run with the python of picasso's own virtual
 environment, made once outside the repository (picassosr 0.11.3 from PyPI with its pinned
@@ -12,7 +12,8 @@ dependencies; it pulled numba 0.68.1, numpy 2.4.6, pandas 2.3.3, dask 2026.8.0 o
         --baseline 100 --e-per-adu 0.5 [--em-gain 1]
 
 Input: a ``.npy`` stack (T, H, W) already in photons (baseline 0, 1 e-/ADU, as
-classical_localise.py takes it), or a TIFF in camera counts with its baseline and conversion gain.
+models/localise/classical.py takes it), or a TIFF in camera counts with its baseline and
+conversion gain.
 Picasso then runs unmodified:
   * ``picasso.localize.identify``: local maxima in a ``--box`` window (Picasso's default 7 px)
     whose net gradient exceeds ``--min-net-gradient``, in the input's units (ADU for a TIFF,

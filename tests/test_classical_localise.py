@@ -1,4 +1,4 @@
-"""The classical (ThunderSTORM-like) localisation baseline in bench/classical_localise.py.
+"""The classical (ThunderSTORM-like) localisation baseline, models/localise/classical.py.
 
 Spots are simulated as integrated Gaussians with Poisson noise, in photons, with positions in the
 pixel-corner convention of ``EmitterTable`` (pixel column i spans [i, i + 1) px).
@@ -6,7 +6,6 @@ pixel-corner convention of ``EmitterTable`` (pixel column i spans [i, i + 1) px)
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 
@@ -15,23 +14,13 @@ import pytest
 from scipy import integrate, special
 
 from livescope.emitters import EmitterTable
+from livescope.models.localise import classical
 
 PIXEL_NM = 100.0
 SIGMA_PX = 1.3
 PHOTONS = 2000.0
 BACKGROUND = 20.0
 SIZE = 64
-
-
-def _load_module():
-    path = Path(__file__).resolve().parents[1] / "bench" / "classical_localise.py"
-    spec = importlib.util.spec_from_file_location("classical_localise", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-classical = _load_module()
 
 
 def _pixel_integrals(centres_px: np.ndarray, n: int) -> np.ndarray:
@@ -167,3 +156,13 @@ def test_command_line_converts_camera_counts_and_writes_a_thunderstorm_csv(tmp_p
     assert len(table) == len(direct) == 8
     np.testing.assert_allclose(table["x_nm"], direct["x_nm"], atol=0.01)
     np.testing.assert_allclose(table["photons"], direct["photons"], rtol=1e-4)
+
+
+def test_the_bench_script_is_the_same_command_line():
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "classical_localise.py"
+    done = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "ThunderSTORM-like localisation" in done.stdout and "--pixel-size" in done.stdout
