@@ -1,5 +1,6 @@
 """Deploying a newly trained version into a running server: register it, then hot-swap it in only
-if it is not worse than the version it would replace.
+if it passed the quality gate (its card's ``gate``) and is not worse than the version it would
+replace.
 
 The evidence is the card's ``comparison``: the trainer scored the version that was active when
 training started on the new version's own held-out data, with the same metric (models/compare.py).
@@ -29,6 +30,7 @@ class ActiveVersion(BaseModel):
 
     ref: str
     folder: str  # on the server's machine (deploying is done on the rig, against its own server)
+    candidate: bool = False  # it failed the quality gate and serves because it was activated by force
 
 
 class DeployOutcome(BaseModel):
@@ -58,7 +60,9 @@ def active_version(server: str, name: str) -> ActiveVersion | None:
     """The version of ``name`` the server serves (or would serve) now; None if it has none."""
     for m in _call(server, "list_models")["models"]:
         if m["name"] == name and m["active"]:
-            return ActiveVersion(ref=f"{m['name']}@{m['version']}", folder=m["folder"])
+            gate = m.get("gate")  # absent from servers older than the gate
+            return ActiveVersion(ref=f"{m['name']}@{m['version']}", folder=m["folder"],
+                                 candidate=bool(gate) and not gate.get("passed", True))
     return None
 
 
@@ -73,7 +77,9 @@ def deploy(server: str, card: ModelCard, *, force: bool = False) -> DeployOutcom
                           f"repositories: start it with --models pointing at the repository it was written to")
     previous = current.ref if current is not None and current.ref != card.ref else None
     comparison = card.comparison
-    if previous is None:
+    if not card.serves_by_default:  # the quality gate: checked first, whatever else holds
+        allowed, reason = force, f"failed the quality gate: {card.gate.reason}"
+    elif previous is None:
         allowed, reason = True, "no other version of this model is active"
     elif comparison is None:
         allowed, reason = force, f"no held-out comparison with {previous} was made"
@@ -82,12 +88,14 @@ def deploy(server: str, card: ModelCard, *, force: bool = False) -> DeployOutcom
     else:
         allowed, reason = comparison.not_worse or force, comparison.summary()
     if not allowed:
-        if previous is not None:
-            _call(server, "activate", timeout_s=DEPLOY_TIMEOUT_S, model=previous)  # pin: see the docstring
+        if previous is not None:  # pin: see the docstring; a candidate serving by force stays so
+            pin = {"force": True} if current.candidate else {}
+            _call(server, "activate", timeout_s=DEPLOY_TIMEOUT_S, model=previous, **pin)
         return DeployOutcome(model=card.ref, activated=False, active=previous, previous=previous,
                              reason=f"{reason}; not activated (--force activates it anyway)")
-    data = _call(server, "activate", timeout_s=DEPLOY_TIMEOUT_S, model=card.ref)
-    if force and comparison is not None and not comparison.not_worse:
+    args = {"force": True} if not card.serves_by_default else {}
+    data = _call(server, "activate", timeout_s=DEPLOY_TIMEOUT_S, model=card.ref, **args)
+    if force and (not card.serves_by_default or (comparison is not None and not comparison.not_worse)):
         reason += "; activated because forced"
     return DeployOutcome(model=card.ref, activated=True, active=data["active"], previous=previous,
                          reason=reason)

@@ -137,6 +137,21 @@ class Comparison(_Frozen):
                 f"held-out data: {verdict} it")
 
 
+class QualityGate(_Frozen):
+    """Whether this version may be served by default, decided when it was written: its held-out
+    score must beat the strongest classical method's on the same held-out data, and must not be
+    worse than the version that was the default then (``comparison``). A version that fails is
+    kept as a candidate: served only when named in `models activate NAME@V --force`."""
+
+    passed: bool
+    metric: str
+    higher_is_better: bool
+    new_value: float
+    classical_method: str | None = Field(description="None: no classical method was scored")
+    classical_value: float | None = None
+    reason: str = Field(description="one line: why it passed or failed")
+
+
 class ModelCard(_Frozen):
     schema_version: Literal[1] = 1
     name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,63}$")
@@ -153,6 +168,7 @@ class ModelCard(_Frozen):
     localise: LocaliseSpec | None = Field(default=None, description="task 'localise' only")
     refocus: RefocusSpec | None = Field(default=None, description="task 'refocus' only")
     comparison: Comparison | None = Field(default=None, description="against the version active at training")
+    gate: QualityGate | None = Field(default=None, description="None: written before the gate existed")
     licence: str = "BSD-3-Clause"
 
     @model_validator(mode="after")
@@ -165,6 +181,13 @@ class ModelCard(_Frozen):
     @property
     def ref(self) -> str:
         return f"{self.name}@{self.version}"
+
+    @property
+    def serves_by_default(self) -> bool:
+        """Whether `serve` and the offline commands may pick this version without being told to:
+        it passed the quality gate. A card written before the gate existed (the shipped models
+        so far) has none and is served as it was."""
+        return self.gate is None or self.gate.passed
 
     @classmethod
     def load(cls, path: Path) -> ModelCard:

@@ -106,14 +106,21 @@ class ModelRepository:
         return [self._versions[name][v] for v in sorted(self._versions.get(name, {}))]
 
     def resolve(self, name: str, version: int | None = None) -> ModelVersion:
-        """The given version, or the newest when version is None."""
+        """The given version, or when version is None the default: the newest that passed the
+        quality gate (a candidate that failed it is served only when activated by force)."""
         have = self._versions.get(name)
         if not have:
             raise UnknownModelError(
                 f"no model named {name!r} in the repository; available: {', '.join(self.names()) or 'none'}"
             )
         if version is None:
-            return have[max(have)]
+            defaults = [v for v in have if have[v].card.serves_by_default]
+            if not defaults:
+                newest = have[max(have)].card
+                raise UnknownModelError(
+                    f"no version of {name!r} passed the quality gate (the newest, {newest.ref}: "
+                    f"{newest.gate.reason}); `livescope models activate {newest.ref} --force` serves it anyway")
+            return have[max(defaults)]
         if version not in have:
             raise UnknownModelError(
                 f"{name}@{version} does not exist; versions of {name}: {sorted(have)}"

@@ -1,9 +1,11 @@
 """Publishing a trained model as the next version of a repository: the one path every trainer ends on.
 
-The trainer has exported its graph to ONNX (parity-checked against torch) and scored it on its
-held-out data. `publish_version` then scores the version active in the server (``compare_with``)
-on the SAME held-out data with the trainer's scorer and compares the two (`compare`: the evidence
-the deploy gate acts on), records where the version came from (`TrainingRecord` -> the card's
+The trainer has exported its graph to ONNX (parity-checked against torch) and scored it, and the
+strongest classical method, on its held-out data. `publish_version` then scores the default
+version (``compare_with``: the server's active one, or the repository's default) on the SAME
+held-out data with the trainer's scorer and compares the two (`compare`), decides the quality
+gate (`quality_gate`: a version that fails is written as a candidate, never served by default),
+records where the version came from (`TrainingRecord` -> the card's
 `Provenance`, with this code's version and the time), and writes ``model.onnx`` and ``card.yaml``
 atomically (`write_version`): the whole version, or nothing.
 """
@@ -21,7 +23,7 @@ import onnx
 import livescope
 from livescope.modelcard import MODEL_FILE, ModelCard, Provenance, Task
 from livescope.models import export
-from livescope.models.compare import compare
+from livescope.models.compare import compare, quality_gate
 from livescope.repository import ModelVersion, write_version
 
 ScoreActive = Callable[[onnx.ModelProto, ModelCard], "Mapping[str, float] | None"]
@@ -51,23 +53,26 @@ def publish_version(
     repository: Path, proto: onnx.ModelProto, *, name: str, task: Task, card_fields: Mapping[str, Any],
     metrics: dict[str, float], record: TrainingRecord, compare_with: ModelVersion | None = None,
     score_active: ScoreActive | None = None, compared_metrics: Mapping[str, float] | None = None,
+    classical_method: str | None = None,
 ) -> tuple[Path, ModelCard]:
     """Write ``proto`` as the next version of ``name`` with its card; return its folder and card.
 
     ``card_fields``: the card's fields other than name, version, task, provenance, metrics and
     comparison. ``metrics``: the new version's held-out metrics. With ``compare_with`` and
     ``score_active``, the card records the comparison of ``compared_metrics`` (default:
-    ``metrics``) with the active version's scores on the same held-out data."""
+    ``metrics``) with the active version's scores on the same held-out data. ``classical_method``
+    names the method whose scores ``metrics`` holds as METRIC_classical (models/compare.py)."""
     comparison = None
     if compare_with is not None and score_active is not None:
         active = score_active(onnx.load(compare_with.onnx_path), compare_with.card)
         if active is not None:
             new = metrics if compared_metrics is None else compared_metrics
             comparison = compare(task, new, compare_with.ref, active)
+    gate = quality_gate(task, metrics, classical_method, comparison)
 
     def fill(folder: Path, version: int) -> ModelCard:
         export.save(proto, folder / MODEL_FILE)
         return ModelCard(name=name, version=version, task=task, **card_fields, provenance=record.provenance(),
-                         metrics=metrics, comparison=comparison)
+                         metrics=metrics, comparison=comparison, gate=gate)
 
     return write_version(repository, name, fill)

@@ -161,9 +161,10 @@ class ModelRegistry:
         """The version a stage ('denoise' = the active version, or 'denoise@2') runs."""
         name, version = split_stage(stage)
         with self._lock:
-            if version is None:
-                version = self._active.get(name)
-            resolved = self.repository.resolve(name, version)
+            active = self._active.get(name)
+            resolved = self.repository.resolve(name, active if version is None else version)
+            if version is not None and version != active:
+                _check_gate(resolved)  # a candidate serves only once activated by force
             self._active.setdefault(name, resolved.card.version)
             return resolved
 
@@ -194,14 +195,18 @@ class ModelRegistry:
             self._loaded[version.ref] = model
         return model
 
-    def activate(self, ref: str) -> LoadedModel:
+    def activate(self, ref: str, *, force: bool = False) -> LoadedModel:
         """Load ``name@version`` completely, then make it the active version atomically.
 
         Frames already resolved keep the version they were resolved to; if loading fails, the
-        previous active version stays in service.
+        previous active version stays in service. A version that failed the quality gate is
+        activated only with ``force``.
         """
         name, version = split_stage(ref)
-        model = self.load(self.repository.resolve(name, version))
+        resolved = self.repository.resolve(name, version)
+        if not force:
+            _check_gate(resolved)
+        model = self.load(resolved)
         with self._lock:
             self._active[name] = model.card.version
         return model
@@ -225,6 +230,8 @@ class ModelRegistry:
         problems = []
         for name in self.repository.names():
             for version in reversed(self.repository.versions(name)):
+                if not version.card.serves_by_default:
+                    continue  # a candidate: never served unless activated by force
                 try:
                     self.activate(version.ref)
                     break
@@ -235,3 +242,14 @@ class ModelRegistry:
     def loaded(self) -> list[LoadedModel]:
         with self._lock:
             return list(self._loaded.values())
+
+
+class CandidateVersionError(UnknownModelError):
+    """A version that failed the quality gate, asked for without force."""
+
+
+def _check_gate(version: ModelVersion) -> None:
+    if not version.card.serves_by_default:
+        raise CandidateVersionError(
+            f"{version.ref} is a candidate that failed the quality gate ({version.card.gate.reason}); "
+            f"`livescope models activate {version.ref} --force` serves it anyway")

@@ -175,6 +175,14 @@ def resolve_model(task_stage: str, model_dirs: Sequence[str | os.PathLike]) -> M
         raise OfflineError(str(e).strip("'\"")) from None
 
 
+def gate_warnings(card: ModelCard) -> tuple[str, ...]:
+    """A candidate named explicitly runs (it is the user's choice), but never silently."""
+    if card.serves_by_default:
+        return ()
+    return (f"{card.ref} is a candidate that failed the quality gate ({card.gate.reason}); "
+            "its results may be worse than a classical filter's",)
+
+
 def load_model(version: ModelVersion, provider: str | None, threads: int | None) -> LoadedModel:
     """``version`` loaded on the server's runtime; OfflineError with a one-line message if not."""
     from livescope.server.models import LoadedModel, ModelLoadError
@@ -203,7 +211,7 @@ def run_offline(task_stage: str, in_path: str | os.PathLike, out_path: str | os.
     model_version = resolve_model(task_stage, model_dirs)
     _check_image_model(model_version.card, task)
     stack = read_stack(in_path)
-    warnings = domain_warnings(model_version.card, stack.frames, str(in_path))
+    warnings = gate_warnings(model_version.card) + domain_warnings(model_version.card, stack.frames, str(in_path))
     model = load_model(model_version, provider, threads)
 
     t0 = time.perf_counter()

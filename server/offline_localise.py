@@ -21,7 +21,7 @@ from livescope.camera import CameraCalibration
 from livescope.emitters import EmitterTable
 from livescope.localise_maps import maps_to_emitters, range_warnings
 from livescope.server.models import LoadedModel
-from livescope.server.offline import OfflineError, load_model, resolve_model
+from livescope.server.offline import OfflineError, gate_warnings, load_model, resolve_model
 from livescope.stackio import StackError, StackInfo, read_stack, stack_format, write_stack
 
 
@@ -109,7 +109,7 @@ def run_localise_offline(in_path: str | os.PathLike, out_csv: str | os.PathLike,
             raise OfflineError(f"{in_path} does not say its pixel size; give --pixel-size NM")
         pixel_size_nm = stack.info.pixel_size_um * 1000.0
     photons = camera.photons(stack.frames)
-    warnings = range_warnings(card, pixel_size_nm, photons)
+    warnings = gate_warnings(card) + tuple(range_warnings(card, pixel_size_nm, photons))
     if strict and warnings:
         raise OfflineError(f"--strict: {warnings[0]}")
     loaded = load_model(version_found, provider, threads)

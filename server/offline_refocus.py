@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict
 
 from livescope.modelcard import ModelCard
 from livescope.server.models import LoadedModel
-from livescope.server.offline import OfflineError, load_model, resolve_model
+from livescope.server.offline import OfflineError, gate_warnings, load_model, resolve_model
 from livescope.stackio import Stack, StackError, StackInfo, read_stack, stack_format, write_stack
 
 
@@ -124,4 +124,4 @@ def run_refocus_offline(in_path: str | os.PathLike, out_path: str | os.PathLike,
     h, w = stack.frames.shape[1:]
     return RefocusSummary(model=loaded.ref, provider=loaded.provider, input=str(in_path), output=str(written),
                           frames_in=stack.n_frames, planes_out=len(out), dz_um=tuple(float(p) for p in planes),
-                          frame_shape=(h, w), seconds=seconds)
+                          frame_shape=(h, w), seconds=seconds, warnings=gate_warnings(card))

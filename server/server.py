@@ -456,7 +456,12 @@ class InferenceServer:
         loaded = {m.ref: m for m in self.registry.loaded()}
         models = []
         for name in self.repository.names():
-            active = self.registry.active(name) or self.registry.resolve(name).card.version
+            active = self.registry.active(name)
+            if active is None:
+                try:
+                    active = self.registry.resolve(name).card.version
+                except UnknownModelError:  # only candidates: none is served until one is forced
+                    active = None
             for v in self.repository.versions(name):
                 models.append({"name": name, "version": v.card.version, "task": v.card.task,
                                "active": v.card.version == active, "loaded": v.ref in loaded,
@@ -467,6 +472,7 @@ class InferenceServer:
                                "session_ids": list(v.card.provenance.session_ids),
                                "comparison": (v.card.comparison.model_dump(mode="json")
                                               if v.card.comparison else None),
+                               "gate": v.card.gate.model_dump(mode="json") if v.card.gate else None,
                                "folder": str(v.folder)})
         return {"models": models, "problems": self.repository.problems + self._load_problems}
 
@@ -477,10 +483,10 @@ class InferenceServer:
         return {"model": loaded.ref, "provider": loaded.provider,
                 "load_s": round(loaded.load_seconds, 3)}
 
-    def _cmd_activate(self, model: str) -> dict:
+    def _cmd_activate(self, model: str, force: bool = False) -> dict:
         name, _ = split_stage(model)
         previous = self.registry.active(name)
-        loaded = self.registry.activate(model)
+        loaded = self.registry.activate(model, force=force)
         self.metrics.provider.labels(loaded.ref, loaded.provider).set(1)
         log.info("activated %s (was %s@%s)", loaded.ref, name, previous)
         return {"active": loaded.ref, "previous": f"{name}@{previous}" if previous else None}

@@ -1,7 +1,11 @@
 """The whole retraining loop on the virtual microscope, at CI size: a calibration pairs session
 is acquired and registered, a restoration model is trained from it, and deployed into a server
 while a live acquisition streams through it. The stream's results switch to the new version with
-no frame dropped; a worse version is registered but not swapped in."""
+no frame dropped; a worse version is registered but not swapped in.
+
+At CI size every version trained here is a candidate (a few steps do not beat Richardson-Lucy on
+the held-out pairs): `train` writes it and exits 1, no server serves it by default, and each swap
+into the stream is forced (`models activate --force`, `train --deploy --force`)."""
 
 from __future__ import annotations
 
@@ -36,6 +40,16 @@ def card_of(repo, ref: str) -> ModelCard:
     return ModelCard.load(repo / name / version / CARD_FILE)
 
 
+def written_as_a_candidate(r: subprocess.CompletedProcess) -> str:
+    """The version a `train` run wrote (stdout's last line), which failed the quality gate: exit 1
+    and one stderr line that says so."""
+    error = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(error) == 1, r.stderr
+    ref = r.stdout.strip().splitlines()[-1]
+    assert error[0].startswith(f"livescope: error: {ref} failed the quality gate"), r.stderr
+    return ref
+
+
 def test_calibrate_register_train_deploy_swaps_the_new_version_into_a_running_stream(own_server, tmp_path):
     # 1. calibrate: confocal/STED pairs at nine positions, registered and QA'd when the last is on
     # disk (the virtual filaments are sparse: empty fields fail QA and are left out of training)
@@ -47,12 +61,15 @@ def test_calibrate_register_train_deploy_swaps_the_new_version_into_a_running_st
     assert (session / "registration.json").is_file() and (session / "qa" / "report.html").is_file()
     session_id = load_session(session).session_id
 
-    # 2. train: a first version from the session, served from the repository
+    # 2. train: a first version from the session, a candidate, served from the repository once
+    # activated by force (by default the server keeps serving the shipped version)
     repo = tmp_path / "models"
     r = cli("train", "restore", "--data", str(session), "--models", str(repo), "--steps", "40", "--seed", "0")
-    assert r.returncode == 0, r.stderr
-    first = r.stdout.strip().splitlines()[-1]
+    first = written_as_a_candidate(r)
     srv = own_server("--models", str(repo))
+    assert active_version(srv.frames, "restore").ref != first
+    r = cli("models", "activate", first, "--force", "--server", srv.frames)
+    assert r.returncode == 0, r.stderr
     assert active_version(srv.frames, "restore").ref == first
 
     # 3. a live acquisition streams confocal frames through the active restore model meanwhile
@@ -65,18 +82,23 @@ def test_calibrate_register_train_deploy_swaps_the_new_version_into_a_running_st
     live.start()
     try:
         time.sleep(2.0)
-        # 4. deploy: an undertrained version is worse on the held-out pairs: registered, not swapped in
+        # 4. deploy: an undertrained version is worse on the held-out pairs (and fails the quality
+        # gate): registered, not swapped in
         r = cli("train", "restore", "--data", str(session), "--models", str(repo), "--steps", "1", "--seed", "0",
                 "--deploy", "--server", srv.frames)
-        assert r.returncode == 0, r.stderr
-        worse = r.stdout.strip().splitlines()[-1]
-        assert "not activated" in r.stdout and "--force" in r.stdout
+        worse = written_as_a_candidate(r)
+        said = " ".join(r.stdout.split())
+        assert f"{worse} registered, NOT activated" in said and "failed the quality gate" in said
+        assert "--force activates it anyway" in said
         assert active_version(srv.frames, "restore").ref == first
-        # ... with --force it is swapped in while frames keep flowing
+        # ... with --force it is swapped in while frames keep flowing: the gate refused it, the
+        # force activated it
         r = cli("train", "restore", "--data", str(session), "--models", str(repo), "--steps", "1", "--seed", "0",
                 "--deploy", "--force", "--server", srv.frames)
-        assert r.returncode == 0, r.stderr
-        forced = r.stdout.strip().splitlines()[-1]
+        forced = written_as_a_candidate(r)
+        said = " ".join(r.stdout.split())
+        assert f"{forced} activated in" in said and "failed the quality gate" in said
+        assert "activated because forced" in said
         assert active_version(srv.frames, "restore").ref == forced
         time.sleep(2.0)
     finally:
@@ -93,6 +115,7 @@ def test_calibrate_register_train_deploy_swaps_the_new_version_into_a_running_st
         card = card_of(repo, ref)
         assert card.provenance.session_ids == (session_id,)
         assert "psnr_db_restored" in card.metrics
+        assert card.gate is not None and not card.gate.passed and card.gate.classical_method
     assert card_of(repo, worse).comparison.against == first and not card_of(repo, worse).comparison.not_worse
     r = cli("models", "list", "--server", srv.frames)
     assert session_id[:8] in r.stdout

@@ -1,5 +1,9 @@
 """`livescope train refocus` and `livescope refocus`: z-stacks in, a refocusing model out; a stack
-refocused by delta-z, or one frame swept into a z-stack; delta-z outside the trained range refused."""
+refocused by delta-z, or one frame swept into a z-stack; delta-z outside the trained range refused.
+
+The models trained here run for a few steps: they do not beat leaving the input unchanged, so each is
+written as a candidate that failed the quality gate. The offline commands use one only when it is
+named (`--model refocus@2`, with a warning), and a server only when it is activated by force."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from livescope.deploy import active_version
 from livescope.modelcard import CARD_FILE, ModelCard
 from livescope.models.refocus.virtual import VirtualRefocusData, virtual_stacks
 from livescope.stackio import read_stack
@@ -39,15 +44,37 @@ def stacks(tmp_path_factory) -> list[Path]:
     return paths
 
 
+TRAINED = "refocus@2"  # after the shipped refocus@1
+
+
 @pytest.fixture(scope="module")
-def repository(tmp_path_factory, stacks) -> Path:
-    """A refocusing model from a 2-step run on the stacks: it runs; it does not refocus well."""
+def training(tmp_path_factory, stacks) -> tuple[Path, subprocess.CompletedProcess]:
+    """A 2-step run of `train refocus` on the stacks: its repository, and the run."""
     folder = tmp_path_factory.mktemp("models")
     data = [a for path in stacks for a in ("--data", str(path))]
-    r = cli("train", "refocus", *data, "--dz-max", "1", "--steps", "2", "--models", str(folder))
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.strip().splitlines()[-1] == "refocus@2"  # after the shipped refocus@1
+    return folder, cli("train", "refocus", *data, "--dz-max", "1", "--steps", "2", "--models", str(folder))
+
+
+@pytest.fixture(scope="module")
+def repository(training) -> Path:
+    """The repository holding refocus@2: it runs; it does not refocus well (a candidate)."""
+    folder, r = training
+    assert r.stdout.strip().splitlines()[-1] == TRAINED, r.stderr
     return folder
+
+
+def test_a_few_steps_write_a_candidate_that_does_not_beat_the_unchanged_input_and_say_so_in_one_line(training):
+    folder, r = training
+    assert r.returncode == 1 and r.stdout.strip().splitlines()[-1] == TRAINED  # written, and named
+    error = r.stderr.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith(f"livescope: error: {TRAINED} failed the quality gate: ")
+    assert "Traceback" not in r.stderr
+    card = ModelCard.load(folder / "refocus" / "2" / CARD_FILE)
+    assert card.gate is not None and not card.gate.passed and not card.serves_by_default
+    assert card.gate.metric == "psnr_db_refocused_at_1_um" and card.gate.classical_method
+    # the strongest classical refocusing of one frame: none, the input left as it is
+    assert card.gate.classical_value == card.metrics["psnr_db_refocused_at_1_um_classical"]
+    assert card.gate.classical_value == card.metrics["psnr_db_unchanged_at_1_um"]
 
 
 def test_training_on_z_stacks_writes_a_version_recording_its_delta_z_range_and_plane_spacing(repository):
@@ -62,8 +89,10 @@ def test_training_on_z_stacks_writes_a_version_recording_its_delta_z_range_and_p
 
 def test_a_stack_is_refocused_frame_by_frame_keeping_its_layout(tmp_path, stacks, repository):
     out = tmp_path / "moved.ome.tif"
-    r = cli("refocus", str(stacks[0]), str(out), "--dz", "0.5", "--models", str(repository))
+    r = cli("refocus", str(stacks[0]), str(out), "--dz", "0.5", "--models", str(repository), "--model", TRAINED)
     assert r.returncode == 0, r.stderr
+    # named, the candidate runs, but never silently
+    assert f"warning: {TRAINED} is a candidate that failed the quality gate" in " ".join(r.stdout.split())
     moved, original = read_stack(out), read_stack(stacks[0])
     assert moved.frames.shape == original.frames.shape and moved.frames.dtype == np.float32
     assert moved.info.pixel_size_um == pytest.approx(0.108)
@@ -72,7 +101,7 @@ def test_a_stack_is_refocused_frame_by_frame_keeping_its_layout(tmp_path, stacks
 def test_a_sweep_turns_one_frame_into_a_z_stack_with_the_step_as_its_spacing(tmp_path, stacks, repository):
     out = tmp_path / "sweep.ome.zarr"
     r = cli("refocus", str(stacks[0]), str(out), "--sweep", "-1:1:0.5", "--frame", "4", "--models",
-            str(repository))
+            str(repository), "--model", TRAINED)
     assert r.returncode == 0, r.stderr
     sweep = read_stack(out)
     assert sweep.frames.shape == (5, 64, 64) and sweep.info.axes == "ZYX"
@@ -91,7 +120,8 @@ def test_a_sweep_turns_one_frame_into_a_z_stack_with_the_step_as_its_spacing(tmp
 ])
 def test_mistakes_are_refused_in_one_line_before_anything_is_written(tmp_path, stacks, repository, args, words):
     out = tmp_path / "out.ome.tif"
-    r = cli("refocus", str(stacks[0]), str(out), *args, "--models", str(repository))
+    model = () if "--model" in args else ("--model", TRAINED)
+    r = cli("refocus", str(stacks[0]), str(out), *args, *model, "--models", str(repository))
     assert r.returncode == 2 and words in r.stderr and "Traceback" not in r.stderr
     assert not out.exists()
 
@@ -99,7 +129,7 @@ def test_mistakes_are_refused_in_one_line_before_anything_is_written(tmp_path, s
 def test_an_existing_output_is_kept_without_overwrite(tmp_path, stacks, repository):
     out = tmp_path / "out.ome.tif"
     out.write_bytes(b"mine")
-    r = cli("refocus", str(stacks[0]), str(out), "--dz", "0.5", "--models", str(repository))
+    r = cli("refocus", str(stacks[0]), str(out), "--dz", "0.5", "--models", str(repository), "--model", TRAINED)
     assert r.returncode == 2 and "already exists" in r.stderr and out.read_bytes() == b"mine"
 
 
@@ -121,18 +151,24 @@ def test_deploy_compares_with_the_active_version_on_the_same_data_and_swaps_only
     train = ("train", "refocus", *data, "--dz-max", "1", "--steps", "2", "--models", str(repo),
              "--deploy", "--server", srv.frames)
     r = cli(*train)
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 1 and "failed the quality gate" in r.stderr, r.stdout + r.stderr  # a candidate
     card = ModelCard.load(repo / "refocus" / "2" / CARD_FILE)  # the shipped one is refocus@1
     comparison = card.comparison
     assert comparison.against == "refocus@1" and comparison.metric == "psnr_db_refocused_at_1_um"
     assert comparison.new_value == card.metrics["psnr_db_refocused_at_1_um"]
     assert comparison.active_value > comparison.new_value  # 2 steps do not beat the shipped model
-    assert "registered, NOT activated" in r.stdout and r.stdout.strip().splitlines()[-1] == "refocus@2"
+    said = " ".join(r.stdout.split())
+    assert "refocus@2 registered, NOT activated" in said and "failed the quality gate" in said
+    assert "active: refocus@1" in said and r.stdout.strip().splitlines()[-1] == "refocus@2"
+    assert active_version(srv.frames, "refocus").ref == "refocus@1"  # still serving the shipped model
     r = subprocess.run([sys.executable, "-m", "livescope.cli", "models", "list", "--server", srv.frames],
                        capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "400"})
     assert "refocus@2" in r.stdout and "psnr_db_refocused_at_1_um" in r.stdout  # its lineage
-    r = cli(*train, "--force")
-    assert r.returncode == 0 and "refocus@3 activated" in r.stdout, r.stdout + r.stderr
+    r = cli(*train, "--force")  # worse and a candidate: served only because forced
+    said = " ".join(r.stdout.split())
+    assert r.returncode == 1 and "refocus@3 activated" in said and "activated because forced" in said, \
+        r.stdout + r.stderr
+    assert active_version(srv.frames, "refocus").ref == "refocus@3"
 
 
 def test_deploy_without_a_server_fails_before_training(tmp_path, stacks):

@@ -15,10 +15,8 @@ from livescope.protocol import (
     PROTOCOL_VERSION,
     ControlReply,
     ErrorHeader,
-    FrameHeader,
     ResultHeader,
     decode_header,
-    encode_header,
 )
 
 

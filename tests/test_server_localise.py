@@ -25,9 +25,10 @@ PIXEL_UM = 0.1
 
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory) -> Path:
-    """``loc``: a 2-step localiser (it runs; it does not localise well). ``loc-eager``: the same
-    network with thresholds at ~0, so every local maximum of its maps is an emitter -- tables
-    with rows, to compare the live stage with offline localisation row by row."""
+    """``loc``: a 2-step localiser (it runs; it does not localise well, so it is a candidate the
+    quality gate keeps from serving by default: `serve_localisers` activates it by force).
+    ``loc-eager``: the same network with thresholds at ~0, so every local maximum of its maps is
+    an emitter -- tables with rows, to compare the live stage with offline localisation row by row."""
     folder = tmp_path_factory.mktemp("models")
     config = LocaliseTrainConfig(frame_channels=4, temporal_channels=4, batch_size=4, steps=2,
                                  validate_every_steps=1, held_out_samples=8, frame_px=16)
@@ -50,8 +51,18 @@ def movie() -> np.ndarray:
     return np.ascontiguousarray(batch.frames_adu[:, -1]).astype(np.uint16)
 
 
+def serve_localisers(own_server, repository: Path, *options: str):
+    """A server on ``repository`` serving its two candidates (activated by force)."""
+    srv = own_server("--models", str(repository), *options)
+    with StreamClient(srv.frames) as control:
+        control.connect()
+        for ref in ("loc@1", "loc-eager@1"):
+            control.control("activate", model=ref, force=True)
+    return srv
+
+
 def offline(repository: Path, name: str, frames_adu: np.ndarray) -> EmitterTable:
-    loaded = LoadedModel.load(ModelRepository([repository]).resolve(name, None))
+    loaded = LoadedModel.load(ModelRepository([repository]).resolve(name, 1))
     return localise_frames(loaded, CAMERA.photons(frames_adu), PIXEL_UM * 1000)
 
 
@@ -64,7 +75,7 @@ def localise_live(client: StreamClient, frames: np.ndarray) -> list[Result]:
 
 
 def test_every_frame_gets_a_table_of_emitters_numbered_from_one(own_server, repository, movie):
-    srv = own_server("--models", str(repository))
+    srv = serve_localisers(own_server, repository)
     with StreamClient(srv.frames, pipeline=["loc-eager"], camera=CAMERA) as client:
         client.connect()
         results = localise_live(client, movie)
@@ -81,7 +92,7 @@ def test_every_frame_gets_a_table_of_emitters_numbered_from_one(own_server, repo
 def test_live_tables_equal_offline_localisation_of_the_same_frames(own_server, repository, movie):
     """The first frame stands in for the frames before it, as offline; then each frame has its
     two predecessors as context."""
-    srv = own_server("--models", str(repository), "--batch-wait-ms", "50")
+    srv = serve_localisers(own_server, repository, "--batch-wait-ms", "50")
     with StreamClient(srv.frames, pipeline=["loc-eager"], camera=CAMERA, max_in_flight=6) as client:
         client.connect()
         live = EmitterTable.concatenate([EmitterTable(np.array(r.data)) for r in localise_live(client, movie)])
@@ -92,7 +103,7 @@ def test_live_tables_equal_offline_localisation_of_the_same_frames(own_server, r
 
 
 def test_interleaved_streams_keep_their_own_context(own_server, repository, movie):
-    srv = own_server("--models", str(repository))
+    srv = serve_localisers(own_server, repository)
     clients = [StreamClient(srv.frames, stream=s, pipeline=["loc-eager"], camera=CAMERA) for s in "ab"]
     try:
         for c in clients:
@@ -112,7 +123,7 @@ def test_interleaved_streams_keep_their_own_context(own_server, repository, movi
 
 
 def test_an_empty_frame_gives_an_empty_table(own_server, repository):
-    srv = own_server("--models", str(repository))
+    srv = serve_localisers(own_server, repository)
     with StreamClient(srv.frames, pipeline=["loc"], camera=CAMERA) as client:
         client.connect()
         (result,) = localise_live(client, np.full((1, 24, 32), 100, np.uint16))
@@ -126,7 +137,7 @@ def test_an_empty_frame_gives_an_empty_table(own_server, repository):
 ])
 def test_a_frame_the_stage_cannot_localise_is_refused_and_the_server_keeps_serving(
         own_server, repository, movie, camera, pixel_size_um, pipeline, code, words):
-    srv = own_server("--models", str(repository))
+    srv = serve_localisers(own_server, repository)
     with StreamClient(srv.frames, pipeline=pipeline, camera=camera) as client:
         client.connect()
         client.submit(movie[0], pixel_size_um=pixel_size_um)
@@ -138,7 +149,7 @@ def test_a_frame_the_stage_cannot_localise_is_refused_and_the_server_keeps_servi
 
 
 def test_a_streams_render_is_published_on_request_at_the_asked_pixel_size(own_server, repository, movie):
-    srv = own_server("--models", str(repository))
+    srv = serve_localisers(own_server, repository)
     with ResultSubscriber(srv.results, streams=["smlm"]) as sub, \
             StreamClient(srv.frames, stream="smlm", pipeline=["loc-eager"], camera=CAMERA) as client:
         client.connect()
@@ -167,7 +178,7 @@ def test_a_streams_render_is_published_on_request_at_the_asked_pixel_size(own_se
 
 
 def test_the_render_pixel_size_is_a_server_option(own_server, repository, movie):
-    srv = own_server("--models", str(repository), "--render-px", "40")
+    srv = serve_localisers(own_server, repository, "--render-px", "40")
     with StreamClient(srv.frames, stream="s", pipeline=["loc"], camera=CAMERA) as client:
         client.connect()
         localise_live(client, movie[:2])

@@ -43,16 +43,27 @@ def test_a_zstack_session_reads_as_one_stack_per_position_with_its_plane_spacing
         assert session.session_id in stack.field_id
 
 
+def written_as_a_candidate(r: subprocess.CompletedProcess) -> tuple[str, str]:
+    """NAME and VERSION of the version a 2-step `train` wrote: it does not beat the classical method, so
+    it is kept as a candidate, and the run says so in one line and exits 1."""
+    name, version = r.stdout.strip().splitlines()[-1].split("@")
+    error = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(error) == 1, r.stderr
+    assert error[0].startswith(f"livescope: error: {name}@{version} failed the quality gate: ")
+    return name, version
+
+
 def test_refocusing_and_denoising_retrain_from_a_session_and_name_it_in_their_cards(zstack_session, tmp_path):
     session_id = load_session(zstack_session).session_id
     r = cli("train", "refocus", "--data", str(zstack_session), "--models", str(tmp_path), "--dz-max", "1",
             "--steps", "2")
-    assert r.returncode == 0, r.stderr
-    name, version = r.stdout.strip().splitlines()[-1].split("@")
+    name, version = written_as_a_candidate(r)
     card = ModelCard.load(tmp_path / name / version / CARD_FILE)
     assert card.provenance.session_ids == (session_id,) and card.refocus.dz_range_um == (-1.0, 1.0)
+    assert card.gate is not None and not card.gate.passed and card.gate.classical_method
 
     r = cli("train", "denoise", "--data", str(zstack_session), "--models", str(tmp_path), "--steps", "2")
-    assert r.returncode == 0, r.stderr
-    name, version = r.stdout.strip().splitlines()[-1].split("@")
-    assert ModelCard.load(tmp_path / name / version / CARD_FILE).provenance.session_ids == (session_id,)
+    name, version = written_as_a_candidate(r)
+    card = ModelCard.load(tmp_path / name / version / CARD_FILE)
+    assert card.provenance.session_ids == (session_id,)
+    assert card.gate is not None and not card.gate.passed and card.gate.classical_method

@@ -126,16 +126,23 @@ def expand_sessions(paths: list[Path]) -> tuple[list[Path], tuple[str, ...]]:
 # -- training ------------------------------------------------------------------------------------
 
 
-def version_to_compare(deploy: bool, server: str, name: str, force: bool) -> ModelVersion | None:
-    """With --deploy, before training (a mistake costs no training time): the server's active
-    version of ``name``, which the trainer scores on the new version's held-out data."""
+def version_to_compare(deploy: bool, server: str, name: str, force: bool,
+                       repository: Path) -> ModelVersion | None:
+    """Before training (a mistake costs no training time), the version the new one must not be
+    worse than, which the trainer scores on the new version's held-out data: with --deploy the
+    server's active version of ``name``, else the default a server or an offline command on
+    ``repository`` (and the shipped models) would pick. None if there is none."""
+    from livescope.repository import ModelRepository, ModelVersion, UnknownModelError, shipped_models_root
+
     if not deploy:
         if force:
             fail("--force only applies with --deploy")
-        return None
+        try:
+            return ModelRepository([shipped_models_root(), repository]).resolve(name)
+        except UnknownModelError:
+            return None
     from livescope.deploy import DeployError, active_version
     from livescope.modelcard import CARD_FILE, ModelCard
-    from livescope.repository import ModelVersion
 
     try:
         active = active_version(server, name)
@@ -179,3 +186,6 @@ def train_and_report(name: str, repository: Path, train: Callable[[Callable], tu
         verb = "activated" if outcome.activated else "registered, NOT activated"
         console.print(f"deploy: {card.ref} {verb} in {deploy_to} ({outcome.reason}); active: {outcome.active}")
     typer.echo(card.ref)
+    if not card.serves_by_default:
+        fail(f"{card.ref} failed the quality gate: {card.gate.reason}; it is kept as a candidate, not served "
+             f"by default (`livescope models activate {card.ref} --force` serves it)", code=1)

@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from livescope.modelcard import Comparison
-from livescope.repository import ModelRepository, ModelVersion
+from livescope.repository import ModelRepository, ModelVersion, UnknownModelError
 from livescope.repository import log as repository_log
 
 SHOWN_METRICS = 3  # per version in the table; --json has them all
@@ -59,9 +59,13 @@ class VersionEntry(_Frozen):
         default=(), description="those of the metrics the deploy gate compares versions on")
     lineage: Lineage
     served: bool = Field(description="repository: the version a server on these repositories serves "
-                                     "(the newest); server: the active version")
+                                     "(the newest that passed the quality gate); server: the active version")
     loaded_on: str | None = Field(default=None, description="server: the execution provider it is loaded "
                                                            "on; None: not loaded (or a repository listing)")
+    candidate: bool = Field(default=False, description="it failed the quality gate: served only when "
+                                                       "activated with --force")
+    gate: str | None = Field(default=None, description="the quality gate's verdict, one line; None: the "
+                                                       "version was written before the gate existed")
 
 
 class ModelListing(_Frozen):
@@ -84,11 +88,18 @@ def repository_listing(roots: list[Path]) -> ModelListing:
         repository = ModelRepository(roots)
     finally:
         repository_log.disabled = False
-    served = {name: repository.resolve(name).ref for name in repository.names()}
-    entries = tuple(_from_version(v, served=served[name] == v.ref)
+    served = {name: ref for name in repository.names() if (ref := _default_ref(repository, name))}
+    entries = tuple(_from_version(v, served=served.get(name) == v.ref)
                     for name in repository.names() for v in repository.versions(name))
     return ModelListing(source="repository", repositories=tuple(str(r) for r in repository.roots),
                         models=entries, served=served, problems=tuple(repository.problems))
+
+
+def _default_ref(repository: ModelRepository, name: str) -> str | None:
+    try:
+        return repository.resolve(name).ref
+    except UnknownModelError:  # only candidates: a server serves none of them by default
+        return None
 
 
 def server_listing(address: str, reply: dict[str, Any]) -> ModelListing:
@@ -105,18 +116,21 @@ def _from_version(v: ModelVersion, *, served: bool) -> VersionEntry:
                       comparison=None if comparison is None else _comparison(comparison))
     return VersionEntry(ref=card.ref, name=card.name, version=card.version, task=card.task, folder=str(v.folder),
                         metrics=card.metrics, deciding_metrics=_deciding(card.task, card.metrics),
-                        lineage=lineage, served=served)
+                        lineage=lineage, served=served, candidate=not card.serves_by_default,
+                        gate=card.gate.reason if card.gate else None)
 
 
 def _from_reply(m: dict[str, Any]) -> VersionEntry:
-    comparison = m.get("comparison")
+    comparison, gate = m.get("comparison"), m.get("gate")
     lineage = Lineage(data=m.get("data") or "", session_ids=tuple(m.get("session_ids") or ()),
                       command=m.get("trained_by") or "",
                       comparison=None if comparison is None else _comparison(Comparison.model_validate(comparison)))
     return VersionEntry(ref=f"{m['name']}@{m['version']}", name=m["name"], version=m["version"], task=m["task"],
                         folder=m.get("folder") or "", metrics=m["metrics"],
                         deciding_metrics=_deciding(m["task"], m["metrics"]), lineage=lineage,
-                        served=m["active"], loaded_on=m["provider"] if m["loaded"] else None)
+                        served=m["active"], loaded_on=m["provider"] if m["loaded"] else None,
+                        candidate=bool(gate) and not gate.get("passed", True),
+                        gate=gate.get("reason") if gate else None)
 
 
 def _comparison(c: Comparison) -> ComparisonEntry:
@@ -150,13 +164,15 @@ def _versions_table(listing: ModelListing) -> Table:
     table.add_column("state" if in_server else "served", overflow="fold")
     table.add_column("held-out metrics", overflow="fold", ratio=1)
     for e in listing.models:
-        table.add_row(e.ref, e.task, _state(e) if in_server else "yes" if e.served else "", _metrics_cell(e))
+        served = "yes" if e.served else "candidate" if e.candidate else ""
+        table.add_row(e.ref, e.task, _state(e) if in_server else served, _metrics_cell(e))
     return table
 
 
 def _state(e: VersionEntry) -> str:
     """A server's version: active (its stage runs it) and/or loaded, on which provider."""
-    return "\n".join([*(["active"] if e.served else []), *([f"on {e.loaded_on}"] if e.loaded_on else [])])
+    return "\n".join([*(["active"] if e.served else []), *(["candidate"] if e.candidate else []),
+                      *([f"on {e.loaded_on}"] if e.loaded_on else [])])
 
 
 def _metrics_cell(e: VersionEntry) -> Text:
@@ -173,11 +189,11 @@ def _lineage_table(listing: ModelListing) -> Table:
     table.add_column("model", no_wrap=True)
     table.add_column("trained on, by, against the version active then", ratio=1)
     for e in listing.models:
-        table.add_row(e.ref, _lineage_cell(e.lineage))
+        table.add_row(e.ref, _lineage_cell(e.lineage, e.gate))
     return table
 
 
-def _lineage_cell(lineage: Lineage) -> Table | Text:
+def _lineage_cell(lineage: Lineage, gate: str | None) -> Table | Text:
     rows = []
     if lineage.session_ids:
         rows.append(("sessions", ", ".join(lineage.session_ids)))
@@ -189,6 +205,8 @@ def _lineage_cell(lineage: Lineage) -> Table | Text:
     if c is not None:
         verdict = "not worse" if c.not_worse else "worse"
         rows.append(("against", f"{c.against}: {c.metric} {c.new_value:.4g} vs {c.active_value:.4g} ({verdict})"))
+    if gate is not None:
+        rows.append(("gate", gate))
     if not rows:
         return Text("-")
     grid = Table.grid(padding=(0, 1))

@@ -79,14 +79,19 @@ ModelRefArg = Annotated[str, typer.Argument(help="NAME@VERSION, e.g. denoise@2."
 
 
 @models_app.command("activate")
-def models_activate(model: ModelRefArg, server: ServerOpt = DEFAULT_SERVER) -> None:
+def models_activate(
+    model: ModelRefArg, server: ServerOpt = DEFAULT_SERVER,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Serve a candidate: a version that failed the quality gate (its card says why).")] = False,
+) -> None:
     """Load a version completely, then switch its stage to it atomically (hot-swap).
 
     Frames already on their way finish on the version they started with; if loading fails, the
     active version stays in service."""
     from livescope.cli._replies import Activated
 
-    data = control(server, "activate", timeout_s=300.0, reply=Activated, model=model)
+    args = {"force": True} if force else {}  # a server from before the gate takes no force
+    data = control(server, "activate", timeout_s=300.0, reply=Activated, model=model, **args)
     typer.echo(f"active: {data.active} (was {data.previous})")
 
 

@@ -104,16 +104,16 @@ def train_denoise(
             config = DenoiseTrainConfig(**(config.model_dump() | {
                 "steps": epochs * steps_per_epoch(own.train_adu, config)}))
         console.print(f"training data: {own.describe()}")
-        compare_with = version_to_compare(deploy, server, "denoise", force)
+        compare_with = version_to_compare(deploy, server, "denoise", force, repository)
         train = partial(train_and_publish_own_data, repository, own, compare_with=compare_with,
                         session_ids=session_ids)
     else:
         from livescope.models.denoise.data import VirtualDenoiseData
         from livescope.models.denoise.train import train_and_publish
 
-        version_to_compare(deploy, server, "denoise", force)  # checks the server before training; no comparison
+        compare_with = version_to_compare(deploy, server, "denoise", force, repository)
         source = VirtualDenoiseData(frames_per_condition=frames_per_condition, seed=seed)
-        train = partial(train_and_publish, repository, data=source)
+        train = partial(train_and_publish, repository, data=source, compare_with=compare_with)
     train_and_report("denoise", repository, lambda report: train(config=config, command=command, progress=report),
                      deploy_to=server if deploy else None, force=force)
 
@@ -166,7 +166,7 @@ def train_localise(
     simulation = LocaliseSimulation(**fields)
     config = LocaliseTrainConfig(psf=psf, steps=steps, budget_seconds=budget_s, seed=seed)
     command = command_line()
-    compare_with = version_to_compare(deploy, server, name, force)
+    compare_with = version_to_compare(deploy, server, name, force, repository)
     train_and_report(name, repository, lambda report: train_and_publish_localiser(
         repository, name=name, simulation=simulation, config=config, command=command, progress=report,
         data_note=data_note, session_ids=session_ids, compare_with=compare_with),
@@ -253,7 +253,7 @@ def train_refocus(
         start = _resolve_model(start_from, repository, task="refocus", option="--from")
         config = config.model_copy(update={"learning_rate": FINE_TUNE_LEARNING_RATE})
     command = command_line()
-    compare_with = version_to_compare(deploy, server, name, force)
+    compare_with = version_to_compare(deploy, server, name, force, repository)
     train_and_report(name, repository, lambda report: train_and_publish_refocuser(
         repository, name=name, stacks=prepared.train, held_out=prepared.held_out, config=config,
         baseline_adu=prepared.baseline_adu, data_description=prepared.description, command=command,
@@ -321,7 +321,7 @@ def train_restore(
     from livescope.models.restore.train import train_and_publish_restorer
 
     command = command_line()
-    compare_with = version_to_compare(deploy, server, name, force)
+    compare_with = version_to_compare(deploy, server, name, force, repository)
     train_and_report(name, repository, lambda report: train_and_publish_restorer(
         repository, name=name, pairs=train, held_out=held_out, config=config, baseline_adu=base,
         data_description=described, command=command, trained_for=trained_for, pixel_size_um=pixel_size_um,

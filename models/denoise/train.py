@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
@@ -27,6 +28,7 @@ from livescope.acquire.virtual import VirtualRigConfig
 from livescope.modelcard import ModelCard, Normalisation, TensorSpec, Tiling, TrainedFor
 from livescope.models import export
 from livescope.models.budget import TrainProgress
+from livescope.models.compare import CLASSICAL_SUFFIX
 from livescope.models.denoise.data import FrameSet, VirtualDenoiseData, random_patches, virtual_frames
 from livescope.models.denoise.n2v import BlindSpotMasking, StructAxis, masked_mse
 from livescope.models.denoise.user_data import UserTrainingData
@@ -114,6 +116,21 @@ MIN_RELATIVE_IMPROVEMENT = 1e-4
 (small: the N2V loss includes the noise variance, so real gains are small fractions of it)."""
 
 
+BASELINE_GAUSSIAN_SIGMAS_PX = (0.5, 0.7, 1.0, 1.5, 2.0, 3.0)
+
+
+def blind_spot_gaussian(images: torch.Tensor, sigma_px: float) -> torch.Tensor:
+    """Each pixel of ``images`` (N, 1, H, W) predicted as the Gaussian-weighted mean of its
+    neighbours, itself left out (reflect padding)."""
+    radius = max(1, math.ceil(3 * sigma_px))
+    r = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    g = torch.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / (2 * sigma_px**2))
+    g[radius, radius] = 0.0
+    kernel = (g / g.sum())[None, None]
+    padded = F.pad(images, (radius,) * 4, mode="reflect")
+    return F.conv2d(padded, kernel)
+
+
 class HeldOutLoss:
     """The N2V loss on fixed held-out patches with fixed masks: comparable between steps."""
 
@@ -156,6 +173,22 @@ class HeldOutLoss:
         baseline. The transform is monotonic, so the median commutes with it."""
         fill = self.transform.to_adu(self.inputs) - self.transform.bias_adu
         return float(masked_mse(fill, self.targets_adu, self.masks))
+
+    def classical_mse_adu2(self) -> tuple[float, str]:
+        """The lowest loss a classical filter reaches on the same blind spots, in ADU^2, and the
+        filter: the neighbourhood median (the blind-spot fill) or a Gaussian of the pixel's
+        neighbours (centre left out, so it sees no more than the network) at the best of a few
+        widths, chosen on these very pixels: the baseline a model must beat to be served."""
+        best = (self.median_fill_mse_adu2(), "the neighbourhood median (5x5, blind spot)")
+        for sigma_px in BASELINE_GAUSSIAN_SIGMAS_PX:
+            if math.ceil(3 * sigma_px) >= min(self.targets_adu.shape[-2:]):
+                continue  # wider than the patch
+            predicted = blind_spot_gaussian(self.targets_adu, sigma_px)
+            loss = float(masked_mse(predicted, self.targets_adu, self.masks))
+            if loss < best[0]:
+                best = (loss, f"a Gaussian filter of sigma {sigma_px:g} px (blind spot, best of "
+                              f"{', '.join(f'{s:g}' for s in BASELINE_GAUSSIAN_SIGMAS_PX)} px)")
+        return best
 
     def _mean(self, net: nn.Module, loss: Callable[[torch.Tensor, slice], torch.Tensor]) -> float:
         was_training = net.training
@@ -228,13 +261,17 @@ def _mean_bias_adu(net: nn.Module, transform: IntensityTransform, frames: np.nda
 
 def held_out_metrics(denoise: Callable[[np.ndarray], np.ndarray], held_out: FrameSet) -> dict[str, float]:
     """PSNR (dB) of the noisy and the denoised held-out frames against clean, per modality and
-    peak signal (photons).
+    peak signal (photons); their mean over conditions, and the same mean for the classical anchor
+    (``psnr_db_denoised_mean_classical``: `VIRTUAL_CLASSICAL_METHOD`).
 
     All specimens of a condition are pooled (see ``psnr_db``), so that nearly empty frames (a few
     dim beads) do not dominate, as they would in a mean of per-frame PSNRs.
     """
+    from scipy.ndimage import gaussian_filter
+
     metrics: dict[str, float] = {}
     modality = np.asarray(held_out.modality)
+    denoised_db, classical_db = [], []
     for kind in dict.fromkeys(held_out.modality):
         for photons in np.unique(held_out.peak_photons):
             frames = np.flatnonzero((modality == kind) & (held_out.peak_photons == photons))
@@ -243,7 +280,19 @@ def held_out_metrics(denoise: Callable[[np.ndarray], np.ndarray], held_out: Fram
             for label, images in (("noisy", noisy), ("denoised", denoised)):
                 key = f"psnr_{label}_db_{kind}_at_{photons:g}_photons"
                 metrics[key] = round(psnr_db(images, clean), 3)
+            denoised_db.append(metrics[f"psnr_denoised_db_{kind}_at_{photons:g}_photons"])
+            # The classical anchor: a Gaussian filter with its width chosen against the truth,
+            # per condition (better than a user could tune it).
+            classical_db.append(max(
+                psnr_db(np.stack([gaussian_filter(f.astype(np.float64), s) for f in noisy]), clean)
+                for s in BASELINE_GAUSSIAN_SIGMAS_PX))
+    metrics["psnr_db_denoised_mean"] = round(float(np.mean(denoised_db)), 3)
+    metrics["psnr_db_denoised_mean" + CLASSICAL_SUFFIX] = round(float(np.mean(classical_db)), 3)
     return metrics
+
+
+VIRTUAL_CLASSICAL_METHOD = (f"a Gaussian filter, its sigma chosen against the truth per condition (of "
+                            f"{', '.join(f'{s:g}' for s in BASELINE_GAUSSIAN_SIGMAS_PX)} px)")
 
 
 def _ort_denoiser(proto) -> Callable[[np.ndarray], np.ndarray]:
@@ -276,11 +325,13 @@ def train_and_publish(
     config: DenoiseTrainConfig = DenoiseTrainConfig(budget_seconds=420.0),
     command: str = "livescope.models.denoise.train.train_and_publish()",
     progress: Callable[[TrainProgress], None] | None = None,
+    compare_with: ModelVersion | None = None,
 ) -> tuple[Path, ModelCard]:
     """Train on ``data``, export, check parity, measure on ``held_out``, write the next version.
 
-    ``held_out`` defaults to 2 frames per condition of ``data`` with another seed. Returns the
-    version folder and its card; nothing is written if export or parity fails.
+    ``held_out`` defaults to 2 frames per condition of ``data`` with another seed; ``compare_with``
+    (the default version) is measured on the same frames. Returns the version folder and its
+    card; nothing is written if export or parity fails.
     """
     if held_out is None:
         held_out = data.model_copy(update={"frames_per_condition": 2, "seed": data.seed + 10_000})
@@ -303,7 +354,9 @@ def train_and_publish(
                             trained.train_seconds, data_hash=frames.hash())
     return publish_version(repository, proto, name=name, task="denoise",
                            card_fields=_served_card_fields(trained, config) | {"trained_for": trained_for},
-                           metrics=metrics, record=record)
+                           metrics=metrics, record=record, classical_method=VIRTUAL_CLASSICAL_METHOD,
+                           compare_with=compare_with,
+                           score_active=lambda graph, _card: held_out_metrics(_ort_denoiser(graph), held_out_frames))
 
 
 def _served_card_fields(trained: TrainedDenoiser, config: DenoiseTrainConfig) -> dict:
@@ -350,20 +403,24 @@ def validation_patches(frames: np.ndarray, patch_px: int, seed: int,
 
 
 def n2v_validation_mse_adu2(trained: TrainedDenoiser, held_out_adu: np.ndarray,
-                            config: DenoiseTrainConfig) -> dict[str, float]:
+                            config: DenoiseTrainConfig) -> tuple[dict[str, float], str]:
     """The Noise2Void loss on held-out frames, in ADU^2: the MSE between each blind-spot pixel's
     prediction and its own noisy value, over seeded masks of held-out patches.
 
     With independent noise this is the error against the clean image plus the noise variance, so
-    only differences matter; ``..._median_filter`` is the same loss for the blind-spot fill alone
-    (the neighbourhood median), a baseline the trained network should beat.
+    only differences matter; ``..._classical`` is the same loss for the best classical filter
+    (named by the second value returned), the baseline the quality gate holds the network to;
+    ``..._median_filter`` the blind-spot fill's alone.
     """
     held_out = HeldOutLoss(held_out_adu, trained.transform, config, MAX_VALIDATION_PATCHES)
+    classical, method = held_out.classical_mse_adu2()
     return {
         "n2v_validation_mse_adu2": round(held_out.mse_adu2(trained.net), 4),
+        "n2v_validation_mse_adu2" + CLASSICAL_SUFFIX: round(classical, 4),
         "n2v_validation_mse_adu2_median_filter": round(held_out.median_fill_mse_adu2(), 4),
         "n2v_validation_patches": float(len(held_out.targets)),
-    }
+    }, method
+
 
 
 def steps_per_epoch(frames: np.ndarray, config: DenoiseTrainConfig) -> int:
@@ -388,7 +445,7 @@ def train_and_publish_own_data(
     No clean images exist, so the held-out metric is the self-supervised loss itself.
     """
     trained, proto = _train_and_export(data.train_adu, data.held_out_adu, config, progress)
-    metrics = n2v_validation_mse_adu2(trained, data.held_out_adu, config)
+    metrics, classical_method = n2v_validation_mse_adu2(trained, data.held_out_adu, config)
     metrics["n2v_train_loss_final"] = round(trained.final_loss, 6)
     # The comparison: both versions through onnxruntime, on the same masked held-out patches (the
     # card's metric is the trained network's in torch).
@@ -406,4 +463,4 @@ def train_and_publish_own_data(
                            card_fields=_served_card_fields(trained, config)
                            | {"trained_for": TrainedFor(pixel_size_nm=data.pixel_size_nm)},
                            metrics=metrics, record=record, compare_with=compare_with, score_active=score_active,
-                           compared_metrics=compared)
+                           compared_metrics=compared, classical_method=classical_method)
