@@ -2,8 +2,10 @@
 
 Next to the raw data, run.ome.zarr -> run.journal.jsonl: a first line that says what was
 planned (the sequence, the pipeline, the outputs), one line for each frame acquired (handed to
-the raw data's writer), restored (written to the restored data) or refused, and a last line
-with the summary. Each line is flushed as it is written, so a process killed at any moment
+the raw data's writer), restored (handed to the restored data's writer) or refused, and a last
+line with the summary. The writers of the raw data (pymmcore-plus's) and of restored OME-Zarr
+(tensorstore) write on threads of their own, so a killed run's stores may hold a few frames
+more or fewer than its journal says; `livescope report --recover` counts what a raw OME-TIFF holds. Each line is flushed as it is written, so a process killed at any moment
 (kill -9, a crash, a power cut of the client alone) leaves every line before it; a journal
 without its last line is an interrupted run. `livescope report RUN` reads it.
 

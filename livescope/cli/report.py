@@ -47,7 +47,7 @@ def report(
     table.add_row("started", f"{plan.started_utc} on {plan.host} (pid {plan.pid})")
     table.add_row("pipeline", ", ".join(plan.pipeline) + f" on {plan.server}" if plan.pipeline else "- (acquire only)")
     table.add_row("frames planned", str(plan.frames_planned))
-    table.add_row("saved raw", f"{account.frames_acquired} -> {plan.raw_path}")
+    table.add_row("acquired", f"{account.frames_acquired} -> {plan.raw_path}")
     if plan.pipeline:
         table.add_row("restored", f"{account.frames_restored} -> {plan.results_path or '-'}")
         refused = ", ".join(f"{k} {v}" for k, v in sorted(account.refusal_reasons.items()))
