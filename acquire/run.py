@@ -81,6 +81,8 @@ class AcquisitionSummary(BaseModel):
     emitters: int = 0  # in all tables
     table_path: str | None = None  # ThunderSTORM CSV
     render_path: str | None = None  # super-resolution render
+    warnings: tuple[str, ...] = ()  # the server's, on frames unlike its models' training data (each once)
+    frames_with_warnings: int = 0
 
     @property
     def dropped(self) -> int:
@@ -219,6 +221,7 @@ def run_acquisition(
         output_error=str(collector.error) if failed else None,
         models=tuple(sorted(collector.models)),
         refusal_reasons=collector.refusal_reasons,
+        warnings=tuple(collector.warnings), frames_with_warnings=collector.frames_with_warnings,
         raw_path=str(output) if output else None,
         restored_path=(str(collector.writer.path)
                        if collector.writer and collector.writer.written and not failed else None),
@@ -308,6 +311,8 @@ class _ResultCollector(threading.Thread):
         self.server_ms: list[float] = []
         self.models: set[str] = set()
         self.refusal_reasons: dict[str, int] = {}
+        self.warnings: dict[str, None] = {}  # distinct, in order of arrival
+        self.frames_with_warnings = 0
         self._expected: int | None = None
         self._seen = 0
         self._lock = threading.Lock()
@@ -375,6 +380,9 @@ class _ResultCollector(threading.Thread):
             h = outcome.header
             self.models.add(h.model)
             self.server_ms.append(h.latency.total_ms)
+            if h.warnings:
+                self.frames_with_warnings += 1
+                self.warnings.update(dict.fromkeys(h.warnings[:4]) if len(self.warnings) < 16 else {})
             rt = outcome.round_trip_ms
             if rt is not None:
                 self.latencies_ms.append(rt)

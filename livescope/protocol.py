@@ -178,6 +178,8 @@ class ResultHeader(_ServerHeader):
     event_index: dict[str, int] = Field(default_factory=dict)
     t_sent_ns: int = 0
     latency: Latency
+    warnings: tuple[str, ...] = Field(default=(), description="why the frame looks unlike the model's "
+                                                              "training data (empty: nothing)")
 
 
 class AckHeader(_ServerHeader):

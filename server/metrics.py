@@ -19,6 +19,9 @@ class ServerMetrics:
         self.undelivered = Counter("livescope_messages_undelivered",
                                    "Answers and publications a peer could not take (not reading, gone, "
                                    "too slow), counted", ["reason"], registry=r)
+        self.out_of_domain = Counter("livescope_out_of_domain_frames",
+                                     "Frames unlike the model's training data (their results say why)",
+                                     ["model"], registry=r)
         self.duplicates = Counter("livescope_frames_duplicate", "Resent frames de-duplicated",
                                   registry=r)
         self.inference = Histogram("livescope_inference_seconds", "Inference time per batch",

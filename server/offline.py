@@ -24,6 +24,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from livescope.modelcard import ModelCard
+from livescope.server.domain import domain_warnings
 from livescope.server.tiling import DEFAULT_TILE_PX, is_out_of_memory, run_shrinking_on_oom
 from livescope.stackio import Stack, StackError, read_stack, stack_format, write_stack
 
@@ -76,27 +77,6 @@ class OfflineSummary(BaseModel):
         clipped = f", {self.clipped_pixels} input pixels clipped" if self.clipped_pixels else ""
         return (f"{self.model} ({self.provider}): {self.frames} frames of {h}x{w} px in "
                 f"{self.seconds:.1f} s ({self.frames_per_s:.1f} frames/s{tiles}{clipped}) -> {self.output}")
-
-
-BASELINE_TOLERANCE_ADU = 10.0
-
-
-def domain_warnings(card: ModelCard, frames: np.ndarray, name: str) -> tuple[str, ...]:
-    """What makes ``frames`` look unlike the model's training data, in words (empty: nothing).
-
-    A model that normalises in its graph was trained with a camera baseline near its offset (the
-    1st percentile of its training frames); a stack whose darkest pixels lie far from it (8-bit
-    data near 0, a camera with another baseline) is outside what the model has seen."""
-    n = card.normalisation
-    if n.kind != "in_graph":
-        return ()
-    sample = frames[:: max(1, len(frames) // 16), ::2, ::2]
-    darkest = float(np.percentile(sample, 1.0))
-    if abs(darkest - n.offset_adu) <= BASELINE_TOLERANCE_ADU + 0.1 * n.offset_adu:
-        return ()
-    return (f"the darkest 1% of {name} lies at {darkest:g} ADU but {card.ref} was trained on frames whose "
-            f"darkest 1% lay at {n.offset_adu:g} ADU (another camera baseline or bit depth): the result "
-            f"may be poor; train a model on this data with: livescope train denoise --data {name}",)
 
 
 def to_model_dtype(frames: np.ndarray, dtype: str) -> tuple[np.ndarray, int]:
@@ -211,7 +191,9 @@ def run_offline(task_stage: str, in_path: str | os.PathLike, out_path: str | os.
     model_version = resolve_model(task_stage, model_dirs)
     _check_image_model(model_version.card, task)
     stack = read_stack(in_path)
-    warnings = gate_warnings(model_version.card) + domain_warnings(model_version.card, stack.frames, str(in_path))
+    warnings = gate_warnings(model_version.card) + domain_warnings(
+        model_version.card, stack.frames, str(in_path),
+        advice=f"train a model on this data with: livescope train denoise --data {in_path}")
     model = load_model(model_version, provider, threads)
 
     t0 = time.perf_counter()

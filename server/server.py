@@ -51,6 +51,7 @@ from livescope.repository import (
 from livescope.security import CurveServer
 from livescope.server.config import ServerConfig
 from livescope.server.control import execute
+from livescope.server.domain import DomainWatch, domain_warnings
 from livescope.server.ledger import StreamLedger, checksum
 from livescope.server.localise_stage import LocaliseStreams, RenderSettings
 from livescope.server.metrics import ServerMetrics
@@ -102,6 +103,8 @@ class InferenceServer:
         # model ref -> [frames, seconds]: written by the worker, read by the stats command
         self._inference: dict[str, list[float]] = {}
         self._inference_lock = threading.Lock()
+        self._domain = DomainWatch()  # the worker's
+        self._out_of_domain = 0  # frames whose results carry a warning; under _inference_lock
         self._curve: CurveServer | None = None
         self._worker: threading.Thread | None = None
         self._control_requests: SimpleQueue = SimpleQueue()
@@ -448,7 +451,9 @@ class InferenceServer:
         with self._inference_lock:
             inference = {ref: {"frames": int(n), "mean_ms_per_frame": round(1e3 * t / n, 3)}
                          for ref, (n, t) in self._inference.items()}
-        return {**self._counts, "queue_depth": len(self.queue), "streams": len({stream for _, stream in self._ledgers}),
+            out_of_domain = self._out_of_domain
+        return {**self._counts, "out_of_domain": out_of_domain, "queue_depth": len(self.queue),
+                "streams": len({stream for _, stream in self._ledgers}),
                 "result_cache_bytes": self._cached_bytes,
                 "uptime_s": round(time.monotonic() - self._started, 3), "inference": inference}
 
@@ -554,11 +559,12 @@ class InferenceServer:
         # per stage: images (N, H, W), or one emitter table per frame (a localise stage, last)
         outputs: list[tuple[LoadedModel, np.ndarray | list[EmitterTable]]] = []
         stage = jobs[0].stages[0]
+        warnings = [list(self._input_warnings(job)) for job in jobs]  # per frame; a localise stage adds
         try:
             for stage in jobs[0].stages:
                 t0 = time.perf_counter()
                 if stage.card.task == "localise":
-                    model, tables = self._localise(stage, jobs, x)
+                    model, tables = self._localise(stage, jobs, x, warnings)
                     outputs.append((model, tables))
                 elif stage.card.task == "refocus":
                     model, x = self._refocus(stage, jobs, x)
@@ -574,6 +580,7 @@ class InferenceServer:
             return
         t_done = time.perf_counter()
         self.metrics.batch_size.observe(len(jobs))
+        self._count_out_of_domain(jobs, warnings)
         keeps_results = self.config.result_cache_per_stream > 0 and self.config.result_cache_bytes > 0
         for k, job in enumerate(jobs):
             h = job.header
@@ -595,7 +602,7 @@ class InferenceServer:
                                       model=model.ref, final=final, **shape,
                                       pixel_size_um=h.pixel_size_um,
                                       z_um=h.z_um, dz_um=h.dz_um, event_index=h.event_index,
-                                      t_sent_ns=h.t_sent_ns, latency=latency)
+                                      t_sent_ns=h.t_sent_ns, latency=latency, warnings=tuple(warnings[k]))
                 self.metrics.results.labels(model.ref).inc()
                 send_message(pipe, result, payload,
                              envelope=[_REPLY if final else _PUBLISH, *envelope_tail])
@@ -614,10 +621,32 @@ class InferenceServer:
         self.metrics.provider.labels(model.ref, model.provider).set(1)
         return model, model.run_frames(x)
 
-    def _localise(self, stage: ModelVersion, jobs: list[Job], x: np.ndarray
+    def _input_warnings(self, job: Job) -> tuple[str, ...]:
+        """Where the frame is unlike the training data of its pipeline's first model (server/domain.py)."""
+        card, stream = job.stages[0].card, job.header.stream
+        return self._domain.warnings((job.identity, stream, card.ref), lambda: self._logged(stream, domain_warnings(
+            card, job.image, f"stream {stream!r}",
+            advice="save a run (acquire --output RUN) and train a model on it: livescope train denoise --data RUN")))
+
+    @staticmethod
+    def _logged(stream: str, warnings: tuple[str, ...]) -> tuple[str, ...]:
+        for warning in warnings:
+            log.warning("stream %s: %s", stream, warning)
+        return warnings
+
+    def _count_out_of_domain(self, jobs: list[Job], warnings: list[list[str]]) -> None:
+        flagged = [job for job, found in zip(jobs, warnings) if found]
+        for job in flagged:
+            self.metrics.out_of_domain.labels(job.stages[0].ref).inc()
+        if flagged:
+            with self._inference_lock:
+                self._out_of_domain += len(flagged)
+
+    def _localise(self, stage: ModelVersion, jobs: list[Job], x: np.ndarray, warnings: list[list[str]]
                   ) -> tuple[LoadedModel, list[EmitterTable]]:
         """Each frame (ADU) in photons, with its stream's frames before as context -> its emitters;
-        the tables also grow the streams' renders."""
+        the tables also grow the streams' renders. Data outside the model's trained range adds to
+        the frames' ``warnings``."""
         spec = stage.card.localise
         headers = [job.header for job in jobs]
         photons = np.stack([h.camera.photons(x[k]) for k, h in enumerate(headers)])
@@ -628,9 +657,11 @@ class InferenceServer:
             pixel_size_nm = h.pixel_size_um * 1000.0
             table = maps_to_emitters(maps[k], pixel_size_nm, h.seq + 1, spec)
             tables.append(table)
-            if self.localise_streams.add(h, table, pixel_size_nm, model.ref):
-                for warning in range_warnings(stage.card, pixel_size_nm, photons[k : k + 1]):
-                    log.warning("stream %s: %s", h.stream, warning)
+            self.localise_streams.add(h, table, pixel_size_nm, model.ref)
+            warnings[k] += self._domain.warnings(
+                (jobs[k].identity, h.stream, model.ref),
+                lambda k=k, h=h, px=pixel_size_nm: self._logged(h.stream, tuple(
+                    range_warnings(stage.card, px, photons[k : k + 1]))))
         return model, tables
 
     def _refocus(self, stage: ModelVersion, jobs: list[Job], x: np.ndarray) -> tuple[LoadedModel, np.ndarray]:

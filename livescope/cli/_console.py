@@ -98,3 +98,5 @@ def print_summary(s: AcquisitionSummary, extra: dict[str, str] | None = None) ->
     for k, v in (extra or {}).items():
         table.add_row(k, v)
     console.print(table)
+    for warning in s.warnings:
+        console.print(f"[yellow]warning:[/] {warning}")

@@ -30,6 +30,7 @@ class Stats(_Reply):
     busy: int = 0  # refused 'busy' (a client beyond its share); 0 from servers that do not count it
     dropped: int
     duplicates: int
+    out_of_domain: int = 0  # frames whose results carry warnings (unlike the models' training data)
     undelivered_replies: int = 0  # answers a client did not take (not reading, or gone)
     undelivered_publications: int = 0  # results a subscriber was too slow for
     queue_depth: int

@@ -28,7 +28,7 @@ def status(server: ServerOpt = DEFAULT_SERVER) -> None:
     table.add_row("status", health.status)
     table.add_row("providers", ", ".join(health.providers) or "-")
     table.add_row("models loaded", ", ".join(health.models_loaded) or "-")
-    for key in ("frames", "results", "errors", "busy", "dropped", "duplicates", "undelivered_replies",
+    for key in ("frames", "results", "errors", "busy", "dropped", "duplicates", "out_of_domain", "undelivered_replies",
                 "undelivered_publications", "queue_depth", "streams"):
         table.add_row(key.replace("_", " "), str(getattr(stats, key)))
     table.add_row("uptime", f"{stats.uptime_s:.0f} s")

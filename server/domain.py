@@ -1,0 +1,57 @@
+"""Whether frames look like a model's training data: the checks behind the offline commands'
+warnings and the live results' ``warnings`` (never silence on data a model has not seen).
+
+`domain_warnings` compares a stack (or a frame) with what the model's card says of its training
+data; `DomainWatch` keeps the live verdict of each sender's stream per model, re-checked now and
+then so that it costs the server a few milliseconds per thousand frames, not per frame.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+
+import numpy as np
+
+from livescope.modelcard import ModelCard
+
+BASELINE_TOLERANCE_ADU = 10.0
+
+
+def domain_warnings(card: ModelCard, frames: np.ndarray, name: str, advice: str) -> tuple[str, ...]:
+    """What makes ``frames`` ((N, H, W) or one frame) look unlike the model's training data, in
+    words ending with ``advice`` (empty: nothing).
+
+    A model that normalises in its graph was trained with a camera baseline near its offset (the
+    1st percentile of its training frames); frames whose darkest pixels lie far from it (8-bit
+    data near 0, a camera with another baseline) are outside what the model has seen."""
+    n = card.normalisation
+    if n.kind != "in_graph":
+        return ()
+    frames = frames[None] if frames.ndim == 2 else frames
+    sample = frames[:: max(1, len(frames) // 16), ::2, ::2]
+    darkest = float(np.percentile(sample, 1.0))
+    if abs(darkest - n.offset_adu) <= BASELINE_TOLERANCE_ADU + 0.1 * n.offset_adu:
+        return ()
+    return (f"the darkest 1% of {name} lies at {darkest:g} ADU but {card.ref} was trained on frames whose "
+            f"darkest 1% lay at {n.offset_adu:g} ADU (another camera baseline or bit depth): the result "
+            f"may be poor; {advice}",)
+
+
+class DomainWatch:
+    """The warnings of each (sender, stream, model): checked on the stream's first frame for that
+    model and every ``check_every`` frames after; the most recent ``max_streams`` kept."""
+
+    def __init__(self, check_every: int = 256, max_streams: int = 256) -> None:
+        self.check_every, self.max_streams = check_every, max_streams
+        self._seen: OrderedDict[tuple, tuple[int, tuple[str, ...]]] = OrderedDict()
+
+    def warnings(self, key: tuple, check: Callable[[], tuple[str, ...]]) -> tuple[str, ...]:
+        """``key``'s warnings, running ``check`` when they are due."""
+        frames, found = self._seen.pop(key, (0, ()))
+        if frames % self.check_every == 0:
+            found = tuple(check())
+        self._seen[key] = (frames + 1, found)
+        while len(self._seen) > self.max_streams:
+            self._seen.popitem(last=False)
+        return found
