@@ -23,7 +23,7 @@ def rss_mb(pid: int) -> float:
 
 
 def test_a_flooding_client_is_refused_busy_and_another_clients_frames_are_all_restored(own_server):
-    srv = own_server("--max-queued-mb-per-client", "32")
+    srv = own_server("--max-queued-mb-per-client", "32", "--batch-max-frames", "1")  # one frame's working memory
     ctx = zmq.Context()
     flood = ctx.socket(zmq.DEALER)
     flood.linger = 0
@@ -31,8 +31,10 @@ def test_a_flooding_client_is_refused_busy_and_another_clients_frames_are_all_re
     flood.connect(srv.frames)
     big = np.zeros((512, 1024), np.uint16)  # 1 MiB each
     try:
-        for seq in range(300):  # more frames than the whole queue holds, never reading an answer
-            header = FrameHeader(stream="flood", seq=seq, shape=big.shape, pipeline=("identity",))
+        # more frames than the whole queue holds, never reading an answer, through a model slow
+        # enough (on any machine) that they pile up: with the identity a fast machine kept up
+        for seq in range(300):
+            header = FrameHeader(stream="flood", seq=seq, shape=big.shape, pipeline=("denoise",))
             flood.send_multipart([encode_header(header), big])
         time.sleep(0.5)
         with StreamClient(srv.frames, stream="polite", pipeline=["identity"], mode="lossless") as polite:
