@@ -382,7 +382,8 @@ class _ResultCollector(threading.Thread):
             self.server_ms.append(h.latency.total_ms)
             if h.warnings:
                 self.frames_with_warnings += 1
-                self.warnings.update(dict.fromkeys(h.warnings[:4]) if len(self.warnings) < 16 else {})
+                if len(self.warnings) < 16:  # a stream's warnings repeat: a few distinct ones are kept
+                    self.warnings.update(dict.fromkeys(h.warnings[:4]))
             rt = outcome.round_trip_ms
             if rt is not None:
                 self.latencies_ms.append(rt)

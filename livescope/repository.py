@@ -105,6 +105,12 @@ class ModelRepository:
     def versions(self, name: str) -> list[ModelVersion]:
         return [self._versions[name][v] for v in sorted(self._versions.get(name, {}))]
 
+    def default(self, name: str) -> ModelVersion | None:
+        """The version served when none is named: the newest that passed the quality gate; None if
+        there is no such model, or only candidates (versions that failed the gate)."""
+        passed = [v for v in self.versions(name) if v.card.serves_by_default]
+        return passed[-1] if passed else None
+
     def resolve(self, name: str, version: int | None = None) -> ModelVersion:
         """The given version, or when version is None the default: the newest that passed the
         quality gate (a candidate that failed it is served only when activated by force)."""
@@ -114,13 +120,13 @@ class ModelRepository:
                 f"no model named {name!r} in the repository; available: {', '.join(self.names()) or 'none'}"
             )
         if version is None:
-            defaults = [v for v in have if have[v].card.serves_by_default]
-            if not defaults:
+            default = self.default(name)
+            if default is None:
                 newest = have[max(have)].card
                 raise UnknownModelError(
                     f"no version of {name!r} passed the quality gate (the newest, {newest.ref}: "
                     f"{newest.gate.reason}); `livescope models activate {newest.ref} --force` serves it anyway")
-            return have[max(defaults)]
+            return default
         if version not in have:
             raise UnknownModelError(
                 f"{name}@{version} does not exist; versions of {name}: {sorted(have)}"

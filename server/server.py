@@ -462,11 +462,9 @@ class InferenceServer:
         models = []
         for name in self.repository.names():
             active = self.registry.active(name)
-            if active is None:
-                try:
-                    active = self.registry.resolve(name).card.version
-                except UnknownModelError:  # only candidates: none is served until one is forced
-                    active = None
+            if active is None:  # none served yet: the default would be (None: only candidates)
+                has_default = self.repository.default(name) is not None
+                active = self.registry.resolve(name).card.version if has_default else None
             for v in self.repository.versions(name):
                 models.append({"name": name, "version": v.card.version, "task": v.card.task,
                                "active": v.card.version == active, "loaded": v.ref in loaded,

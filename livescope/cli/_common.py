@@ -132,15 +132,12 @@ def version_to_compare(deploy: bool, server: str, name: str, force: bool,
     worse than, which the trainer scores on the new version's held-out data: with --deploy the
     server's active version of ``name``, else the default a server or an offline command on
     ``repository`` (and the shipped models) would pick. None if there is none."""
-    from livescope.repository import ModelRepository, ModelVersion, UnknownModelError, shipped_models_root
+    from livescope.repository import ModelRepository, ModelVersion, shipped_models_root
 
     if not deploy:
         if force:
             fail("--force only applies with --deploy")
-        try:
-            return ModelRepository([shipped_models_root(), repository]).resolve(name)
-        except UnknownModelError:
-            return None
+        return ModelRepository([shipped_models_root(), repository]).default(name)
     from livescope.deploy import DeployError, active_version
     from livescope.modelcard import CARD_FILE, ModelCard
 

@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from livescope.modelcard import Comparison
-from livescope.repository import ModelRepository, ModelVersion, UnknownModelError
+from livescope.repository import ModelRepository, ModelVersion
 from livescope.repository import log as repository_log
 
 SHOWN_METRICS = 3  # per version in the table; --json has them all
@@ -88,18 +88,11 @@ def repository_listing(roots: list[Path]) -> ModelListing:
         repository = ModelRepository(roots)
     finally:
         repository_log.disabled = False
-    served = {name: ref for name in repository.names() if (ref := _default_ref(repository, name))}
+    served = {name: default.ref for name in repository.names() if (default := repository.default(name))}
     entries = tuple(_from_version(v, served=served.get(name) == v.ref)
                     for name in repository.names() for v in repository.versions(name))
     return ModelListing(source="repository", repositories=tuple(str(r) for r in repository.roots),
                         models=entries, served=served, problems=tuple(repository.problems))
-
-
-def _default_ref(repository: ModelRepository, name: str) -> str | None:
-    try:
-        return repository.resolve(name).ref
-    except UnknownModelError:  # only candidates: a server serves none of them by default
-        return None
 
 
 def server_listing(address: str, reply: dict[str, Any]) -> ModelListing:
