@@ -103,18 +103,17 @@ class LocaliseStreams:
                     del state.context[seq]
         return out
 
-    def add(self, header: FrameHeader, table: EmitterTable, pixel_size_nm: float, model: str) -> bool:
+    def add(self, header: FrameHeader, table: EmitterTable, pixel_size_nm: float, model: str) -> None:
         """A frame's emitters into its stream's render (the field is the stream's first frame's), once
-        per seq; True for a stream's first frame."""
+        per seq."""
         with self._lock:
             state = self._stream(header.stream)
             if header.seq in state.rendered:
-                return False
+                return
             state.rendered.add(header.seq)
             state.rendered_order.append(header.seq)
             if len(state.rendered_order) > RENDERED_MEMORY:
                 state.rendered.discard(state.rendered_order.popleft())
-            first = state.frames == 0
             if state.render is None:
                 h, w = header.shape
                 state.render = RunningRender(RenderGrid(width_nm=w * pixel_size_nm, height_nm=h * pixel_size_nm,
@@ -131,7 +130,6 @@ class LocaliseStreams:
                                             rows["y_uncertainty_nm"]], axis=1).astype(np.float32))
                 state.kept_count += len(rows)
             state.not_kept += len(table) - len(rows)
-            return first
 
     def render(self, stream: str, settings: RenderSettings | None = None) -> tuple[StreamRender, np.ndarray]:
         """The stream's render now, as float32 (rows, columns); with other ``settings`` than its
