@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from livescope.camera import CameraCalibration
+from livescope.camera_estimate import complete_camera
 from livescope.emitters import EmitterTable
 from livescope.localise_maps import maps_to_emitters, range_warnings
 from livescope.server.models import LoadedModel
@@ -65,6 +65,7 @@ class LocaliseSummary(BaseModel):
     pixel_size_nm: float
     emitters: int
     seconds: float
+    camera: str = ""  # how the frames were converted to photo-electrons, for the user
     warnings: tuple[str, ...] = ()
 
     def line(self) -> str:
@@ -73,10 +74,11 @@ class LocaliseSummary(BaseModel):
         fps = self.frames / self.seconds if self.seconds > 0 else float("inf")
         return (f"{self.model} ({self.provider}): {self.emitters} emitters in {self.frames} frames of {h}x{w} "
                 f"px ({self.emitters / max(self.frames, 1):.1f} per frame) in {self.seconds:.1f} s "
-                f"({fps:.1f} frames/s) -> {self.output}{render}")
+                f"({fps:.1f} frames/s) -> {self.output}{render}" + (f"\n{self.camera}" if self.camera else ""))
 
 
-def run_localise_offline(in_path: str | os.PathLike, out_csv: str | os.PathLike, camera: CameraCalibration, *,
+def run_localise_offline(in_path: str | os.PathLike, out_csv: str | os.PathLike, *,
+                         baseline_adu: float | None = None, e_per_adu: float | None = None, em_gain: float = 1.0,
                          pixel_size_nm: float | None = None, render_path: str | os.PathLike | None = None,
                          render_px_nm: float = 10.0, model: str = "localise",
                          model_dirs: Sequence[str | os.PathLike] = (), overwrite: bool = False,
@@ -84,7 +86,9 @@ def run_localise_offline(in_path: str | os.PathLike, out_csv: str | os.PathLike,
                          progress: Callable[[int, int], None] | None = None) -> LocaliseSummary:
     """Localise every frame of IN, write the emitters as a ThunderSTORM CSV (and a render).
 
-    The pixel size comes from ``pixel_size_nm`` or else the stack's metadata. Data outside the
+    The camera is the given ``baseline_adu`` and ``e_per_adu``; what is not given is estimated from
+    the stack's noise (``livescope.camera_estimate``) and reported in the summary. The pixel size
+    comes from ``pixel_size_nm`` or else the stack's metadata. Data outside the
     model's trained range give warnings, or with ``strict`` an OfflineError before any work.
     Raises StackError / OfflineError with one-line messages; nothing is written on failure.
     """
@@ -108,6 +112,13 @@ def run_localise_offline(in_path: str | os.PathLike, out_csv: str | os.PathLike,
         if stack.info.pixel_size_um is None:
             raise OfflineError(f"{in_path} does not say its pixel size; give --pixel-size NM")
         pixel_size_nm = stack.info.pixel_size_um * 1000.0
+    try:
+        camera, estimate = complete_camera(stack.frames, baseline_adu=baseline_adu, e_per_adu=e_per_adu,
+                                           em_gain=em_gain)
+    except ValueError as e:
+        raise OfflineError(f"{in_path}: cannot estimate the camera ({e}); give --baseline and --e-per-adu") from None
+    described = (f"camera: baseline {camera.baseline_adu:g} ADU, {camera.e_per_adu:g} e-/ADU (given)"
+                 if estimate is None else estimate.describe())
     photons = camera.photons(stack.frames)
     warnings = gate_warnings(card) + tuple(range_warnings(card, pixel_size_nm, photons))
     if strict and warnings:
@@ -128,4 +139,4 @@ def run_localise_offline(in_path: str | os.PathLike, out_csv: str | os.PathLike,
     return LocaliseSummary(model=loaded.ref, provider=loaded.provider, input=str(in_path), output=str(out_csv),
                            render=str(rendered) if rendered else None, frames=stack.n_frames,
                            frame_shape=(h, w), pixel_size_nm=pixel_size_nm, emitters=len(table),
-                           seconds=seconds, warnings=warnings)
+                           seconds=seconds, camera=described, warnings=warnings)

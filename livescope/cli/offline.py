@@ -83,8 +83,10 @@ def localise(
     out: Annotated[Path, typer.Argument(help="Localisations, ThunderSTORM CSV (.csv).")],
     pixel_size: Annotated[Optional[float], typer.Option(
         "--pixel-size", help="Camera pixel size at the sample, nm (default: from the stack's metadata).")] = None,
-    baseline: Annotated[float, typer.Option(help="Camera baseline (offset), ADU.")] = ...,
-    e_per_adu: Annotated[float, typer.Option("--e-per-adu", help="Camera conversion gain, e-/ADU.")] = ...,
+    baseline: Annotated[Optional[float], typer.Option(
+        help="Camera baseline (offset), ADU (default: estimated from the movie's noise).")] = None,
+    e_per_adu: Annotated[Optional[float], typer.Option(
+        "--e-per-adu", help="Camera conversion gain, e-/ADU (default: estimated from the movie's noise).")] = None,
     em_gain: Annotated[float, typer.Option("--em-gain", help="EMCCD gain (1 for sCMOS).")] = 1.0,
     render: Annotated[Optional[Path], typer.Option(
         help="Also write a Gaussian super-resolution render (OME-TIFF or OME-Zarr).")] = None,
@@ -99,14 +101,14 @@ def localise(
     from the top-left corner of the top-left pixel; frames from 1) and optionally a render."""
     if pixel_size is not None and pixel_size <= 0:
         fail(f"--pixel-size must be positive nm, not {pixel_size:g}")
-    if e_per_adu <= 0 or em_gain < 1 or baseline < 0 or render_px <= 0:
+    if (e_per_adu is not None and e_per_adu <= 0) or em_gain < 1 or (baseline is not None and baseline < 0) \
+            or render_px <= 0:
         fail("--e-per-adu and --render-px must be positive, --em-gain at least 1, --baseline not negative")
-    from livescope.camera import CameraCalibration
     from livescope.server.offline_localise import run_localise_offline
 
-    camera = CameraCalibration(baseline_adu=baseline, e_per_adu=e_per_adu, em_gain=em_gain)
     _run_offline_job("localise", lambda progress: run_localise_offline(
-        inp, out, camera, pixel_size_nm=pixel_size, render_path=render, render_px_nm=render_px,
+        inp, out, baseline_adu=baseline, e_per_adu=e_per_adu, em_gain=em_gain, pixel_size_nm=pixel_size,
+        render_path=render, render_px_nm=render_px,
         model=model or "localise", model_dirs=[models or default_models_dir()], overwrite=overwrite,
         strict=strict, provider=provider, progress=progress))
 

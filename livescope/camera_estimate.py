@@ -1,0 +1,215 @@
+"""The camera model estimated from the data itself: baseline and conversion gain from the noise.
+
+A camera's pixels follow, to a good approximation, a Poisson-Gaussian law: in ADU, the variance
+of a pixel is linear in its mean, ``var = a (mean - baseline) + read variance``, with ``a`` the
+ADU per detected photo-electron (1 / e-/ADU; an EMCCD's excess noise doubles it). So every patch
+of plain background gives a point (mean, variance) on that line (photon transfer), and a
+movie's tiles and frames give many.
+
+What the points can tell depends on the data. Where the background covers a range of levels (an
+illumination profile, bleaching, frames of different brightness), the line's slope and intercept
+are both fitted: the gain and the baseline follow, each with its standard error. Where it sits at
+one level (a flat field, sparse emitters), only that level and its variance are known: any gain
+``a`` then explains the noise with the baseline ``level - variance / a``. The estimate keeps that
+relation exact (so the noise of the background is what a Poisson model of the converted frames
+expects, which is what localisation needs) and takes ``a`` from `PRIOR_ADU_PER_E`, a typical
+scientific CMOS, saying so (``gain_source`` "prior"): photon counts derived from it are then
+noise-equivalent, not absolute, until the user gives ``--e-per-adu``.
+
+Read noise is folded into the baseline: with ``c`` the intercept, baseline = -c / a is the true
+offset minus a x read variance, i.e. read noise counted as extra background photons (the usual
+sCMOS treatment of Poisson-Gaussian data). EM excess noise is folded into the gain: the result is
+in effective (noise-equivalent) photo-electrons.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from livescope.camera import CameraCalibration
+
+PRIOR_ADU_PER_E = 2.0
+"""ADU per photo-electron assumed when the data cannot tell (0.5 e-/ADU: a typical 16-bit sCMOS)."""
+
+TILE_PX = 16
+MAX_FRAMES = 256
+DARKEST_PERCENT = 20
+# The fitted slope is used only if its relative standard error is below this; otherwise the
+# data's levels are too close together to separate gain from baseline.
+MAX_RELATIVE_SLOPE_ERROR = 0.15
+# The factor by which the fitted line may miss the darkest tiles' variance (an EMCCD's skew at a few
+# photons biases that variance 2-3x).
+MAX_LINE_MISS = 4.0
+# Standard normal quantiles: z(0.30) = -0.5244, z(0.05) = -1.6449.
+_Z30 = 0.5244
+_Z30_MINUS_Z5 = 1.6449 - 0.5244
+# A tile of plain background is nearly symmetric: its 95th percentile lies about as far above its median
+# as its 5th below (Poisson skew at a few photons lengthens the upper side by tens of percent, emitters by more).
+_MAX_UPPER_OVER_LOWER = 1.5
+
+
+class CameraEstimate(BaseModel):
+    """A camera model estimated from frames, with its uncertainty and what it rests on."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    baseline_adu: float = Field(description="offset (read noise folded in), ADU")
+    baseline_se_adu: float = Field(ge=0, description="standard error of the baseline, ADU")
+    e_per_adu: float = Field(gt=0, description="conversion gain, e-/ADU: noise-equivalent photo-electrons when "
+                                               "estimated (an EMCCD's excess noise folded in), as given by the user, "
+                                               "or (baseline given) what the background's noise then says")
+    e_per_adu_se: float | None = Field(default=None, ge=0,
+                                       description="standard error of the gain, e-/ADU; None: not measured")
+    gain_source: Literal["data", "prior", "user"] = Field(
+        description="data: fitted; prior: the data's levels could not separate gain from baseline, so the gain is "
+                    "the typical-sCMOS PRIOR_ADU_PER_E; user: given (the baseline then follows from the noise)")
+    baseline_source: Literal["data", "user"] = "data"
+    background_adu: float = Field(description="the median background level, ADU")
+    background_variance_adu2: float = Field(gt=0, description="the background's noise variance at that level, ADU^2")
+    tiles: int = Field(ge=1, description="background tiles the fit used")
+    frames: int = Field(ge=1, description="frames they came from")
+
+    @property
+    def calibration(self) -> CameraCalibration:
+        return CameraCalibration(baseline_adu=max(self.baseline_adu, 0.0), e_per_adu=self.e_per_adu)
+
+    def describe(self) -> str:
+        """One line for a user: the values, their errors and whether the gain is the data's."""
+        error = "" if self.e_per_adu_se is None else f" ± {self.e_per_adu_se:.2g}"
+        gain = {"data": f"{self.e_per_adu:.3g}{error} e-/ADU",
+                "user": f"{self.e_per_adu:.3g} e-/ADU (given)",
+                "prior": f"{self.e_per_adu:.3g} e-/ADU (assumed: the background is too flat to measure the gain; "
+                         "photon counts are noise-equivalent, pass --e-per-adu for absolute ones)"}[self.gain_source]
+        baseline = (f"{self.baseline_adu:.1f} ADU (given)" if self.baseline_source == "user" else
+                    f"{self.baseline_adu:.1f} ± {self.baseline_se_adu:.2g} ADU")
+        return (f"camera estimated from {self.tiles} background tiles of {self.frames} frames: baseline "
+                f"{baseline}, {gain}")
+
+
+def estimate_camera(frames_adu: np.ndarray, *, max_frames: int = MAX_FRAMES) -> CameraEstimate:
+    """A camera model from ``frames_adu`` ((T, H, W) or (H, W), any numeric type, as the camera gave
+    them). Raises ValueError, saying why, when the frames hold no measurable noise (constant, or
+    too small)."""
+    frames = np.asarray(frames_adu)
+    if frames.ndim == 2:
+        frames = frames[None]
+    if frames.ndim != 3 or min(frames.shape[1:]) < 8:
+        raise ValueError(f"frames of shape {frames_adu.shape} are too small to measure the noise in (8x8 at least)")
+    if len(frames) > max_frames:  # evenly spread, so bleaching still shows as a range of levels
+        frames = frames[np.linspace(0, len(frames) - 1, max_frames).round().astype(int)]
+    levels, variances, flat, chooser = _tile_statistics(frames.astype(np.float64))
+    if not np.any(variances > 0):
+        raise ValueError("the frames have no pixel noise to measure (constant or empty background)")
+    # The background's level and noise: those of the darkest fifth of the tiles. Emitters and structure
+    # only add light (and variance), so the darkest tiles are the least crowded; in sparse data they
+    # differ from the rest by their sampling noise only.
+    darkest = chooser <= np.percentile(chooser, DARKEST_PERCENT)
+    level, variance = float(np.median(levels[darkest])), float(np.median(variances[darkest]))
+    if variance <= 0:
+        raise ValueError("most of the frames' background has no noise to measure (constant or clipped at zero)")
+    slope, intercept, slope_se, intercept_se = _photon_transfer(levels[flat], variances[flat], variance)
+    n_frames = len(frames)
+    # A fitted line is believed when its slope is well measured and it goes through the darkest
+    # tiles' background (crowded data can line up tiles of structure instead of background).
+    if (slope > 0 and slope_se < MAX_RELATIVE_SLOPE_ERROR * slope
+            and 1 / MAX_LINE_MISS < (slope * level + intercept) / variance < MAX_LINE_MISS):
+        baseline = -intercept / slope
+        # Delta method: baseline = -c/a; the slope's and intercept's errors, treated as independent.
+        baseline_se = float(np.hypot(intercept_se / slope, intercept * slope_se / slope**2))
+        return CameraEstimate(baseline_adu=baseline, baseline_se_adu=baseline_se, e_per_adu=1.0 / slope,
+                              e_per_adu_se=slope_se / slope**2, gain_source="data", background_adu=level,
+                              background_variance_adu2=variance, tiles=len(levels), frames=n_frames)
+    # One level: keep level - baseline = variance / a exactly, with a from the prior, but never a
+    # baseline below zero (then the noise says the gain must be larger).
+    a = max(PRIOR_ADU_PER_E, variance / level) if level > 0 else PRIOR_ADU_PER_E
+    baseline = level - variance / a
+    level_se = 1.2533 * float(np.std(levels)) / np.sqrt(len(levels))
+    return CameraEstimate(baseline_adu=baseline, baseline_se_adu=level_se, e_per_adu=1.0 / a,
+                          gain_source="prior", background_adu=level, background_variance_adu2=variance,
+                          tiles=len(levels), frames=n_frames)
+
+
+def _tile_statistics(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per tile of every frame: its background level (ADU) and noise variance (ADU^2), from the
+    tile's lower quantiles (emitters and structure only add light, so the darker part of a tile is
+    its background); which tiles look like plain background (their upper half not much longer than
+    their lower half: emitters and structure lengthen it); and a second, independent level, from
+    the tile's other pixels (a checkerboard's other squares), to choose tiles by without biasing
+    the noise measured in them."""
+    t, h, w = frames.shape
+    th, tw = min(TILE_PX, h), min(TILE_PX, w)
+    th, tw = th - th % 2, tw - tw % 2
+    rows, cols = h // th, w // tw
+    tiles = frames[:, :rows * th, :cols * tw].reshape(t, rows, th, cols, tw).transpose(0, 1, 3, 2, 4)
+    tiles = tiles.reshape(-1, th, tw)
+    black = np.indices((th, tw)).sum(axis=0) % 2 == 0
+    x, other = tiles[:, black], tiles[:, ~black]
+    level, variance, flat = _lower_quantile_statistics(x)
+    chooser, _, _ = _lower_quantile_statistics(other)
+    return level, variance, flat, chooser
+
+
+def _lower_quantile_statistics(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    p5, p30, p50, p95 = np.percentile(x, [5, 30, 50, 95], axis=1)
+    sigma = (p30 - p5) / _Z30_MINUS_Z5
+    return p30 + _Z30 * sigma, sigma ** 2, (p95 - p50) <= _MAX_UPPER_OVER_LOWER * (p50 - p5)
+
+
+def _photon_transfer(levels: np.ndarray, variances: np.ndarray, variance: float
+                      ) -> tuple[float, float, float, float]:
+    """The line variance = a x level + c through the plain-background tiles' points, robustly
+    (medians of quantile bins of the level, fitted by least squares): a, c and their standard
+    errors; inf errors when the levels do not span a range (twice the noise, ``variance``, at
+    least) that could tell the slope."""
+    bins = min(12, len(levels) // 8)
+    if bins < 3 or np.subtract(*np.percentile(levels, [90, 10])) < 2 * np.sqrt(variance):
+        return 0.0, 0.0, np.inf, np.inf
+    order = np.argsort(levels)
+    groups = np.array_split(order, bins)
+    x = np.array([np.median(levels[g]) for g in groups])
+    y = np.array([np.median(variances[g]) for g in groups])
+    if np.ptp(x) <= 0:
+        return 0.0, 0.0, np.inf, np.inf
+    design = np.stack([x, np.ones_like(x)], axis=1)
+    coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+    residual = y - design @ coef
+    dof = max(len(x) - 2, 1)
+    cov = np.linalg.inv(design.T @ design) * float(residual @ residual) / dof
+    return float(coef[0]), float(coef[1]), float(np.sqrt(cov[0, 0])), float(np.sqrt(cov[1, 1]))
+
+
+def excess_noise_factor(em_gain: float) -> float:
+    """F^2, the variance an EMCCD's gain register adds per electron: 2 at any useful gain, 1 without."""
+    return 2.0 if em_gain > 1 else 1.0
+
+
+def complete_camera(frames_adu: np.ndarray, *, baseline_adu: float | None = None, e_per_adu: float | None = None,
+                    em_gain: float = 1.0) -> tuple[CameraCalibration, CameraEstimate | None]:
+    """The calibration to convert ``frames_adu`` with: the user's values where given, the rest
+    estimated from the frames (and the estimate, None when nothing was). A value given alone fixes the
+    other through the background's noise: level - baseline = F^2 x EM gain x variance / (e-/ADU)^-1."""
+    if baseline_adu is not None and e_per_adu is not None:
+        return CameraCalibration(baseline_adu=baseline_adu, e_per_adu=e_per_adu, em_gain=em_gain), None
+    estimate = estimate_camera(frames_adu)
+    # ADU per photo-electron as the noise sees it (EM gain and its excess noise included).
+    noise_adu_per_e = excess_noise_factor(em_gain) * em_gain
+    level, variance = estimate.background_adu, estimate.background_variance_adu2
+    if e_per_adu is not None:
+        baseline_adu = max(level - variance * e_per_adu / noise_adu_per_e, 0.0)
+        estimate = estimate.model_copy(update={"baseline_adu": baseline_adu, "e_per_adu": e_per_adu,
+                                               "e_per_adu_se": None, "gain_source": "user"})
+    elif baseline_adu is not None:
+        if level <= baseline_adu:
+            raise ValueError(f"the background ({level:.1f} ADU) is not above --baseline {baseline_adu:g}: "
+                             "check the baseline, or give --e-per-adu too")
+        e_per_adu = noise_adu_per_e * (level - baseline_adu) / variance
+        estimate = estimate.model_copy(update={"baseline_adu": baseline_adu, "baseline_se_adu": 0.0,
+                                               "e_per_adu": e_per_adu, "e_per_adu_se": None,
+                                               "baseline_source": "user"})
+    else:
+        # The estimate is in noise-equivalent photo-electrons; an EMCCD's true ones are F^2 times as many.
+        baseline_adu, e_per_adu = estimate.calibration.baseline_adu, estimate.e_per_adu * noise_adu_per_e
+    return CameraCalibration(baseline_adu=max(baseline_adu, 0.0), e_per_adu=e_per_adu, em_gain=em_gain), estimate
