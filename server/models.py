@@ -154,6 +154,8 @@ class ModelRegistry:
     options: RuntimeOptions = RuntimeOptions()
     _loaded: dict[str, LoadedModel] = field(default_factory=dict)
     _active: dict[str, int] = field(default_factory=dict)
+    # name -> the versions it served before its active one, oldest first: what rollback returns to
+    _history: dict[str, list[int]] = field(default_factory=dict)
     _loading: dict[str, threading.Lock] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -208,8 +210,31 @@ class ModelRegistry:
             _check_gate(resolved)
         model = self.load(resolved)
         with self._lock:
+            previous = self._active.get(name)
+            if previous is not None and previous != model.card.version:
+                self._history.setdefault(name, []).append(previous)
             self._active[name] = model.card.version
         return model
+
+    def rollback(self, name: str) -> tuple[LoadedModel, int]:
+        """Serve again the version ``name`` served before its active one (loaded completely first;
+        if that fails, the active version stays). Returns it and the version it replaced. It was
+        served before, so the quality gate does not stop it (it passed, or was forced then)."""
+        with self._lock:
+            history, current = list(self._history.get(name, ())), self._active.get(name)
+        while history and history[-1] == current:
+            history.pop()
+        if not history or current is None:
+            served = f"it has served only {name}@{current}" if current is not None else f"{name} has not served yet"
+            raise LookupError(f"no earlier version of {name} was active in this server since it started ({served}); "
+                              f"`livescope models activate {name}@VERSION` picks one")
+        model = self.load(self.repository.resolve(name, history[-1]))
+        with self._lock:
+            if self._active.get(name) != current:
+                raise LookupError(f"{name} was activated by someone else meanwhile; nothing rolled back")
+            self._history[name] = history[:-1]
+            self._active[name] = model.card.version
+        return model, current
 
     def unload(self, ref: str) -> None:
         name, version = split_stage(ref)

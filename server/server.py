@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from pathlib import Path
 from queue import SimpleQueue
 
 import numpy as np
@@ -49,6 +50,7 @@ from livescope.repository import (
     shipped_models_root,
 )
 from livescope.security import CurveServer
+from livescope.server.adapt import ADAPTABLE_TASKS, Adaptation, connectable
 from livescope.server.config import ServerConfig
 from livescope.server.control import execute
 from livescope.server.domain import DomainWatch, domain_warnings
@@ -68,7 +70,7 @@ _PIPE = "inproc://livescope-results"
 # (sender), a control reply (sender).
 _REPLY, _PUBLISH, _ERROR, _CONTROL = b"R", b"P", b"E", b"C"
 # Control commands that may take seconds (loading a model) run on the control thread.
-_SLOW_COMMANDS = frozenset({"load", "activate", "unload", "rescan", "render"})
+_SLOW_COMMANDS = frozenset({"load", "activate", "rollback", "unload", "rescan", "render"})
 _MAX_STREAMS = 256  # per-stream de-duplication state kept for the most recent streams
 # Messages ZeroMQ may hold for one peer before the server counts further ones undelivered: twice
 # a client's share of the queue for answers, fewer for subscribers (viewers want the newest);
@@ -110,6 +112,7 @@ class InferenceServer:
         self._control_requests: SimpleQueue = SimpleQueue()
         self._control_pipe: zmq.Socket | None = None  # the control thread's (renders are published on it)
         self._load_problems: list[str] = []
+        self._adaptation: Adaptation | None = None  # the running (or last) live adaptation
         self._control_thread = threading.Thread(target=self._control_loop,
                                                 name="livescope-control", daemon=True)
         self.router: zmq.Socket | None = None
@@ -173,6 +176,8 @@ class InferenceServer:
         self._stop.set()
 
     def close(self) -> None:
+        if self._adaptation is not None:
+            self._adaptation.cancel()
         if self._curve is not None:
             self._curve.stop()
             self._curve = None
@@ -291,6 +296,8 @@ class InferenceServer:
             self._error(identity, ErrorCode.busy, f"{e}; send it again later", stream=stream, seq=seq)
             return
         ledger.pending[seq] = payload[0]
+        if self._adaptation is not None:
+            self._adaptation.offer(stream, seq, image, header.pixel_size_um)
         self._counts["frames"] += 1
         self.metrics.frames.labels(header.mode).inc()
         for old in superseded:
@@ -493,6 +500,59 @@ class InferenceServer:
         self.metrics.provider.labels(loaded.ref, loaded.provider).set(1)
         log.info("activated %s (was %s@%s)", loaded.ref, name, previous)
         return {"active": loaded.ref, "previous": f"{name}@{previous}" if previous else None}
+
+    def _cmd_rollback(self, model: str) -> dict:
+        """Serve again the version of ``model`` (a name) that was active before the current one."""
+        name, version = split_stage(model)
+        if version is not None:
+            raise ValueError(f"rollback takes a model name, e.g. {name!r}, not a version ({model!r})")
+        loaded, replaced = self.registry.rollback(name)
+        self.metrics.provider.labels(loaded.ref, loaded.provider).set(1)
+        log.info("rolled %s back to %s (was %s@%s)", name, loaded.ref, name, replaced)
+        return {"active": loaded.ref, "previous": f"{name}@{replaced}"}
+
+    def _cmd_adapt(self, task: str, stream: str, frames: int = 64, minutes: float = 3.0) -> dict:
+        """Start a live adaptation (server/adapt.py): the stream's next ``frames`` frames, a
+        ``task`` model trained on them for ``minutes`` in a separate process, activated if better."""
+        if task not in ADAPTABLE_TASKS:
+            raise ValueError(f"adapt trains {', '.join(ADAPTABLE_TASKS)} models, not {task!r}")
+        if not 8 <= frames <= 4096 or not 0.1 <= minutes <= 120:
+            raise ValueError(f"adapt takes 8-4096 frames and 0.1-120 minutes, not {frames} and {minutes:g}")
+        running = self._adaptation
+        if running is not None and not running.finished:
+            status = running.status()
+            raise ValueError(f"an adaptation is running ({status.task} on stream {status.stream!r}: "
+                             f"{status.state}); adapt_status follows it")
+        if not self.config.model_dirs:
+            raise ValueError("the server has no model repository of its own to write to; start it with --models DIR")
+        if self._curve is not None:
+            raise ValueError("live adaptation is not available on a CURVE-secured server yet (its trainer "
+                             "process would need a client key); train with --deploy instead")
+        self._adaptation = Adaptation(task=task, stream=stream, frames=frames, minutes=minutes,
+                                      repository=Path(self.config.model_dirs[0]),
+                                      server_address=connectable(self.config.frames_address),
+                                      outcome=self._adaptation_outcome)
+        return self._adaptation.status().model_dump()
+
+    def _cmd_adapt_status(self) -> dict:
+        """The running or last adaptation's status."""
+        if self._adaptation is None:
+            raise LookupError("no adaptation has been started in this server; adapt starts one")
+        return self._adaptation.status().model_dump()
+
+    def _adaptation_outcome(self, ref: str) -> tuple[bool, str]:
+        """Whether the version an adaptation trained is active now, and why (not), in its card's words."""
+        name, version = split_stage(ref)
+        try:
+            card = self.repository.resolve(name, version).card
+        except UnknownModelError as e:
+            return False, f"the server does not see it: {e}"
+        compared = card.comparison.summary() if card.comparison is not None else "no other version was active"
+        if self.registry.active(name) == version:
+            return True, compared
+        if not card.serves_by_default:
+            return False, f"failed the quality gate: {card.gate.reason}; kept as a candidate"
+        return False, f"{compared}; the active version stays"
 
     def _cmd_unload(self, model: str) -> dict:
         self.registry.unload(model)

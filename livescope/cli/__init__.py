@@ -12,12 +12,12 @@ import sys
 
 import typer
 
-from livescope.cli import acquire, calibrate, models, offline, report, serve, train
+from livescope.cli import acquire, adapt, calibrate, models, offline, report, serve, train
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Deep-learning image restoration inside the microscope's acquisition loop.")
 for command in (serve.serve, acquire.acquire, acquire.demo, offline.denoise, offline.restore, offline.localise,
-                offline.refocus, models.status, report.report):
+                offline.refocus, models.status, report.report, adapt.adapt):
     app.command()(command)
 app.add_typer(models.models_app, name="models")
 app.add_typer(models.keys_app, name="keys")

@@ -78,3 +78,18 @@ class ListedVersion(_Reply):
 class ModelList(_Reply):
     models: tuple[ListedVersion, ...]
     problems: tuple[str, ...]
+
+
+class Adapting(_Reply):
+    """A live adaptation's status (the `adapt` and `adapt_status` commands)."""
+
+    task: str
+    stream: str
+    state: str
+    frames_wanted: int
+    frames_collected: int
+    minutes: float
+    elapsed_s: float
+    data: str | None = None
+    model: str | None = None
+    reason: str = ""

@@ -95,6 +95,19 @@ def models_activate(
     typer.echo(f"active: {data.active} (was {data.previous})")
 
 
+@models_app.command("rollback")
+def models_rollback(
+    name: Annotated[str, typer.Argument(help="The model's name, e.g. denoise.")],
+    server: ServerOpt = DEFAULT_SERVER,
+) -> None:
+    """Serve again the version that was active before the current one (after an activation or a
+    live adaptation you do not want); loaded completely first, then switched atomically."""
+    from livescope.cli._replies import Activated
+
+    data = control(server, "rollback", timeout_s=300.0, reply=Activated, model=name)
+    typer.echo(f"active: {data.active} (rolled back from {data.previous})")
+
+
 @models_app.command("load")
 def models_load(model: ModelRefArg, server: ServerOpt = DEFAULT_SERVER) -> None:
     """Load a version (warm it up) without activating it."""
