@@ -37,16 +37,24 @@ class LocalisationWriter:
 
     ``frame_shape_px`` and ``pixel_size_nm`` are the camera's: the render covers its field.
     Existing files at the paths are replaced (the caller refuses them beforehand).
+
+    The CSV has no ``sigma [nm]`` (the network estimates no PSF width) and ``z [nm]`` only for a 3-D
+    model: ``three_d`` is its card's ``localise.three_d`` where the caller has the card. Without it
+    (``None``: the live client is told only the model's name@version, no card) the tables decide
+    when the CSV is written: z is kept if any emitter has a z other than 0. That is sound for
+    livescope's networks, whose z output a 2-D model multiplies by 0 (``models/localise/net.py``),
+    so an all-zero z is no measurement and a 3-D model's is never all exactly 0.
     """
 
     def __init__(self, table_path: Path | None = None, render_path: Path | None = None, *,
                  frame_shape_px: tuple[int, int] | None = None, pixel_size_nm: float | None = None,
-                 render_px_nm: float = 10.0) -> None:
+                 render_px_nm: float = 10.0, three_d: bool | None = None) -> None:
         if render_path is not None and table_path is None:
             raise ValueError("a render is written only with the table (give table_path)")
         if render_path is not None and (frame_shape_px is None or not pixel_size_nm):
             raise ValueError("a render needs the camera's frame shape and pixel size")
         self.table_path, self.render_path = table_path, render_path
+        self.three_d = three_d
         self._tables: list[EmitterTable] = []
         self._render = None
         if render_path is not None:
@@ -81,7 +89,9 @@ class LocalisationWriter:
         table = EmitterTable.concatenate(self._tables)
         # Results can arrive out of order (resends after a reconnect): the CSV goes by frame.
         table = table.select(np.argsort(table["frame"], kind="stable"))
-        table.write_csv(self.table_path, overwrite=True)  # the data first; the render is a view of it
+        three_d = self.three_d if self.three_d is not None else bool(np.any(table["z_nm"] != 0))
+        # The data first (atomically, complete or not at all); the render is a view of it.
+        table.write_csv(self.table_path, z=three_d, sigma=False, overwrite=True)
         self.written = (self.table_path,)
         if self._render is not None:
             image = self._render.image()[None]

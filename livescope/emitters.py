@@ -14,7 +14,9 @@ Conventions (those of ThunderSTORM and the SMLM challenges):
 
 The CSV is ThunderSTORM's: ``id, frame, x [nm], y [nm], z [nm], sigma [nm], intensity [photon],
 offset [photon], bkgstd [photon], uncertainty [nm]`` (uncertainty: lateral, the rms of the x and
-y uncertainties; bkgstd: the background's shot-noise standard deviation, sqrt(offset)).
+y uncertainties; bkgstd: the background's shot-noise standard deviation, sqrt(offset)), less
+``z [nm]`` and ``sigma [nm]`` where the localiser did not measure them: a 2-D model's z and a
+model's PSF width (the network estimates none) would be zeros a reader takes for measurements.
 """
 
 from __future__ import annotations
@@ -57,6 +59,13 @@ background (photons/px)."""
 
 THUNDERSTORM_COLUMNS = ("id", "frame", "x [nm]", "y [nm]", "z [nm]", "sigma [nm]", "intensity [photon]",
                         "offset [photon]", "bkgstd [photon]", "uncertainty [nm]")
+"""Every column the CSV can have, in ThunderSTORM's order; ``csv_columns`` says which one has."""
+
+
+def csv_columns(*, z: bool, sigma: bool) -> tuple[str, ...]:
+    """The CSV's columns when the table's z and PSF width (sigma) are, or are not, measured."""
+    left_out = {name for name, known in (("z [nm]", z), ("sigma [nm]", sigma)) if not known}
+    return tuple(name for name in THUNDERSTORM_COLUMNS if name not in left_out)
 
 
 class EmitterTableError(ValueError):
@@ -136,25 +145,34 @@ class EmitterTable:
 
     # -- ThunderSTORM CSV ----------------------------------------------------------------------
 
-    def write_csv(self, path: Path, *, overwrite: bool = False) -> None:
+    def write_csv(self, path: Path, *, z: bool = False, sigma: bool = True, overwrite: bool = False) -> None:
         """ThunderSTORM CSV, written atomically (a temporary file renamed into place).
 
+        ``z`` and ``sigma``: whether the localiser measured z and a PSF width per emitter; a column
+        it did not is left out rather than written as zeros (readers take what is there as
+        measured). The writer of a localisation model's table decides from the model's card: z
+        for a 3-D model (``card.localise.three_d``), never sigma (the network gives no PSF width,
+        see ``LOCALISE_MAP_CHANNELS``). The defaults are a 2-D Gaussian fitter's, as ThunderSTORM's
+        own 2-D export: a fitted sigma, no z (``models/localise/classical.py`` writes so).
         Refuses an existing ``path`` unless ``overwrite``."""
         path = Path(path)
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path} exists; pass overwrite to replace it")
         r = self.rows
-        columns = [np.arange(1, len(self) + 1), r["frame"], r["x_nm"], r["y_nm"], r["z_nm"], r["sigma_nm"],
-                   r["photons"], r["background_photons"], np.sqrt(np.maximum(r["background_photons"], 0.0)),
-                   self.lateral_uncertainty_nm]
+        values = {"id": np.arange(1, len(self) + 1), "frame": r["frame"], "x [nm]": r["x_nm"], "y [nm]": r["y_nm"],
+                  "z [nm]": r["z_nm"], "sigma [nm]": r["sigma_nm"], "intensity [photon]": r["photons"],
+                  "offset [photon]": r["background_photons"],
+                  "bkgstd [photon]": np.sqrt(np.maximum(r["background_photons"], 0.0)),
+                  "uncertainty [nm]": self.lateral_uncertainty_nm}
+        header = csv_columns(z=z, sigma=sigma)
+        columns = [values[name] for name in header]  # id and frame first, the integers
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "w", newline="") as f:
                 writer = csv.writer(f, quoting=csv.QUOTE_NONNUMERIC)
-                writer.writerow(THUNDERSTORM_COLUMNS)
-                for values in zip(*columns):
-                    writer.writerow([int(values[0]), int(values[1]),
-                                     *(_number(float(v)) for v in values[2:])])
+                writer.writerow(header)
+                for row in zip(*columns):
+                    writer.writerow([int(row[0]), int(row[1]), *(_number(float(v)) for v in row[2:])])
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -163,7 +181,8 @@ class EmitterTable:
     @classmethod
     def read_csv(cls, path: Path) -> EmitterTable:
         """A ThunderSTORM CSV (as ``write_csv`` writes, or ThunderSTORM exports): the columns above
-        that are present; ``uncertainty [nm]`` fills both lateral uncertainties."""
+        that are present, those absent (a 2-D table's z, an unmeasured sigma) 0;
+        ``uncertainty [nm]`` fills both lateral uncertainties."""
         path = Path(path)
         try:
             with open(path, newline="") as f:
@@ -183,7 +202,8 @@ class EmitterTable:
             values = np.array(data, dtype=np.float64).reshape(len(data), len(header))
         except ValueError:
             raise EmitterTableError(f"{path}: non-numeric values in the table") from None
-        column = lambda name: values[:, index[name]] if name in index else 0.0  # noqa: E731
+        # An absent column is zeros of the table's length: a scalar 0 would make an empty table one row.
+        column = lambda name: values[:, index[name]] if name in index else np.zeros(len(data))  # noqa: E731
         uncertainty = column("uncertainty [nm]")
         return cls.from_columns(
             frame=column("frame"), x_nm=column("x [nm]"), y_nm=column("y [nm]"), z_nm=column("z [nm]"),

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from livescope.emitters import EmitterTable
 
@@ -35,6 +35,12 @@ _MAX_RADIUS_PX = 48
 _BATCH_VALUES = 1 << 19
 
 
+MAX_RENDER_PIXELS = 2**27
+"""The largest render drawn (about 11,600 px square: 1 GB while it accumulates in float64). A finer
+one would take the memory of the process holding it (a 512 µm field at 10 nm is 10 GB), so it is
+refused with the coarsest render pixel that fits, rather than killing the acquisition or server."""
+
+
 class RenderGrid(BaseModel):
     """The field of view and render pixel of a super-resolution render."""
 
@@ -44,10 +50,28 @@ class RenderGrid(BaseModel):
     height_nm: float = Field(gt=0)
     pixel_nm: float = Field(default=10.0, gt=0, description="render pixel size")
 
+    @model_validator(mode="after")
+    def _fits_in_memory(self) -> RenderGrid:
+        rows, cols = self.shape
+        if rows * cols > MAX_RENDER_PIXELS:
+            raise ValueError(
+                f"a render of the {self.width_nm / 1000:g} x {self.height_nm / 1000:g} µm field at "
+                f"{self.pixel_nm:g} nm would be {cols} x {rows} px ({rows * cols * 8 / 1e9:.1f} GB); "
+                f"use render pixels of at least {finest_render_pixel_nm(self.width_nm, self.height_nm):g} nm")
+        return self
+
     @property
     def shape(self) -> tuple[int, int]:
         """(rows, columns): enough render pixels to cover the field (the last may overhang)."""
         return (_cover(self.height_nm, self.pixel_nm), _cover(self.width_nm, self.pixel_nm))
+
+
+def finest_render_pixel_nm(width_nm: float, height_nm: float, max_pixels: int = MAX_RENDER_PIXELS) -> float:
+    """The finest whole-nm render pixel whose render of the field has at most ``max_pixels``."""
+    pixel = max(1.0, math.floor(math.sqrt(width_nm * height_nm / max_pixels)))
+    while _cover(width_nm, pixel) * _cover(height_nm, pixel) > max_pixels:
+        pixel += 1.0
+    return pixel
 
 
 def _cover(length_nm: float, pixel_nm: float) -> int:

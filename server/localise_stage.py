@@ -15,6 +15,7 @@ Written by the worker thread, read by the control thread: one lock guards it all
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
@@ -24,9 +25,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from livescope.emitters import EmitterTable
 from livescope.protocol import FrameHeader
-from livescope.render import RenderGrid, RenderMethod, RunningRender
+from livescope.render import RenderGrid, RenderMethod, RunningRender, finest_render_pixel_nm
+
+log = logging.getLogger("livescope.server")
 
 
+RUNNING_RENDER_PIXELS = 2**25  # per stream's running render (256 MB in float64): 8 streams fit in 2 GB
 RENDERED_MEMORY = 100_000  # seqs remembered per stream (a few MB) to count each frame once
 
 
@@ -116,9 +120,17 @@ class LocaliseStreams:
                 state.rendered.discard(state.rendered_order.popleft())
             if state.render is None:
                 h, w = header.shape
-                state.render = RunningRender(RenderGrid(width_nm=w * pixel_size_nm, height_nm=h * pixel_size_nm,
-                                                   pixel_nm=self.default_render.pixel_nm),
-                                        self.default_render.method)
+                width_nm, height_nm = w * pixel_size_nm, h * pixel_size_nm
+                # A large field gets coarser render pixels, so that 8 streams' renders fit in memory;
+                # the render command draws finer ones on request (up to MAX_RENDER_PIXELS).
+                pixel_nm = max(self.default_render.pixel_nm,
+                               finest_render_pixel_nm(width_nm, height_nm, RUNNING_RENDER_PIXELS))
+                if pixel_nm != self.default_render.pixel_nm:
+                    log.warning("stream %s: a %.0f x %.0f µm field is rendered at %g nm, not %g nm (memory)",
+                                header.stream, width_nm / 1000, height_nm / 1000, pixel_nm,
+                                self.default_render.pixel_nm)
+                state.render = RunningRender(RenderGrid(width_nm=width_nm, height_nm=height_nm, pixel_nm=pixel_nm),
+                                             self.default_render.method)
             state.render.add(table)
             state.frames += 1
             state.model = model
@@ -142,7 +154,8 @@ class LocaliseStreams:
             running = state.render
             settings = settings or RenderSettings(pixel_nm=running.grid.pixel_nm, method=running.method)
             if (settings.pixel_nm, settings.method) != (running.grid.pixel_nm, running.method):
-                grid = running.grid.model_copy(update={"pixel_nm": settings.pixel_nm})
+                grid = RenderGrid(width_nm=running.grid.width_nm, height_nm=running.grid.height_nm,
+                                  pixel_nm=settings.pixel_nm)  # validated: a render too fine is refused
                 running = state.render = RunningRender(grid, settings.method)
                 if state.kept:
                     running.add(_as_table(np.concatenate(state.kept)))

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from livescope.camera_estimate import complete_camera
 from livescope.emitters import EmitterTable
@@ -23,6 +23,7 @@ from livescope.localise_maps import maps_to_emitters, range_warnings
 from livescope.server.models import LoadedModel
 from livescope.server.offline import OfflineError, gate_warnings, load_model, resolve_model
 from livescope.stackio import StackError, StackInfo, read_stack, stack_format, write_stack
+from livescope.validation import first_error
 
 
 def causal_windows(frames: np.ndarray, context: int, start: int, stop: int) -> np.ndarray:
@@ -112,6 +113,13 @@ def run_localise_offline(in_path: str | os.PathLike, out_csv: str | os.PathLike,
         if stack.info.pixel_size_um is None:
             raise OfflineError(f"{in_path} does not say its pixel size; give --pixel-size NM")
         pixel_size_nm = stack.info.pixel_size_um * 1000.0
+    h, w = stack.frames.shape[1:]
+    grid = None
+    if render_out is not None:  # before any work: a render too fine for memory is refused now
+        try:
+            grid = RenderGrid(width_nm=w * pixel_size_nm, height_nm=h * pixel_size_nm, pixel_nm=render_px_nm)
+        except ValidationError as e:
+            raise OfflineError(f"--render-px: {first_error(e)}") from None
     try:
         camera, estimate = complete_camera(stack.frames, baseline_adu=baseline_adu, e_per_adu=e_per_adu,
                                            em_gain=em_gain)
@@ -127,15 +135,15 @@ def run_localise_offline(in_path: str | os.PathLike, out_csv: str | os.PathLike,
     t0 = time.perf_counter()
     table = localise_frames(loaded, photons, pixel_size_nm, progress=progress)
     seconds = time.perf_counter() - t0
-    h, w = stack.frames.shape[1:]
     rendered = None
-    if render_out is not None:
-        grid = RenderGrid(width_nm=w * pixel_size_nm, height_nm=h * pixel_size_nm, pixel_nm=render_px_nm)
+    if render_out is not None and grid is not None:
         image = gaussian(table, grid).image[None]
         info = StackInfo(path=str(render_out), format=stack_format(render_out), axes="TYX", shape=image.shape,
                          dtype="float32", pixel_size_um=render_px_nm / 1000.0)
         rendered = write_stack(render_out, image, info, overwrite=overwrite)
-    table.write_csv(out_csv, overwrite=overwrite)
+    # The card, not the data, says what was measured: z by a 3-D model only, and no PSF width at all.
+    three_d = card.localise is not None and card.localise.three_d  # localise_frames needed the spec
+    table.write_csv(out_csv, z=three_d, sigma=False, overwrite=overwrite)
     return LocaliseSummary(model=loaded.ref, provider=loaded.provider, input=str(in_path), output=str(out_csv),
                            render=str(rendered) if rendered else None, frames=stack.n_frames,
                            frame_shape=(h, w), pixel_size_nm=pixel_size_nm, emitters=len(table),

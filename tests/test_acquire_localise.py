@@ -20,14 +20,17 @@ from livescope.emitters import EMITTER_FIELDS, EmitterTable
 from livescope.protocol import Latency, ResultHeader
 from livescope.stackio import read_stack
 
-HEADER = ('"id","frame","x [nm]","y [nm]","z [nm]","sigma [nm]","intensity [photon]","offset [photon]",'
-          '"bkgstd [photon]","uncertainty [nm]"')
+# A 2-D model's: no z it never measured, no PSF width the network never estimates.
+HEADER = '"id","frame","x [nm]","y [nm]","intensity [photon]","offset [photon]","bkgstd [photon]","uncertainty [nm]"'
+HEADER_3D = ('"id","frame","x [nm]","y [nm]","z [nm]","intensity [photon]","offset [photon]","bkgstd [photon]",'
+             '"uncertainty [nm]"')
 
 
-def table_result(seq: int, x_nm: list[float], y_nm: list[float]) -> Result:
-    """What the server sends for one localised frame (frame = seq + 1)."""
+def table_result(seq: int, x_nm: list[float], y_nm: list[float], z_nm: list[float] | None = None) -> Result:
+    """What the server sends for one localised frame (frame = seq + 1); a 2-D model's z is 0."""
     n = len(x_nm)
     rows = EmitterTable.from_columns(frame=np.full(n, seq + 1), x_nm=np.array(x_nm), y_nm=np.array(y_nm),
+                                     z_nm=np.array(z_nm if z_nm is not None else [0.0] * n),
                                      x_uncertainty_nm=np.full(n, 20.0), y_uncertainty_nm=np.full(n, 20.0)).rows
     header = ResultHeader(stream="s", seq=seq, stage="localise", model="localise@1", final=True, kind="table",
                           shape=(len(rows),), dtype="record", fields=EMITTER_FIELDS,
@@ -77,6 +80,28 @@ def test_tables_arriving_in_any_order_are_written_by_frame_with_a_render_in_rend
     assert image.frames.sum() == pytest.approx(3.0, rel=1e-4)  # a unit Gaussian per emitter
 
 
+def test_a_3d_models_tables_keep_their_z_and_a_2d_models_have_none(tmp_path):
+    """Told by the card: z is written for a 3-D model, even an emitter's exact 0, and never for a 2-D one."""
+    for three_d, header in ((True, HEADER_3D), (False, HEADER)):
+        writer = LocalisationWriter(tmp_path / f"{three_d}.csv", three_d=three_d)
+        writer.add(table_result(0, [100.0, 200.0], [100.0, 100.0], [-350.5, 0.0]))
+        writer.close()
+        assert (tmp_path / f"{three_d}.csv").read_text().splitlines()[0] == header
+    np.testing.assert_allclose(EmitterTable.read_csv(tmp_path / "True.csv")["z_nm"], [-350.5, 0.0])
+
+
+def test_without_the_card_the_z_a_2d_network_sets_to_0_is_left_out_and_a_3d_ones_kept(tmp_path):
+    """The live client is told only the model's name@version; livescope's 2-D networks give z = 0 exactly."""
+    flat, deep = LocalisationWriter(tmp_path / "2d.csv"), LocalisationWriter(tmp_path / "3d.csv")
+    for writer, z in ((flat, [0.0, 0.0]), (deep, [412.25, -80.0])):
+        writer.add(table_result(0, [100.0, 200.0], [100.0, 100.0], z))
+        writer.add(table_result(1, [], []))
+        writer.close()
+    assert (tmp_path / "2d.csv").read_text().splitlines()[0] == HEADER
+    assert (tmp_path / "3d.csv").read_text().splitlines()[0] == HEADER_3D
+    np.testing.assert_allclose(EmitterTable.read_csv(tmp_path / "3d.csv")["z_nm"], [412.25, -80.0])
+
+
 def test_without_an_output_the_tables_are_only_counted():
     writer = LocalisationWriter()
     assert writer.add(table_result(0, [100.0, 200.0], [100.0, 100.0])) == 2
@@ -103,13 +128,6 @@ def test_a_localise_pipeline_without_the_camera_calibration_is_refused_before_ac
 
 
 # -- the CLI refuses mistakes before acquiring --------------------------------------------------
-
-
-def test_a_real_rig_needs_the_camera_calibration_for_a_localise_stage(tmp_path):
-    rig = tmp_path / "rig.cfg"
-    rig.write_text("Device,Camera,DemoCamera,DCam\n")
-    r = cli("acquire", "--mm-config", str(rig), "--frames", "2", "--pipeline", "localise")
-    assert_one_line_error(r, "--baseline", "--e-per-adu")
 
 
 def test_an_existing_emitter_table_is_not_overwritten_without_overwrite(tmp_path):

@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 import tifffile
 
+from livescope.emitters import EmitterTable
 from livescope.models.localise.data import LocaliseSimulation, simulate_batch
 from livescope.models.localise.train import LocaliseTrainConfig, train_and_publish_localiser
 from livescope.stackio import read_stack
 
-HEADER = ('"id","frame","x [nm]","y [nm]","z [nm]","sigma [nm]","intensity [photon]","offset [photon]",'
-          '"bkgstd [photon]","uncertainty [nm]"')
+# A 2-D model's CSV: no z it never measured, no PSF width the network never estimates.
+HEADER = '"id","frame","x [nm]","y [nm]","intensity [photon]","offset [photon]","bkgstd [photon]","uncertainty [nm]"'
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +42,18 @@ def movie(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def movie_3d(tmp_path_factory) -> tuple[Path, EmitterTable]:
+    """Astigmatic, bright and sparse, and its truth: the shipped 3-D model finds its emitters' depths."""
+    sim = LocaliseSimulation(psf="astigmatic", frame_shape_px=(40, 40), pixel_size_nm=(100.0, 100.0),
+                             density_per_um2=(1.0, 1.0), photons=(3000.0, 5000.0),
+                             background_photons_per_px=(10.0, 10.0))
+    batch = simulate_batch(sim, 4, np.random.default_rng(2))
+    path = tmp_path_factory.mktemp("movie3d") / "astig.tif"
+    tifffile.imwrite(path, batch.frames_adu[:, -1], photometric="minisblack")
+    return path, batch.truth
+
+
 def cli(*args: str, timeout_s: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "livescope.cli", *args], capture_output=True, text=True,
                           timeout=timeout_s)
@@ -64,6 +77,25 @@ def test_a_movie_gives_a_thunderstorm_csv_and_a_render_with_the_pixel_size_from_
     assert render.frames.shape == (1, 240, 200) and render.info.pixel_size_um == pytest.approx(0.02)
 
 
+def test_a_3d_models_csv_keeps_the_z_it_measured_and_no_sigma(tmp_path, movie_3d, repository):
+    movie, truth = movie_3d
+    r = localise(movie, tmp_path / "locs.csv", repository, "--model", "localise3d", "--pixel-size", "100")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "locs.csv").read_text().splitlines()[0] == (
+        '"id","frame","x [nm]","y [nm]","z [nm]","intensity [photon]","offset [photon]","bkgstd [photon]",'
+        '"uncertainty [nm]"')
+    found = EmitterTable.read_csv(tmp_path / "locs.csv")
+    found_z, true_z = [], []
+    for frame in np.unique(found["frame"]):  # each emitter against the nearest true one within 150 nm
+        f, t = found.in_frame(frame), truth.in_frame(frame)
+        d = np.hypot(f["x_nm"][:, None] - t["x_nm"][None], f["y_nm"][:, None] - t["y_nm"][None])
+        near = d.min(axis=1) < 150.0
+        found_z += list(f["z_nm"][near])
+        true_z += list(t["z_nm"][d.argmin(axis=1)[near]])
+    assert len(found_z) >= 20
+    assert np.corrcoef(found_z, true_z)[0, 1] > 0.7  # measured depths, not zeros
+
+
 def test_empty_frames_give_an_empty_table_not_an_error(tmp_path, repository):
     tifffile.imwrite(tmp_path / "dark.tif", np.full((3, 32, 32), 100, np.uint16), photometric="minisblack")
     r = localise(tmp_path / "dark.tif", tmp_path / "locs.csv", repository, "--pixel-size", "100")
@@ -76,6 +108,7 @@ def test_empty_frames_give_an_empty_table_not_an_error(tmp_path, repository):
     (("--pixel-size", "-3"), "--pixel-size must be positive"),
     (("--pixel-size", "400", "--strict", "--overwrite"), "--strict: pixel size 400 nm is outside the 65-160 nm"),
     (("--model", "denoise", "--overwrite"), "denoise@2 is a denoise model"),
+    (("--render", "sr.ome.tif", "--render-px", "0.1", "--overwrite"), "use render pixels of at least 1 nm"),
 ])
 def test_mistakes_are_refused_in_one_line_and_an_existing_csv_is_kept(tmp_path, movie, repository, extra,
                                                                       words):

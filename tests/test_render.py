@@ -131,3 +131,9 @@ def test_adding_a_live_streams_frames_one_by_one_is_cheap_and_equals_one_render(
     assert time.perf_counter() - start < 1.0  # not a pass over the 2048 x 2048 image per frame
     once = gaussian(EmitterTable.concatenate(frames), grid)
     np.testing.assert_allclose(running.image(), once.image, rtol=1e-6, atol=1e-7)
+
+
+def test_a_render_too_large_for_memory_is_refused_with_the_finest_pixel_that_fits():
+    with pytest.raises(ValueError, match=r"51200 x 51200 px .*at least 45 nm"):
+        RenderGrid(width_nm=512_000.0, height_nm=512_000.0, pixel_nm=10.0)
+    assert RenderGrid(width_nm=512_000.0, height_nm=512_000.0, pixel_nm=45.0).shape == (11378, 11378)

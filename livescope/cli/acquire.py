@@ -43,11 +43,11 @@ def acquire(
     size: Annotated[int, typer.Option(help="Virtual microscope: camera size in pixels.")] = 512,
     seed: Annotated[int, typer.Option(help="Virtual microscope: random seed.")] = 0,
     baseline: Annotated[Optional[float], typer.Option(
-        help="Camera baseline (offset), ADU. A localise stage needs it on a real rig; the virtual "
-             "microscope's camera gives it.")] = None,
+        help="Camera baseline (offset), ADU, for a localise stage (default: the virtual microscope's; on "
+             "a real rig, estimated from the noise of frames snapped before the run).")] = None,
     e_per_adu: Annotated[Optional[float], typer.Option(
-        "--e-per-adu", help="Camera conversion gain, e-/ADU. A localise stage needs it on a real rig; "
-                            "the virtual microscope's camera gives it.")] = None,
+        "--e-per-adu", help="Camera conversion gain, e-/ADU, for a localise stage (default: the virtual "
+                            "microscope's; on a real rig, estimated like --baseline).")] = None,
     em_gain: Annotated[Optional[float], typer.Option(
         "--em-gain", help="EMCCD gain (1 for sCMOS).")] = None,
     render_px: Annotated[float, typer.Option(
@@ -75,12 +75,6 @@ def acquire(
     if (e_per_adu is not None and e_per_adu <= 0) or (em_gain is not None and em_gain < 1) or (
             baseline is not None and baseline < 0) or render_px <= 0:
         fail("--e-per-adu and --render-px must be positive, --em-gain at least 1, --baseline not negative")
-    from livescope.acquire.localisations import localises
-
-    if server is not None and localises(stages) and mm_config is not None and (
-            baseline is None or e_per_adu is None):
-        fail("a localise stage needs the camera's calibration: give --baseline ADU and --e-per-adu E "
-             "(and --em-gain G for an EMCCD)")
     _check_output(output, overwrite, stages if server is not None else ())
     summary = _acquire(mm_config=mm_config, sequence=sequence, frames=frames,
                        exposure_ms=exposure_ms, server=server, stages=stages, mode=mode,
@@ -177,6 +171,10 @@ def _acquire(*, mm_config, sequence, frames, exposure_ms, server, stages, mode, 
     if server is not None and localises(stages) and not core.getPixelSizeUm():
         fail("a localise stage needs the camera's pixel size: define a pixel size configuration "
              "in the Micro-Manager config")
+    if server is not None and output is not None and gives_tables(stages) and core.getPixelSizeUm():
+        _check_render_fits(core, render_px_nm)
+    if server is not None and localises(stages) and camera is None:
+        camera = _camera_from_rig(core, given)
     total = len(list(seq.iter_events()))
     title = "acquiring" if server is None else "localising" if gives_tables(stages) else "restoring"
     try:
@@ -190,6 +188,44 @@ def _acquire(*, mm_config, sequence, frames, exposure_ms, server, stages, mode, 
     except KeyboardInterrupt:
         core.mda.cancel()
         fail("interrupted", code=130)
+
+
+RIG_ESTIMATE_FRAMES = 3
+
+
+def _check_render_fits(core, render_px_nm: float) -> None:
+    """Before acquiring: the run's render (the camera's field at --render-px) must fit in memory."""
+    from pydantic import ValidationError
+
+    from livescope.render import RenderGrid
+    from livescope.validation import first_error
+
+    pixel_nm = core.getPixelSizeUm() * 1000.0
+    try:
+        RenderGrid(width_nm=core.getImageWidth() * pixel_nm, height_nm=core.getImageHeight() * pixel_nm,
+                   pixel_nm=render_px_nm)
+    except ValidationError as e:
+        fail(f"--render-px: {first_error(e)}")
+
+
+def _camera_from_rig(core, given: dict):
+    """A real rig's camera calibration for a localise stage: what the user gave, and the rest
+    estimated from the noise of a few frames snapped now, with the run's settings (printed)."""
+    import numpy as np
+
+    from livescope.camera_estimate import complete_camera
+    from livescope.cli._console import console
+
+    frames = np.stack([core.snap() for _ in range(RIG_ESTIMATE_FRAMES)])
+    try:
+        camera, estimate = complete_camera(frames, baseline_adu=given.get("baseline_adu"),
+                                           e_per_adu=given.get("e_per_adu"), em_gain=given.get("em_gain", 1.0))
+    except ValueError as e:
+        fail(f"a localise stage needs the camera's calibration, and the rig's frames cannot give it ({e}): "
+             "give --baseline ADU and --e-per-adu E (and --em-gain G for an EMCCD)")
+    console.print(f"{estimate.describe()} (snapped before the run; --baseline / --e-per-adu override it)",
+                  soft_wrap=True)
+    return camera
 
 
 def demo(
