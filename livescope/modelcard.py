@@ -82,6 +82,16 @@ class LocaliseSpec(_Frozen):
     candidate_p: float = Field(default=0.1, ge=0, lt=1, description="a local maximum of p must exceed this")
 
 
+class DenoiseSpec(_Frozen):
+    """A denoiser that sees the frames before the one it restores: its input is ``context_frames``
+    consecutive frames of a stream (N, context_frames, H, W), oldest first, and it restores the
+    last. Causal, so a live frame's result never waits for the next frame; a frame without all its
+    predecessors (a stream's start, dropped frames) has them replaced by the nearest frame after
+    them, as the localise stage does. A card without this section is a single-frame denoiser."""
+
+    context_frames: int = Field(ge=1, le=9)
+
+
 class RefocusSpec(_Frozen):
     """What a refocusing model needs beyond its tensors (see models/refocus/net.py).
 
@@ -167,6 +177,9 @@ class ModelCard(_Frozen):
     metrics: dict[str, float] = Field(default_factory=dict, description="held-out metrics")
     localise: LocaliseSpec | None = Field(default=None, description="task 'localise' only")
     refocus: RefocusSpec | None = Field(default=None, description="task 'refocus' only")
+    # Optional (a single-frame denoiser has none), so cards from before it read as they were.
+    denoise: DenoiseSpec | None = Field(default=None, exclude_if=lambda v: v is None,
+                                        description="task 'denoise' only: a denoiser with context frames")
     comparison: Comparison | None = Field(default=None, description="against the version active at training")
     gate: QualityGate | None = Field(default=None, description="None: written before the gate existed")
     licence: str = "BSD-3-Clause"
@@ -176,7 +189,15 @@ class ModelCard(_Frozen):
         for task in ("localise", "refocus"):
             if (self.task == task) != (getattr(self, task) is not None):
                 raise ValueError(f"a '{task}' model's card needs a '{task}' section, and only it has one")
+        if self.denoise is not None and self.task != "denoise":
+            raise ValueError("only a 'denoise' model's card has a 'denoise' section")
         return self
+
+    @property
+    def context_frames(self) -> int:
+        """Consecutive frames of a stream the model sees per input (the last is the one it answers)."""
+        spec = self.localise or self.denoise
+        return spec.context_frames if spec is not None else 1
 
     @property
     def ref(self) -> str:

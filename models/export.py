@@ -28,12 +28,13 @@ class ExportError(RuntimeError):
     """The exported graph does not meet the served contract or disagrees with torch."""
 
 
-def to_onnx(module: nn.Module, size_multiple_px: int) -> onnx.ModelProto:
-    """Export an image model (uint16 [N,1,H,W] -> float32 [N,1,H,W]) with dynamic N, H, W."""
+def to_onnx(module: nn.Module, size_multiple_px: int, channels: int = 1) -> onnx.ModelProto:
+    """Export an image model (uint16 [N,channels,H,W] -> float32 [N,1,H,W]) with dynamic N, H, W;
+    ``channels`` > 1: a window of consecutive frames, the last the one restored."""
     side = 4 * size_multiple_px
-    example = torch.full((2, 1, side, side), 100, dtype=torch.int32).to(torch.uint16)
+    example = torch.full((2, channels, side, side), 100, dtype=torch.int32).to(torch.uint16)
     proto = export_graph(module, example, INPUT_NAME, OUTPUT_NAME)
-    check_contract(proto)
+    check_contract(proto, input_channels=channels)
     return proto
 
 
@@ -134,8 +135,11 @@ def check_parity(module: nn.Module, proto: onnx.ModelProto, x: np.ndarray,
     return error
 
 
-def parity_inputs(frames: np.ndarray, size_multiple_px: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """Two test inputs cut from real frames: a batch of 2 square crops and one non-square crop.
+def parity_inputs(frames: np.ndarray, size_multiple_px: int, rng: np.random.Generator,
+                  channels: int = 1) -> list[np.ndarray]:
+    """Two test inputs cut from real frames: a batch of 2 square crops and one non-square crop,
+    each (channels, h, w): the same crop of ``channels`` consecutive frames (the first repeated
+    where the stack is shorter).
 
     Two shapes check that N, H and W really are dynamic in the exported graph.
     """
@@ -147,10 +151,10 @@ def parity_inputs(frames: np.ndarray, size_multiple_px: int, rng: np.random.Gene
     def crop(ch: int, cw: int) -> np.ndarray:
         i = rng.integers(t)
         y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-        return frames[i, y : y + ch, x : x + cw]
+        return frames[np.clip(np.arange(i - channels + 1, i + 1), 0, None), y : y + ch, x : x + cw]
 
-    batch = np.stack([crop(side, side), crop(side, side)])[:, None]
-    single = crop(tall, wide)[None, None]
+    batch = np.stack([crop(side, side), crop(side, side)])
+    single = crop(tall, wide)[None]
     return [np.ascontiguousarray(batch, np.uint16), np.ascontiguousarray(single, np.uint16)]
 
 

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from livescope.emitters import EmitterTable
 from livescope.protocol import FrameHeader
 from livescope.render import RenderGrid, RenderMethod, RunningRender, finest_render_pixel_nm
+from livescope.server.context import fill_window
 
 log = logging.getLogger("livescope.server")
 
@@ -93,18 +94,8 @@ class LocaliseStreams:
         out = np.empty((n, context, h, w), np.float32)
         with self._lock:
             for k, header in enumerate(headers):
-                state = self._stream(header.stream)
-                current = frames_photons[k]
-                nearest = current
-                for j in range(context - 2, -1, -1):  # the frames before, from the latest back
-                    before = state.context.get(header.seq - (context - 1 - j))
-                    if before is not None and before.shape == current.shape:
-                        nearest = before
-                    out[k, j] = nearest
-                out[k, context - 1] = current
-                state.context[header.seq] = current.astype(np.float32, copy=True)
-                for seq in [s for s in state.context if s <= header.seq - context + 1]:
-                    del state.context[seq]
+                fill_window(self._stream(header.stream).context, header.seq,
+                            frames_photons[k].astype(np.float32, copy=False), out[k])
         return out
 
     def add(self, header: FrameHeader, table: EmitterTable, pixel_size_nm: float, model: str) -> None:

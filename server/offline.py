@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from livescope.context import causal_windows
 from livescope.modelcard import ModelCard
 from livescope.server.domain import domain_warnings
 from livescope.server.tiling import DEFAULT_TILE_PX, is_out_of_memory, run_shrinking_on_oom
@@ -51,6 +52,8 @@ class RunsFrames(Protocol):
     def card(self) -> ModelCard: ...
 
     def run(self, frames: np.ndarray) -> np.ndarray: ...
+
+    def run_windows(self, x: np.ndarray) -> np.ndarray: ...
 
 
 class OfflineSummary(BaseModel):
@@ -105,6 +108,8 @@ def restore_stack(model: RunsFrames, stack: Stack | np.ndarray, *, batch: int = 
                   tile_px: int | None = None, progress: Progress | None = None) -> np.ndarray:
     """Run the model on every frame of a (T, H, W) stack; return float32 (T, H, W).
 
+    A model with context frames sees each frame with the ones before it (the first frame standing
+    in before the stack's start: ``livescope.context.causal_windows``), as it would live.
     ``batch`` frames (or tiles, for frames larger than a tile) go to the model per call.
     ``tile_px`` overrides the default tile size for models that accept any size.
     """
@@ -117,9 +122,13 @@ def restore_stack(model: RunsFrames, stack: Stack | np.ndarray, *, batch: int = 
     out: np.ndarray | None = None
     in_dtype = card.inputs[0].dtype
     done = 0
+    context = card.context_frames
+    run = model.run if context == 1 else (lambda windows: model.run_windows(windows)[:, 0])
     while done < t:
-        chunk, _ = to_model_dtype(frames[done:done + batch], in_dtype)
-        y, tile = run_shrinking_on_oom(model.run, chunk, tile_px=tile,
+        stop = min(done + batch, t)
+        chunk, _ = to_model_dtype(frames[done:stop] if context == 1 else
+                                  causal_windows(frames, context, done, stop), in_dtype)
+        y, tile = run_shrinking_on_oom(run, chunk, tile_px=tile,
                                        halo_px=card.tiling.halo_px,
                                        size_multiple_px=card.tiling.size_multiple_px,
                                        fixed_size=fixed, batch_tiles=batch, name=card.ref)

@@ -18,19 +18,13 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from livescope.camera_estimate import complete_camera
+from livescope.context import causal_windows
 from livescope.emitters import EmitterTable
 from livescope.localise_maps import maps_to_emitters, range_warnings
 from livescope.server.models import LoadedModel
 from livescope.server.offline import OfflineError, gate_warnings, load_model, resolve_model
 from livescope.stackio import StackError, StackInfo, read_stack, stack_format, write_stack
 from livescope.validation import first_error
-
-
-def causal_windows(frames: np.ndarray, context: int, start: int, stop: int) -> np.ndarray:
-    """(stop - start, context, H, W): for each frame i in [start, stop), frames i-context+1..i,
-    indices below 0 clamped to 0 (the stack's first frame stands in for frames before it)."""
-    index = np.arange(start, stop)[:, None] + np.arange(-context + 1, 1)[None, :]
-    return frames[np.clip(index, 0, None)]
 
 
 def localise_frames(model: LoadedModel, frames_photons: np.ndarray, pixel_size_nm: float, *,

@@ -52,6 +52,7 @@ from livescope.repository import (
 from livescope.security import CurveServer
 from livescope.server.adapt import ADAPTABLE_TASKS, Adaptation, connectable
 from livescope.server.config import ServerConfig
+from livescope.server.context import StreamContext
 from livescope.server.control import execute
 from livescope.server.domain import DomainWatch, domain_warnings
 from livescope.server.ledger import StreamLedger, checksum
@@ -106,6 +107,7 @@ class InferenceServer:
         self._inference: dict[str, list[float]] = {}
         self._inference_lock = threading.Lock()
         self._domain = DomainWatch()  # the worker's
+        self._context = StreamContext()  # the worker's: frames before, for models with context frames
         self._out_of_domain = 0  # frames whose results carry a warning; under _inference_lock
         self._curve: CurveServer | None = None
         self._worker: threading.Thread | None = None
@@ -626,6 +628,12 @@ class InferenceServer:
                     outputs.append((model, tables))
                 elif stage.card.task == "refocus":
                     model, x = self._refocus(stage, jobs, x)
+                    outputs.append((model, x))
+                elif stage.card.context_frames > 1:  # a denoiser that sees the stream's frames before
+                    windows = self._context.windows([(j.identity, j.header.stream, stage.ref) for j in jobs],
+                                                    [j.header.seq for j in jobs], x, stage.card.context_frames)
+                    model, out = self._run_stage(stage, windows)
+                    x = out[:, 0]
                     outputs.append((model, x))
                 else:
                     model, x = self._run_stage(stage, x)

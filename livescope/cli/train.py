@@ -58,6 +58,10 @@ def train_denoise(
         help="ADU -> network units: 'sqrt' (variance-stabilising, for a wide range of signals) "
              "or 'linear'.")] = "sqrt",
     seed: Annotated[int, typer.Option(help="Seed for data, held-out split and training.")] = 0,
+    context_frames: Annotated[int, typer.Option(
+        "--context-frames", min=1, max=9,
+        help="Frames the model sees per frame it denoises: it and the ones before (a time series; with "
+             "--data). 1: each frame alone.")] = 1,
     frames_per_condition: Annotated[int, typer.Option(
         min=1, help="Virtual-microscope frames per modality, specimen and signal level.")] = 4,
     deploy: DeployOpt = False, force: ForceOpt = False, server: DeployServerOpt = DEFAULT_SERVER,
@@ -72,6 +76,9 @@ def train_denoise(
     repository = user_repository(models)
     if epochs is not None and not data:
         fail("--epochs needs --data (virtual-microscope training is set by --steps or the budget)")
+    if context_frames > 1 and not data:
+        fail("--context-frames needs --data: a time series of your own (the virtual microscope's training "
+             "frames are independent)")
     if struct not in (None, "row", "column"):
         fail(f"--struct must be 'row' or 'column', not {struct!r}")
     if intensity not in ("sqrt", "linear"):
@@ -86,7 +93,7 @@ def train_denoise(
 
         data, session_ids = expand_sessions(data)
         try:
-            own = load_training_stacks(data, patch, seed)
+            own = load_training_stacks(data, patch, seed, context_frames)
         except TrainingDataError as e:
             fail(str(e))
     from livescope.models.denoise.train import DenoiseTrainConfig
@@ -95,7 +102,8 @@ def train_denoise(
     budget_s = budget_s * 60.0 if budget_s else None
     config = DenoiseTrainConfig(steps=steps, seed=seed, patch_px=patch, budget_seconds=budget_s,
                                 depth=depth, base_channels=channels, intensity=intensity,
-                                struct_axis=struct or "none", struct_span_px=struct_span if struct else 0)
+                                struct_axis=struct or "none", struct_span_px=struct_span if struct else 0,
+                                context_frames=context_frames)
     command = command_line()
     if own is not None:
         from livescope.models.denoise.train import steps_per_epoch, train_and_publish_own_data

@@ -105,6 +105,18 @@ def random_patches(
 
     Returns (batch_size, 1, patch_px, patch_px).
     """
+    return random_windows(frames, patch_px, batch_size, generator, context_frames=1)
+
+
+def random_windows(
+    frames: torch.Tensor, patch_px: int, batch_size: int, generator: torch.Generator, *, context_frames: int
+) -> torch.Tensor:
+    """``batch_size`` random square crops of ``frames`` (T, H, W), each the same crop of
+    ``context_frames`` consecutive frames ending at a random one (frames before the first repeat
+    it, as ``livescope.context.causal_windows`` does), flipped and rotated together.
+
+    Returns (batch_size, context_frames, patch_px, patch_px), oldest frame first.
+    """
     t, h, w = frames.shape
     if patch_px > min(h, w):
         raise ValueError(f"patch {patch_px} px is larger than the frames ({h}x{w} px)")
@@ -113,9 +125,11 @@ def random_patches(
     xs = torch.randint(0, w - patch_px + 1, (batch_size,), generator=generator)
     turns = torch.randint(0, 4, (batch_size,), generator=generator)
     flips = torch.randint(0, 2, (batch_size,), generator=generator)
-    patches = []
+    back = torch.arange(-context_frames + 1, 1)
+    windows = []
     for i, y, x, k, f in zip(index, ys, xs, turns, flips):
-        patch = frames[i, y : y + patch_px, x : x + patch_px]
-        patch = torch.rot90(patch, int(k), (0, 1))
-        patches.append(patch.flip(1) if f else patch)
-    return torch.stack(patches)[:, None]
+        window = frames[(i + back).clamp(min=0), y : y + patch_px, x : x + patch_px]
+        window = torch.rot90(window, int(k), (1, 2))
+        windows.append(window.flip(2) if f else window)
+    return torch.stack(windows)
+

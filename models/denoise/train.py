@@ -25,11 +25,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from livescope.acquire.virtual import VirtualRigConfig
-from livescope.modelcard import ModelCard, Normalisation, TensorSpec, Tiling, TrainedFor
+from livescope.modelcard import DenoiseSpec, ModelCard, Normalisation, TensorSpec, Tiling, TrainedFor
 from livescope.models import export
 from livescope.models.budget import TrainProgress
 from livescope.models.compare import CLASSICAL_SUFFIX
-from livescope.models.denoise.data import FrameSet, VirtualDenoiseData, random_patches, virtual_frames
+from livescope.context import causal_windows
+from livescope.models.denoise.data import FrameSet, VirtualDenoiseData, random_windows, virtual_frames
 from livescope.models.denoise.n2v import BlindSpotMasking, StructAxis, masked_mse
 from livescope.models.denoise.user_data import UserTrainingData
 from livescope.models.intensity import IntensityTransform, TransformKind
@@ -57,6 +58,9 @@ class DenoiseTrainConfig(BaseModel):
         default="sqrt", description="ADU -> network units: 'linear', or 'sqrt' for wide signal ranges")
     struct_axis: StructAxis = Field(default="none", description="structN2V: axis of correlated noise")
     struct_span_px: int = Field(default=0, ge=0, description="structN2V: neighbours hidden either side")
+    # Frames before the one denoised, seen as they are (their noise is independent of its): in a
+    # time series they carry most of what the blind spot hides (as DeepCAD-RT and SUPPORT use them).
+    context_frames: int = Field(default=1, ge=1, le=9, description="consecutive frames per input, the last denoised")
     learning_rate: float = Field(default=2e-3, gt=0, description="peak; cosine decay to 1%")
     steps: int | None = Field(default=None, ge=1, description="stop after this many steps")
     budget_seconds: float | None = Field(default=None, gt=0, description="or after this long")
@@ -119,6 +123,16 @@ MIN_RELATIVE_IMPROVEMENT = 1e-4
 BASELINE_GAUSSIAN_SIGMAS_PX = (0.5, 0.7, 1.0, 1.5, 2.0, 3.0)
 
 
+def gaussian_filter(images: torch.Tensor, sigma_px: float) -> torch.Tensor:
+    """Each channel of ``images`` (N, C, H, W) Gaussian-filtered (reflect padding)."""
+    radius = max(1, math.ceil(3 * sigma_px))
+    r = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    g = torch.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / (2 * sigma_px**2))
+    c = images.shape[1]
+    kernel = (g / g.sum()).expand(c, 1, -1, -1).contiguous()
+    return F.conv2d(F.pad(images, (radius,) * 4, mode="reflect"), kernel, groups=c)
+
+
 def blind_spot_gaussian(images: torch.Tensor, sigma_px: float) -> torch.Tensor:
     """Each pixel of ``images`` (N, 1, H, W) predicted as the Gaussian-weighted mean of its
     neighbours, itself left out (reflect padding)."""
@@ -136,11 +150,14 @@ class HeldOutLoss:
 
     def __init__(self, frames_adu: np.ndarray, transform: IntensityTransform,
                  config: DenoiseTrainConfig, patches: int) -> None:
-        picked = validation_patches(frames_adu, config.patch_px, config.seed, patches)
+        picked = validation_windows(frames_adu, config.patch_px, config.seed, patches, config.context_frames)
         generator = torch.Generator().manual_seed(config.seed + 1)
-        self.targets_adu = torch.from_numpy(picked.astype(np.float32))[:, None]
+        windows_adu = torch.from_numpy(picked.astype(np.float32))
+        self.context_adu = windows_adu[:, :-1]  # the frames before (empty for a single-frame model)
+        self.targets_adu = windows_adu[:, -1:]
         self.targets = transform.to_network(self.targets_adu)
-        self.inputs, self.masks = config.masking(self.targets, generator)
+        masked, self.masks = config.masking(self.targets, generator)
+        self.inputs = torch.cat([transform.to_network(self.context_adu), masked], dim=1)
         self.transform = transform
         self.batch_size = max(config.batch_size, 16)
 
@@ -153,12 +170,18 @@ class HeldOutLoss:
         t = transform or self.transform
         return self._mean(net, lambda out, i: masked_mse(t.to_adu(out), self.targets_adu[i], self.masks[i]))
 
-    def served_mse_adu2(self, denoise: Callable[[np.ndarray], np.ndarray]) -> float:
+    def served_mse_adu2(self, denoise: Callable[[np.ndarray], np.ndarray], context_frames: int = 1) -> float:
         """The same loss for any served version (uint16 ADU in, ADU out; e.g. through
         onnxruntime), fed the same masked patches in ADU: versions trained with other intensity
-        transforms are compared on equal terms."""
-        fill = self.transform.to_adu(self.inputs) - self.transform.bias_adu
-        raw = np.clip(np.rint(fill.numpy()), 0, np.iinfo(np.uint16).max).astype(np.uint16)
+        transforms are compared on equal terms. ``denoise`` takes (N, context_frames, H, W): the
+        last frame masked, and as many of the frames before as it sees (a single-frame version
+        sees none of them; one with more context than was held out sees the oldest repeated)."""
+        fill = self.transform.to_adu(self.inputs[:, -1:]) - self.transform.bias_adu
+        masked = np.clip(np.rint(fill.numpy()), 0, np.iinfo(np.uint16).max).astype(np.uint16)
+        before = np.clip(np.rint(self.context_adu.numpy()), 0, np.iinfo(np.uint16).max).astype(np.uint16)
+        have = np.concatenate([before, masked], axis=1)
+        pick = np.clip(np.arange(have.shape[1] - context_frames, have.shape[1]), 0, None)
+        raw = np.ascontiguousarray(have[:, pick])
         total = count = 0.0
         for start in range(0, len(raw), self.batch_size):
             i = slice(start, start + self.batch_size)
@@ -171,7 +194,7 @@ class HeldOutLoss:
     def median_fill_mse_adu2(self) -> float:
         """The loss of the blind-spot fill itself (the neighbourhood median), in ADU^2: a
         baseline. The transform is monotonic, so the median commutes with it."""
-        fill = self.transform.to_adu(self.inputs) - self.transform.bias_adu
+        fill = self.transform.to_adu(self.inputs[:, -1:]) - self.transform.bias_adu
         return float(masked_mse(fill, self.targets_adu, self.masks))
 
     def classical_mse_adu2(self) -> tuple[float, str]:
@@ -188,6 +211,27 @@ class HeldOutLoss:
             if loss < best[0]:
                 best = (loss, f"a Gaussian filter of sigma {sigma_px:g} px (blind spot, best of "
                               f"{', '.join(f'{s:g}' for s in BASELINE_GAUSSIAN_SIGMAS_PX)} px)")
+        if self.context_adu.shape[1]:  # a temporal model: so is its anchor
+            best = min(best, self._temporal_mean_mse_adu2())
+        return best
+
+    def _temporal_mean_mse_adu2(self) -> tuple[float, str]:
+        """The classical anchor of a model with context frames: the mean over the window of each
+        frame before, Gaussian-filtered, and the blind-spot Gaussian of the frame itself, at the
+        best width (0: the frames before unfiltered) chosen on these very pixels."""
+        k = self.context_adu.shape[1] + 1
+        best = (math.inf, "")
+        for sigma_px in (0.0, *BASELINE_GAUSSIAN_SIGMAS_PX):
+            if math.ceil(3 * sigma_px) >= min(self.targets_adu.shape[-2:]):
+                continue
+            before = self.context_adu if sigma_px == 0 else gaussian_filter(self.context_adu, sigma_px)
+            current = blind_spot_gaussian(self.targets_adu, max(sigma_px, BASELINE_GAUSSIAN_SIGMAS_PX[0]))
+            predicted = (before.sum(dim=1, keepdim=True) + current) / k
+            loss = float(masked_mse(predicted, self.targets_adu, self.masks))
+            if loss < best[0]:
+                best = (loss, f"the mean of the {k} frames of the window, each Gaussian-filtered at sigma "
+                              f"{sigma_px:g} px (the frame itself blind-spot), best of 0, "
+                              f"{', '.join(f'{s:g}' for s in BASELINE_GAUSSIAN_SIGMAS_PX)} px")
         return best
 
     def _mean(self, net: nn.Module, loss: Callable[[torch.Tensor, slice], torch.Tensor]) -> float:
@@ -229,12 +273,14 @@ def train_denoise(
     data = transform.to_network(torch.from_numpy(frames.astype(np.float32)))
     validate = (HeldOutLoss(held_out, transform, config, VALIDATION_PATCHES_IN_LOOP)
                 if held_out is not None else None)
-    net = UNet(UNetConfig(config.depth, config.base_channels))
+    net = UNet(UNetConfig(config.depth, config.base_channels, in_channels=config.context_frames))
 
     def train_loss(graph: nn.Module) -> torch.Tensor:
-        patches = random_patches(data, config.patch_px, config.batch_size, generator)
-        masked, mask = config.masking(patches, generator)
-        return masked_mse(graph(masked), patches, mask)
+        windows = random_windows(data, config.patch_px, config.batch_size, generator,
+                                 context_frames=config.context_frames)
+        current = windows[:, -1:]
+        masked, mask = config.masking(current, generator)  # only the frame denoised is masked
+        return masked_mse(graph(torch.cat([windows[:, :-1], masked], dim=1)), current, mask)
 
     trained = fit(net, train_loss, validate, config.loop_settings(), progress)
     if config.intensity != "linear":
@@ -250,13 +296,14 @@ def _mean_bias_adu(net: nn.Module, transform: IntensityTransform, frames: np.nda
     """Mean ADU lost by the non-linear transform's round trip (Jensen), over up to BIAS_FRAMES
     training frames: mean(input) - mean(output). Noise2Void's estimate is unbiased in network
     units; this makes the mean of the served output equal the mean of its input."""
-    pick = np.random.default_rng(seed).permutation(len(frames))[:BIAS_FRAMES]
+    pick = np.sort(np.random.default_rng(seed).permutation(len(frames))[:BIAS_FRAMES])
     m = net.config.size_multiple_px
-    crop = frames[np.sort(pick), : frames.shape[1] // m * m, : frames.shape[2] // m * m]
-    raw = torch.from_numpy(crop.astype(np.float32))[:, None]
+    crop = frames[:, : frames.shape[1] // m * m, : frames.shape[2] // m * m]
+    windows = np.concatenate([causal_windows(crop, net.config.in_channels, i, i + 1) for i in pick])
+    raw = torch.from_numpy(windows.astype(np.float32))
     with torch.no_grad():
         out = torch.cat([InGraphNormalised(net, transform)(r[None]) for r in raw])
-    return float(raw.double().mean() - out.double().mean())
+    return float(raw[:, -1:].double().mean() - out.double().mean())
 
 
 def held_out_metrics(denoise: Callable[[np.ndarray], np.ndarray], held_out: FrameSet) -> dict[str, float]:
@@ -296,8 +343,14 @@ VIRTUAL_CLASSICAL_METHOD = (f"a Gaussian filter, its sigma chosen against the tr
 
 
 def _ort_denoiser(proto) -> Callable[[np.ndarray], np.ndarray]:
+    """The exported graph through onnxruntime: (N, H, W) frames, or (N, C, H, W) windows, -> (N, H, W)."""
     session = export.cpu_session(proto)
-    return lambda raw: session.run([export.OUTPUT_NAME], {export.INPUT_NAME: raw})[0][:, 0]
+
+    def run(raw: np.ndarray) -> np.ndarray:
+        x = raw[:, None] if raw.ndim == 3 else raw
+        return session.run([export.OUTPUT_NAME], {export.INPUT_NAME: np.ascontiguousarray(x)})[0][:, 0]
+
+    return run
 
 
 def _train_and_export(
@@ -309,9 +362,9 @@ def _train_and_export(
     trained = train_denoise(frames, config, progress, held_out)
     served = trained.served()
     unet = trained.net.config
-    proto = export.to_onnx(served, unet.size_multiple_px)
+    proto = export.to_onnx(served, unet.size_multiple_px, channels=config.context_frames)
     rng = np.random.default_rng(config.seed)
-    for raw in export.parity_inputs(held_out, unet.size_multiple_px, rng):
+    for raw in export.parity_inputs(held_out, unet.size_multiple_px, rng, channels=config.context_frames):
         export.check_parity(served, proto, raw)
     return trained, proto
 
@@ -333,6 +386,9 @@ def train_and_publish(
     (the default version) is measured on the same frames. Returns the version folder and its
     card; nothing is written if export or parity fails.
     """
+    if config.context_frames > 1:
+        raise ValueError("context frames need a time series: train on your own stacks (--data); "
+                         "the virtual microscope's training frames are independent")
     if held_out is None:
         held_out = data.model_copy(update={"frames_per_condition": 2, "seed": data.seed + 10_000})
     frames, held_out_frames = virtual_frames(data), virtual_frames(held_out)
@@ -382,24 +438,25 @@ def _served_card_fields(trained: TrainedDenoiser, config: DenoiseTrainConfig) ->
             scale=trained.transform.scale, bias_adu=trained.transform.bias_adu,
         ),
         tiling=Tiling(size_multiple_px=unet.size_multiple_px, halo_px=unet.halo_px),
-    )
+    ) | ({"denoise": DenoiseSpec(context_frames=config.context_frames)} if config.context_frames > 1 else {})
 
 
 # -- training on the user's own stacks -----------------------------------------------------------
 
-def validation_patches(frames: np.ndarray, patch_px: int, seed: int,
-                       limit: int = MAX_VALIDATION_PATCHES) -> np.ndarray:
-    """Non-overlapping patches (N, patch, patch) tiled from ``frames`` (T, H, W); a seeded choice
-    of at most ``limit``."""
+def validation_windows(frames: np.ndarray, patch_px: int, seed: int,
+                       limit: int = MAX_VALIDATION_PATCHES, context_frames: int = 1) -> np.ndarray:
+    """Non-overlapping patches tiled from ``frames`` (T, H, W), each with the same patch of the
+    ``context_frames - 1`` frames before (causal windows): (N, context_frames, patch, patch); a
+    seeded choice of at most ``limit``."""
     t, h, w = frames.shape
-    patches = np.stack([frames[i, y : y + patch_px, x : x + patch_px]
-                        for i in range(t)
-                        for y in range(0, h - patch_px + 1, patch_px)
-                        for x in range(0, w - patch_px + 1, patch_px)])
-    if len(patches) > limit:
-        pick = np.random.default_rng(seed).choice(len(patches), limit, replace=False)
-        patches = patches[np.sort(pick)]
-    return patches
+    places = [(i, y, x) for i in range(t)
+              for y in range(0, h - patch_px + 1, patch_px)
+              for x in range(0, w - patch_px + 1, patch_px)]
+    if len(places) > limit:
+        pick = np.random.default_rng(seed).choice(len(places), limit, replace=False)
+        places = [places[j] for j in np.sort(pick)]
+    back = np.arange(-context_frames + 1, 1)
+    return np.stack([frames[np.clip(i + back, 0, None), y : y + patch_px, x : x + patch_px] for i, y, x in places])
 
 
 def n2v_validation_mse_adu2(trained: TrainedDenoiser, held_out_adu: np.ndarray,
@@ -453,8 +510,9 @@ def train_and_publish_own_data(
     if compare_with is not None:
         held_out = HeldOutLoss(data.held_out_adu, trained.transform, config, MAX_VALIDATION_PATCHES)
 
-        def served_loss(graph: onnx.ModelProto, _card: ModelCard | None = None) -> dict[str, float]:
-            return {"n2v_validation_mse_adu2": round(held_out.served_mse_adu2(_ort_denoiser(graph)), 4)}
+        def served_loss(graph: onnx.ModelProto, card: ModelCard | None = None) -> dict[str, float]:
+            context = card.context_frames if card is not None else config.context_frames
+            return {"n2v_validation_mse_adu2": round(held_out.served_mse_adu2(_ort_denoiser(graph), context), 4)}
 
         compared, score_active = served_loss(proto), served_loss
     record = TrainingRecord(command, data.describe(), config.seed, trained.train_seconds,

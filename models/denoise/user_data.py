@@ -77,8 +77,11 @@ class UserTrainingData:
                 f"train {t} frames of {h}x{w} px; held out: {self.split}")
 
 
-def load_training_stacks(paths: list[Path], patch_px: int, seed: int = 0) -> UserTrainingData:
-    """Read, check and split the stacks at ``paths``; raise TrainingDataError on any problem."""
+def load_training_stacks(paths: list[Path], patch_px: int, seed: int = 0, context_frames: int = 1
+                         ) -> UserTrainingData:
+    """Read, check and split the stacks at ``paths``; raise TrainingDataError on any problem.
+    ``context_frames`` > 1 (a model that sees the frames before): the stacks are time series, so
+    the held-out part is the last frames, kept together (see ``split_held_out``)."""
     if not paths:
         raise TrainingDataError("no training data: give one or more --data STACK")
     digest = hashlib.sha256()
@@ -100,7 +103,10 @@ def load_training_stacks(paths: list[Path], patch_px: int, seed: int = 0) -> Use
         raise TrainingDataError(
             f"{names}: too few pixels to train on: {patches} patch(es) of {patch_px}x{patch_px} px, "
             f"need at least {MIN_PATCHES}; give more or larger frames, or a smaller --patch")
-    train, held_out, split = split_held_out(same_size(frames), patch_px, seed)
+    if context_frames > 1 and sum(len(f) for f in frames) < 2 * context_frames:
+        raise TrainingDataError(f"a model with {context_frames} context frames needs a time series of at least "
+                                f"{2 * context_frames} frames; got {sum(len(f) for f in frames)}")
+    train, held_out, split = split_held_out(same_size(frames), patch_px, seed, context_frames)
     return UserTrainingData(train, held_out, tuple(sources), "sha256:" + digest.hexdigest(), split)
 
 
@@ -150,9 +156,15 @@ def same_size(frames: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(tiles)
 
 
-def split_held_out(frames: np.ndarray, patch_px: int, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
-    """(train, held out, how): a seeded tenth of the frames, or the end of a single frame."""
+def split_held_out(frames: np.ndarray, patch_px: int, seed: int, context_frames: int = 1
+                   ) -> tuple[np.ndarray, np.ndarray, str]:
+    """(train, held out, how): a seeded tenth of the frames, or the end of a single frame; for a
+    model with context frames, the last tenth (at least ``context_frames``), so that held-out frames
+    keep the frames before them."""
     t, h, w = frames.shape
+    if context_frames > 1:
+        n = max(context_frames, round(HELD_OUT_FRACTION * t))
+        return frames[: t - n], frames[t - n:], f"the last {n} of {t} frames (a time series: kept in order)"
     if t >= 2:
         n = max(1, round(HELD_OUT_FRACTION * t))
         held = np.sort(np.random.default_rng(seed).choice(t, n, replace=False))

@@ -1,0 +1,18 @@
+"""Frames with their context: the consecutive frames a model sees to answer for the last one.
+
+Models that look back in time (a localiser's 3 frames, a denoiser's context frames) see, for
+frame i of a stack, frames i - context + 1 .. i; before a stack's first frame, the first frame
+stands in (what the live stages do at the start of a stream). One definition, shared by the
+trainers, the offline commands and the tests.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def causal_windows(frames: np.ndarray, context: int, start: int, stop: int) -> np.ndarray:
+    """(stop - start, context, H, W): for each frame i in [start, stop), frames i-context+1..i,
+    indices below 0 clamped to 0."""
+    index = np.arange(start, stop)[:, None] + np.arange(-context + 1, 1)[None, :]
+    return frames[np.clip(index, 0, None)]
