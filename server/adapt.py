@@ -70,6 +70,7 @@ class AdaptationStatus(BaseModel):
     frames_wanted: int
     frames_collected: int
     minutes: float
+    context_frames: int = 1
     elapsed_s: float
     data: str | None = None  # the saved stack the version was trained on
     model: str | None = None  # the version trained
@@ -80,9 +81,11 @@ class Adaptation:
     """One adaptation, from collecting frames to the trained version's outcome (its own thread)."""
 
     def __init__(self, *, task: str, stream: str, frames: int, minutes: float, repository: Path,
-                 server_address: str, outcome: Outcome, python: str = sys.executable) -> None:
+                 server_address: str, outcome: Outcome, context_frames: int = 1,
+                 python: str = sys.executable) -> None:
         self.id = uuid.uuid4().hex[:12]
         self.task, self.stream, self.frames_wanted, self.minutes = task, stream, frames, minutes
+        self.context_frames = context_frames
         self.repository, self.server_address, self.python = repository, server_address, python
         self._outcome = outcome
         self._frames: list[np.ndarray] = []
@@ -126,7 +129,8 @@ class Adaptation:
         with self._lock:
             return AdaptationStatus(id=self.id, task=self.task, stream=self.stream, state=self._state,
                                     frames_wanted=self.frames_wanted, frames_collected=self._collected,
-                                    minutes=self.minutes, elapsed_s=round(time.monotonic() - self._started, 1),
+                                    minutes=self.minutes, context_frames=self.context_frames,
+                                    elapsed_s=round(time.monotonic() - self._started, 1),
                                     data=self._data, model=self._model, reason=self._reason)
 
     def cancel(self) -> None:
@@ -192,7 +196,7 @@ class Adaptation:
     def _train(self, stack: Path) -> None:
         command = [self.python, "-m", "livescope.cli", "train", self.task, "--data", str(stack),
                    "--budget-minutes", f"{self.minutes:g}", "--models", str(self.repository),
-                   "--deploy", "--server", self.server_address]
+                   "--context-frames", str(self.context_frames), "--deploy", "--server", self.server_address]
         output: deque[str] = deque(maxlen=40)
         self._process = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,

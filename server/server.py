@@ -513,13 +513,16 @@ class InferenceServer:
         log.info("rolled %s back to %s (was %s@%s)", name, loaded.ref, name, replaced)
         return {"active": loaded.ref, "previous": f"{name}@{replaced}"}
 
-    def _cmd_adapt(self, task: str, stream: str, frames: int = 64, minutes: float = 3.0) -> dict:
+    def _cmd_adapt(self, task: str, stream: str, frames: int = 64, minutes: float = 3.0,
+                   context_frames: int = 1) -> dict:
         """Start a live adaptation (server/adapt.py): the stream's next ``frames`` frames, a
-        ``task`` model trained on them for ``minutes`` in a separate process, activated if better."""
+        ``task`` model trained on them for ``minutes`` in a separate process (seeing
+        ``context_frames`` frames at a time: the stream is a time series), activated if better."""
         if task not in ADAPTABLE_TASKS:
             raise ValueError(f"adapt trains {', '.join(ADAPTABLE_TASKS)} models, not {task!r}")
-        if not 8 <= frames <= 4096 or not 0.1 <= minutes <= 120:
-            raise ValueError(f"adapt takes 8-4096 frames and 0.1-120 minutes, not {frames} and {minutes:g}")
+        if not 8 <= frames <= 4096 or not 0.1 <= minutes <= 120 or not 1 <= context_frames <= 9:
+            raise ValueError(f"adapt takes 8-4096 frames, 0.1-120 minutes and 1-9 context frames, not {frames}, "
+                             f"{minutes:g} and {context_frames}")
         running = self._adaptation
         if running is not None and not running.finished:
             status = running.status()
@@ -533,7 +536,7 @@ class InferenceServer:
         self._adaptation = Adaptation(task=task, stream=stream, frames=frames, minutes=minutes,
                                       repository=Path(self.config.model_dirs[0]),
                                       server_address=connectable(self.config.frames_address),
-                                      outcome=self._adaptation_outcome)
+                                      outcome=self._adaptation_outcome, context_frames=context_frames)
         return self._adaptation.status().model_dump()
 
     def _cmd_adapt_status(self) -> dict:

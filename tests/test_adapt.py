@@ -110,7 +110,7 @@ def test_adapt_trains_on_the_streams_own_frames_while_serving_and_activates_only
     streamer.start()
     try:
         r = cli("adapt", "denoise", "--stream", "cam1", "--frames", "24", "--minutes", "0.2",
-                "--server", srv.frames, timeout_s=540)
+                "--context-frames", "3", "--server", srv.frames, timeout_s=540)
         served_meanwhile = served_by(srv.frames)  # the server went on serving
     finally:
         streamer.stop.set()
@@ -129,6 +129,7 @@ def test_adapt_trains_on_the_streams_own_frames_while_serving_and_activates_only
     new = data["model"]
     assert new is not None and new.startswith("denoise@")
     card = ModelCard.load(repo / "denoise" / new.split("@")[1] / CARD_FILE)
+    assert card.context_frames == 3  # a stream is a time series: it sees each frame with the two before
 
     # Where it came from: the stream's saved frames, named in the card, hashed frame by frame.
     stack = Path(data["data"])

@@ -18,6 +18,10 @@ def adapt(
     stream: Annotated[str, typer.Option(help="The running stream whose frames it trains on, e.g. cam1.")],
     minutes: Annotated[float, typer.Option(min=0.1, max=120, help="Training budget, minutes.")] = 3.0,
     frames: Annotated[int, typer.Option(min=8, max=4096, help="Frames of the stream to collect.")] = 64,
+    context_frames: Annotated[int, typer.Option(
+        "--context-frames", min=1, max=9,
+        help="Frames the model sees per frame (it and the ones before): 3 for a time series of one channel "
+             "and position; 1 for streams that interleave channels or positions.")] = 1,
     wait: Annotated[bool, typer.Option(help="Follow it to the end (else start it and return).")] = True,
     server: ServerOpt = DEFAULT_SERVER,
 ) -> None:
@@ -29,7 +33,9 @@ def adapt(
     from livescope.cli._console import console
     from livescope.cli._replies import Adapting
 
-    status = control(server, "adapt", reply=Adapting, task=task, stream=stream, frames=frames, minutes=minutes)
+    args = {"context_frames": context_frames} if context_frames > 1 else {}
+    status = control(server, "adapt", reply=Adapting, task=task, stream=stream, frames=frames, minutes=minutes,
+                     **args)
     console.print(f"adapting {status.task} to stream {status.stream!r}: collecting {status.frames_wanted} frames, "
                   f"then training for {status.minutes:g} min in a separate process (serving goes on)")
     if not wait:
