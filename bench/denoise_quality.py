@@ -71,6 +71,7 @@ import torch
 from _common import median
 from scipy import ndimage
 
+from livescope.context import causal_windows
 from livescope.models import export
 from livescope.models.denoise.data import VirtualDenoiseData, virtual_frames
 from livescope.models.denoise.train import DenoiseTrainConfig, train_denoise
@@ -302,6 +303,23 @@ def first_of_each(labels: Sequence[object], k: int) -> np.ndarray:
     return np.asarray(keep, dtype=np.intp)
 
 
+def last_of_each(labels: Sequence[object], k: int) -> np.ndarray:
+    """Indices of the last ``k`` frames of each condition (labels in stack order): in a time series,
+    frames that have the frames before them (a model with context frames sees them)."""
+    reversed_pick = first_of_each(list(labels)[::-1], k)
+    return np.sort(len(labels) - 1 - reversed_pick)
+
+
+def groups_of(labels: Sequence[object]) -> list[slice]:
+    """The runs of equal consecutive labels: the time series of a stack of several."""
+    runs, start = [], 0
+    for i in range(1, len(labels) + 1):
+        if i == len(labels) or labels[i] != labels[start]:
+            runs.append(slice(start, i))
+            start = i
+    return runs
+
+
 # -- livescope -------------------------------------------------------------------------------------
 
 def shipped_denoiser() -> tuple[Denoiser, LoadedModel]:
@@ -318,25 +336,38 @@ def warm_up_torch() -> None:
     train_denoise(frames, DenoiseTrainConfig(steps=3, seed=TRAIN_SEED))
 
 
-def self_trained(frames: np.ndarray, budget_s: float, args: argparse.Namespace
-                 ) -> tuple[Denoiser, dict, ort.InferenceSession]:
+def self_trained(frames: np.ndarray, budget_s: float, args: argparse.Namespace, context_frames: int = 1,
+                 series: Sequence[object] | None = None) -> tuple[Denoiser, dict, ort.InferenceSession]:
     """Noise2Void on ``frames`` themselves for ``budget_s`` (what ``livescope train denoise
-    --data STACK --budget-minutes M`` does: a seeded tenth of the frames held out for early
-    stopping), exported, run with onnxruntime."""
-    held = np.random.default_rng(TRAIN_SEED).permutation(len(frames))[: max(1, len(frames) // 10)]
-    train = np.delete(frames, held, axis=0) if len(frames) > 1 else frames
-    config = DenoiseTrainConfig(budget_seconds=budget_s, seed=TRAIN_SEED, intensity=args.intensity)
-    trained = train_denoise(train, config, held_out=frames[held])
-    proto = export.to_onnx(trained.served(), trained.net.config.size_multiple_px)
+    --data STACK --budget-minutes M [--context-frames K]`` does: a seeded tenth of the frames held
+    out for early stopping, or with context frames the last tenth, in order), exported, run with
+    onnxruntime. With ``context_frames`` > 1 each frame is run with the frames before it in its own
+    time series (``series``: one label per frame of the stacks it is run on; None: one series)."""
+    if context_frames > 1:
+        n = max(context_frames, len(frames) // 10)
+        train, held_out = frames[: len(frames) - n], frames[len(frames) - n:]
+    else:
+        held = np.random.default_rng(TRAIN_SEED).permutation(len(frames))[: max(1, len(frames) // 10)]
+        train = np.delete(frames, held, axis=0) if len(frames) > 1 else frames
+        held_out = frames[held]
+    config = DenoiseTrainConfig(budget_seconds=budget_s, seed=TRAIN_SEED, intensity=args.intensity,
+                                context_frames=context_frames)
+    trained = train_denoise(train, config, held_out=held_out)
+    proto = export.to_onnx(trained.served(), trained.net.config.size_multiple_px, channels=context_frames)
     session = export.cpu_session(proto)
 
     def run(stack: np.ndarray) -> np.ndarray:
-        return np.concatenate([session.run([export.OUTPUT_NAME], {export.INPUT_NAME: f[None, None]})[0][:, 0]
-                               for f in stack])
+        out = []
+        for group in groups_of(series if series is not None else [0] * len(stack)):
+            part = stack[group]
+            windows = causal_windows(part, context_frames, 0, len(part))
+            out += [session.run([export.OUTPUT_NAME], {export.INPUT_NAME: w[None]})[0][:, 0] for w in windows]
+        return np.concatenate(out)
 
     info = {"steps": trained.steps, "train_seconds": round(trained.train_seconds, 1),
             "stopped_because": trained.stopped_because, "best_step": trained.best_step,
-            "budget_seconds": budget_s, "seed": TRAIN_SEED, "config": config.model_dump(exclude_none=True)}
+            "budget_seconds": budget_s, "seed": TRAIN_SEED, "context_frames": context_frames,
+            "config": config.model_dump(exclude_none=True)}
     return run, info, session
 
 
@@ -512,8 +543,8 @@ def foreign_frames(peak_photons: float, size: int, frames: int, seed: int,
 # -- one comparison --------------------------------------------------------------------------------
 
 def compare(noisy: np.ndarray, clean: np.ndarray, sigma_px: float, shipped: Denoiser,
-            ours: Denoiser, theirs: np.ndarray | None, plan: Bm3dPlan | None = None
-            ) -> tuple[dict, dict[str, np.ndarray]]:
+            ours: Denoiser, theirs: np.ndarray | None, plan: Bm3dPlan | None = None,
+            ours_with_context: Denoiser | None = None) -> tuple[dict, dict[str, np.ndarray]]:
     """Scores of every method on one test stack, and each method's first output frame. With a
     ``plan`` (and bm3d importable), also ``on_bm3d_subset``: BM3D and every other method scored on
     the plan's frames only (BM3D is too slow for whole stacks)."""
@@ -523,6 +554,8 @@ def compare(noisy: np.ndarray, clean: np.ndarray, sigma_px: float, shipped: Deno
         outputs["nl_means"] = nl_means(noisy)
     outputs["shipped"] = shipped(noisy)
     outputs["self_trained"] = ours(noisy)
+    if ours_with_context is not None:
+        outputs["self_trained_context"] = ours_with_context(noisy)
     if theirs is not None:
         outputs["careamics_n2v2"] = theirs
     table = {name: scores(images, clean) for name, images in outputs.items()}
@@ -560,7 +593,7 @@ def bm3d_subset(outputs: dict[str, np.ndarray], noisy: np.ndarray, clean: np.nda
     block: dict = {"frames": idx.tolist()}
     block.update({name: scores(images[idx], truth) for name, images in outputs.items()})
     block["bm3d"] = scores(out, truth) | choice | {"seconds": round(time.monotonic() - t0, 1)}
-    for name in ("shipped", "self_trained", "careamics_n2v2"):
+    for name in ("shipped", "self_trained", "self_trained_context", "careamics_n2v2"):
         if name in block:
             block[f"{name}_minus_bm3d_psnr_db"] = round(block[name]["psnr_db"] - block["bm3d"]["psnr_db"], 3)
     return block, (out[0] if idx.size and idx[0] == 0 else None)
@@ -617,12 +650,19 @@ def real_data(args: argparse.Namespace, shipped: Denoiser) -> tuple[dict, dict |
     noise = PoissonGaussian.fit(fov2_all)  # photon transfer on fov2's 50 repeats, not on the test fov
     log(f"FMD: training on fov1+fov2 raw ({len(train)} frames) for {args.fmd_budget_minutes:g} min")
     ours, info, _ = self_trained(train, args.fmd_budget_minutes * 60.0, args)
+    ours_context, context_info = None, None
+    if args.context_frames > 1:
+        log(f"FMD: training with {args.context_frames} context frames for {args.fmd_budget_minutes:g} min")
+        ours_context, context_info, _ = self_trained(train, args.fmd_budget_minutes * 60.0, args, args.context_frames)
     theirs = None
     if args.fmd_careamics:
         theirs, their_info = careamics(train, test, args.fmd_budget_minutes * 60.0, args)
-    plan = bm3d_plan(np.arange(min(args.bm3d_frames, len(test))), noise, args)
-    table, panels = compare(test, np.broadcast_to(gt, test.shape), sigma, shipped, ours, theirs, plan)
+    # The last frames of the test series: those with frames before them (a context model sees them).
+    plan = bm3d_plan(last_of_each([0] * len(test), args.bm3d_frames), noise, args)
+    table, panels = compare(test, np.broadcast_to(gt, test.shape), sigma, shipped, ours, theirs, plan, ours_context)
     table["self_trained"].update(info)
+    if context_info is not None:
+        table["self_trained_context"].update(context_info)
     if args.fmd_careamics:
         table.setdefault("careamics_n2v2", {}).update(their_info)
     table["data"] = (f"FMD Confocal_BPAE_B (Zhang et al., CVPR 2019): train fov1+fov2 raw "
@@ -646,9 +686,17 @@ def foreign_level(peak: float, args: argparse.Namespace, shipped: Denoiser) -> t
     sigma = best_gaussian_sigma(val.noisy_adu, val.clean_adu)
     log(f"foreign {peak:g} photons: training on the test series for {args.foreign_budget_minutes:g} min")
     ours, info, _ = self_trained(test.noisy_adu, args.foreign_budget_minutes * 60.0, args)
-    plan = bm3d_plan(first_of_each(test.scene, args.bm3d_frames), FOREIGN_CAMERA.noise, args)
-    table, panels = compare(test.noisy_adu, test.clean_adu, sigma, shipped, ours, None, plan)
+    ours_context, context_info = None, None
+    if args.context_frames > 1:
+        log(f"foreign {peak:g} photons: training with {args.context_frames} context frames")
+        ours_context, context_info, _ = self_trained(test.noisy_adu, args.foreign_budget_minutes * 60.0, args,
+                                                     args.context_frames, series=test.scene)
+    # The last frames of each scene's series: those with frames before them (a context model sees them).
+    plan = bm3d_plan(last_of_each(test.scene, args.bm3d_frames), FOREIGN_CAMERA.noise, args)
+    table, panels = compare(test.noisy_adu, test.clean_adu, sigma, shipped, ours, None, plan, ours_context)
     table["self_trained"].update(info)
+    if context_info is not None:
+        table["self_trained_context"].update(context_info)
     table["peak_photons"] = peak
     table["background_photons"] = round(FOREIGN_BACKGROUND_FRACTION * peak, 4)
     panels["reference"] = test.clean_adu[0]
@@ -696,7 +744,8 @@ def inference_speed(levels: dict) -> dict:
 
 # -- figure ----------------------------------------------------------------------------------------
 
-COLUMNS = ("noisy", "gaussian", "nl_means", "bm3d", "shipped", "careamics_n2v2", "self_trained", "reference")
+COLUMNS = ("noisy", "gaussian", "nl_means", "bm3d", "shipped", "careamics_n2v2", "self_trained", "self_trained_context",
+           "reference")
 
 
 def _crop(image: np.ndarray, size: int) -> np.ndarray:
@@ -800,6 +849,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                     help="python of a venv with careamics (e.g. /work/careamics-venv/bin/python)")
     ap.add_argument("--fmd-careamics", action=argparse.BooleanOptionalAction, default=True,
                     help="also train careamics on FMD (with --careamics-python)")
+    ap.add_argument("--context-frames", type=int, default=1,
+                    help="also self-train with this many context frames on the time series (FMD, foreign): "
+                         "'self_trained_context'")
     ap.add_argument("--intensity", choices=("sqrt", "linear"), default="sqrt",
                     help="livescope's intensity transform for the self-trained runs")
     ap.add_argument("--figure", type=Path, default=REPO_ROOT / "bench/results/denoise_quality.png")
