@@ -11,8 +11,12 @@ from __future__ import annotations
 import numpy as np
 
 
+def window_indices(frame: int | np.ndarray, context: int) -> np.ndarray:
+    """The indices of frame ``frame``'s window (for an array of frames, one row each): frames
+    frame-context+1..frame, oldest first, those below 0 clamped to 0."""
+    return np.clip(np.asarray(frame)[..., None] + np.arange(-context + 1, 1), 0, None)
+
+
 def causal_windows(frames: np.ndarray, context: int, start: int, stop: int) -> np.ndarray:
-    """(stop - start, context, H, W): for each frame i in [start, stop), frames i-context+1..i,
-    indices below 0 clamped to 0."""
-    index = np.arange(start, stop)[:, None] + np.arange(-context + 1, 1)[None, :]
-    return frames[np.clip(index, 0, None)]
+    """(stop - start, context, H, W): the windows of frames start..stop-1."""
+    return frames[window_indices(np.arange(start, stop), context)]

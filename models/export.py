@@ -17,6 +17,8 @@ import onnx
 import torch
 from torch import nn
 
+from livescope.context import window_indices
+
 INPUT_NAME = "raw"
 OUTPUT_NAME = "restored"
 OPSET = 18
@@ -151,7 +153,7 @@ def parity_inputs(frames: np.ndarray, size_multiple_px: int, rng: np.random.Gene
     def crop(ch: int, cw: int) -> np.ndarray:
         i = rng.integers(t)
         y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-        return frames[np.clip(np.arange(i - channels + 1, i + 1), 0, None), y : y + ch, x : x + cw]
+        return frames[window_indices(i, channels), y : y + ch, x : x + cw]
 
     batch = np.stack([crop(side, side), crop(side, side)])
     single = crop(tall, wide)[None]

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from livescope.context import window_indices
+
 Specimen = str  # "filaments" | "cells" | "beads"
 Modality = str  # "widefield" | "confocal" | "sted"
 
@@ -113,7 +115,7 @@ def random_windows(
 ) -> torch.Tensor:
     """``batch_size`` random square crops of ``frames`` (T, H, W), each the same crop of
     ``context_frames`` consecutive frames ending at a random one (frames before the first repeat
-    it, as ``livescope.context.causal_windows`` does), flipped and rotated together.
+    it: ``livescope.context.window_indices``), flipped and rotated together.
 
     Returns (batch_size, context_frames, patch_px, patch_px), oldest frame first.
     """
@@ -125,10 +127,9 @@ def random_windows(
     xs = torch.randint(0, w - patch_px + 1, (batch_size,), generator=generator)
     turns = torch.randint(0, 4, (batch_size,), generator=generator)
     flips = torch.randint(0, 2, (batch_size,), generator=generator)
-    back = torch.arange(-context_frames + 1, 1)
     windows = []
     for i, y, x, k, f in zip(index, ys, xs, turns, flips):
-        window = frames[(i + back).clamp(min=0), y : y + patch_px, x : x + patch_px]
+        window = frames[window_indices(int(i), context_frames), y : y + patch_px, x : x + patch_px]
         window = torch.rot90(window, int(k), (1, 2))
         windows.append(window.flip(2) if f else window)
     return torch.stack(windows)

@@ -29,7 +29,7 @@ from livescope.modelcard import DenoiseSpec, ModelCard, Normalisation, TensorSpe
 from livescope.models import export
 from livescope.models.budget import TrainProgress
 from livescope.models.compare import CLASSICAL_SUFFIX
-from livescope.context import causal_windows
+from livescope.context import window_indices
 from livescope.models.denoise.data import FrameSet, VirtualDenoiseData, random_windows, virtual_frames
 from livescope.models.denoise.n2v import BlindSpotMasking, StructAxis, masked_mse
 from livescope.models.denoise.user_data import UserTrainingData
@@ -123,26 +123,23 @@ MIN_RELATIVE_IMPROVEMENT = 1e-4
 BASELINE_GAUSSIAN_SIGMAS_PX = (0.5, 0.7, 1.0, 1.5, 2.0, 3.0)
 
 
-def gaussian_filter(images: torch.Tensor, sigma_px: float) -> torch.Tensor:
-    """Each channel of ``images`` (N, C, H, W) Gaussian-filtered (reflect padding)."""
+def gaussian_filter(images: torch.Tensor, sigma_px: float, *, blind_spot: bool = False) -> torch.Tensor:
+    """Each channel of ``images`` (N, C, H, W) Gaussian-filtered (reflect padding); with
+    ``blind_spot``, each pixel is the Gaussian-weighted mean of its neighbours, itself left out."""
     radius = max(1, math.ceil(3 * sigma_px))
     r = torch.arange(-radius, radius + 1, dtype=torch.float32)
     g = torch.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / (2 * sigma_px**2))
+    if blind_spot:
+        g[radius, radius] = 0.0
     c = images.shape[1]
     kernel = (g / g.sum()).expand(c, 1, -1, -1).contiguous()
     return F.conv2d(F.pad(images, (radius,) * 4, mode="reflect"), kernel, groups=c)
 
 
 def blind_spot_gaussian(images: torch.Tensor, sigma_px: float) -> torch.Tensor:
-    """Each pixel of ``images`` (N, 1, H, W) predicted as the Gaussian-weighted mean of its
+    """Each pixel of ``images`` (N, C, H, W) predicted as the Gaussian-weighted mean of its
     neighbours, itself left out (reflect padding)."""
-    radius = max(1, math.ceil(3 * sigma_px))
-    r = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    g = torch.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / (2 * sigma_px**2))
-    g[radius, radius] = 0.0
-    kernel = (g / g.sum())[None, None]
-    padded = F.pad(images, (radius,) * 4, mode="reflect")
-    return F.conv2d(padded, kernel)
+    return gaussian_filter(images, sigma_px, blind_spot=True)
 
 
 class HeldOutLoss:
@@ -299,8 +296,7 @@ def _mean_bias_adu(net: nn.Module, transform: IntensityTransform, frames: np.nda
     pick = np.sort(np.random.default_rng(seed).permutation(len(frames))[:BIAS_FRAMES])
     m = net.config.size_multiple_px
     crop = frames[:, : frames.shape[1] // m * m, : frames.shape[2] // m * m]
-    windows = np.concatenate([causal_windows(crop, net.config.in_channels, i, i + 1) for i in pick])
-    raw = torch.from_numpy(windows.astype(np.float32))
+    raw = torch.from_numpy(crop[window_indices(pick, net.config.in_channels)].astype(np.float32))
     with torch.no_grad():
         out = torch.cat([InGraphNormalised(net, transform)(r[None]) for r in raw])
     return float(raw[:, -1:].double().mean() - out.double().mean())
@@ -455,8 +451,8 @@ def validation_windows(frames: np.ndarray, patch_px: int, seed: int,
     if len(places) > limit:
         pick = np.random.default_rng(seed).choice(len(places), limit, replace=False)
         places = [places[j] for j in np.sort(pick)]
-    back = np.arange(-context_frames + 1, 1)
-    return np.stack([frames[np.clip(i + back, 0, None), y : y + patch_px, x : x + patch_px] for i, y, x in places])
+    return np.stack([frames[window_indices(i, context_frames), y : y + patch_px, x : x + patch_px]
+                     for i, y, x in places])
 
 
 def n2v_validation_mse_adu2(trained: TrainedDenoiser, held_out_adu: np.ndarray,

@@ -103,9 +103,10 @@ def load_training_stacks(paths: list[Path], patch_px: int, seed: int = 0, contex
         raise TrainingDataError(
             f"{names}: too few pixels to train on: {patches} patch(es) of {patch_px}x{patch_px} px, "
             f"need at least {MIN_PATCHES}; give more or larger frames, or a smaller --patch")
-    if context_frames > 1 and sum(len(f) for f in frames) < 2 * context_frames:
+    total = sum(len(f) for f in frames)
+    if context_frames > 1 and total < 2 * context_frames:
         raise TrainingDataError(f"a model with {context_frames} context frames needs a time series of at least "
-                                f"{2 * context_frames} frames; got {sum(len(f) for f in frames)}")
+                                f"{2 * context_frames} frames; got {total}")
     train, held_out, split = split_held_out(same_size(frames), patch_px, seed, context_frames)
     return UserTrainingData(train, held_out, tuple(sources), "sha256:" + digest.hexdigest(), split)
 
