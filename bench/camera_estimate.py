@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 from _common import log
-from localise_movies import PIXEL_NM, SIGMA_PX, Movie, read_nairr
+from localise_methods import livescope_localiser
+from localise_movies import NAIRR_OFFSET_ADU, PIXEL_NM, SIGMA_PX, Movie, read_nairr
 from localise_quality import NAIRR_SETS, load_model
 from localise_scoring import scores
 
@@ -29,12 +30,8 @@ from livescope.camera import CameraCalibration
 from livescope.camera_estimate import estimate_camera
 from livescope.models.localise.data import EMCCD, SCMOS, LocaliseSimulation, simulate_batch
 from livescope.server.models import LoadedModel
-from livescope.server.offline_localise import localise_frames
-from livescope.localise_maps import maps_to_emitters
-from livescope.emitters import EmitterTable
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-NAIRR_OFFSET_ADU = 500.0
 OTHER_SCMOS = SCMOS.model_copy(update={"e_per_adu": 0.24, "baseline_adu": 400.0, "read_noise_e": 1.0})
 CAMERAS = {"training_scmos": SCMOS, "other_scmos": OTHER_SCMOS, "emccd": EMCCD}
 BACKGROUNDS = {"flat_20": (20.0, 20.0), "flat_60": (60.0, 60.0), "varying_5_200": (5.0, 200.0)}
@@ -43,18 +40,7 @@ TEST_SEED = 70000
 
 
 def jaccard(model: LoadedModel, movie: Movie) -> float:
-    return scores(run_livescope(model, movie), movie)["interior"]["jaccard"]
-
-
-def run_livescope(model: LoadedModel, movie: Movie, batch: int = 16) -> EmitterTable:
-    if movie.windows is None:
-        return localise_frames(model, movie.frames, movie.pixel_nm, batch=batch)
-    tables = []
-    for start in range(0, len(movie.windows), batch):
-        maps = model.run_frames(movie.windows[start:start + batch])
-        tables += [maps_to_emitters(maps[k], movie.pixel_nm, start + k + 1, model.card.localise)
-                   for k in range(len(maps))]
-    return EmitterTable.concatenate(tables)
+    return scores(livescope_localiser(model, movie)(), movie)["interior"]["jaccard"]
 
 
 def side_by_side(model: LoadedModel, movie: Movie, adu: np.ndarray, right: CameraCalibration,

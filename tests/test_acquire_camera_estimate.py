@@ -3,27 +3,14 @@ camera is estimated from frames snapped before the run, said, and every frame is
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-MM_DEMO = Path(os.environ.get("LIVESCOPE_MM_DEMO", Path(__file__).resolve().parents[2] / "shared" / "micro-manager"))
-MM_DEMO_CONFIG = MM_DEMO / "MMConfig_demo.cfg"
+from tests.test_acquire_channels import MM_DEMO_CONFIG, _micro_manager_demo_env, cli
 
 
-def cli(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "livescope.cli", *args], capture_output=True,
-                          text=True, timeout=timeout, env=env, check=False)
-
-
-@pytest.fixture
+@pytest.fixture(scope="module")
 def demo_env() -> dict:
-    if not MM_DEMO_CONFIG.is_file():
-        pytest.skip(f"Micro-Manager's demo adapters are not at {MM_DEMO} (set LIVESCOPE_MM_DEMO)")
-    return {**os.environ, "MICROMANAGER_PATH": str(MM_DEMO)}
+    return _micro_manager_demo_env()
 
 
 def test_a_real_rig_without_camera_flags_localises_with_the_camera_estimated_from_its_frames(

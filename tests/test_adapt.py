@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from livescope.client import Result, StreamClient
+from livescope.client import StreamClient
 from livescope.deploy import active_version, deploy
-from livescope.modelcard import CARD_FILE, Comparison, ModelCard
-from livescope.models.identity import write_identity
+from livescope.modelcard import CARD_FILE, ModelCard
+from tests.test_deploy import served_by, version_with
 
 
 def cli(*args: str, timeout_s: float = 300) -> subprocess.CompletedProcess:
@@ -26,42 +26,23 @@ def cli(*args: str, timeout_s: float = 300) -> subprocess.CompletedProcess:
                           timeout=timeout_s)
 
 
-def identity_version(repo: Path, version: int, *, against: str | None = None) -> ModelCard:
-    folder = write_identity(repo, version=version)
-    card = ModelCard.load(folder / CARD_FILE)
-    if against is not None:  # better than the active one on its held-out data, so deploying activates it
-        card = card.model_copy(update={"comparison": Comparison(
-            against=against, metric="psnr_db_restored", higher_is_better=True, new_value=31.0, active_value=30.0)})
-        card.dump(folder / CARD_FILE)
-    return card
-
-
-def served_by(address: str, stage: str = "identity") -> str:
-    with StreamClient(address, pipeline=[stage]) as c:
-        c.connect()
-        c.submit(np.ones((8, 8), np.uint16))
-        (outcome,) = list(c.outcomes(timeout_s=30))
-    assert isinstance(outcome, Result)
-    return outcome.header.model
-
-
 def test_rollback_serves_the_version_before_and_says_when_there_is_none(own_server, tmp_path):
     repo = tmp_path / "models"
-    identity_version(repo, 1)
+    version_with(repo, 1)
     srv = own_server("--models", str(repo))
-    assert served_by(srv.frames) == "identity@1"
-    assert deploy(srv.frames, identity_version(repo, 2, against="identity@1")).activated
-    assert served_by(srv.frames) == "identity@2"
+    assert served_by(srv) == "identity@1"
+    assert deploy(srv.frames, version_with(repo, 2, against="identity@1", new=31.0, active=30.0)).activated
+    assert served_by(srv) == "identity@2"
 
     r = cli("models", "rollback", "identity", "--server", srv.frames)
     assert r.returncode == 0, r.stderr
     assert "active: identity@1 (rolled back from identity@2)" in r.stdout
-    assert served_by(srv.frames) == "identity@1"
+    assert served_by(srv) == "identity@1"
 
     again = cli("models", "rollback", "identity", "--server", srv.frames)
     assert again.returncode != 0 and "Traceback" not in again.stderr
     assert "no earlier version of identity was active" in again.stderr
-    assert served_by(srv.frames) == "identity@1"  # nothing changed
+    assert served_by(srv) == "identity@1"  # nothing changed
     named = cli("models", "rollback", "identity@2", "--server", srv.frames)
     assert named.returncode != 0 and "takes a model name" in named.stderr
 
@@ -103,7 +84,7 @@ class Streamer(threading.Thread):
 def test_adapt_trains_on_the_streams_own_frames_while_serving_and_activates_only_what_is_better(
         own_server, tmp_path):
     repo = tmp_path / "models"
-    identity_version(repo, 1)
+    version_with(repo, 1)
     srv = own_server("--models", str(repo))
     before = active_version(srv.frames, "denoise")
     streamer = Streamer(srv.frames)
@@ -111,7 +92,7 @@ def test_adapt_trains_on_the_streams_own_frames_while_serving_and_activates_only
     try:
         r = cli("adapt", "denoise", "--stream", "cam1", "--frames", "24", "--minutes", "0.2",
                 "--context-frames", "3", "--server", srv.frames, timeout_s=540)
-        served_meanwhile = served_by(srv.frames)  # the server went on serving
+        served_meanwhile = served_by(srv)  # the server went on serving
     finally:
         streamer.stop.set()
         streamer.join(timeout=60)
@@ -119,12 +100,9 @@ def test_adapt_trains_on_the_streams_own_frames_while_serving_and_activates_only
     said = " ".join((r.stdout + r.stderr).split())
     assert "Traceback" not in said and "collected 24 frames" in said, said
 
-    status = StreamClient(srv.frames).__enter__()
-    try:
+    with StreamClient(srv.frames) as status:
         status.connect()
         data = status.control("adapt_status")
-    finally:
-        status.close(timeout_s=0)
     assert data["state"] in ("activated", "not_activated"), data
     new = data["model"]
     assert new is not None and new.startswith("denoise@")

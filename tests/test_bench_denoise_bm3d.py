@@ -5,33 +5,15 @@ baseline, conversion gain and read noise. No model, no training (about 10-20 s).
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from livescope.models.metrics import psnr_db
+from tests.bench_scripts import load_bench_script
 
 pytest.importorskip("bm3d")
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
-
-
-def _load_module():
-    sys.path.insert(0, str(BENCH))  # the script imports its sibling _common
-    try:
-        spec = importlib.util.spec_from_file_location("bench_denoise_quality", BENCH / "denoise_quality.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # its dataclasses look their module up
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCH))
-    return module
-
-
-dq = _load_module()
+dq = load_bench_script("denoise_quality.py")
 
 
 def test_bm3d_beats_noisy_and_matches_gaussian_on_foreign_10_photons():

@@ -5,10 +5,7 @@ the public NAIRR 3DAS set and is skipped without it."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,24 +17,12 @@ from scipy.special import erf
 from livescope.emitters import EmitterTable
 from livescope.models.localise.data import LocaliseSimulation
 from livescope.models.localise.metrics import crlb_astigmatic
+from tests.bench_scripts import BENCH, load_bench_script
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
 NAIRR_3DAS_LD = BENCH.parent.parent / "shared" / "data" / "nairr_smlm" / "3DAS_LD"
 
 
-def _load_module():
-    sys.path.insert(0, str(BENCH))  # the script imports its sibling _common
-    try:
-        spec = importlib.util.spec_from_file_location("bench_localise_quality", BENCH / "localise_quality.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # its dataclasses look their module up
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCH))
-    return module
-
-
-lq = _load_module()
+lq = load_bench_script("localise_quality.py")
 
 
 @pytest.fixture(scope="module")

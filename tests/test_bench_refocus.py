@@ -6,31 +6,16 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from livescope.models.metrics import psnr_db
 from livescope.models.refocus.data import ZStack
-
-BENCH = Path(__file__).resolve().parents[1] / "bench"
-
-
-def _load_module():
-    sys.path.insert(0, str(BENCH))  # the script imports its sibling _common
-    try:
-        spec = importlib.util.spec_from_file_location("bench_refocus_quality", BENCH / "refocus_quality.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # its dataclasses look their module up
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCH))
-    return module
+from tests.bench_scripts import load_bench_script
 
 
-rq = _load_module()
+rq = load_bench_script("refocus_quality.py")
 
 
 def _stack(rng: np.random.Generator, planes: int = 9, side: int = 32, step: float = 0.25) -> ZStack:
