@@ -4,8 +4,9 @@ Virtual microscope (known clean images): held-out stacks (filaments and cells, s
 shipped model trained on seed 0 and was checked on seed 10000) at several signal levels. Per
 level, PSNR and SSIM against the clean frames of: the noisy input; a Gaussian filter (sigma
 chosen from a small grid on a separate validation stack, seed 30000); non-local means
-(scikit-image, when importable); the shipped ``denoise`` model through ``LoadedModel.run_frames``
-(onnxruntime); and livescope trained on the test stack itself (Noise2Void, noisy frames only)
+(scikit-image, when importable); the shipped ``denoise`` model (``--shipped NAME@V`` for another,
+``--models DIR`` to find it) through ``restore_stack``, as ``livescope denoise`` runs it: a
+camera-agnostic model gets photons by a camera estimated from the stack, no flags; and livescope trained on the test stack itself (Noise2Void, noisy frames only)
 within ``--budget-minutes``, exported to ONNX and run with onnxruntime. PSNR as
 ``models.metrics.psnr_db`` (peak = the clean frames' range, MSE pooled over the stack), in ADU
 (every method's output is in the camera's units, baseline included); SSIM per frame with the same
@@ -22,8 +23,8 @@ and crops of the Hubble deep field, blurred by a Gaussian PSF (sigma 1.5 px), sc
 of 10 / 40 / 150 photons/px on a background of 5 % of the peak, drifting between frames (a short
 time series per scene), through an sCMOS of QE 0.9, 0.5 e-/ADU, 100 ADU baseline, 1.6 e- read
 noise (Poisson, then Gaussian, rounded to uint16). Scored as the virtual levels: noisy, Gaussian
-(sigma chosen on a validation series of another seed), NL-means, BM3D, the shipped model (through
-``run_frames`` on the ADU frames) and livescope self-trained on the test series for
+(sigma chosen on a validation series of another seed), NL-means, BM3D, the shipped model (on the ADU
+frames, as above) and livescope self-trained on the test series for
 ``--foreign-budget-minutes`` (short; careamics is not run here).
 
 BM3D, the classical anchor (the ``bm3d`` package, Makinen, Azzari & Foi; profile 'np', both
@@ -77,7 +78,9 @@ from livescope.models.denoise.data import VirtualDenoiseData, virtual_frames
 from livescope.models.denoise.train import DenoiseTrainConfig, train_denoise
 from livescope.models.metrics import psnr_db
 from livescope.repository import ModelRepository, shipped_models_root
+from livescope.protocol import split_stage
 from livescope.server.models import LoadedModel
+from livescope.server.offline import restore_stack
 from livescope.server.providers import RuntimeOptions
 
 try:  # scikit-image is not a livescope dependency: used when present, for SSIM and NL-means
@@ -322,11 +325,14 @@ def groups_of(labels: Sequence[object]) -> list[slice]:
 
 # -- livescope -------------------------------------------------------------------------------------
 
-def shipped_denoiser() -> tuple[Denoiser, LoadedModel]:
-    version = ModelRepository([shipped_models_root()]).resolve("denoise")
+def shipped_denoiser(stage: str = "denoise", models: Path | None = None) -> tuple[Denoiser, LoadedModel]:
+    """The shipped (or ``stage`` in ``models``) denoiser as ``livescope denoise`` runs it: a
+    camera-agnostic model gets photons by a camera estimated from the stack it is given, no flags."""
+    name, version_number = split_stage(stage)
+    version = ModelRepository([shipped_models_root(), *([models] if models else [])]).resolve(name, version_number)
     model = LoadedModel.load(version, RuntimeOptions(provider="cpu"))
-    # run_frames may return a recycled output buffer: copy each result out
-    return (lambda frames: np.stack([model.run_frames(f[None])[0].copy() for f in frames])), model
+    # one frame per call, as a live server would; restore_stack copies each result out
+    return (lambda frames: restore_stack(model, frames, batch=1)), model
 
 
 def warm_up_torch() -> None:
@@ -411,7 +417,7 @@ def ort_ms_at_512(session: ort.InferenceSession, repeats: int) -> float:
 def ort_ms_per_frame(model: LoadedModel, repeats: int) -> dict:
     frame = virtual_frames(VirtualDenoiseData(specimens=("filaments",), signal_photons_per_ms=(2.0,),
                                               frames_per_condition=1, sensor_shape_px=(512, 512),
-                                              seed=TEST_SEED)).noisy_adu
+                                              seed=TEST_SEED)).noisy_adu.astype(model.card.inputs[0].dtype)
     for _ in range(2):
         model.run_frames(frame)
     times = []
@@ -814,6 +820,8 @@ QUICK = {"levels": [2.0], "size": 128, "frames": 1, "budget_minutes": 0.25, "fmd
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help=f"smallest settings: {QUICK}")
+    ap.add_argument("--shipped", default="denoise", help="the model of the 'shipped' column: NAME[@VERSION]")
+    ap.add_argument("--models", type=Path, default=None, help="a repository searched after the shipped models")
     ap.add_argument("--budget-minutes", type=float, default=5.0,
                     help="self-supervised training budget per photon level")
     ap.add_argument("--fmd-budget-minutes", type=float, default=5.0, help="training budget on FMD")
@@ -877,7 +885,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     t_start = time.monotonic()
-    shipped, model = shipped_denoiser()
+    shipped, model = shipped_denoiser(args.shipped, args.models)
     warm_up_torch()
     report: dict = {
         "benchmark": "denoise_quality",

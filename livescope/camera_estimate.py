@@ -213,3 +213,120 @@ def complete_camera(frames_adu: np.ndarray, *, baseline_adu: float | None = None
         # The estimate is in noise-equivalent photo-electrons; an EMCCD's true ones are F^2 times as many.
         baseline_adu, e_per_adu = estimate.calibration.baseline_adu, estimate.e_per_adu * noise_adu_per_e
     return CameraCalibration(baseline_adu=max(baseline_adu, 0.0), e_per_adu=e_per_adu, em_gain=em_gain), estimate
+
+
+class PhotonScale(BaseModel):
+    """ADU <-> noise-equivalent photo-electrons (counts whose variance equals their mean): what a
+    camera-agnostic model takes. The baseline may lie below zero: read noise counts as background."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    baseline_adu: float
+    e_per_adu: float = Field(gt=0)
+    source: str = Field(description="where it came from, in words")
+
+    def to_photons(self, frames_adu: np.ndarray) -> np.ndarray:
+        return ((np.asarray(frames_adu, np.float32) - np.float32(self.baseline_adu))
+                * np.float32(self.e_per_adu)).astype(np.float32, copy=False)
+
+    def to_adu(self, photons: np.ndarray) -> np.ndarray:
+        return (np.asarray(photons, np.float32) / np.float32(self.e_per_adu)
+                + np.float32(self.baseline_adu)).astype(np.float32, copy=False)
+
+
+FALLBACK_SCALE = PhotonScale(baseline_adu=0.0, e_per_adu=1.0, source="no noise to estimate it from: 0 ADU "
+                             "baseline and 1 e-/ADU assumed")
+
+
+def noise_equivalent(camera: CameraCalibration) -> PhotonScale:
+    """The scale of a known camera: EM gain and its excess noise folded into the gain, read noise
+    (where known) into the baseline."""
+    f2 = excess_noise_factor(camera.em_gain)
+    e_per_adu = camera.e_per_adu / (camera.em_gain * f2)
+    read_e = camera.read_noise_e or 0.0
+    return PhotonScale(baseline_adu=camera.baseline_adu - read_e**2 / (f2**2 * e_per_adu), e_per_adu=e_per_adu,
+                       source=f"the camera's calibration (baseline {camera.baseline_adu:g} ADU, "
+                              f"{camera.e_per_adu:g} e-/ADU, EM gain {camera.em_gain:g})")
+
+
+def photon_scale(frames_adu: np.ndarray, camera: CameraCalibration | None = None) -> PhotonScale:
+    """The scale to convert ``frames_adu`` with: the camera's where given, else estimated from the
+    frames (noise-equivalent by construction). When the background alone cannot tell the gain
+    (`estimate_camera` falls back on its prior), the noise at the structure's levels tells it
+    (`noise_level_gain`); the background's noise then fixes the baseline. Frames with no noise to
+    measure get ``FALLBACK_SCALE``, which says so."""
+    if camera is not None:
+        return noise_equivalent(camera)
+    frames = np.asarray(frames_adu)
+    frames = frames[None] if frames.ndim == 2 else frames
+    try:
+        estimate = estimate_camera(frames)
+    except ValueError:
+        estimate = None
+    fitted = noise_level_gain(frames) if estimate is None or estimate.gain_source == "prior" else None
+    if fitted is not None:
+        adu_per_e, intercept = fitted
+        if estimate is not None:  # the background stays exactly Poisson: level - baseline = variance / a
+            baseline = estimate.background_adu - estimate.background_variance_adu2 / adu_per_e
+        else:
+            baseline = -intercept / adu_per_e
+        return PhotonScale(baseline_adu=baseline, e_per_adu=1.0 / adu_per_e,
+                           source=f"camera estimated from the noise at each intensity: baseline {baseline:.1f} ADU, "
+                                  f"{1.0 / adu_per_e:.3g} e-/ADU (noise-equivalent)")
+    if estimate is None:
+        return FALLBACK_SCALE
+    return PhotonScale(baseline_adu=estimate.baseline_adu, e_per_adu=estimate.e_per_adu, source=estimate.describe())
+
+
+NOISE_LEVEL_BINS = 16
+MAX_NOISE_LEVEL_FRAMES = 16
+# E[x^2 | x^2 below its 90th percentile] for x ~ N(0, 1): the top tenth of squared differences
+# (edges, puncta) is left out of each bin's variance, and this corrects for the trimming.
+_TRIMMED_CHI2_MEAN = 0.623
+
+
+def noise_level_gain(frames_adu: np.ndarray) -> tuple[float, float] | None:
+    """The noise-level function variance = a x level + c of frames with structure (ADU per
+    noise-equivalent e-, and the intercept, ADU^2), or None when it cannot be told.
+
+    Per pixel: its noise from its difference to the mean of its four direct neighbours (a locally
+    smooth signal cancels), its level from the ring of pixels two away (independent of those five,
+    and averaged over 16, so that binning by a noisy level does not flatten the line). Pixels are
+    binned by level; each bin's variance leaves out its largest tenth (edges and puncta); the line
+    is fitted through the bins, weighted by their precision. Believed when the slope is positive and
+    well measured. On simulated filaments at 10-100 photons it is within 16 % for sCMOS and 8-bit
+    cameras, from one frame (tests/test_broad_denoise.py)."""
+    from scipy import ndimage
+
+    frames = np.asarray(frames_adu, np.float64)
+    if len(frames) > MAX_NOISE_LEVEL_FRAMES:
+        frames = frames[np.linspace(0, len(frames) - 1, MAX_NOISE_LEVEL_FRAMES).round().astype(int)]
+    if min(frames.shape[1:]) < 16:
+        return None
+    centre = frames[:, 2:-2, 2:-2]
+    cross = (frames[:, 1:-3, 2:-2] + frames[:, 3:-1, 2:-2] + frames[:, 2:-2, 1:-3] + frames[:, 2:-2, 3:-1]) / 4.0
+    ring = np.ones((5, 5))
+    ring[1:4, 1:4] = 0.0
+    level = ndimage.convolve(frames, (ring / ring.sum())[None], mode="nearest")[:, 2:-2, 2:-2].ravel()
+    residual = (centre - cross).ravel()
+    groups = np.array_split(np.argsort(level), NOISE_LEVEL_BINS)
+    if min(len(g) for g in groups) < 64:
+        return None
+    x = np.array([np.mean(level[g]) for g in groups])
+    y = np.empty_like(x)
+    for i, g in enumerate(groups):
+        squared = (residual[g] - np.median(residual[g])) ** 2
+        kept = squared[squared <= np.quantile(squared, 0.9)]
+        y[i] = kept.mean() / _TRIMMED_CHI2_MEAN / 1.25  # the difference's variance is 1 + 1/4 the pixel's
+    if not np.all(y > 0) or np.ptp(x) <= 0:
+        return None
+    w = 1.0 / y  # a bin's variance is uncertain in proportion to itself
+    design = np.stack([x, np.ones_like(x)], axis=1)
+    cov = np.linalg.inv(design.T @ (design * w[:, None]))
+    coef = cov @ (design.T @ (w * y))
+    residual_var = float(np.sum(w * (y - design @ coef) ** 2)) / max(len(x) - 2, 1)
+    slope, intercept = float(coef[0]), float(coef[1])
+    slope_se = float(np.sqrt(cov[0, 0] * residual_var))
+    if not (slope > 0 and slope_se < MAX_RELATIVE_SLOPE_ERROR * slope):
+        return None
+    return slope, intercept

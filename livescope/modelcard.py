@@ -32,12 +32,15 @@ class TensorSpec(_Frozen):
 
 class Normalisation(_Frozen):
     """How camera ADU become network units. ``in_graph``: the ONNX graph does it itself (the
-    constants are recorded here for people; the server does not apply them).
+    constants are recorded here for people; the server does not apply them). ``photons``: the
+    graph takes and gives noise-equivalent photo-electrons (variance = mean); the server and the
+    offline commands convert each frame with its camera (given, or estimated from the data) and the
+    result back to ADU, so one model serves any camera.
 
     ``transform`` 'linear': d / scale with d = ADU - offset_adu; 'sqrt': sign(d) (sqrt(|d| + 1) - 1)
     / scale; and back, plus ``bias_adu`` (see ``livescope.models.intensity``)."""
 
-    kind: Literal["in_graph", "none"] = "in_graph"
+    kind: Literal["in_graph", "none", "photons"] = "in_graph"
     transform: Literal["linear", "sqrt"] = "linear"
     offset_adu: float = 0.0
     scale: float = Field(default=1.0, gt=0, validation_alias=AliasChoices("scale", "scale_adu"))

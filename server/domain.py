@@ -26,9 +26,11 @@ def domain_warnings(card: ModelCard, frames: np.ndarray, name: str, advice: str)
     1st percentile of its training frames); frames whose darkest pixels lie far from it (8-bit
     data near 0, a camera with another baseline) are outside what the model has seen."""
     n = card.normalisation
+    frames = frames[None] if frames.ndim == 2 else frames
+    if n.kind == "photons":
+        return _photon_range_warnings(card, frames, name, advice)
     if n.kind != "in_graph":
         return ()
-    frames = frames[None] if frames.ndim == 2 else frames
     sample = frames[:: max(1, len(frames) // 16), ::2, ::2]
     darkest = float(np.percentile(sample, 1.0))
     if abs(darkest - n.offset_adu) <= BASELINE_TOLERANCE_ADU + 0.1 * n.offset_adu:
@@ -36,6 +38,25 @@ def domain_warnings(card: ModelCard, frames: np.ndarray, name: str, advice: str)
     return (f"the darkest 1% of {name} lies at {darkest:g} ADU but {card.ref} was trained on frames whose "
             f"darkest 1% lay at {n.offset_adu:g} ADU (another camera baseline or bit depth): the result "
             f"may be poor; {advice}",)
+
+
+BRIGHTER_THAN_TRAINED = 2.0  # a camera-agnostic model is warned for above this x its brightest training peak
+
+
+def _photon_range_warnings(card: ModelCard, frames: np.ndarray, name: str, advice: str) -> tuple[str, ...]:
+    """A camera-agnostic model's frames in photons (camera estimated as the model's will be) far brighter
+    than any it was trained on."""
+    from livescope.camera_estimate import photon_scale
+
+    trained = card.trained_for.peak_photons
+    if trained is None:
+        return ()
+    sample = frames[:: max(1, len(frames) // 8)]
+    brightest = float(np.percentile(photon_scale(sample).to_photons(sample), 99.9))
+    if brightest <= BRIGHTER_THAN_TRAINED * trained[1]:
+        return ()
+    return (f"the brightest 0.1% of {name} reach {brightest:.0f} photons/px, but {card.ref} was trained on peaks "
+            f"up to {trained[1]:g}: the result may be poor; {advice}",)
 
 
 class DomainWatch:

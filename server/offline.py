@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from livescope.camera_estimate import PhotonScale, complete_camera, photon_scale
 from livescope.context import causal_windows
 from livescope.modelcard import ModelCard
 from livescope.server.domain import domain_warnings
@@ -69,6 +70,7 @@ class OfflineSummary(BaseModel):
     clipped_pixels: int
     seconds: float
     warnings: tuple[str, ...] = ()
+    camera: str | None = None  # how a camera-agnostic model's photons were obtained, in words
 
     @property
     def frames_per_s(self) -> float:
@@ -79,7 +81,8 @@ class OfflineSummary(BaseModel):
         tiles = f", tiles of {self.tile_px} px" if self.tile_px else ""
         clipped = f", {self.clipped_pixels} input pixels clipped" if self.clipped_pixels else ""
         return (f"{self.model} ({self.provider}): {self.frames} frames of {h}x{w} px in "
-                f"{self.seconds:.1f} s ({self.frames_per_s:.1f} frames/s{tiles}{clipped}) -> {self.output}")
+                f"{self.seconds:.1f} s ({self.frames_per_s:.1f} frames/s{tiles}{clipped}) -> {self.output}"
+                + (f"\nphotons from {self.camera}" if self.camera else ""))
 
 
 def to_model_dtype(frames: np.ndarray, dtype: str) -> tuple[np.ndarray, int]:
@@ -105,8 +108,12 @@ def tiling_for(card: ModelCard, tile_px: int | None = None) -> tuple[int, bool]:
 
 
 def restore_stack(model: RunsFrames, stack: Stack | np.ndarray, *, batch: int = 4,
-                  tile_px: int | None = None, progress: Progress | None = None) -> np.ndarray:
+                  tile_px: int | None = None, progress: Progress | None = None,
+                  scale: PhotonScale | None = None) -> np.ndarray:
     """Run the model on every frame of a (T, H, W) stack; return float32 (T, H, W).
+
+    A camera-agnostic model (card normalisation ``photons``) gets the frames in noise-equivalent
+    photons by ``scale`` (default: estimated from the stack, `photon_scale`), its result back in ADU.
 
     A model with context frames sees each frame with the ones before it (the first frame standing
     in before the stack's start: ``livescope.context.causal_windows``), as it would live.
@@ -124,6 +131,10 @@ def restore_stack(model: RunsFrames, stack: Stack | np.ndarray, *, batch: int = 
     done = 0
     context = card.context_frames
     run = model.run if context == 1 else (lambda windows: model.run_windows(windows)[:, 0])
+    if card.normalisation.kind == "photons":
+        scale = scale or photon_scale(frames)
+        in_model_units = run
+        run = lambda x: scale.to_adu(in_model_units(scale.to_photons(x)))  # noqa: E731
     while done < t:
         stop = min(done + batch, t)
         chunk, _ = to_model_dtype(frames[done:stop] if context == 1 else
@@ -187,10 +198,13 @@ def run_offline(task_stage: str, in_path: str | os.PathLike, out_path: str | os.
                 model_dirs: Sequence[str | os.PathLike] = (), overwrite: bool = False,
                 progress: Progress | None = None, batch: int = 4, tile_px: int | None = None,
                 provider: str | None = None, threads: int | None = None,
-                task: str | None = None) -> OfflineSummary:
+                task: str | None = None, baseline_adu: float | None = None, e_per_adu: float | None = None,
+                em_gain: float = 1.0) -> OfflineSummary:
     """Read IN, restore it with the model ``task_stage`` ('denoise' or 'denoise@2'), write OUT.
 
-    ``task``: the command's task; a model trained for another task is refused.
+    ``task``: the command's task; a model trained for another task is refused. ``camera``: for a
+    camera-agnostic model, ``baseline_adu``, ``e_per_adu`` and ``em_gain`` give the camera to convert to photons
+    with (what is not given is estimated from IN, as `complete_camera` does; neither: `photon_scale`).
     Raises StackError (input or output) or OfflineError (model), each with a one-line message.
     """
     in_path, out_path = Path(in_path), Path(out_path)
@@ -204,20 +218,30 @@ def run_offline(task_stage: str, in_path: str | os.PathLike, out_path: str | os.
         model_version.card, stack.frames, str(in_path),
         advice=f"train a model on this data with: livescope train denoise --data {in_path}")
     model = load_model(model_version, provider, threads)
+    scale = None
+    if model_version.card.normalisation.kind == "photons":
+        camera = None
+        if baseline_adu is not None or e_per_adu is not None or em_gain != 1.0:
+            try:
+                camera, _ = complete_camera(stack.frames, baseline_adu=baseline_adu, e_per_adu=e_per_adu,
+                                            em_gain=em_gain)
+            except ValueError as e:
+                raise OfflineError(f"{in_path}: {e}") from None
+        scale = photon_scale(stack.frames, camera)
 
     t0 = time.perf_counter()
     in_dtype = model_version.card.inputs[0].dtype
     clipped = 0 if stack.frames.dtype.name == in_dtype else sum(
         to_model_dtype(stack.frames[i:i + 64], in_dtype)[1] for i in range(0, stack.n_frames, 64))
     try:
-        restored = restore_stack(model, stack, batch=batch, tile_px=tile_px, progress=progress)
+        restored = restore_stack(model, stack, batch=batch, tile_px=tile_px, progress=progress, scale=scale)
     except Exception as e:
         if not is_out_of_memory(e) or model.provider == "cpu":
             raise
         log.warning("%s: out of memory on %s even with small tiles; running on the CPU",
                     model.ref, model.provider)
         model = load_model(model_version, "cpu", threads)
-        restored = restore_stack(model, stack, batch=batch, tile_px=tile_px, progress=progress)
+        restored = restore_stack(model, stack, batch=batch, tile_px=tile_px, progress=progress, scale=scale)
     seconds = time.perf_counter() - t0
     write_stack(out_path, restored, stack, overwrite=overwrite)
     tile, fixed = tiling_for(model.card, tile_px)
@@ -225,4 +249,5 @@ def run_offline(task_stage: str, in_path: str | os.PathLike, out_path: str | os.
     return OfflineSummary(model=model.ref, provider=model.provider, input=str(in_path),
                           output=str(out_path), frames=stack.n_frames, frame_shape=(h, w),
                           tile_px=tile if fixed or max(h, w) > tile else None,
-                          clipped_pixels=clipped, seconds=seconds, warnings=warnings)
+                          clipped_pixels=clipped, seconds=seconds, warnings=warnings,
+                          camera=None if scale is None else scale.source)

@@ -31,6 +31,9 @@ def check_pipeline(header: FrameHeader, stages: list[ModelVersion]) -> None:
             check_dz(header, version)
             dtype = version.card.outputs[0].dtype  # it takes any pixel dtype: it converts itself
             continue
+        if version.card.normalisation.kind == "photons":  # the server converts any dtype to photons
+            dtype = "float32"
+            continue
         if version.card.task == "localise":
             if i != len(stages) - 1:
                 raise ProtocolError(ErrorCode.unknown_pipeline,

@@ -59,6 +59,7 @@ from livescope.server.ledger import StreamLedger, checksum
 from livescope.server.localise_stage import LocaliseStreams, RenderSettings
 from livescope.server.metrics import ServerMetrics
 from livescope.server.models import LoadedModel, ModelRegistry
+from livescope.server.photons import StreamScales
 from livescope.server.pipeline import check_pipeline
 from livescope.server.queue import Job, QueueFullError, SenderBusyError, WorkQueue
 from livescope.server.tiling import is_out_of_memory
@@ -108,6 +109,7 @@ class InferenceServer:
         self._inference_lock = threading.Lock()
         self._domain = DomainWatch()  # the worker's
         self._context = StreamContext()  # the worker's: frames before, for models with context frames
+        self._scales = StreamScales()  # the worker's: each stream's photon scale, for camera-agnostic models
         self._out_of_domain = 0  # frames whose results carry a warning; under _inference_lock
         self._curve: CurveServer | None = None
         self._worker: threading.Thread | None = None
@@ -632,6 +634,9 @@ class InferenceServer:
                 elif stage.card.task == "refocus":
                     model, x = self._refocus(stage, jobs, x)
                     outputs.append((model, x))
+                elif stage.card.normalisation.kind == "photons":  # a camera-agnostic model
+                    model, x = self._run_in_photons(stage, jobs, x, warnings)
+                    outputs.append((model, x))
                 elif stage.card.context_frames > 1:  # a denoiser that sees the stream's frames before
                     windows = self._context.windows([(j.identity, j.header.stream, stage.ref) for j in jobs],
                                                     [j.header.seq for j in jobs], x, stage.card.context_frames)
@@ -732,6 +737,18 @@ class InferenceServer:
                 lambda k=k, h=h, px=pixel_size_nm: self._logged(h.stream, tuple(
                     range_warnings(stage.card, px, photons[k : k + 1]))))
         return model, tables
+
+    def _run_in_photons(self, stage: ModelVersion, jobs: list[Job], x: np.ndarray, warnings: list[list[str]]
+                        ) -> tuple[LoadedModel, np.ndarray]:
+        """Each frame (ADU, any dtype) in noise-equivalent photons with its stream's scale (its header's
+        camera, else estimated from the stream's first frame: server/photons.py), and the result back in
+        float32 ADU."""
+        scales = [self._scales.scale((job.identity, job.header.stream), job.header, x[k]) for k, job in enumerate(jobs)]
+        photons = np.stack([scale.to_photons(x[k]) for k, scale in enumerate(scales)])
+        model, out = self._run_stage(stage, photons)
+        for k, scale in enumerate(scales):
+            warnings[k] += self._scales.warnings(scale)
+        return model, np.stack([scale.to_adu(out[k]) for k, scale in enumerate(scales)])
 
     def _refocus(self, stage: ModelVersion, jobs: list[Job], x: np.ndarray) -> tuple[LoadedModel, np.ndarray]:
         """Each frame (ADU, any pixel dtype) with a uniform map of its own delta-z -> the frame at

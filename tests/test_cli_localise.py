@@ -107,7 +107,7 @@ def test_empty_frames_give_an_empty_table_not_an_error(tmp_path, repository):
     ((), "exists; choose another output or pass --overwrite"),
     (("--pixel-size", "-3"), "--pixel-size must be positive"),
     (("--pixel-size", "400", "--strict", "--overwrite"), "--strict: pixel size 400 nm is outside the 65-160 nm"),
-    (("--model", "denoise", "--overwrite"), "denoise@2 is a denoise model"),
+    (("--model", "denoise", "--overwrite"), "denoise@3 is a denoise model"),
     (("--render", "sr.ome.tif", "--render-px", "0.1", "--overwrite"), "use render pixels of at least 1 nm"),
 ])
 def test_mistakes_are_refused_in_one_line_and_an_existing_csv_is_kept(tmp_path, movie, repository, extra,

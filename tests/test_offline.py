@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from livescope.camera_estimate import photon_scale
 from livescope.modelcard import ModelCard
 from livescope.models.denoise.data import VirtualDenoiseData, virtual_frames
 from livescope.models.identity import identity_card
@@ -69,22 +70,25 @@ def test_denoise_keeps_shape_and_intensity_units(tmp_path, in_name, out_name):
 def test_a_stack_unlike_the_training_data_is_denoised_with_a_warning_naming_the_difference(tmp_path):
     eight_bit = np.random.default_rng(1).poisson(12.0, (2, 48, 48)).astype(np.uint8)  # baseline ~0
     tifffile.imwrite(tmp_path / "in.tif", eight_bit)
-    summary = run_offline("denoise", tmp_path / "in.tif", tmp_path / "out.tif", task="denoise")
+    summary = run_offline("denoise@2", tmp_path / "in.tif", tmp_path / "out.tif", task="denoise")  # one camera's
     (warning,) = summary.warnings
     assert "darkest 1%" in warning and "95 ADU" in warning and "livescope train denoise --data" in warning
     assert (tmp_path / "out.tif").exists()  # a warning, not a refusal
 
 
-def test_large_frames_are_tiled_and_agree_with_whole_frame_runs(tmp_path):
+@pytest.mark.parametrize("version, tile_px", [(2, 128), (3, 176)])
+def test_large_frames_are_tiled_and_agree_with_whole_frame_runs(version, tile_px):
     from livescope.repository import ModelRepository, shipped_models_root
     from livescope.server.models import LoadedModel
     from livescope.server.providers import RuntimeOptions
 
-    model = LoadedModel.load(ModelRepository([shipped_models_root()]).resolve("denoise"),
+    model = LoadedModel.load(ModelRepository([shipped_models_root()]).resolve("denoise", version),
                              RuntimeOptions(provider="cpu", intra_op_threads=2))
-    frames = noisy((2, 200, 150))
-    tiled = restore_stack(model, frames, batch=3, tile_px=128)
-    whole = model.run(frames)
+    frames = noisy((2, 200, 152))
+    scale = photon_scale(frames)  # a camera-agnostic model's frames go in photons, tiled or whole
+    tiled = restore_stack(model, frames, batch=3, tile_px=tile_px, scale=scale)
+    whole = model.run(frames if model.card.normalisation.kind != "photons" else scale.to_photons(frames))
+    whole = whole if model.card.normalisation.kind != "photons" else scale.to_adu(whole)
     assert np.abs(tiled - whole).max() <= 1e-5 * float(whole.max() - whole.min())
 
 

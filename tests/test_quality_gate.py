@@ -44,22 +44,22 @@ def five_steps(tmp_path_factory) -> tuple[Path, Path, subprocess.CompletedProces
 def test_a_five_step_training_is_written_as_a_candidate_and_says_why_in_one_line(five_steps):
     repository, _, run = five_steps
     assert run.returncode == 1, run.stderr
-    assert run.stdout.strip().splitlines()[-1] == "denoise@3"  # written, and named
+    assert run.stdout.strip().splitlines()[-1] == "denoise@4"  # written, and named
     error = run.stderr.strip().splitlines()
-    assert len(error) == 1 and error[0].startswith("livescope: error: denoise@3 failed the quality gate")
+    assert len(error) == 1 and error[0].startswith("livescope: error: denoise@4 failed the quality gate")
     assert "--force" in error[0] and "Traceback" not in run.stderr
-    card = ModelCard.load(repository / "denoise" / "3" / CARD_FILE)
+    card = ModelCard.load(repository / "denoise" / "4" / CARD_FILE)
     assert card.gate is not None and not card.gate.passed and not card.serves_by_default
     assert card.gate.metric == "n2v_validation_mse_adu2" and card.gate.classical_method
     assert card.gate.classical_value == card.metrics["n2v_validation_mse_adu2_classical"]
-    assert card.comparison is not None and card.comparison.against == "denoise@2"  # the default then
+    assert card.comparison is not None and card.comparison.against == "denoise@3"  # the default then
 
 
 def test_the_default_stays_the_version_that_passed(five_steps):
     repository, _, _ = five_steps
-    assert ModelRepository([shipped_models_root(), repository]).resolve("denoise").ref == "denoise@2"
+    assert ModelRepository([shipped_models_root(), repository]).resolve("denoise").ref == "denoise@3"
     listed = cli("models", "list", "--models", str(repository))
-    row = next(line for line in listed.stdout.splitlines() if line.strip().startswith("denoise@3"))
+    row = next(line for line in listed.stdout.splitlines() if line.strip().startswith("denoise@4"))
     assert "candidate" in row
 
 
@@ -67,11 +67,11 @@ def test_offline_denoise_uses_the_default_and_warns_when_told_to_use_a_candidate
     repository, stack, _ = five_steps
     r = cli("denoise", str(stack), str(tmp_path / "out.tif"), "--models", str(repository))
     assert r.returncode == 0, r.stderr
-    assert "denoise@2" in r.stdout and "candidate" not in r.stdout
-    r = cli("denoise", str(stack), str(tmp_path / "out3.tif"), "--models", str(repository), "--model", "denoise@3")
+    assert "denoise@3" in r.stdout and "candidate" not in r.stdout
+    r = cli("denoise", str(stack), str(tmp_path / "out3.tif"), "--models", str(repository), "--model", "denoise@4")
     assert r.returncode == 0, r.stderr
     said = " ".join(r.stdout.split())
-    assert "warning: denoise@3 is a candidate that failed the quality gate" in said
+    assert "warning: denoise@4 is a candidate that failed the quality gate" in said
 
 
 def test_a_server_serves_the_default_refuses_the_candidate_and_serves_it_only_when_forced(five_steps, own_server):
@@ -79,22 +79,22 @@ def test_a_server_serves_the_default_refuses_the_candidate_and_serves_it_only_wh
     srv = own_server("--models", str(repository))
     frame = noisy_stack(1, 64, 64)[0]
     with StreamClient(srv.frames, pipeline=["denoise"]) as plain, \
-            StreamClient(srv.frames, stream="explicit", pipeline=["denoise@3"]) as explicit:
+            StreamClient(srv.frames, stream="explicit", pipeline=["denoise@4"]) as explicit:
         plain.connect()
         explicit.connect()
         plain.submit(frame)
         (outcome,) = list(plain.outcomes())
-        assert isinstance(outcome, Result) and outcome.header.model == "denoise@2"
+        assert isinstance(outcome, Result) and outcome.header.model == "denoise@3"
         explicit.submit(frame)
         (refused,) = list(explicit.outcomes())
         assert isinstance(refused, Refusal) and refused.reason == "unknown_model"
         assert "quality gate" in refused.message and "--force" in refused.message
         with pytest.raises(ControlError, match="quality gate"):
-            plain.control("activate", model="denoise@3")
-        assert plain.control("activate", model="denoise@3", force=True)["active"] == "denoise@3"
+            plain.control("activate", model="denoise@4")
+        assert plain.control("activate", model="denoise@4", force=True)["active"] == "denoise@4"
         plain.submit(frame)
         (outcome,) = list(plain.outcomes())
-        assert isinstance(outcome, Result) and outcome.header.model == "denoise@3"
+        assert isinstance(outcome, Result) and outcome.header.model == "denoise@4"
 
 
 # -- the gate's verdicts --------------------------------------------------------------------------
@@ -136,10 +136,10 @@ def test_a_repository_of_candidates_alone_serves_none_by_default_and_says_how_to
     repository, _, _ = five_steps
     only = tmp_path / "only"
     (only / "mine").mkdir(parents=True)
-    card = ModelCard.load(repository / "denoise" / "3" / CARD_FILE).model_copy(update={"name": "mine", "version": 1})
+    card = ModelCard.load(repository / "denoise" / "4" / CARD_FILE).model_copy(update={"name": "mine", "version": 1})
     (only / "mine" / "1").mkdir()
     card.dump(only / "mine" / "1" / CARD_FILE)
-    (only / "mine" / "1" / "model.onnx").write_bytes((repository / "denoise" / "3" / "model.onnx").read_bytes())
+    (only / "mine" / "1" / "model.onnx").write_bytes((repository / "denoise" / "4" / "model.onnx").read_bytes())
     with pytest.raises(UnknownModelError, match=r"no version of 'mine' passed the quality gate.*--force"):
         ModelRepository([only]).resolve("mine")
     assert ModelRepository([only]).resolve("mine", 1).ref == "mine@1"  # named, it is found

@@ -34,7 +34,7 @@ def test_a_flooding_client_is_refused_busy_and_another_clients_frames_are_all_re
         # more frames than the whole queue holds, never reading an answer, through a model slow
         # enough (on any machine) that they pile up: with the identity a fast machine kept up
         for seq in range(300):
-            header = FrameHeader(stream="flood", seq=seq, shape=big.shape, pipeline=("denoise",))
+            header = FrameHeader(stream="flood", seq=seq, shape=big.shape, pipeline=("denoise@2",))
             flood.send_multipart([encode_header(header), big])
         time.sleep(0.5)
         with StreamClient(srv.frames, stream="polite", pipeline=["identity"], mode="lossless") as polite:

@@ -106,7 +106,7 @@ def test_struct_n2v_for_row_correlated_noise_is_recorded_in_the_card(tmp_path):
     frames += np.random.default_rng(1).integers(-5, 6, (8, 64, 1))  # a random offset per row
     tifffile.imwrite(stack, frames.astype(np.uint16))
     r = train(tmp_path, stack, extra=("--struct", "row", "--struct-span", "3"))
-    card = ModelCard.load(tmp_path / "repo" / "denoise" / "3" / CARD_FILE)
+    card = ModelCard.load(tmp_path / "repo" / "denoise" / "4" / CARD_FILE)
     assert r.returncode == (0 if card.serves_by_default else 1), r.stderr  # 1: a candidate (the gate)
     assert '"struct_axis":"row","struct_span_px":3' in card.description
 
@@ -124,9 +124,9 @@ def trained_on_own_data(tmp_path_factory) -> tuple[Path, Path, subprocess.Comple
 
 def test_a_run_on_own_data_writes_the_next_version_with_a_card_naming_the_data(trained_on_own_data):
     repository, stack, r = trained_on_own_data
-    assert r.stdout.strip().splitlines()[-1] == "denoise@3"
+    assert r.stdout.strip().splitlines()[-1] == "denoise@4"
     assert sorted(p.name for p in repository.iterdir()) == ["denoise"]
-    folder = repository / "denoise" / "3"
+    folder = repository / "denoise" / "4"
     card = ModelCard.load(folder / CARD_FILE)
     # written either way; a 20-step model rarely beats a classical filter: then it is a candidate
     assert r.returncode == (0 if card.serves_by_default else 1), r.stderr
@@ -142,7 +142,7 @@ def test_a_run_on_own_data_writes_the_next_version_with_a_card_naming_the_data(t
 
 def test_the_model_trained_on_own_data_denoises_a_frame_of_another_size(trained_on_own_data):
     repository, _, _ = trained_on_own_data
-    session = ort.InferenceSession(str(repository / "denoise" / "3" / MODEL_FILE),
+    session = ort.InferenceSession(str(repository / "denoise" / "4" / MODEL_FILE),
                                    providers=["CPUExecutionProvider"])
     raw = noisy_stack(1, 48, 80, seed=9)[None]
     out = session.run(["restored"], {"raw": raw})[0]

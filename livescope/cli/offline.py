@@ -16,13 +16,13 @@ OutArg = Annotated[Path, typer.Argument(help="Output .ome.tiff / .tif / .ome.zar
 
 
 def _offline(task: str, model: str | None, inp: Path, out: Path, models: Path | None,
-             overwrite: bool, tile: int | None, batch: int, provider: str | None) -> None:
+             overwrite: bool, tile: int | None, batch: int, provider: str | None, **camera: Any) -> None:
     from livescope.server.offline import run_offline
 
     _run_offline_job(task, lambda progress: run_offline(
         model or task, inp, out, task=task, overwrite=overwrite,
         model_dirs=[models or default_models_dir()], tile_px=tile, batch=batch, provider=provider,
-        progress=progress))
+        progress=progress, **camera))
 
 
 def _run_offline_job(label: str, job: Callable[[Callable[[int, int], None]], Any]) -> None:
@@ -62,9 +62,19 @@ def denoise(
     models: Optional[Path] = _OfflineOpts["models"], overwrite: bool = _OfflineOpts["overwrite"],
     tile: Optional[int] = _OfflineOpts["tile"], batch: int = _OfflineOpts["batch"],
     provider: Optional[str] = _OfflineOpts["provider"],
+    baseline: Annotated[Optional[float], typer.Option(
+        help="Camera baseline (offset), ADU, for a camera-agnostic model (default: estimated from the stack).")] = None,
+    e_per_adu: Annotated[Optional[float], typer.Option(
+        "--e-per-adu", help="Camera conversion gain, e-/ADU, for a camera-agnostic model (default: estimated).",
+    )] = None,
+    em_gain: Annotated[float, typer.Option("--em-gain", help="EMCCD gain (1 for sCMOS).")] = 1.0,
 ) -> None:
-    """Denoise a stack with the newest (or the named) denoise model."""
-    _offline("denoise", model, inp, out, models, overwrite, tile, batch, provider)
+    """Denoise a stack with the newest (or the named) denoise model. A camera-agnostic model works in
+    photons: the camera is estimated from the stack (and printed) unless given."""
+    if (e_per_adu is not None and e_per_adu <= 0) or em_gain < 1 or (baseline is not None and baseline < 0):
+        fail("--e-per-adu must be positive, --em-gain at least 1, --baseline not negative")
+    _offline("denoise", model, inp, out, models, overwrite, tile, batch, provider,
+             baseline_adu=baseline, e_per_adu=e_per_adu, em_gain=em_gain)
 
 
 def restore(

@@ -51,7 +51,8 @@ def train_denoise(
              "read-out) or 'column'.")] = None,
     struct_span: Annotated[int, typer.Option(
         min=1, help="With --struct: neighbours hidden either side of each blind spot, px.")] = 4,
-    depth: Annotated[int, typer.Option(min=1, max=4, help="UNet depth (downsamplings).")] = 2,
+    depth: Annotated[Optional[int], typer.Option(
+        min=1, max=4, help="UNet depth (downsamplings; default 2, with --broad 3).")] = None,
     channels: Annotated[int, typer.Option(
         min=4, help="UNet channels at full resolution (doubled at every level down).")] = 16,
     intensity: Annotated[str, typer.Option(
@@ -64,16 +65,36 @@ def train_denoise(
              "--data). 1: each frame alone.")] = 1,
     frames_per_condition: Annotated[int, typer.Option(
         min=1, help="Virtual-microscope frames per modality, specimen and signal level.")] = 4,
+    broad: Annotated[bool, typer.Option(
+        "--broad", help="Train the camera-agnostic denoiser instead: supervised on a wide simulator (any "
+                        "structure, PSF 0.7-4 px, 1-1000 photons, sCMOS/EMCCD/8-bit); it takes photo-electrons, "
+                        "converted with each frame's camera (given or estimated from the data).")] = False,
     deploy: DeployOpt = False, force: ForceOpt = False, server: DeployServerOpt = DEFAULT_SERVER,
 ) -> None:
-    """Train a Noise2Void (N2V2) denoiser on your noisy stacks or on virtual-microscope frames;
-    add it as a new version of `denoise` in the model repository."""
+    """Train a Noise2Void (N2V2) denoiser on your noisy stacks or on virtual-microscope frames, or
+    (--broad) the camera-agnostic denoiser on simulated pairs; add it as a new version of `denoise`
+    in the model repository."""
     import math
     from functools import partial
 
     from livescope.cli._console import console
 
     repository = user_repository(models)
+    if broad:
+        if data or epochs is not None or context_frames > 1 or struct is not None:
+            fail("--broad trains on its own simulator: it takes none of --data, --epochs, --context-frames, --struct")
+        from livescope.models.denoise.broad import BroadDenoiseConfig, train_and_publish_broad
+
+        budget_s = None if steps else (budget_minutes or 20.0) * 60.0
+        broad_config = BroadDenoiseConfig(steps=steps, budget_seconds=budget_s, seed=seed, depth=depth or 3,
+                                          base_channels=channels)
+        compare_with = version_to_compare(deploy, server, "denoise", force, repository)
+        command = command_line()
+        train_and_report("denoise", repository, lambda report: train_and_publish_broad(
+            repository, config=broad_config, command=command, progress=report, compare_with=compare_with),
+            deploy_to=server if deploy else None, force=force)
+        return
+    depth = depth or 2
     if epochs is not None and not data:
         fail("--epochs needs --data (virtual-microscope training is set by --steps or the budget)")
     if context_frames > 1 and not data:

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from livescope.acquire.virtual import VirtualRigConfig
+from livescope.camera_estimate import photon_scale
 from livescope.modelcard import DenoiseSpec, ModelCard, Normalisation, TensorSpec, Tiling, TrainedFor
 from livescope.models import export
 from livescope.models.budget import TrainProgress
@@ -338,12 +339,22 @@ VIRTUAL_CLASSICAL_METHOD = (f"a Gaussian filter, its sigma chosen against the tr
                             f"{', '.join(f'{s:g}' for s in BASELINE_GAUSSIAN_SIGMAS_PX)} px)")
 
 
-def _ort_denoiser(proto) -> Callable[[np.ndarray], np.ndarray]:
-    """The exported graph through onnxruntime: (N, H, W) frames, or (N, C, H, W) windows, -> (N, H, W)."""
+def _ort_denoiser(proto, card: ModelCard | None = None, frames_adu: np.ndarray | None = None
+                  ) -> Callable[[np.ndarray], np.ndarray]:
+    """The exported graph through onnxruntime: (N, H, W) frames, or (N, C, H, W) windows, -> (N, H, W).
+    A camera-agnostic version (``card``: the default one a new version is compared with) gets its
+    input in photons by the camera estimated from ``frames_adu`` (whole frames: the held-out data), as
+    the offline commands would convert them."""
     session = export.cpu_session(proto)
+    scale = None
+    if card is not None and card.normalisation.kind == "photons":
+        scale = photon_scale(np.asarray(frames_adu).reshape(-1, *np.shape(frames_adu)[-2:]))
 
     def run(raw: np.ndarray) -> np.ndarray:
         x = raw[:, None] if raw.ndim == 3 else raw
+        if scale is not None:
+            out = session.run([export.OUTPUT_NAME], {export.INPUT_NAME: scale.to_photons(x)})[0][:, 0]
+            return scale.to_adu(out)
         return session.run([export.OUTPUT_NAME], {export.INPUT_NAME: np.ascontiguousarray(x)})[0][:, 0]
 
     return run
@@ -408,7 +419,8 @@ def train_and_publish(
                            card_fields=_served_card_fields(trained, config) | {"trained_for": trained_for},
                            metrics=metrics, record=record, classical_method=VIRTUAL_CLASSICAL_METHOD,
                            compare_with=compare_with,
-                           score_active=lambda graph, _card: held_out_metrics(_ort_denoiser(graph), held_out_frames))
+                           score_active=lambda graph, card: held_out_metrics(
+                               _ort_denoiser(graph, card, held_out_frames.noisy_adu), held_out_frames))
 
 
 def _served_card_fields(trained: TrainedDenoiser, config: DenoiseTrainConfig) -> dict:
@@ -508,7 +520,8 @@ def train_and_publish_own_data(
 
         def served_loss(graph: onnx.ModelProto, card: ModelCard | None = None) -> dict[str, float]:
             context = card.context_frames if card is not None else config.context_frames
-            return {"n2v_validation_mse_adu2": round(held_out.served_mse_adu2(_ort_denoiser(graph), context), 4)}
+            served = _ort_denoiser(graph, card, data.held_out_adu)
+            return {"n2v_validation_mse_adu2": round(held_out.served_mse_adu2(served, context), 4)}
 
         compared, score_active = served_loss(proto), served_loss
     record = TrainingRecord(command, data.describe(), config.seed, trained.train_seconds,
