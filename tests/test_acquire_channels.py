@@ -125,8 +125,12 @@ def _replace_by_a_file_once_written(restored: Path) -> threading.Thread:
         deadline = time.monotonic() + 60
         while not (restored / "0" / "c").exists() and time.monotonic() < deadline:
             time.sleep(0.005)
-        shutil.rmtree(restored, ignore_errors=True)
+        # moved away in one step: deleting it file by file raced the writer's next chunks under load
+        # (a chunk written between the deletes left the folder in place, and the run went on)
+        gone = restored.with_name(restored.name + ".gone")
+        restored.rename(gone)
         restored.write_text("not a zarr store\n")
+        shutil.rmtree(gone, ignore_errors=True)
 
     t = threading.Thread(target=replace, daemon=True)
     t.start()
