@@ -198,3 +198,20 @@ def test_frames_far_brighter_than_any_training_peak_are_warned_about(tiny_repo):
     photons[16:48, 16:48] = 8000.0
     (warning,) = domain_warnings(card, (rng.poisson(photons) / 0.5 + 100).astype(np.uint16), "in.tif", "advice")
     assert "brightest 0.1% of in.tif" in warning and "trained on peaks up to 1000" in warning
+
+
+@pytest.mark.parametrize("extra, words", [
+    (("--data", "stack.tif"), "--broad trains on its own simulator"),
+    (("--context-frames", "3"), "--broad trains on its own simulator"),
+    (("--patch", "36"), "--patch 36 must be at least 16 and a multiple of 8"),
+])
+def test_broad_training_mistakes_are_refused_in_one_line_before_any_work(tmp_path, extra, words):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "livescope.cli", "train", "denoise", "--broad", "--steps", "1",
+                        "--models", str(tmp_path / "repo"), *extra], capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    error = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(error) == 1 and words in error[0], r.stderr
+    assert not (tmp_path / "repo" / "denoise").exists()

@@ -44,8 +44,8 @@ def train_denoise(
     epochs: Annotated[Optional[int], typer.Option(
         min=1, help="With --data: train N passes over the data's patches (within the budget "
                     "if one is given).")] = None,
-    patch: Annotated[int, typer.Option(
-        min=8, help="Training patch side, px (a multiple of 8).")] = 32,
+    patch: Annotated[Optional[int], typer.Option(
+        min=8, help="Training patch side, px (a multiple of 8; default 32, with --broad 64).")] = None,
     struct: Annotated[Optional[str], typer.Option(
         help="structN2V for correlated camera noise: 'row' (horizontal stripes, e.g. sCMOS "
              "read-out) or 'column'.")] = None,
@@ -83,18 +83,21 @@ def train_denoise(
     if broad:
         if data or epochs is not None or context_frames > 1 or struct is not None:
             fail("--broad trains on its own simulator: it takes none of --data, --epochs, --context-frames, --struct")
+        depth, patch = depth or 3, patch or 64
+        if patch < 16 or patch % 2**depth:
+            fail(f"--patch {patch} must be at least 16 and a multiple of {2**depth} (2**depth)")
         from livescope.models.denoise.broad import BroadDenoiseConfig, train_and_publish_broad
 
         budget_s = None if steps else (budget_minutes or 20.0) * 60.0
-        broad_config = BroadDenoiseConfig(steps=steps, budget_seconds=budget_s, seed=seed, depth=depth or 3,
-                                          base_channels=channels)
+        broad_config = BroadDenoiseConfig(steps=steps, budget_seconds=budget_s, seed=seed, depth=depth,
+                                          base_channels=channels, patch_px=patch)
         compare_with = version_to_compare(deploy, server, "denoise", force, repository)
         command = command_line()
         train_and_report("denoise", repository, lambda report: train_and_publish_broad(
             repository, config=broad_config, command=command, progress=report, compare_with=compare_with),
             deploy_to=server if deploy else None, force=force)
         return
-    depth = depth or 2
+    depth, patch = depth or 2, patch or 32
     if epochs is not None and not data:
         fail("--epochs needs --data (virtual-microscope training is set by --steps or the budget)")
     if context_frames > 1 and not data:
