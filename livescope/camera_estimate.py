@@ -24,6 +24,7 @@ in effective (noise-equivalent) photo-electrons.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
@@ -232,6 +233,10 @@ class PhotonScale(BaseModel):
     def to_adu(self, photons: np.ndarray) -> np.ndarray:
         return (np.asarray(photons, np.float32) / np.float32(self.e_per_adu)
                 + np.float32(self.baseline_adu)).astype(np.float32, copy=False)
+
+    def around(self, run: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+        """``run`` (photons -> photons) as ADU -> ADU."""
+        return lambda frames_adu: self.to_adu(run(self.to_photons(frames_adu)))
 
 
 FALLBACK_SCALE = PhotonScale(baseline_adu=0.0, e_per_adu=1.0, source="no noise to estimate it from: 0 ADU "

@@ -132,9 +132,7 @@ def restore_stack(model: RunsFrames, stack: Stack | np.ndarray, *, batch: int = 
     context = card.context_frames
     run = model.run if context == 1 else (lambda windows: model.run_windows(windows)[:, 0])
     if card.normalisation.kind == "photons":
-        scale = scale or photon_scale(frames)
-        in_model_units = run
-        run = lambda x: scale.to_adu(in_model_units(scale.to_photons(x)))  # noqa: E731
+        run = (scale or photon_scale(frames)).around(run)
     while done < t:
         stop = min(done + batch, t)
         chunk, _ = to_model_dtype(frames[done:stop] if context == 1 else

@@ -350,14 +350,11 @@ def _ort_denoiser(proto, card: ModelCard | None = None, frames_adu: np.ndarray |
     if card is not None and card.normalisation.kind == "photons":
         scale = photon_scale(np.asarray(frames_adu).reshape(-1, *np.shape(frames_adu)[-2:]))
 
-    def run(raw: np.ndarray) -> np.ndarray:
-        x = raw[:, None] if raw.ndim == 3 else raw
-        if scale is not None:
-            out = session.run([export.OUTPUT_NAME], {export.INPUT_NAME: scale.to_photons(x)})[0][:, 0]
-            return scale.to_adu(out)
+    def run(x: np.ndarray) -> np.ndarray:
         return session.run([export.OUTPUT_NAME], {export.INPUT_NAME: np.ascontiguousarray(x)})[0][:, 0]
 
-    return run
+    in_adu = run if scale is None else scale.around(run)
+    return lambda raw: in_adu(raw[:, None] if raw.ndim == 3 else raw)
 
 
 def _train_and_export(
