@@ -13,14 +13,17 @@ from collections.abc import Callable
 
 import numpy as np
 
+from livescope.camera_estimate import PhotonScale, photon_scale
 from livescope.modelcard import ModelCard
 
 BASELINE_TOLERANCE_ADU = 10.0
 
 
-def domain_warnings(card: ModelCard, frames: np.ndarray, name: str, advice: str) -> tuple[str, ...]:
+def domain_warnings(card: ModelCard, frames: np.ndarray, name: str, advice: str,
+                    scale: PhotonScale | None = None) -> tuple[str, ...]:
     """What makes ``frames`` ((N, H, W) or one frame) look unlike the model's training data, in
-    words ending with ``advice`` (empty: nothing).
+    words ending with ``advice`` (empty: nothing). A camera-agnostic model's frames are counted in
+    photons by ``scale``, the one they are converted with (default: estimated from them).
 
     A model that normalises in its graph was trained with a camera baseline near its offset (the
     1st percentile of its training frames); frames whose darkest pixels lie far from it (8-bit
@@ -28,7 +31,7 @@ def domain_warnings(card: ModelCard, frames: np.ndarray, name: str, advice: str)
     n = card.normalisation
     frames = frames[None] if frames.ndim == 2 else frames
     if n.kind == "photons":
-        return _photon_range_warnings(card, frames, name, advice)
+        return _photon_range_warnings(card, frames, name, advice, scale)
     if n.kind != "in_graph":
         return ()
     sample = frames[:: max(1, len(frames) // 16), ::2, ::2]
@@ -43,16 +46,14 @@ def domain_warnings(card: ModelCard, frames: np.ndarray, name: str, advice: str)
 BRIGHTER_THAN_TRAINED = 2.0  # a camera-agnostic model is warned for above this x its brightest training peak
 
 
-def _photon_range_warnings(card: ModelCard, frames: np.ndarray, name: str, advice: str) -> tuple[str, ...]:
-    """A camera-agnostic model's frames in photons (camera estimated as the model's will be) far brighter
-    than any it was trained on."""
-    from livescope.camera_estimate import photon_scale
-
+def _photon_range_warnings(card: ModelCard, frames: np.ndarray, name: str, advice: str,
+                           scale: PhotonScale | None) -> tuple[str, ...]:
+    """A camera-agnostic model's frames in photons far brighter than any it was trained on."""
     trained = card.trained_for.peak_photons
     if trained is None:
         return ()
     sample = frames[:: max(1, len(frames) // 8)]
-    brightest = float(np.percentile(photon_scale(sample).to_photons(sample), 99.9))
+    brightest = float(np.percentile((scale or photon_scale(sample)).to_photons(sample), 99.9))
     if brightest <= BRIGHTER_THAN_TRAINED * trained[1]:
         return ()
     return (f"the brightest 0.1% of {name} reach {brightest:.0f} photons/px, but {card.ref} was trained on peaks "

@@ -200,9 +200,9 @@ def run_offline(task_stage: str, in_path: str | os.PathLike, out_path: str | os.
                 em_gain: float = 1.0) -> OfflineSummary:
     """Read IN, restore it with the model ``task_stage`` ('denoise' or 'denoise@2'), write OUT.
 
-    ``task``: the command's task; a model trained for another task is refused. ``camera``: for a
-    camera-agnostic model, ``baseline_adu``, ``e_per_adu`` and ``em_gain`` give the camera to convert to photons
-    with (what is not given is estimated from IN, as `complete_camera` does; neither: `photon_scale`).
+    ``task``: the command's task; a model trained for another task is refused. For a camera-agnostic
+    model, ``baseline_adu``, ``e_per_adu`` and ``em_gain`` give the camera to convert to photons with
+    (what is not given is estimated from IN, as `complete_camera` does; neither: `photon_scale`).
     Raises StackError (input or output) or OfflineError (model), each with a one-line message.
     """
     in_path, out_path = Path(in_path), Path(out_path)
@@ -212,10 +212,6 @@ def run_offline(task_stage: str, in_path: str | os.PathLike, out_path: str | os.
     model_version = resolve_model(task_stage, model_dirs)
     _check_image_model(model_version.card, task)
     stack = read_stack(in_path)
-    warnings = gate_warnings(model_version.card) + domain_warnings(
-        model_version.card, stack.frames, str(in_path),
-        advice=f"train a model on this data with: livescope train denoise --data {in_path}")
-    model = load_model(model_version, provider, threads)
     scale = None
     if model_version.card.normalisation.kind == "photons":
         camera = None
@@ -226,6 +222,10 @@ def run_offline(task_stage: str, in_path: str | os.PathLike, out_path: str | os.
             except ValueError as e:
                 raise OfflineError(f"{in_path}: {e}") from None
         scale = photon_scale(stack.frames, camera)
+    warnings = gate_warnings(model_version.card) + domain_warnings(
+        model_version.card, stack.frames, str(in_path),
+        advice=f"train a model on this data with: livescope train denoise --data {in_path}", scale=scale)
+    model = load_model(model_version, provider, threads)
 
     t0 = time.perf_counter()
     in_dtype = model_version.card.inputs[0].dtype

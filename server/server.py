@@ -698,9 +698,12 @@ class InferenceServer:
     def _input_warnings(self, job: Job) -> tuple[str, ...]:
         """Where the frame is unlike the training data of its pipeline's first model (server/domain.py)."""
         card, stream = job.stages[0].card, job.header.stream
+        # a camera-agnostic model's photons are counted with the scale its frames are converted with
         return self._domain.warnings((job.identity, stream, card.ref), lambda: self._logged(stream, domain_warnings(
             card, job.image, f"stream {stream!r}",
-            advice="save a run (acquire --output RUN) and train a model on it: livescope train denoise --data RUN")))
+            advice="save a run (acquire --output RUN) and train a model on it: livescope train denoise --data RUN",
+            scale=(self._scales.scale((job.identity, stream), job.header, job.image)
+                   if card.normalisation.kind == "photons" else None))))
 
     @staticmethod
     def _logged(stream: str, warnings: tuple[str, ...]) -> tuple[str, ...]:

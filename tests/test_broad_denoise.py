@@ -215,3 +215,16 @@ def test_broad_training_mistakes_are_refused_in_one_line_before_any_work(tmp_pat
     error = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(error) == 1 and words in error[0], r.stderr
     assert not (tmp_path / "repo" / "denoise").exists()
+
+
+def test_the_brightness_warning_uses_the_camera_the_frames_are_converted_with(tiny_repo, tmp_path):
+    """Given a camera, the check counts photons with it, not with a second estimate from the data."""
+    repo, card = tiny_repo
+    frames = (np.random.default_rng(5).poisson(np.stack([_scene(500.0, s) for s in range(2)])) / 0.5 + 100)
+    write_stack(tmp_path / "in.ome.tiff", frames.astype(np.float32))
+    estimated = run_offline(card.ref, tmp_path / "in.ome.tiff", tmp_path / "a.ome.tiff", model_dirs=[repo])
+    assert not any("brightest" in w for w in estimated.warnings)
+    # the same frames from a camera of 10 e-/ADU: 20x as many photons, far above the 1,000 trained for
+    given = run_offline(card.ref, tmp_path / "in.ome.tiff", tmp_path / "b.ome.tiff", model_dirs=[repo],
+                        baseline_adu=100.0, e_per_adu=10.0)
+    assert any("brightest 0.1%" in w for w in given.warnings), given.warnings
