@@ -16,7 +16,8 @@ from livescope.modelcard import Comparison, QualityGate
 DECIDING_METRICS: dict[str, tuple[tuple[str, bool], ...]] = {
     "refocus": (("psnr_db_refocused_at_1_um", True), ("psnr_db_refocused_at_0.5_um", True)),
     "restore": (("psnr_db_restored", True),),
-    "denoise": (("n2v_validation_mse_adu2", False), ("psnr_db_denoised_mean", True)),
+    "denoise": (("n2n_validation_mse_stabilised", False), ("n2v_validation_mse_adu2", False),
+                ("psnr_db_denoised_mean", True)),
     "localise": (("held_out_jaccard", True),),
 }
 CLASSICAL_SUFFIX = "_classical"

@@ -34,6 +34,7 @@ class LoopSettings:
     weight_decay: float | None = None  # None: Adam; a number: AdamW with this decoupled weight decay
     clip_grad_norm: float | None = None  # clip the gradients' total norm to this before each step
     validate_before_counting: bool = False  # see the module's docstring
+    validate_at_start: bool = False  # score the starting weights too (a fine-tuning keeps them if none is better)
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,8 @@ def fit(graph: nn.Module, train_loss: Callable[[nn.Module], torch.Tensor],
         else:
             since_best += 1
 
+    if settings.validate_at_start:
+        validate_if_due(0, True)
     graph.train()
     while plan.running:
         for group in optimiser.param_groups:

@@ -69,11 +69,16 @@ def train_denoise(
         "--broad", help="Train the camera-agnostic denoiser instead: supervised on a wide simulator (any "
                         "structure, PSF 0.7-4 px, 1-1000 photons, sCMOS/EMCCD/8-bit); it takes photo-electrons, "
                         "converted with each frame's camera (given or estimated from the data).")] = False,
+    start_from: Annotated[Optional[str], typer.Option(
+        "--from", help="Fine-tune this camera-agnostic denoiser (NAME[@VERSION], e.g. denoise@3) on --data's "
+                       "time series instead of training from scratch: each frame's neighbour, drift registered "
+                       "out, is its target (Noise2Noise).")] = None,
     deploy: DeployOpt = False, force: ForceOpt = False, server: DeployServerOpt = DEFAULT_SERVER,
 ) -> None:
-    """Train a Noise2Void (N2V2) denoiser on your noisy stacks or on virtual-microscope frames, or
-    (--broad) the camera-agnostic denoiser on simulated pairs; add it as a new version of `denoise`
-    in the model repository."""
+    """Train a Noise2Void (N2V2) denoiser on your noisy stacks or on virtual-microscope frames,
+    (--from) fine-tune the camera-agnostic denoiser on your time series, or (--broad) train the
+    camera-agnostic denoiser on simulated pairs; add it as a new version of `denoise` in the model
+    repository."""
     import math
     from functools import partial
 
@@ -96,6 +101,13 @@ def train_denoise(
         train_and_report("denoise", repository, lambda report: train_and_publish_broad(
             repository, config=broad_config, command=command, progress=report, compare_with=compare_with),
             deploy_to=server if deploy else None, force=force)
+        return
+    if start_from is not None:
+        if not data or epochs is not None or context_frames > 1 or struct is not None or depth is not None:
+            fail("--from fine-tunes a model on --data (a time series): it takes none of --epochs, "
+                 "--context-frames, --struct, --depth")
+        _fine_tune_denoiser(start_from, data, repository, budget_minutes=budget_minutes, steps=steps,
+                            patch=patch or 64, seed=seed, deploy=deploy, force=force, server=server)
         return
     depth, patch = depth or 2, patch or 32
     if epochs is not None and not data:
@@ -148,6 +160,44 @@ def train_denoise(
         train = partial(train_and_publish, repository, data=source, compare_with=compare_with)
     train_and_report("denoise", repository, lambda report: train(config=config, command=command, progress=report),
                      deploy_to=server if deploy else None, force=force)
+
+
+def _fine_tune_denoiser(start_from: str, data: list[Path], repository: Path, *, budget_minutes: float | None,
+                        steps: int | None, patch: int, seed: int, deploy: bool, force: bool, server: str) -> None:
+    """`train denoise --from NAME@V --data STACK`: checks first (no training time lost), then
+    `models.denoise.finetune`."""
+    from livescope.cli._console import console
+    from livescope.models.denoise.user_data import TrainingDataError, load_training_stacks
+
+    if patch < 16 or patch % 8:
+        fail(f"--patch {patch} must be at least 16 and a multiple of 8")
+    start = _resolve_model(start_from, repository, task="denoise", option="--from")
+    if start.card.normalisation.kind != "photons":
+        fail(f"--from {start_from}: {start.ref} takes one camera's ADU; fine-tuning starts from a camera-agnostic "
+             "denoiser (its card's normalisation is 'photons', e.g. the shipped denoise@3)")
+    data, session_ids = expand_sessions(data)
+    try:  # held out in order (the last frames), as pairs of neighbours need
+        own = load_training_stacks(data, patch, seed, context_frames=2)
+    except TrainingDataError as e:
+        fail(str(e))
+    from livescope.models.denoise.finetune import FineTuneConfig, FineTuneError, NoImprovement, fine_tune_and_publish
+
+    config = FineTuneConfig(steps=steps, seed=seed, patch_px=patch,
+                            budget_seconds=None if steps else (budget_minutes or 3.0) * 60.0)
+    console.print(f"training data: {own.describe()}")
+    compare_with = version_to_compare(deploy, server, "denoise", force, repository)
+    command = command_line()
+
+    def train(report):
+        try:
+            return fine_tune_and_publish(repository, own, start, config=config, command=command,
+                                         session_ids=session_ids, compare_with=compare_with, progress=report)
+        except NoImprovement as e:
+            fail(str(e), code=1)  # not a mistake: the start is the better model
+        except FineTuneError as e:
+            fail(str(e))
+
+    train_and_report("denoise", repository, train, deploy_to=server if deploy else None, force=force)
 
 
 @train_app.command("localise")

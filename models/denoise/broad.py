@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+from onnx import numpy_helper
 from pydantic import Field
 from scipy import ndimage
 from torch import nn
@@ -81,6 +82,24 @@ class PhotonDenoiser(nn.Module):
 
     def forward(self, photons: torch.Tensor) -> torch.Tensor:
         return inverse_anscombe(self.stabilised(photons))
+
+    @classmethod
+    def from_onnx(cls, proto: onnx.ModelProto) -> PhotonDenoiser:
+        """The trainable graph of an exported version (its weights are the ONNX initializers, named as
+        in the state dict): the start of a fine-tuning. Raises ValueError for another kind of graph."""
+        weights = {i.name.removeprefix("net."): torch.from_numpy(numpy_helper.to_array(i).copy())
+                   for i in proto.graph.initializer if i.name.startswith("net.")}
+        try:
+            depth = sum(1 for k in weights if k.startswith("encoders.") and k.endswith(".0.weight"))
+            first, last = weights["encoders.0.0.weight"], weights[f"decoders.{depth - 1}.0.weight"]
+            base = int(first.shape[0])
+            config = UNetConfig(depth=depth, base_channels=base, in_channels=int(first.shape[1]),
+                                top_skip=int(last.shape[1]) == 3 * base)
+            graph = cls(UNet(config))
+            graph.net.load_state_dict(weights, strict=True)
+        except (KeyError, RuntimeError) as e:
+            raise ValueError(f"not a camera-agnostic denoiser's graph (its weights do not fit one): {e}") from None
+        return graph
 
 
 def _loss(graph: PhotonDenoiser, noisy: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +62,10 @@ class UserTrainingData:
     sources: tuple[SourceStack, ...]
     data_hash: str  # sha256 of every file's pixels, shape and dtype, in the order given
     split: str  # how the held-out part was chosen
+    # which time series (file, or tile of a file) each frame belongs to; where the held-out part was
+    # not cut off in order (a single-frame model's random frames), every frame is its own series
+    train_series: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    held_out_series: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     @property
     def pixel_size_nm(self) -> tuple[float, float] | None:
@@ -105,10 +109,16 @@ def load_training_stacks(paths: list[Path], patch_px: int, seed: int = 0, contex
             f"need at least {MIN_PATCHES}; give more or larger frames, or a smaller --patch")
     total = sum(len(f) for f in frames)
     if context_frames > 1 and total < 2 * context_frames:
-        raise TrainingDataError(f"a model with {context_frames} context frames needs a time series of at least "
-                                f"{2 * context_frames} frames; got {total}")
-    train, held_out, split = split_held_out(same_size(frames), patch_px, seed, context_frames)
-    return UserTrainingData(train, held_out, tuple(sources), "sha256:" + digest.hexdigest(), split)
+        raise TrainingDataError(f"training on frames in time (context frames, or neighbouring frames as targets) "
+                                f"needs a time series of at least {2 * context_frames} frames; got {total}")
+    joined, series = same_size(frames)
+    train, held_out, split = split_held_out(joined, patch_px, seed, context_frames)
+    if context_frames > 1:  # cut in order: the labels follow
+        train_series, held_out_series = series[: len(train)], series[len(train):]
+    else:
+        train_series, held_out_series = np.arange(len(train)), -1 - np.arange(len(held_out))
+    return UserTrainingData(train, held_out, tuple(sources), "sha256:" + digest.hexdigest(), split,
+                            train_series, held_out_series)
 
 
 def as_counts(stack: Stack, patch_px: int) -> np.ndarray:
@@ -144,17 +154,18 @@ def as_counts(stack: Stack, patch_px: int) -> np.ndarray:
     return frames.astype(np.uint16)
 
 
-def same_size(frames: list[np.ndarray]) -> np.ndarray:
-    """One (T, H, W) array: stacks of one frame size are joined; otherwise every frame is cut
-    into square tiles of the smallest frame side (the remainder at the right and bottom unused)."""
+def same_size(frames: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """One (T, H, W) array, and which series each of its frames belongs to: stacks of one frame size
+    are joined (a series per stack); otherwise every frame is cut into square tiles of the smallest
+    frame side (the remainder at the right and bottom unused; a series per tile of a stack)."""
     if len({f.shape[1:] for f in frames}) == 1:
-        return np.concatenate(frames)
+        return np.concatenate(frames), np.repeat(np.arange(len(frames)), [len(f) for f in frames])
     side = min(min(f.shape[1:]) for f in frames)
     tiles = [f[:, y : y + side, x : x + side]
              for f in frames
              for y in range(0, f.shape[1] - side + 1, side)
              for x in range(0, f.shape[2] - side + 1, side)]
-    return np.concatenate(tiles)
+    return np.concatenate(tiles), np.repeat(np.arange(len(tiles)), [len(t) for t in tiles])
 
 
 def split_held_out(frames: np.ndarray, patch_px: int, seed: int, context_frames: int = 1
