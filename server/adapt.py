@@ -11,6 +11,11 @@ the saved stack and its hash; its comparison holds both scores) and activates it
 the quality gate and is not worse than the active one. ``livescope models rollback denoise``
 returns to the version served before.
 
+When the active version is camera-agnostic (it takes photons) and no context frames are asked for,
+the trainer fine-tunes that version on the stream (``--from NAME@V``: each frame's registered
+neighbours are its target) rather than training one from scratch; a fine-tune that cannot beat it
+writes nothing, and the active version stays.
+
 The server and the models never import each other: the trainer is reached through the command
 line, in its own process, so a crash or an out-of-memory there costs the adaptation, never the
 server.
@@ -71,6 +76,7 @@ class AdaptationStatus(BaseModel):
     frames_collected: int
     minutes: float
     context_frames: int = 1
+    fine_tune_from: str | None = None  # the active camera-agnostic version fine-tuned, if so
     elapsed_s: float
     data: str | None = None  # the saved stack the version was trained on
     model: str | None = None  # the version trained
@@ -82,10 +88,10 @@ class Adaptation:
 
     def __init__(self, *, task: str, stream: str, frames: int, minutes: float, repository: Path,
                  server_address: str, outcome: Outcome, context_frames: int = 1,
-                 python: str = sys.executable) -> None:
+                 fine_tune_from: str | None = None, python: str = sys.executable) -> None:
         self.id = uuid.uuid4().hex[:12]
         self.task, self.stream, self.frames_wanted, self.minutes = task, stream, frames, minutes
-        self.context_frames = context_frames
+        self.context_frames, self.fine_tune_from = context_frames, fine_tune_from
         self.repository, self.server_address, self.python = repository, server_address, python
         self._outcome = outcome
         self._frames: list[np.ndarray] = []
@@ -130,6 +136,7 @@ class Adaptation:
             return AdaptationStatus(id=self.id, task=self.task, stream=self.stream, state=self._state,
                                     frames_wanted=self.frames_wanted, frames_collected=self._collected,
                                     minutes=self.minutes, context_frames=self.context_frames,
+                                    fine_tune_from=self.fine_tune_from,
                                     elapsed_s=round(time.monotonic() - self._started, 1),
                                     data=self._data, model=self._model, reason=self._reason)
 
@@ -194,9 +201,11 @@ class Adaptation:
         return stack
 
     def _train(self, stack: Path) -> None:
+        start = (["--from", self.fine_tune_from] if self.fine_tune_from else
+                 ["--context-frames", str(self.context_frames)])
         command = [self.python, "-m", "livescope.cli", "train", self.task, "--data", str(stack),
-                   "--budget-minutes", f"{self.minutes:g}", "--models", str(self.repository),
-                   "--context-frames", str(self.context_frames), "--deploy", "--server", self.server_address]
+                   "--budget-minutes", f"{self.minutes:g}", "--models", str(self.repository), *start,
+                   "--deploy", "--server", self.server_address]
         output: deque[str] = deque(maxlen=40)
         self._process = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
@@ -220,7 +229,11 @@ class Adaptation:
                                 f"{TRAINER_MARGIN_S:g} s)", model=refs[-1] if refs else None)
             return
         if not refs:
-            self._set("failed", f"the trainer wrote no version (exit {code}): {output[-1] if output else ''}")
+            said = output[-1] if output else ""
+            if self.fine_tune_from and "did not improve" in said:  # nothing to activate: not a failure
+                self._set("not_activated", said.removeprefix("livescope: error: "))
+                return
+            self._set("failed", f"the trainer wrote no version (exit {code}): {said}")
             return
         activated, reason = self._outcome(refs[-1])
         self._set("activated" if activated else "not_activated", reason, model=refs[-1])

@@ -538,8 +538,21 @@ class InferenceServer:
         self._adaptation = Adaptation(task=task, stream=stream, frames=frames, minutes=minutes,
                                       repository=Path(self.config.model_dirs[0]),
                                       server_address=connectable(self.config.frames_address),
-                                      outcome=self._adaptation_outcome, context_frames=context_frames)
+                                      outcome=self._adaptation_outcome, context_frames=context_frames,
+                                      fine_tune_from=self._fine_tune_start(task, context_frames))
         return self._adaptation.status().model_dump()
+
+    def _fine_tune_start(self, task: str, context_frames: int) -> str | None:
+        """The active version, when adapting fine-tunes it: a camera-agnostic one (it takes photons),
+        and no context frames asked for (those need a network of their own)."""
+        if context_frames > 1:
+            return None
+        version = self.registry.active(task)  # None: not served yet, so the default would be
+        try:
+            active = self.repository.resolve(task, version) if version is not None else self.repository.default(task)
+        except UnknownModelError:
+            return None
+        return active.ref if active is not None and active.card.normalisation.kind == "photons" else None
 
     def _cmd_adapt_status(self) -> dict:
         """The running or last adaptation's status."""

@@ -131,6 +131,37 @@ def test_adapt_trains_on_the_streams_own_frames_while_serving_and_activates_only
         assert "not activated" in said
 
 
+@pytest.mark.timeout(600)
+def test_adapt_fine_tunes_an_active_camera_agnostic_model_on_the_streams_neighbouring_frames(own_server, tmp_path):
+    repo = tmp_path / "models"
+    version_with(repo, 1)
+    srv = own_server("--models", str(repo))
+    before = active_version(srv.frames, "denoise")
+    assert before.ref == "denoise@3"  # the shipped camera-agnostic default
+    streamer = Streamer(srv.frames)
+    streamer.start()
+    try:
+        r = cli("adapt", "denoise", "--stream", "cam1", "--frames", "24", "--minutes", "0.2",
+                "--server", srv.frames, timeout_s=540)
+    finally:
+        streamer.stop.set()
+        streamer.join(timeout=60)
+    said = " ".join((r.stdout + r.stderr).split())
+    assert "Traceback" not in said and "fine-tuning denoise@3" in said, said
+    with StreamClient(srv.frames) as status:
+        status.connect()
+        data = status.control("adapt_status")
+    assert data["fine_tune_from"] == "denoise@3"
+    if data["model"] is None:  # fine-tuning did not beat denoise@3: nothing was written, and it stays
+        assert data["state"] == "not_activated" and "did not improve on denoise@3" in data["reason"], data
+        assert r.returncode == 1 and active_version(srv.frames, "denoise").ref == "denoise@3"
+        return
+    card = ModelCard.load(repo / "denoise" / data["model"].split("@")[1] / CARD_FILE)
+    assert card.description.startswith("denoise@3 fine-tuned") and card.normalisation.kind == "photons"
+    assert card.comparison is not None and card.comparison.against == "denoise@3"
+    assert (data["state"] == "activated") == (card.serves_by_default and card.comparison.not_worse)
+
+
 def test_adapt_refuses_what_it_cannot_do_in_one_line(own_server, tmp_path):
     srv = own_server("--models", str(tmp_path / "models"))
     r = cli("adapt", "localise", "--stream", "cam1", "--server", srv.frames)

@@ -90,6 +90,7 @@ class Adapting(_Reply):
     frames_collected: int
     minutes: float
     elapsed_s: float
+    fine_tune_from: str | None = None
     data: str | None = None
     model: str | None = None
     reason: str = ""

@@ -20,14 +20,16 @@ def adapt(
     frames: Annotated[int, typer.Option(min=8, max=4096, help="Frames of the stream to collect.")] = 64,
     context_frames: Annotated[int, typer.Option(
         "--context-frames", min=1, max=9,
-        help="Frames the model sees per frame (it and the ones before): 3 for a time series of one channel "
-             "and position; 1 for streams that interleave channels or positions.")] = 1,
+        help="Train a new model from scratch that sees K frames per frame (it and the ones before): 3 for a "
+             "time series of one channel and position. 1 (default): fine-tune the active model if it is "
+             "camera-agnostic (the stream's neighbouring frames are its targets), else train from scratch.")] = 1,
     wait: Annotated[bool, typer.Option(help="Follow it to the end (else start it and return).")] = True,
     server: ServerOpt = DEFAULT_SERVER,
 ) -> None:
     """Adapt a model to a running stream: the server collects the stream's next frames, trains a
-    new version on them in a separate process while it goes on serving, scores it and the active
-    version on held-out frames of the same stream, and activates it only if it is better.
+    new version on them in a separate process while it goes on serving (fine-tuning the active
+    version when it is camera-agnostic), scores it and the active version on held-out frames of the
+    same stream, and activates it only if it is better.
     `livescope models rollback TASK` returns to the version served before. Exit 0 when the new
     version is active, 1 when it is not (or the adaptation failed)."""
     from livescope.cli._console import console
@@ -36,8 +38,9 @@ def adapt(
     args = {"context_frames": context_frames} if context_frames > 1 else {}
     status = control(server, "adapt", reply=Adapting, task=task, stream=stream, frames=frames, minutes=minutes,
                      **args)
+    how = f"fine-tuning {status.fine_tune_from}" if status.fine_tune_from else "training"
     console.print(f"adapting {status.task} to stream {status.stream!r}: collecting {status.frames_wanted} frames, "
-                  f"then training for {status.minutes:g} min in a separate process (serving goes on)")
+                  f"then {how} for {status.minutes:g} min in a separate process (serving goes on)")
     if not wait:
         return
     shown = status.state
