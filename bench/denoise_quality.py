@@ -6,8 +6,9 @@ level, PSNR and SSIM against the clean frames of: the noisy input; a Gaussian fi
 chosen from a small grid on a separate validation stack, seed 30000); non-local means
 (scikit-image, when importable); the shipped ``denoise`` model (``--shipped NAME@V`` for another,
 ``--models DIR`` to find it) through ``restore_stack``, as ``livescope denoise`` runs it: a
-camera-agnostic model gets photons by a camera estimated from the stack, no flags; and livescope trained on the test stack itself (Noise2Void, noisy frames only)
-within ``--budget-minutes``, exported to ONNX and run with onnxruntime. PSNR as
+camera-agnostic model gets photons by a camera estimated from the stack, no flags; and livescope
+trained on the test stack itself (Noise2Void, noisy frames only) within ``--budget-minutes``,
+exported to ONNX and run with onnxruntime. PSNR as
 ``models.metrics.psnr_db`` (peak = the clean frames' range, MSE pooled over the stack), in ADU
 (every method's output is in the camera's units, baseline included); SSIM per frame with the same
 data range, averaged. Also onnxruntime ms per 512x512 frame.
@@ -26,6 +27,11 @@ noise (Poisson, then Gaussian, rounded to uint16). Scored as the virtual levels:
 (sigma chosen on a validation series of another seed), NL-means, BM3D, the shipped model (on the ADU
 frames, as above) and livescope self-trained on the test series for
 ``--foreign-budget-minutes`` (short; careamics is not run here).
+
+On the time series (FMD, foreign), also ``self_fine_tuned``: the shipped camera-agnostic model
+fine-tuned on them within the same budget, as ``livescope train denoise --from denoise@3 --data
+SERIES`` does (Noise2Noise on registered neighbouring frames; when that does not beat the start on
+its held-out pairs, nothing is written and the start is what is scored).
 
 BM3D, the classical anchor (the ``bm3d`` package, Makinen, Azzari & Foi; profile 'np', both
 stages), on every data set but only on a fixed subset, being seconds per frame: the first
@@ -377,6 +383,37 @@ def self_trained(frames: np.ndarray, budget_s: float, args: argparse.Namespace, 
     return run, info, session
 
 
+def fine_tuned(series: Sequence[np.ndarray], budget_s: float, args: argparse.Namespace) -> tuple[Denoiser, dict]:
+    """The shipped camera-agnostic model fine-tuned on ``series`` (time series, noisy only) for
+    ``budget_s``, as ``livescope train denoise --from denoise@3 --data SERIES... --budget-minutes M``
+    does it (each series saved as a TIFF and read back by the command's loader; the last tenth held
+    out), run as ``livescope denoise`` runs it. When fine-tuning does not beat the start on the held-out
+    pairs the command writes nothing and the start stays: so it is scored here."""
+    from livescope.models.denoise.finetune import FineTuneConfig, NoImprovement, fine_tune_and_publish
+    from livescope.models.denoise.user_data import load_training_stacks
+
+    name, number = split_stage(args.shipped)
+    start = ModelRepository([shipped_models_root(), *([args.models] if args.models else [])]).resolve(name, number)
+    config = FineTuneConfig(budget_seconds=budget_s, seed=TRAIN_SEED)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = []
+        for i, frames in enumerate(series):
+            paths.append(Path(tmp) / f"series{i}.tif")
+            tifffile.imwrite(paths[-1], frames)
+        data = load_training_stacks(paths, config.patch_px, TRAIN_SEED, context_frames=2)
+        info: dict = {"from": start.ref, "budget_seconds": budget_s, "config": config.model_dump(exclude_none=True)}
+        try:
+            folder, card = fine_tune_and_publish(Path(tmp) / "models", data, start, config=config,
+                                                 compare_with=start)
+            version = ModelRepository([Path(tmp) / "models"]).resolve(name, card.version)
+            info |= {"version": card.description, "metrics": card.metrics,
+                     "gate": card.gate.reason if card.gate else None}
+        except NoImprovement as e:
+            version, info["version"] = start, f"the start, unchanged: {e}"
+        model = LoadedModel.load(version, RuntimeOptions(provider="cpu"))
+    return (lambda frames: restore_stack(model, frames, batch=1)), info
+
+
 def careamics(train: np.ndarray, test: np.ndarray, budget_s: float,
               args: argparse.Namespace) -> tuple[np.ndarray | None, dict]:
     """careamics' N2V2 trained on ``train`` for ``budget_s`` and run on ``test``, in its own
@@ -550,7 +587,8 @@ def foreign_frames(peak_photons: float, size: int, frames: int, seed: int,
 
 def compare(noisy: np.ndarray, clean: np.ndarray, sigma_px: float, shipped: Denoiser,
             ours: Denoiser, theirs: np.ndarray | None, plan: Bm3dPlan | None = None,
-            ours_with_context: Denoiser | None = None) -> tuple[dict, dict[str, np.ndarray]]:
+            ours_with_context: Denoiser | None = None, ours_fine_tuned: Denoiser | None = None,
+            ) -> tuple[dict, dict[str, np.ndarray]]:
     """Scores of every method on one test stack, and each method's first output frame. With a
     ``plan`` (and bm3d importable), also ``on_bm3d_subset``: BM3D and every other method scored on
     the plan's frames only (BM3D is too slow for whole stacks)."""
@@ -562,6 +600,8 @@ def compare(noisy: np.ndarray, clean: np.ndarray, sigma_px: float, shipped: Deno
     outputs["self_trained"] = ours(noisy)
     if ours_with_context is not None:
         outputs["self_trained_context"] = ours_with_context(noisy)
+    if ours_fine_tuned is not None:
+        outputs["self_fine_tuned"] = ours_fine_tuned(noisy)
     if theirs is not None:
         outputs["careamics_n2v2"] = theirs
     table = {name: scores(images, clean) for name, images in outputs.items()}
@@ -599,7 +639,7 @@ def bm3d_subset(outputs: dict[str, np.ndarray], noisy: np.ndarray, clean: np.nda
     block: dict = {"frames": idx.tolist()}
     block.update({name: scores(images[idx], truth) for name, images in outputs.items()})
     block["bm3d"] = scores(out, truth) | choice | {"seconds": round(time.monotonic() - t0, 1)}
-    for name in ("shipped", "self_trained", "self_trained_context", "careamics_n2v2"):
+    for name in ("shipped", "self_trained", "self_trained_context", "self_fine_tuned", "careamics_n2v2"):
         if name in block:
             block[f"{name}_minus_bm3d_psnr_db"] = round(block[name]["psnr_db"] - block["bm3d"]["psnr_db"], 3)
     return block, (out[0] if idx.size and idx[0] == 0 else None)
@@ -660,13 +700,20 @@ def real_data(args: argparse.Namespace, shipped: Denoiser) -> tuple[dict, dict |
     if args.context_frames > 1:
         log(f"FMD: training with {args.context_frames} context frames for {args.fmd_budget_minutes:g} min")
         ours_context, context_info, _ = self_trained(train, args.fmd_budget_minutes * 60.0, args, args.context_frames)
+    tuned, tuned_info = None, None
+    if args.fine_tune:
+        log(f"FMD: fine-tuning {args.shipped} on fov1 and fov2 for {args.fmd_budget_minutes:g} min")
+        tuned, tuned_info = fine_tuned([read("fov1_raw.tif"), fov2_all], args.fmd_budget_minutes * 60.0, args)
     theirs = None
     if args.fmd_careamics:
         theirs, their_info = careamics(train, test, args.fmd_budget_minutes * 60.0, args)
     # The last frames of the test series: those with frames before them (a context model sees them).
     plan = bm3d_plan(last_of_each([0] * len(test), args.bm3d_frames), noise, args)
-    table, panels = compare(test, np.broadcast_to(gt, test.shape), sigma, shipped, ours, theirs, plan, ours_context)
+    table, panels = compare(test, np.broadcast_to(gt, test.shape), sigma, shipped, ours, theirs, plan, ours_context,
+                            tuned)
     table["self_trained"].update(info)
+    if tuned_info is not None:
+        table["self_fine_tuned"].update(tuned_info)
     if context_info is not None:
         table["self_trained_context"].update(context_info)
     if args.fmd_careamics:
@@ -697,10 +744,17 @@ def foreign_level(peak: float, args: argparse.Namespace, shipped: Denoiser) -> t
         log(f"foreign {peak:g} photons: training with {args.context_frames} context frames")
         ours_context, context_info, _ = self_trained(test.noisy_adu, args.foreign_budget_minutes * 60.0, args,
                                                      args.context_frames, series=test.scene)
+    tuned, tuned_info = None, None
+    if args.fine_tune:
+        log(f"foreign {peak:g} photons: fine-tuning {args.shipped} on the test series")
+        tuned, tuned_info = fine_tuned([test.noisy_adu[g] for g in groups_of(test.scene)],
+                                       args.foreign_budget_minutes * 60.0, args)
     # The last frames of each scene's series: those with frames before them (a context model sees them).
     plan = bm3d_plan(last_of_each(test.scene, args.bm3d_frames), FOREIGN_CAMERA.noise, args)
-    table, panels = compare(test.noisy_adu, test.clean_adu, sigma, shipped, ours, None, plan, ours_context)
+    table, panels = compare(test.noisy_adu, test.clean_adu, sigma, shipped, ours, None, plan, ours_context, tuned)
     table["self_trained"].update(info)
+    if tuned_info is not None:
+        table["self_fine_tuned"].update(tuned_info)
     if context_info is not None:
         table["self_trained_context"].update(context_info)
     table["peak_photons"] = peak
@@ -860,6 +914,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--context-frames", type=int, default=1,
                     help="also self-train with this many context frames on the time series (FMD, foreign): "
                          "'self_trained_context'")
+    ap.add_argument("--fine-tune", action=argparse.BooleanOptionalAction, default=True,
+                    help="also fine-tune the shipped camera-agnostic model on the time series (FMD, foreign), "
+                         "within the same budget: 'self_fine_tuned'")
     ap.add_argument("--intensity", choices=("sqrt", "linear"), default="sqrt",
                     help="livescope's intensity transform for the self-trained runs")
     ap.add_argument("--figure", type=Path, default=REPO_ROOT / "bench/results/denoise_quality.png")
