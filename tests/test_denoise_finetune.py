@@ -78,6 +78,14 @@ def test_each_frame_is_paired_with_its_neighbours_in_its_series_their_drift_regi
         neighbour_pairs(frames, np.arange(4))
 
 
+def test_a_long_series_of_large_frames_is_sampled_evenly_within_the_memory_cap():
+    frames = drifting_series(12)
+    pairs = neighbour_pairs(frames, np.zeros(12, int), max_pixels=4 * frames[0].size)
+    assert len(pairs) == 4
+    picked = [int(np.flatnonzero((frames.astype(np.float32) == p).all(axis=(1, 2)))[0]) for p in pairs.inputs]
+    assert picked == [0, 4, 7, 11]  # evenly spread, ends included
+
+
 def test_a_frame_between_two_neighbours_gets_their_mean_half_as_noisy():
     frames = drifting_series(3).astype(np.float32)
     pairs = neighbour_pairs(frames, np.zeros(3, int))

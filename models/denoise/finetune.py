@@ -51,6 +51,8 @@ METRIC = "n2n_validation_mse_stabilised"
 """The held-out score (lower is better): the squared difference, in Anscombe units of the frames'
 photons, between a model's output for a held-out frame and its registered neighbour."""
 MAX_DRIFT_PX = 16.0  # a neighbour further off than this shows another field: the pair is left out
+MAX_PAIR_PIXELS = 2**26  # frames x pixels of pairs kept: 0.5 GB of float32 inputs and targets
+CAMERA_FRAMES = 16  # frames, evenly spread, the camera is estimated from
 HELD_OUT_PATCHES = 256
 LOOP_HELD_OUT_PATCHES = 128
 CLASSICAL_SIGMAS_PX = (0.5, 0.7, 1.0, 1.4, 2.0, 2.8)
@@ -88,32 +90,52 @@ class NeighbourPairs:
         return len(self.inputs)
 
 
-def neighbour_pairs(photons: np.ndarray, series: np.ndarray) -> NeighbourPairs:
-    """Every frame with a neighbour in its series (``series``: a label per frame) and, as its target,
-    the mean of its neighbours before and after, each registered onto it (two noisy targets
-    averaged: half the noise to learn through). Raises FineTuneError if no frame has a neighbour."""
-    # The structure, not the noise, registers: smoothed, and plain cross-correlation (phase
-    # normalisation whitens the noise back up); a Hann window, so that the frame's edges (which do not
-    # move) do not pull the shift to zero.
-    hann = window("hann", photons.shape[1:])
-    smooth = [(g - g.mean()) * hann for g in (ndimage.gaussian_filter(f, 1.5) for f in photons)]
-    shifts: dict[tuple[int, int], np.ndarray] = {}
-    for t in range(len(photons) - 1):
-        if series[t] == series[t + 1]:
-            shift = phase_cross_correlation(smooth[t], smooth[t + 1], upsample_factor=20, normalization=None)[0]
-            if np.abs(shift).max() <= MAX_DRIFT_PX:
-                shifts[t, t + 1], shifts[t + 1, t] = shift, -shift
-    inputs, targets = [], []
-    for t in range(len(photons)):
-        near = [(u, shifts[t, u]) for u in (t - 1, t + 1) if (t, u) in shifts]
+def neighbour_pairs(frames: np.ndarray, series: np.ndarray, scale: PhotonScale | None = None,
+                    max_pixels: int = MAX_PAIR_PIXELS) -> NeighbourPairs:
+    """Frames with a neighbour in their series (``series``: a label per frame) and, as each one's
+    target, the mean of its neighbours before and after, each registered onto it (two noisy targets
+    averaged: half the noise to learn through); photons by ``scale`` (None: ``frames`` are photons).
+    At most ``max_pixels`` pixels of such frames, evenly spread over the series (a long series of
+    large frames holds far more than a few minutes of training see). Raises FineTuneError if no
+    frame has a neighbour."""
+    t, h, w = frames.shape
+    same = np.asarray(series[1:]) == np.asarray(series[:-1])  # frame i and i + 1 are of one series
+    linked = [i for i in range(t) if (i > 0 and same[i - 1]) or (i + 1 < t and same[i])]
+    keep = max(1, max_pixels // (h * w))
+    if len(linked) > keep:
+        linked = [linked[k] for k in np.linspace(0, len(linked) - 1, keep).round().astype(int)]
+    photons = (lambda i: frames[i].astype(np.float32)) if scale is None else (lambda i: scale.to_photons(frames[i]))
+    hann = window("hann", (h, w))
+    smooth: dict[int, np.ndarray] = {}
+
+    def structure(i: int) -> np.ndarray:
+        # The structure, not the noise, registers: smoothed, and plain cross-correlation (phase
+        # normalisation whitens the noise back up); a Hann window, so that the frame's edges (which
+        # do not move) do not pull the shift to zero.
+        if i not in smooth:
+            g = ndimage.gaussian_filter(photons(i), 1.5)
+            smooth[i] = ((g - g.mean()) * hann).astype(np.float32)
+        return smooth[i]
+
+    inputs, targets, drifts = [], [], []
+    for i in linked:
+        near = []
+        for u in (i - 1, i + 1):
+            if 0 <= u < t and series[u] == series[i]:
+                shift = phase_cross_correlation(structure(i), structure(u), upsample_factor=20, normalization=None)[0]
+                if np.abs(shift).max() <= MAX_DRIFT_PX:
+                    near.append(_shifted(photons(u), shift))
+                    drifts.append(float(np.abs(shift).max()))
         if near:
-            inputs.append(photons[t])
-            targets.append(np.mean([_shifted(photons[u], s) for u, s in near], axis=0))
+            inputs.append(photons(i))
+            targets.append(np.mean(near, axis=0).astype(np.float32))
+        for u in [k for k in smooth if k < i - 1]:
+            del smooth[u]  # only the neighbours of the frames to come are needed again
     if not inputs:
         raise FineTuneError("no two consecutive frames of one series show the same field (drift above "
                             f"{MAX_DRIFT_PX:g} px, or single frames): fine-tuning needs a time series")
-    drift = max(float(np.abs(s).max()) for s in shifts.values())
-    return NeighbourPairs(np.stack(inputs), np.stack(targets).astype(np.float32), math.ceil(drift) + 2, drift)
+    drift = max(drifts)
+    return NeighbourPairs(np.stack(inputs), np.stack(targets), math.ceil(drift) + 2, drift)
 
 
 def _shifted(frame: np.ndarray, shift: np.ndarray) -> np.ndarray:
@@ -168,9 +190,10 @@ def fine_tune(start: PhotonDenoiser, data: UserTrainingData, config: FineTuneCon
     """Fine-tune ``start`` on ``data``'s neighbour pairs (train part); keep the weights, the start's
     included, with the lowest loss on fixed patches of the held-out part's pairs. Also returns the
     held-out patches (photons: inputs, targets) the final score uses."""
-    scale = photon_scale(np.concatenate([data.train_adu, data.held_out_adu]))
-    train = neighbour_pairs(scale.to_photons(data.train_adu), data.train_series)
-    held = neighbour_pairs(scale.to_photons(data.held_out_adu), data.held_out_series)
+    spread = np.linspace(0, len(data.train_adu) - 1, min(CAMERA_FRAMES, len(data.train_adu))).round().astype(int)
+    scale = photon_scale(data.train_adu[spread])
+    train = neighbour_pairs(data.train_adu, data.train_series, scale)
+    held = neighbour_pairs(data.held_out_adu, data.held_out_series, scale)
     rng = np.random.default_rng(config.seed)
     held_patches = patches(held, HELD_OUT_PATCHES, config.patch_px, np.random.default_rng(config.seed + 1))
     loop_in, loop_target = (torch.from_numpy(a[:LOOP_HELD_OUT_PATCHES]) for a in held_patches)
