@@ -50,6 +50,9 @@ _Z30_MINUS_Z5 = 1.6449 - 0.5244
 # A tile of plain background is nearly symmetric: its 95th percentile lies about as far above its median
 # as its 5th below (Poisson skew at a few photons lengthens the upper side by tens of percent, emitters by more).
 _MAX_UPPER_OVER_LOWER = 1.5
+# Below this fraction of the darkest tiles looking like plain background, emitters or structure are
+# everywhere and the background's level and noise (so the baseline) may carry their light: said.
+CROWDED_BELOW = 0.1
 
 
 class CameraEstimate(BaseModel):
@@ -72,6 +75,13 @@ class CameraEstimate(BaseModel):
     background_variance_adu2: float = Field(gt=0, description="the background's noise variance at that level, ADU^2")
     tiles: int = Field(ge=1, description="background tiles the fit used")
     frames: int = Field(ge=1, description="frames they came from")
+    plain_background_fraction: float = Field(
+        default=1.0, ge=0, le=1, description="of the darkest tiles, those that look like plain background "
+                                             f"(below {CROWDED_BELOW:g}: crowded, the baseline may be off)")
+
+    @property
+    def crowded(self) -> bool:
+        return self.plain_background_fraction < CROWDED_BELOW
 
     @property
     def calibration(self) -> CameraCalibration:
@@ -86,8 +96,11 @@ class CameraEstimate(BaseModel):
                          "photon counts are noise-equivalent, pass --e-per-adu for absolute ones)"}[self.gain_source]
         baseline = (f"{self.baseline_adu:.1f} ADU (given)" if self.baseline_source == "user" else
                     f"{self.baseline_adu:.1f} ± {self.baseline_se_adu:.2g} ADU")
+        crowded = (f"; the background is crowded (only {self.plain_background_fraction:.0%} of its darkest tiles are "
+                   "plain background), so the baseline may be off: give --baseline if you know it"
+                   if self.crowded and self.baseline_source == "data" else "")
         return (f"camera estimated from {self.tiles} background tiles of {self.frames} frames: baseline "
-                f"{baseline}, {gain}")
+                f"{baseline}, {gain}{crowded}")
 
 
 def estimate_camera(frames_adu: np.ndarray, *, max_frames: int = MAX_FRAMES) -> CameraEstimate:
@@ -109,6 +122,7 @@ def estimate_camera(frames_adu: np.ndarray, *, max_frames: int = MAX_FRAMES) -> 
     # differ from the rest by their sampling noise only.
     darkest = chooser <= np.percentile(chooser, DARKEST_PERCENT)
     level, variance = float(np.median(levels[darkest])), float(np.median(variances[darkest]))
+    plain = float(np.mean(flat[darkest]))
     if variance <= 0:
         raise ValueError("most of the frames' background has no noise to measure (constant or clipped at zero)")
     slope, intercept, slope_se, intercept_se = _photon_transfer(levels[flat], variances[flat], variance)
@@ -122,7 +136,8 @@ def estimate_camera(frames_adu: np.ndarray, *, max_frames: int = MAX_FRAMES) -> 
         baseline_se = float(np.hypot(intercept_se / slope, intercept * slope_se / slope**2))
         return CameraEstimate(baseline_adu=baseline, baseline_se_adu=baseline_se, e_per_adu=1.0 / slope,
                               e_per_adu_se=slope_se / slope**2, gain_source="data", background_adu=level,
-                              background_variance_adu2=variance, tiles=len(levels), frames=n_frames)
+                              background_variance_adu2=variance, tiles=len(levels), frames=n_frames,
+                              plain_background_fraction=plain)
     # One level: keep level - baseline = variance / a exactly, with a from the prior, but never a
     # baseline below zero (then the noise says the gain must be larger).
     a = max(PRIOR_ADU_PER_E, variance / level) if level > 0 else PRIOR_ADU_PER_E
@@ -130,7 +145,7 @@ def estimate_camera(frames_adu: np.ndarray, *, max_frames: int = MAX_FRAMES) -> 
     level_se = 1.2533 * float(np.std(levels)) / np.sqrt(len(levels))
     return CameraEstimate(baseline_adu=baseline, baseline_se_adu=level_se, e_per_adu=1.0 / a,
                           gain_source="prior", background_adu=level, background_variance_adu2=variance,
-                          tiles=len(levels), frames=n_frames)
+                          tiles=len(levels), frames=n_frames, plain_background_fraction=plain)
 
 
 def _tile_statistics(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -52,6 +52,16 @@ def test_a_flat_background_cannot_tell_the_gain_so_the_calibration_keeps_its_noi
     assert "assumed" in estimate.describe() and "--e-per-adu" in estimate.describe()
 
 
+def test_a_background_crowded_with_emitters_is_said_to_be_so_with_what_to_give_instead():
+    sparse = estimate_camera(movie(SCMOS, density=0.5).frames_adu[:, -1])
+    assert not sparse.crowded and "crowded" not in sparse.describe()
+    dense_frames = movie(SCMOS, density=3.0).frames_adu[:, -1]
+    dense = estimate_camera(dense_frames)  # every tile holds emitters: their light lowers the baseline
+    assert dense.crowded and "crowded" in dense.describe() and "--baseline" in dense.describe()
+    _, given = complete_camera(dense_frames, baseline_adu=SCMOS.baseline_adu)
+    assert "crowded" not in given.describe()  # nothing to warn of: the user said
+
+
 def test_a_value_the_user_gives_is_kept_and_the_other_follows_from_the_noise():
     frames = movie(SCMOS).frames_adu[:, -1]
     camera, estimate = complete_camera(frames, e_per_adu=SCMOS.e_per_adu)
