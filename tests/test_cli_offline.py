@@ -1,5 +1,6 @@
 """`livescope denoise IN OUT`: a stack in, the restored stack out, mistakes in one line."""
 
+import os
 import subprocess
 import sys
 
@@ -31,3 +32,12 @@ def test_denoise_refuses_an_existing_output_and_a_missing_input(tmp_path):
         assert r.returncode == 2 and "Traceback" not in r.stderr
         assert r.stderr.startswith("livescope: error:") and words in r.stderr
     assert (tmp_path / "out.tif").read_bytes() == b"keep me"
+
+
+def test_the_help_shows_how_to_name_a_version():
+    # help text is rich markup: NAME[@VERSION] would print as NAME
+    for command, shown in ((["denoise"], "denoise@VERSION"), (["localise"], "localise@VERSION"),
+                           (["train", "denoise"], "NAME@VERSION"), (["train", "refocus"], "NAME@VERSION")):
+        r = subprocess.run([sys.executable, "-m", "livescope.cli", *command, "--help"], capture_output=True,
+                           text=True, env={**os.environ, "COLUMNS": "200"})
+        assert r.returncode == 0 and shown in r.stdout, (command, r.stdout)

@@ -15,6 +15,11 @@ InArg = Annotated[Path, typer.Argument(help="TIFF, OME-TIFF or OME-Zarr stack (f
 OutArg = Annotated[Path, typer.Argument(help="Output .ome.tiff / .tif / .ome.zarr (float32, input units).")]
 
 
+def _model_help(task: str) -> str:
+    # no square brackets: the help is rich markup, where NAME[@VERSION] loses its bracket
+    return f"{task} or {task}@VERSION; default: the newest that passed the quality gate."
+
+
 def _offline(task: str, model: str | None, inp: Path, out: Path, models: Path | None,
              overwrite: bool, tile: int | None, batch: int, provider: str | None, **camera: Any) -> None:
     from livescope.server.offline import run_offline
@@ -58,7 +63,7 @@ _OfflineOpts = dict(
 
 def denoise(
     inp: InArg, out: OutArg,
-    model: Annotated[Optional[str], typer.Option(help="denoise[@VERSION]; default: newest.")] = None,
+    model: Annotated[Optional[str], typer.Option(help=_model_help("denoise"))] = None,
     models: Optional[Path] = _OfflineOpts["models"], overwrite: bool = _OfflineOpts["overwrite"],
     tile: Optional[int] = _OfflineOpts["tile"], batch: int = _OfflineOpts["batch"],
     provider: Optional[str] = _OfflineOpts["provider"],
@@ -79,7 +84,7 @@ def denoise(
 
 def restore(
     inp: InArg, out: OutArg,
-    model: Annotated[Optional[str], typer.Option(help="restore[@VERSION]; default: newest.")] = None,
+    model: Annotated[Optional[str], typer.Option(help=_model_help("restore"))] = None,
     models: Optional[Path] = _OfflineOpts["models"], overwrite: bool = _OfflineOpts["overwrite"],
     tile: Optional[int] = _OfflineOpts["tile"], batch: int = _OfflineOpts["batch"],
     provider: Optional[str] = _OfflineOpts["provider"],
@@ -101,7 +106,7 @@ def localise(
     render: Annotated[Optional[Path], typer.Option(
         help="Also write a Gaussian super-resolution render (OME-TIFF or OME-Zarr).")] = None,
     render_px: Annotated[float, typer.Option("--render-px", help="Render pixel size, nm.")] = 10.0,
-    model: Annotated[Optional[str], typer.Option(help="localise[@VERSION]; default: newest.")] = None,
+    model: Annotated[Optional[str], typer.Option(help=_model_help("localise"))] = None,
     models: Optional[Path] = _OfflineOpts["models"], overwrite: bool = _OfflineOpts["overwrite"],
     strict: Annotated[bool, typer.Option(
         help="Refuse data outside the model's trained range instead of warning.")] = False,
@@ -130,7 +135,7 @@ def refocus(
     sweep: Annotated[Optional[str], typer.Option(
         help="START:STOP:STEP µm: one frame (--frame) becomes a virtual z-stack, e.g. -2:2:0.25.")] = None,
     frame: Annotated[int, typer.Option(min=0, help="With --sweep: the frame to sweep, from 0.")] = 0,
-    model: Annotated[Optional[str], typer.Option(help="refocus[@VERSION]; default: newest.")] = None,
+    model: Annotated[Optional[str], typer.Option(help=_model_help("refocus"))] = None,
     models: Optional[Path] = _OfflineOpts["models"], overwrite: bool = _OfflineOpts["overwrite"],
     batch: int = _OfflineOpts["batch"], provider: Optional[str] = _OfflineOpts["provider"],
 ) -> None:

@@ -70,9 +70,9 @@ def train_denoise(
                         "structure, PSF 0.7-4 px, 1-1000 photons, sCMOS/EMCCD/8-bit); it takes photo-electrons, "
                         "converted with each frame's camera (given or estimated from the data).")] = False,
     start_from: Annotated[Optional[str], typer.Option(
-        "--from", help="Fine-tune this camera-agnostic denoiser (NAME[@VERSION], e.g. denoise@3) on --data's "
-                       "time series instead of training from scratch: each frame's neighbour, drift registered "
-                       "out, is its target (Noise2Noise).")] = None,
+        "--from", help="Fine-tune this camera-agnostic denoiser (NAME or NAME@VERSION, e.g. denoise@3) on --data's "
+                       "time series instead of training from scratch: each frame's neighbours, drift registered "
+                       "out, are its target (Noise2Noise).")] = None,
     deploy: DeployOpt = False, force: ForceOpt = False, server: DeployServerOpt = DEFAULT_SERVER,
 ) -> None:
     """Train a Noise2Void (N2V2) denoiser on your noisy stacks or on virtual-microscope frames,
@@ -301,7 +301,7 @@ def train_refocus(
     seed: Annotated[int, typer.Option(help="Seed for data and training.")] = 0,
     name: Annotated[str, typer.Option(help="Model name in the repository.")] = "refocus",
     start_from: Annotated[Optional[str], typer.Option(
-        "--from", help="Fine-tune this refocusing model (NAME[@VERSION], e.g. refocus@1) instead of "
+        "--from", help="Fine-tune this refocusing model (NAME or NAME@VERSION, e.g. refocus@1) instead of "
                        "starting from scratch: a rig's few calibration stacks go further.")] = None,
     deploy: DeployOpt = False, force: ForceOpt = False, server: DeployServerOpt = DEFAULT_SERVER,
 ) -> None:
