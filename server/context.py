@@ -11,10 +11,11 @@ commands do (the first frame repeated, ``livescope.context.causal_windows``).
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from collections.abc import Hashable
 
 import numpy as np
+
+from livescope.server.recent import RecentlyUsed
 
 
 def fill_window(history: dict[int, np.ndarray], seq: int, current: np.ndarray, out: np.ndarray) -> None:
@@ -37,8 +38,7 @@ class StreamContext:
     """Per key (a stream, and the model it feeds), the frames before, for windows of any model."""
 
     def __init__(self, max_streams: int = 64) -> None:
-        self.max_streams = max_streams
-        self._history: OrderedDict[Hashable, dict[int, np.ndarray]] = OrderedDict()
+        self._history: RecentlyUsed[Hashable, dict[int, np.ndarray]] = RecentlyUsed(max_streams)
         self._lock = threading.Lock()
 
     def windows(self, keys: list[Hashable], seqs: list[int], frames: np.ndarray, context: int) -> np.ndarray:
@@ -48,12 +48,5 @@ class StreamContext:
         out = np.empty((n, context, h, w), frames.dtype)
         with self._lock:
             for k, (key, seq) in enumerate(zip(keys, seqs)):
-                history = self._history.get(key)
-                if history is None:
-                    history = self._history[key] = {}
-                    if len(self._history) > self.max_streams:  # the least recently active stream goes
-                        self._history.popitem(last=False)
-                else:
-                    self._history.move_to_end(key)
-                fill_window(history, seq, frames[k], out[k])
+                fill_window(self._history.use(key, dict), seq, frames[k], out[k])
         return out

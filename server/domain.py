@@ -8,13 +8,13 @@ then so that it costs the server a few milliseconds per thousand frames, not per
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable
 
 import numpy as np
 
 from livescope.camera_estimate import PhotonScale, photon_scale
 from livescope.modelcard import ModelCard
+from livescope.server.recent import RecentlyUsed
 
 BASELINE_TOLERANCE_ADU = 10.0
 
@@ -65,15 +65,13 @@ class DomainWatch:
     model and every ``check_every`` frames after; the most recent ``max_streams`` kept."""
 
     def __init__(self, check_every: int = 256, max_streams: int = 256) -> None:
-        self.check_every, self.max_streams = check_every, max_streams
-        self._seen: OrderedDict[tuple, tuple[int, tuple[str, ...]]] = OrderedDict()
+        self.check_every = check_every
+        self._seen: RecentlyUsed[tuple, tuple[int, tuple[str, ...]]] = RecentlyUsed(max_streams)
 
     def warnings(self, key: tuple, check: Callable[[], tuple[str, ...]]) -> tuple[str, ...]:
         """``key``'s warnings, running ``check`` when they are due."""
-        frames, found = self._seen.pop(key, (0, ()))
+        frames, found = self._seen.get(key, (0, ()))
         if frames % self.check_every == 0:
             found = tuple(check())
-        self._seen[key] = (frames + 1, found)
-        while len(self._seen) > self.max_streams:
-            self._seen.popitem(last=False)
+        self._seen.put(key, (frames + 1, found))
         return found

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import OrderedDict, deque
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,6 +27,7 @@ from livescope.emitters import EmitterTable
 from livescope.protocol import FrameHeader
 from livescope.render import RenderGrid, RenderMethod, RunningRender, finest_render_pixel_nm
 from livescope.server.context import fill_window
+from livescope.server.recent import RecentlyUsed
 
 log = logging.getLogger("livescope.server")
 
@@ -81,10 +82,9 @@ class _Stream:
 class LocaliseStreams:
     def __init__(self, *, max_streams: int = 8, max_emitters: int = 20_000_000,
                  default_render: RenderSettings = RenderSettings()) -> None:
-        self.max_streams = max_streams
         self.max_emitters = max_emitters
         self.default_render = default_render
-        self._streams: OrderedDict[str, _Stream] = OrderedDict()
+        self._streams: RecentlyUsed[str, _Stream] = RecentlyUsed(max_streams)
         self._lock = threading.Lock()
 
     def windows(self, headers: list[FrameHeader], frames_photons: np.ndarray, context: int) -> np.ndarray:
@@ -157,14 +157,7 @@ class LocaliseStreams:
             return info, running.image()
 
     def _stream(self, stream: str) -> _Stream:
-        state = self._streams.get(stream)
-        if state is None:
-            state = self._streams[stream] = _Stream()
-            if len(self._streams) > self.max_streams:  # the least recently active stream goes
-                self._streams.popitem(last=False)
-        else:
-            self._streams.move_to_end(stream)
-        return state
+        return self._streams.use(stream, _Stream)
 
 
 def _as_table(kept: np.ndarray) -> EmitterTable:

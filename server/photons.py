@@ -8,12 +8,12 @@ its frames are converted alike; the server logs it once per stream.
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 
 import numpy as np
 
 from livescope.camera_estimate import FALLBACK_SCALE, PhotonScale, noise_equivalent, photon_scale
 from livescope.protocol import FrameHeader
+from livescope.server.recent import RecentlyUsed
 
 log = logging.getLogger("livescope.server")
 
@@ -22,20 +22,17 @@ class StreamScales:
     """Each (sender, stream)'s photon scale; the most recent ``max_streams`` kept."""
 
     def __init__(self, max_streams: int = 256) -> None:
-        self.max_streams = max_streams
-        self._scales: OrderedDict[tuple, PhotonScale] = OrderedDict()
+        self._scales: RecentlyUsed[tuple, PhotonScale] = RecentlyUsed(max_streams)
 
     def scale(self, key: tuple, header: FrameHeader, frame: np.ndarray) -> PhotonScale:
         if header.camera is not None:
             return noise_equivalent(header.camera)
-        found = self._scales.pop(key, None)
-        if found is None:
+        def estimate() -> PhotonScale:
             found = photon_scale(frame)
             log.info("stream %s: no camera in its headers; %s", header.stream, found.source)
-        self._scales[key] = found
-        while len(self._scales) > self.max_streams:
-            self._scales.popitem(last=False)
-        return found
+            return found
+
+        return self._scales.use(key, estimate)
 
     @staticmethod
     def warnings(scale: PhotonScale) -> tuple[str, ...]:

@@ -17,7 +17,6 @@ import errno
 import logging
 import threading
 import time
-from collections import OrderedDict
 from pathlib import Path
 from queue import SimpleQueue
 
@@ -62,6 +61,7 @@ from livescope.server.models import LoadedModel, ModelRegistry
 from livescope.server.photons import StreamScales
 from livescope.server.pipeline import check_pipeline
 from livescope.server.queue import Job, QueueFullError, SenderBusyError, WorkQueue
+from livescope.server.recent import RecentlyUsed
 from livescope.server.tiling import is_out_of_memory
 from livescope.transport import recv_parts, send_message
 
@@ -96,7 +96,8 @@ class InferenceServer:
         self.localise_streams = LocaliseStreams(default_render=RenderSettings(pixel_nm=config.render_pixel_nm))
         self.ctx = zmq.Context()
         self._stop = threading.Event()
-        self._ledgers: OrderedDict[tuple[bytes, str], StreamLedger] = OrderedDict()  # (sender, stream)
+        self._ledgers: RecentlyUsed[tuple[bytes, str], StreamLedger] = RecentlyUsed(  # (sender, stream)
+            _MAX_STREAMS, on_evict=self._forget_ledger)
         self._cached_bytes = 0  # results kept for resends, across all streams
         # busy: refusals, counted in errors too; undelivered_*: messages ZeroMQ could not take
         # (a client not reading or gone, a subscriber too slow), counted rather than dropped silently
@@ -345,16 +346,10 @@ class InferenceServer:
 
     def _ledger(self, identity: bytes, stream: str) -> StreamLedger:
         """The ledger of one sender's stream (never shared between senders: see server/ledger.py)."""
-        key = (identity, stream)
-        ledger = self._ledgers.get(key)
-        if ledger is None:
-            ledger = self._ledgers[key] = StreamLedger()
-            if len(self._ledgers) > _MAX_STREAMS:
-                _, old = self._ledgers.popitem(last=False)
-                self._cached_bytes -= old.cached_bytes()
-        else:
-            self._ledgers.move_to_end(key)
-        return ledger
+        return self._ledgers.use((identity, stream), StreamLedger)
+
+    def _forget_ledger(self, ledger: StreamLedger) -> None:
+        self._cached_bytes -= ledger.cached_bytes()
 
     def _error(self, identity: bytes, code: ErrorCode, message: str, *, stream: str | None,
                seq: int | None, request_id: str | None = None) -> None:
