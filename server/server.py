@@ -542,12 +542,11 @@ class InferenceServer:
         and no context frames asked for (those need a network of their own)."""
         if context_frames > 1:
             return None
-        version = self.registry.active(task)  # None: not served yet, so the default would be
         try:
-            active = self.repository.resolve(task, version) if version is not None else self.repository.default(task)
+            active = self.registry.resolve(task)  # what the stage runs (the default, if it has not served yet)
         except UnknownModelError:
             return None
-        return active.ref if active is not None and active.card.normalisation.kind == "photons" else None
+        return active.ref if active.card.normalisation.kind == "photons" else None
 
     def _cmd_adapt_status(self) -> dict:
         """The running or last adaptation's status."""

@@ -143,6 +143,8 @@ def test_the_cli_fine_tunes_only_a_camera_agnostic_model_on_a_time_series(tmp_pa
     assert no_data.exit_code == 2 and "--data" in no_data.output
     depth = invoke("--from", "denoise@3", *data, "--depth", "2", "--models", models)
     assert depth.exit_code == 2 and "--depth" in depth.output
+    odd_patch = invoke("--from", "denoise@3", *data, "--patch", "20", "--models", models)
+    assert odd_patch.exit_code == 2 and "multiple of 8 (denoise@3's UNet)" in odd_patch.output
     single = tmp_path / "single.tif"
     write_stack(single, drifting_series(1, side=256))
     one_frame = invoke("--from", "denoise@3", "--data", str(single), "--models", models)

@@ -169,12 +169,13 @@ def _fine_tune_denoiser(start_from: str, data: list[Path], repository: Path, *, 
     from livescope.cli._console import console
     from livescope.models.denoise.user_data import TrainingDataError, load_training_stacks
 
-    if patch < 16 or patch % 8:
-        fail(f"--patch {patch} must be at least 16 and a multiple of 8")
     start = _resolve_model(start_from, repository, task="denoise", option="--from")
     if start.card.normalisation.kind != "photons":
         fail(f"--from {start_from}: {start.ref} takes one camera's ADU; fine-tuning starts from a camera-agnostic "
              "denoiser (its card's normalisation is 'photons', e.g. the shipped denoise@3)")
+    multiple = start.card.tiling.size_multiple_px  # the start's UNet takes sides of this multiple
+    if patch < 16 or patch % multiple:
+        fail(f"--patch {patch} must be at least 16 and a multiple of {multiple} ({start.ref}'s UNet)")
     data, session_ids = expand_sessions(data)
     try:  # held out in order (the last frames), as pairs of neighbours need
         own = load_training_stacks(data, patch, seed, context_frames=2)

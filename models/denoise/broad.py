@@ -139,6 +139,14 @@ def export_photon_denoiser(graph: PhotonDenoiser, example_photons: np.ndarray) -
     return proto
 
 
+def served_card_fields(unet: UNetConfig) -> dict:
+    """The card fields of every camera-agnostic version: its tensors, units and tiling."""
+    return dict(inputs=(TensorSpec(name=export.INPUT_NAME, dtype="float32", axes="NCYX"),),
+                outputs=(TensorSpec(name=export.OUTPUT_NAME, dtype="float32", axes="NCYX"),),
+                normalisation=Normalisation(kind="photons", transform="sqrt"),
+                tiling=Tiling(size_multiple_px=unet.size_multiple_px, halo_px=unet.halo_px))
+
+
 def photon_denoiser(proto: onnx.ModelProto) -> Callable[[np.ndarray], np.ndarray]:
     """(N, 1, H, W) photons -> (N, 1, H, W), through onnxruntime on the CPU."""
     session = export.cpu_session(proto)
@@ -197,10 +205,7 @@ def train_and_publish_broad(
             + "). Input and output: noise-equivalent photo-electrons (the server and the offline commands "
             "convert with the frame's camera, or one estimated from the data); train config: "
             f"{config.model_dump_json(exclude_none=True)}"),
-        inputs=(TensorSpec(name=export.INPUT_NAME, dtype="float32", axes="NCYX"),),
-        outputs=(TensorSpec(name=export.OUTPUT_NAME, dtype="float32", axes="NCYX"),),
-        normalisation=Normalisation(kind="photons", transform="sqrt"),
-        tiling=Tiling(size_multiple_px=unet.size_multiple_px, halo_px=unet.halo_px),
+        **served_card_fields(unet),
         trained_for=TrainedFor(peak_photons=spec.peak_photons, psf_sigma_px=spec.psf_sigma_px,
                                modalities=("widefield", "confocal", "sted", "light-sheet")),
     )

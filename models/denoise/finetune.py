@@ -36,11 +36,16 @@ from skimage.filters import window
 from skimage.registration import phase_cross_correlation
 
 from livescope.camera_estimate import PhotonScale, photon_scale
-from livescope.modelcard import ModelCard, Normalisation, TensorSpec, Tiling
-from livescope.models import export
+from livescope.modelcard import ModelCard
 from livescope.models.budget import TrainProgress
 from livescope.models.compare import CLASSICAL_SUFFIX
-from livescope.models.denoise.broad import PhotonDenoiser, anscombe, export_photon_denoiser, photon_denoiser
+from livescope.models.denoise.broad import (
+    PhotonDenoiser,
+    anscombe,
+    export_photon_denoiser,
+    photon_denoiser,
+    served_card_fields,
+)
 from livescope.models.denoise.user_data import UserTrainingData
 from livescope.models.publish import TrainingRecord, publish_version
 from livescope.models.supervised import SupervisedTrainConfig
@@ -104,33 +109,42 @@ def neighbour_pairs(frames: np.ndarray, series: np.ndarray, scale: PhotonScale |
     keep = max(1, max_pixels // (h * w))
     if len(linked) > keep:
         linked = [linked[k] for k in np.linspace(0, len(linked) - 1, keep).round().astype(int)]
-    photons = (lambda i: frames[i].astype(np.float32)) if scale is None else (lambda i: scale.to_photons(frames[i]))
     hann = window("hann", (h, w))
-    smooth: dict[int, np.ndarray] = {}
+    seen: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # frame -> (photons, structure), while a neighbour needs it
+    shifts: dict[int, np.ndarray] = {}  # i -> the shift that registers frame i + 1 onto frame i
 
-    def structure(i: int) -> np.ndarray:
+    def frame(i: int) -> tuple[np.ndarray, np.ndarray]:
         # The structure, not the noise, registers: smoothed, and plain cross-correlation (phase
         # normalisation whitens the noise back up); a Hann window, so that the frame's edges (which
         # do not move) do not pull the shift to zero.
-        if i not in smooth:
-            g = ndimage.gaussian_filter(photons(i), 1.5)
-            smooth[i] = ((g - g.mean()) * hann).astype(np.float32)
-        return smooth[i]
+        if i not in seen:
+            p = frames[i].astype(np.float32) if scale is None else scale.to_photons(frames[i])
+            g = ndimage.gaussian_filter(p, 1.5)
+            seen[i] = p, ((g - g.mean()) * hann).astype(np.float32)
+        return seen[i]
+
+    def shift_onto(i: int, u: int) -> np.ndarray:
+        """The shift registering neighbour ``u`` onto frame ``i`` (each pair registered once)."""
+        first = min(i, u)
+        if first not in shifts:
+            shifts[first] = phase_cross_correlation(frame(first)[1], frame(first + 1)[1], upsample_factor=20,
+                                                    normalization=None)[0]
+        return shifts[first] if u > i else -shifts[first]
 
     inputs, targets, drifts = [], [], []
     for i in linked:
         near = []
         for u in (i - 1, i + 1):
             if 0 <= u < t and series[u] == series[i]:
-                shift = phase_cross_correlation(structure(i), structure(u), upsample_factor=20, normalization=None)[0]
+                shift = shift_onto(i, u)
                 if np.abs(shift).max() <= MAX_DRIFT_PX:
-                    near.append(_shifted(photons(u), shift))
+                    near.append(_shifted(frame(u)[0], shift))
                     drifts.append(float(np.abs(shift).max()))
         if near:
-            inputs.append(photons(i))
+            inputs.append(frame(i)[0])
             targets.append(np.mean(near, axis=0).astype(np.float32))
-        for u in [k for k in smooth if k < i - 1]:
-            del smooth[u]  # only the neighbours of the frames to come are needed again
+        for k in [k for k in seen if k < i]:
+            del seen[k]  # only frame i and those after it are needed again
     if not inputs:
         raise FineTuneError("no two consecutive frames of one series show the same field (drift above "
                             f"{MAX_DRIFT_PX:g} px, or single frames): fine-tuning needs a time series")
@@ -169,8 +183,8 @@ def _loss(graph: PhotonDenoiser, inputs: torch.Tensor, targets: torch.Tensor) ->
 
 def stabilised_mse(outputs_photons: np.ndarray, targets_photons: np.ndarray) -> float:
     """`METRIC` of outputs against their registered neighbours."""
-    a = lambda x: 2.0 * np.sqrt(np.maximum(np.asarray(x, np.float64), 0.0) + 0.375)  # noqa: E731 (Anscombe)
-    return float(np.mean((a(outputs_photons) - a(targets_photons)) ** 2))
+    stabilised = lambda x: anscombe(torch.as_tensor(np.asarray(x), dtype=torch.float64))  # noqa: E731
+    return float(torch.mean((stabilised(outputs_photons) - stabilised(targets_photons)) ** 2))
 
 
 @dataclass(frozen=True)
@@ -254,17 +268,13 @@ def fine_tune_and_publish(
     record = TrainingRecord(command, f"{data.describe()}; pairs of consecutive frames, drift up to "
                             f"{tuned.drift_px:.1f} px registered out; camera: {tuned.scale.source}",
                             config.seed, tuned.train_seconds, data_hash=data.data_hash, session_ids=session_ids)
-    unet = tuned.graph.net.config
     card_fields = dict(
         description=(f"{start.ref} fine-tuned on your time series (Noise2Noise on registered neighbouring frames; "
                      f"{tuned.steps} steps of {config.batch_size} patches of {config.patch_px} px, stopped by "
                      f"{tuned.stopped_because}; kept the weights of step {tuned.best_step}). Input and output: "
                      f"noise-equivalent photo-electrons, as {start.ref}'s; train config: "
                      f"{config.model_dump_json(exclude_none=True)}"),
-        inputs=(TensorSpec(name=export.INPUT_NAME, dtype="float32", axes="NCYX"),),
-        outputs=(TensorSpec(name=export.OUTPUT_NAME, dtype="float32", axes="NCYX"),),
-        normalisation=Normalisation(kind="photons", transform="sqrt"),
-        tiling=Tiling(size_multiple_px=unet.size_multiple_px, halo_px=unet.halo_px),
+        **served_card_fields(tuned.graph.net.config),
         trained_for=start.card.trained_for,
     )
     return publish_version(repository, proto, name=name, task="denoise", card_fields=card_fields, metrics=metrics,
