@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Literal
 
@@ -81,14 +83,39 @@ def _quiet_probe(active: bool):
         ort.set_default_logger_severity(3)
 
 
+def hidden_gpu_build(gpu_version: str | None, available: Sequence[str]) -> str | None:
+    """Why the GPU providers are missing although onnxruntime-gpu (``gpu_version``) is installed:
+    the CPU build, which installs the same `onnxruntime` package, was unpacked over it (pip does
+    so for `livescope[gpu]`). None when there is nothing to say."""
+    if gpu_version is None or "CUDAExecutionProvider" in available:
+        return None
+    return (f"onnxruntime-gpu {gpu_version} is installed, but the CPU build of onnxruntime hides it (both "
+            "install the same package); make the GPU build the one in use: pip uninstall -y onnxruntime && "
+            "pip install --force-reinstall --no-deps onnxruntime-gpu")
+
+
+def _installed(distribution: str) -> str | None:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def gpu_build_problem() -> str | None:
+    """`hidden_gpu_build` for this environment."""
+    return hidden_gpu_build(_installed("onnxruntime-gpu"), ort.get_available_providers())
+
+
 def candidate_providers(preferred: str | None = None) -> list[str]:
     available = set(ort.get_available_providers())
     order = [p for p in PREFERENCE if p in available and p not in _failed]
     if preferred:
         full = {v: k for k, v in SHORT_NAMES.items()}.get(preferred, preferred)
         if full not in available:
+            problem = gpu_build_problem()
             raise ValueError(f"execution provider {preferred!r} is not available; have "
-                             f"{sorted(SHORT_NAMES.get(p, p) for p in available)}")
+                             f"{sorted(SHORT_NAMES.get(p, p) for p in available)}"
+                             + (f" ({problem})" if problem else ""))
         order = [full] + ([] if full == "CPUExecutionProvider" else ["CPUExecutionProvider"])
     return order
 
@@ -122,5 +149,7 @@ def create_session(
             log.info("execution provider in use: %s", SHORT_NAMES.get(name, name))
             for err in errors:
                 log.info("  skipped %s", err)
+            if name == "CPUExecutionProvider" and (problem := gpu_build_problem()):
+                log.warning("%s", problem)
         return sess, SHORT_NAMES.get(name, name)
     raise RuntimeError("no execution provider could run the model: " + "; ".join(errors))
