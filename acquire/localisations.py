@@ -12,6 +12,7 @@ import numpy as np
 
 from livescope.client import FrameOutcome, Result
 from livescope.emitters import EmitterTable
+from livescope.provenance import Provenance
 from livescope.render import RenderGrid, RunningRender
 from livescope.stackio import StackInfo, stack_format, write_stack
 
@@ -48,13 +49,15 @@ class LocalisationWriter:
 
     def __init__(self, table_path: Path | None = None, render_path: Path | None = None, *,
                  frame_shape_px: tuple[int, int] | None = None, pixel_size_nm: float | None = None,
-                 render_px_nm: float = 10.0, three_d: bool | None = None) -> None:
+                 render_px_nm: float = 10.0, three_d: bool | None = None, source: str = "") -> None:
         if render_path is not None and table_path is None:
             raise ValueError("a render is written only with the table (give table_path)")
         if render_path is not None and (frame_shape_px is None or not pixel_size_nm):
             raise ValueError("a render needs the camera's frame shape and pixel size")
         self.table_path, self.render_path = table_path, render_path
         self.three_d = three_d
+        self._source = source
+        self._models: dict[int, str] = {}  # frame (seq) -> the model@version that localised it
         self._tables: list[EmitterTable] = []
         self._render = None
         if render_path is not None:
@@ -72,6 +75,7 @@ class LocalisationWriter:
         if not isinstance(outcome, Result) or outcome.header.kind != "table":
             return 0
         table = EmitterTable.from_payload(np.asarray(outcome.data))
+        self._models[outcome.seq] = outcome.header.model
         self.tables += 1
         self.emitters += len(table)
         self.last_frame_emitters = len(table)
@@ -91,6 +95,8 @@ class LocalisationWriter:
         table = table.select(np.argsort(table["frame"], kind="stable"))
         three_d = self.three_d if self.three_d is not None else bool(np.any(table["z_nm"] != 0))
         # The data first (atomically, complete or not at all); the render is a view of it.
+        made = self.provenance
+        made.write_sidecar(self.table_path, overwrite=True)
         table.write_csv(self.table_path, z=three_d, sigma=False, overwrite=True)
         self.written = (self.table_path,)
         if self._render is not None:
@@ -98,5 +104,15 @@ class LocalisationWriter:
             px_nm = self._render.grid.pixel_nm
             info = StackInfo(path=str(self.render_path), format=stack_format(self.render_path), axes="TYX",
                              shape=image.shape, dtype="float32", pixel_size_um=px_nm / 1000.0)
-            self.written += (write_stack(self.render_path, image, info, overwrite=True),)
+            # one image of every frame's localisations: named by every model that localised (hot-swapped: several)
+            render_made = Provenance.of_frames(operation="localise render (every frame's localisations)",
+                                               source=self._source, frame_count=1,
+                                               models={0: " + ".join(sorted(set(self._models.values())))})
+            self.written += (write_stack(self.render_path, image, info, overwrite=True, provenance=render_made),)
         return self.written
+
+    @property
+    def provenance(self) -> Provenance:
+        """Which model localised which frame (frames counted from 0, as the seq; the CSV's from 1)."""
+        return Provenance.of_frames(operation="localise", source=self._source,
+                                    frame_count=max(self._models, default=-1) + 1, models=self._models)

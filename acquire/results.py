@@ -24,6 +24,7 @@ import tifffile
 import useq
 
 from livescope.client import FrameOutcome, Refusal, Result
+from livescope.provenance import ANNOTATION_NAMESPACE, PROVENANCE_KEY, Provenance
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +68,11 @@ class RestoredWriter:
     """
 
     def __init__(self, path: Path, sequence: useq.MDASequence,
-                 pixel_size_um: float | None, window_adu: tuple[float, float] = (0.0, 65535.0)) -> None:
+                 pixel_size_um: float | None, window_adu: tuple[float, float] = (0.0, 65535.0),
+                 *, source: str = "", stage: str = "") -> None:
         self.path = path
+        self._source, self._stage = source, stage
+        self._models: dict[int, str] = {}  # frame -> the model@version that made it
         self._sequence = sequence
         self._pixel_size_um = pixel_size_um
         self._window_adu = window_adu
@@ -98,8 +102,9 @@ class RestoredWriter:
                 if self._pending_skips:
                     stream.skip(frames=self._pending_skips)
                     self._pending_skips = 0
-                stream.append(o.data)
+                stream.append(o.data, frame_metadata={"livescope_model": o.header.model})
                 self._check_writes_done(stream)
+                self._models[self._next] = o.header.model
                 self.written += 1
                 if self.on_written is not None:
                     self.on_written(o.seq)
@@ -107,6 +112,12 @@ class RestoredWriter:
                 self._pending_skips += 1
                 self.skipped += 1
             self._next += 1
+
+    @property
+    def provenance(self) -> Provenance:
+        """What made the frames handled so far (in acquisition order, every position's)."""
+        return Provenance.of_frames(operation=self._stage or "restore", source=self._source,
+                                    frame_count=self._next, models=self._models)
 
     def _open(self, first: Result) -> ome_writers.OMEStream | OmeTiffFiles:
         h, w = first.data.shape
@@ -164,6 +175,15 @@ class RestoredWriter:
                 attrs["ome"]["omero"] = omero
         self._stream.update_metadata(metadata)
 
+    def _record_provenance(self) -> None:
+        """The provenance in each image group's attributes (the frames' models are in ome-writers'
+        per-frame metadata already)."""
+        metadata = self._stream.get_metadata()
+        for attrs in metadata.values():
+            if "multiscales" in attrs.get("ome", {}):
+                attrs[PROVENANCE_KEY] = self.provenance.model_dump(mode="json")
+        self._stream.update_metadata(metadata)
+
     def _failed(self, e: Exception) -> RestoredWriteError:
         log.debug("writing %s failed", self.path, exc_info=e)
         reason = " ".join(str(e).split()) or type(e).__name__
@@ -185,7 +205,11 @@ class RestoredWriter:
             if self._stream is not None:
                 if self._pending_skips:
                     self._stream.skip(frames=self._pending_skips)
-                self._stream.close()
+                if isinstance(self._stream, OmeTiffFiles):
+                    self._stream.close(self.provenance)
+                else:
+                    self._record_provenance()
+                    self._stream.close()
         except Exception as e:
             self._failed(e)
             self._abandon()
@@ -255,7 +279,9 @@ class OmeTiffFiles:
         self._written = [0] * len(self._names)
         self._frames = 0
 
-    def append(self, frame: np.ndarray) -> None:
+    def append(self, frame: np.ndarray, frame_metadata: dict | None = None) -> None:
+        """``frame_metadata``: taken as ome-writers' streams take it; each frame's model is in the
+        provenance that ``close`` writes instead."""
         p = 0 if self._p_axis is None else int(np.unravel_index(self._frames, self._counts)[self._p_axis])
         writer = self._writers.get(p) or self._create(p)
         writer.write(frame, metadata=None, photometric="minisblack",
@@ -268,7 +294,8 @@ class OmeTiffFiles:
         for _ in range(frames):
             self.append(np.zeros(self._frame_shape, self._dtype))
 
-    def close(self) -> None:
+    def close(self, provenance: Provenance | None = None) -> None:
+        """Finish every file; ``provenance`` goes into each one's OME-XML (a MapAnnotation)."""
         planned = math.prod(self._sizes.values())
         for p, writer in sorted(self._writers.items()):
             whole = math.ceil(self._written[p] / self._inner) * self._inner
@@ -277,8 +304,9 @@ class OmeTiffFiles:
                              photometric="minisblack")
             writer.close()
             self._files.pop(p).close()
-            if whole < planned:
-                tifffile.tiffcomment(self.paths[p], comment=self._xml(p, whole // self._inner).encode())
+            if whole < planned or provenance is not None:
+                xml = self._xml(p, whole // self._inner if whole < planned else None, provenance)
+                tifffile.tiffcomment(self.paths[p], comment=xml.encode())
         self._writers.clear()
 
     def abort(self) -> None:
@@ -297,17 +325,19 @@ class OmeTiffFiles:
         self._writers[p] = tifffile.TiffWriter(self._files[p], bigtiff=True, ome=False)
         return self._writers[p]
 
-    def _xml(self, p: int, outer_count: int | None = None) -> str:
+    def _xml(self, p: int, outer_count: int | None = None, provenance: Provenance | None = None) -> str:
         """Position ``p``'s OME-XML (tifffile's), with ``outer_count`` steps of the outermost axis
-        (default: all planned)."""
+        (default: all planned), and ``provenance`` as a MapAnnotation."""
         sizes = dict(self._sizes)
         if outer_count is not None:
             sizes[self._outer] = outer_count
         axes = self._order[:1:-1]  # XYZCT -> TCZ: slowest first, every OME axis (size 1 if absent)
         shape = tuple(sizes.get(a, 1) for a in axes) + self._frame_shape
         xml = tifffile.OmeXml()
+        annotation = {} if provenance is None else {"MapAnnotation": {
+            "Namespace": ANNOTATION_NAMESPACE, PROVENANCE_KEY: provenance.model_dump_json()}}
         xml.addimage(self._dtype, shape, (math.prod(shape[:-2]), 1, 1, *self._frame_shape, 1),
-                     axes=axes + "YX", Name=self._names[p], **self._meta)
+                     axes=axes + "YX", Name=self._names[p], **self._meta, **annotation)
         return xml.tostring()
 
 

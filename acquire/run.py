@@ -162,10 +162,12 @@ def run_acquisition(
             table_path, render_path = table_paths(output, stage) if output is not None else (None, None)
             localisations = LocalisationWriter(
                 table_path, render_path, frame_shape_px=(core.getImageHeight(), core.getImageWidth()),
-                pixel_size_nm=core.getPixelSizeUm() * 1000.0, render_px_nm=render_px_nm)
+                pixel_size_nm=core.getPixelSizeUm() * 1000.0, render_px_nm=render_px_nm,
+                source=str(output) if output is not None else "")
         elif output is not None:
             writer = RestoredWriter(restored_path(output, stage), sequence, core.getPixelSizeUm() or None,
-                                    window_adu=(0.0, float(2 ** core.getImageBitDepth() - 1)))
+                                    window_adu=(0.0, float(2 ** core.getImageBitDepth() - 1)),
+                                    source=str(output), stage=stage)
     if output is not None:
         results = writer.path if writer is not None else localisations.table_path if localisations else None
         journal = RunJournal(output, sequence=sequence.model_dump(mode="json"), frames_planned=total,

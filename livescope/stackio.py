@@ -9,6 +9,11 @@ back with the same layout. Pixel values keep their dtype (uint8, uint16, float32
   attributes hold the multiscales and whose ``0`` array is the full resolution); OME-Zarr
   0.4 (zarr v2) and a bare zarr array are read too. Read with tensorstore, imported only here.
 
+The raw data's metadata travels to the output: pixel size, z step and time step, channel names,
+each frame's time, exposure and stage position (OME-XML planes; ome-writers' frame metadata), the
+rest of an OME-Zarr's attributes (pymmcore-plus's summary), and a `Provenance` record of which
+model made each frame (`livescope.provenance` says where each format keeps it).
+
 Outputs are written to a hidden sibling path and renamed into place when complete, so an
 error never leaves a half-written stack under the requested name; an existing output is
 refused unless ``overwrite``. Every problem is a ``StackError`` with a one-line message.
@@ -29,6 +34,8 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from livescope.provenance import ANNOTATION_NAMESPACE, PROVENANCE_KEY, Provenance
+
 StackFormat = Literal["tiff", "ome-tiff", "ome-zarr", "zarr"]
 SUPPORTED_DTYPES = ("uint8", "uint16", "float32")
 
@@ -38,8 +45,16 @@ _ZARR_SUFFIXES = (".ome.zarr", ".zarr")
 _UM_PER_UNIT = {"µm": 1.0, "um": 1.0, "micron": 1.0, "micrometer": 1.0, "micrometre": 1.0,
                 "nm": 1e-3, "nanometer": 1e-3, "nanometre": 1e-3,
                 "mm": 1e3, "millimeter": 1e3, "millimetre": 1e3, "m": 1e6, "meter": 1e6}
+_S_PER_UNIT = {"s": 1.0, "second": 1.0, "ms": 1e-3, "millisecond": 1e-3, "µs": 1e-6, "us": 1e-6,
+               "microsecond": 1e-6, "min": 60.0, "minute": 60.0, "h": 3600.0, "hour": 3600.0}
 # leading axes that OME writers (tifffile OME, ome-writers) understand, with their types
 _OME_LEADING = {"T": "time", "C": "channel", "Z": "space"}
+# per-frame metadata, named as ome-writers names it (seconds, micrometres) <- OME-XML Plane attributes
+FRAME_KEYS = {"delta_t": ("DeltaT", "s"), "exposure_time": ("ExposureTime", "s"),
+              "position_x": ("PositionX", "µm"), "position_y": ("PositionY", "µm"),
+              "position_z": ("PositionZ", "µm")}
+# OME-Zarr group attributes that the writer makes itself rather than copies from the input
+_OWN_ATTRIBUTES = ("ome", "ome_writers", PROVENANCE_KEY)
 
 
 class StackError(Exception):
@@ -58,6 +73,14 @@ class StackInfo(BaseModel):
     dtype: Literal["uint8", "uint16", "float32"]
     pixel_size_um: float | None = Field(default=None, gt=0, description="Y/X pixel size, µm")
     z_step_um: float | None = Field(default=None, gt=0, description="Z plane spacing, µm")
+    time_step_s: float | None = Field(default=None, gt=0, description="T spacing, s")
+    channel_names: tuple[str, ...] | None = Field(default=None, description="one per C index")
+    frame_metadata: tuple[dict, ...] | None = Field(
+        default=None, description="per frame of the (T, H, W) frames: delta_t and exposure_time (s), "
+                                  "position_x/y/z (µm), as far as the input has them")
+    attributes: dict | None = Field(default=None, description="an OME-Zarr's other group attributes, "
+                                                              "e.g. pymmcore-plus's summary")
+    provenance: Provenance | None = Field(default=None, description="what made it, if livescope did")
 
     @property
     def leading_axes(self) -> str:
@@ -94,15 +117,12 @@ def read_stack(path: str | os.PathLike) -> Stack:
         raise StackError(f"{path}: no such file or folder")
     is_zarr = path.is_dir() and any((path / f).exists() for f in ("zarr.json", ".zattrs", ".zarray"))
     fmt = "ome-zarr" if is_zarr else stack_format(path)
-    if fmt == "ome-zarr":
-        data, axes, px, dz, fmt = _read_zarr(path)
-    else:
-        data, axes, px, dz, fmt = _read_tiff(path)
-    return _as_stack(path, fmt, data, axes, px, dz)
+    data, axes, fmt, meta = _read_zarr(path) if fmt == "ome-zarr" else _read_tiff(path)
+    return _as_stack(path, fmt, data, axes, meta)
 
 
-def _as_stack(path: Path, fmt: StackFormat, data: np.ndarray, axes: str,
-              px: float | None, dz: float | None) -> Stack:
+def _as_stack(path: Path, fmt: StackFormat, data: np.ndarray, axes: str, meta: dict) -> Stack:
+    """``meta``: the `StackInfo` fields the reader found (pixel_size_um, ..., frame_metadata)."""
     if data.ndim < 2:
         raise StackError(f"{path}: has {data.ndim} dimension(s); a stack needs at least Y and X")
     axes = axes.upper()
@@ -112,53 +132,120 @@ def _as_stack(path: Path, fmt: StackFormat, data: np.ndarray, axes: str,
     if data.dtype.name not in SUPPORTED_DTYPES:
         raise StackError(f"{path}: dtype {data.dtype.name} is not supported; livescope reads "
                          f"{', '.join(SUPPORTED_DTYPES)} stacks (convert it first)")
-    info = StackInfo(path=str(path), format=fmt, axes=axes, shape=data.shape,
-                     dtype=data.dtype.name, pixel_size_um=px, z_step_um=dz)
+    if meta.get("channel_names") and ("C" not in axes or len(meta["channel_names"]) != data.shape[axes.index("C")]):
+        meta = meta | {"channel_names": None}
+    info = StackInfo(path=str(path), format=fmt, axes=axes, shape=data.shape, dtype=data.dtype.name, **meta)
     frames = np.ascontiguousarray(data.reshape(-1, *data.shape[-2:]))
     return Stack(frames, info)
 
 
 def _to_um(value: float | str | None, unit: str | None) -> float | None:
+    """A positive length in µm (None: missing, zero, or in an unknown unit)."""
+    return _in_units(value, unit, "µm", _UM_PER_UNIT, positive=True)
+
+
+def _to_s(value: float | str | None, unit: str | None) -> float | None:
+    """A positive time in s."""
+    return _in_units(value, unit, "s", _S_PER_UNIT, positive=True)
+
+
+def _in_units(value: float | str | None, unit: str | None, default: str, per_unit: dict[str, float], *,
+              positive: bool) -> float | None:
     if value is None:
         return None
-    factor = _UM_PER_UNIT.get((unit or "µm").strip().lower().replace("μ", "µ"))
-    v = float(value) * factor if factor is not None else None
-    return v if v is not None and math.isfinite(v) and v > 0 else None
+    factor = per_unit.get((unit or default).strip().lower().replace("μ", "µ"))
+    try:
+        v = float(value) * factor if factor is not None else None
+    except ValueError:
+        return None
+    return v if v is not None and math.isfinite(v) and (v > 0 or not positive) else None
 
 
-def _read_tiff(path: Path) -> tuple[np.ndarray, str, float | None, float | None, StackFormat]:
+def _read_tiff(path: Path) -> tuple[np.ndarray, str, StackFormat, dict]:
     import tifffile
 
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             data, axes = series.asarray(), series.axes
-            px = dz = None
+            meta: dict = {}
             if tif.is_ome and tif.ome_metadata:
-                px, dz = _ome_xml_sizes(tif.ome_metadata)
+                meta = _ome_xml_metadata(tif.ome_metadata, axes.upper(), data.shape)
             elif tif.is_imagej:
-                px, dz = _imagej_sizes(tif)
+                meta = _imagej_metadata(tif)
             fmt: StackFormat = "ome-tiff" if tif.is_ome else "tiff"
-    except (tifffile.TiffFileError, ValueError, IndexError, OSError) as e:
+    except (tifffile.TiffFileError, ValueError, IndexError, OSError, ModuleNotFoundError) as e:
+        # tifffile decodes LZW, JPEG, zstd... with imagecodecs, which the plain install leaves out
+        if isinstance(e, ModuleNotFoundError) or "imagecodecs" in str(e):
+            raise StackError(f"{path}: its pixels are compressed in a way that needs the imagecodecs package "
+                             f"({_first_line(e)}); install it: pip install imagecodecs") from None
         raise StackError(f"{path}: cannot read as TIFF ({_first_line(e)})") from None
     # tifffile names unknown leading axes Q/I: they are frames all the same.
-    return data, axes, px, dz, fmt
+    return data, axes, fmt, meta
 
 
-def _ome_xml_sizes(xml: str) -> tuple[float | None, float | None]:
+def _local(el: ET.Element) -> str:
+    return el.tag.rsplit("}", 1)[-1]
+
+
+def _ome_xml_metadata(xml: str, axes: str, shape: tuple[int, ...]) -> dict:
+    """The first image's sizes, time step, channel names and planes (per frame, in ``axes`` order)."""
     try:
         root = ET.fromstring(xml)
     except ET.ParseError:
-        return None, None
-    pixels = next((el for el in root.iter() if el.tag.rsplit("}", 1)[-1] == "Pixels"), None)
+        return {}
+    pixels = next((el for el in root.iter() if _local(el) == "Pixels"), None)
     if pixels is None:
-        return None, None
-    px = _to_um(pixels.get("PhysicalSizeX"), pixels.get("PhysicalSizeXUnit"))
-    dz = _to_um(pixels.get("PhysicalSizeZ"), pixels.get("PhysicalSizeZUnit"))
-    return px, dz
+        return {}
+    meta: dict = {"pixel_size_um": _to_um(pixels.get("PhysicalSizeX"), pixels.get("PhysicalSizeXUnit")),
+                  "z_step_um": _to_um(pixels.get("PhysicalSizeZ"), pixels.get("PhysicalSizeZUnit")),
+                  "time_step_s": _to_s(pixels.get("TimeIncrement"), pixels.get("TimeIncrementUnit"))}
+    names = [c.get("Name") for c in pixels if _local(c) == "Channel"]
+    if names and all(names):
+        meta["channel_names"] = tuple(names)
+    meta["frame_metadata"] = _plane_metadata([p for p in pixels if _local(p) == "Plane"], axes, shape)
+    for annotation in (el for el in root.iter() if _local(el) == "MapAnnotation"):
+        if annotation.get("Namespace") == ANNOTATION_NAMESPACE:
+            record = next((m.text for m in annotation.iter() if _local(m) == "M" and m.get("K") == PROVENANCE_KEY),
+                          None)
+            meta["provenance"] = _provenance(record)
+    return meta
 
 
-def _imagej_sizes(tif) -> tuple[float | None, float | None]:
+def _provenance(record: str | dict | None) -> Provenance | None:
+    """A stored provenance record, or None when there is none or it cannot be read (it is a note
+    about the data, never a reason to refuse the data)."""
+    if record is None:
+        return None
+    try:
+        return Provenance.model_validate_json(record) if isinstance(record, str) else Provenance.model_validate(record)
+    except ValueError:
+        return None
+
+
+def _plane_metadata(planes: list[ET.Element], axes: str, shape: tuple[int, ...]) -> tuple[dict, ...] | None:
+    """Each frame's time, exposure and position from the OME Planes (matched by TheT/TheC/TheZ)."""
+    lead, lead_shape = axes[:-2], shape[:-2]
+    frames = math.prod(lead_shape)
+    if not planes or any(a not in "TCZ" for a in lead):
+        return None
+    out: list[dict] = [{} for _ in range(frames)]
+    for plane in planes:
+        try:
+            index = tuple(int(plane.get(f"The{a}", 0)) for a in lead)
+            frame = int(np.ravel_multi_index(index, lead_shape)) if lead else 0
+        except ValueError:
+            continue
+        for key, (attribute, unit) in FRAME_KEYS.items():
+            # a frame's time and position may be zero (or, for a position, negative)
+            value = _in_units(plane.get(attribute), plane.get(attribute + "Unit"), unit,
+                              _S_PER_UNIT if unit == "s" else _UM_PER_UNIT, positive=False)
+            if value is not None:
+                out[frame][key] = value
+    return tuple(out) if any(out) else None
+
+
+def _imagej_metadata(tif) -> dict:
     meta = tif.imagej_metadata or {}
     unit = str(meta.get("unit", "")).replace("\\u00B5", "µ")
     tag = tif.pages[0].tags.get("XResolution")
@@ -166,22 +253,24 @@ def _imagej_sizes(tif) -> tuple[float | None, float | None]:
     if tag is not None and unit:
         num, den = tag.value
         px = _to_um(den / num, unit) if num else None
-    return px, _to_um(meta.get("spacing"), unit) if unit else None
+    return {"pixel_size_um": px, "z_step_um": _to_um(meta.get("spacing"), unit) if unit else None,
+            "time_step_s": _to_s(meta.get("finterval"), meta.get("tunit") or "s")}
 
 
-def _read_zarr(path: Path) -> tuple[np.ndarray, str, float | None, float | None, StackFormat]:
+def _read_zarr(path: Path) -> tuple[np.ndarray, str, StackFormat, dict]:
     v3 = (path / "zarr.json").exists()
     if not v3 and (path / ".zarray").exists():  # a bare zarr v2 array
         data = _zarr_array(path, v3)
-        return data, _axes_from_names([], data.shape), None, None, "zarr"
+        return data, _axes_from_names([], data.shape), "zarr", {}
     try:
         meta = json.loads((path / ("zarr.json" if v3 else ".zattrs")).read_text())
     except (OSError, ValueError) as e:
         raise StackError(f"{path}: cannot read zarr metadata ({_first_line(e)})") from None
     if v3 and meta.get("node_type") == "array":  # a bare array, not an OME image
         names = meta.get("dimension_names") or []
-        return _zarr_array(path, v3), _axes_from_names(names, meta.get("shape", [])), None, None, "zarr"
-    attrs = meta.get("attributes", {}).get("ome", meta.get("attributes", {})) if v3 else meta
+        return _zarr_array(path, v3), _axes_from_names(names, meta.get("shape", [])), "zarr", {}
+    group_attrs = meta.get("attributes", {}) if v3 else meta
+    attrs = group_attrs.get("ome", group_attrs) if v3 else meta
     multiscales = attrs.get("multiscales")
     if not multiscales:
         raise StackError(f"{path}: a zarr group without OME multiscales metadata; give the path "
@@ -195,12 +284,36 @@ def _read_zarr(path: Path) -> tuple[np.ndarray, str, float | None, float | None,
                   if t.get("type") == "scale"), None)
     data = _zarr_array(path / ds["path"], v3)
     axes = _axes_from_names(names, data.shape)
-    px = dz = None
-    if scale and len(scale) == len(axes):
-        px = _to_um(scale[axes.index("X")], units[axes.index("X")]) if units else None
+    found: dict = {}
+    if scale and len(scale) == len(axes) and units:
+        found["pixel_size_um"] = _to_um(scale[axes.index("X")], units[axes.index("X")])
         if "Z" in axes:
-            dz = _to_um(scale[axes.index("Z")], units[axes.index("Z")]) if units else None
-    return data, axes, px, dz, "ome-zarr"
+            found["z_step_um"] = _to_um(scale[axes.index("Z")], units[axes.index("Z")])
+        if "T" in axes:
+            found["time_step_s"] = _to_s(scale[axes.index("T")], units[axes.index("T")])
+    labels = [c.get("label") for c in attrs.get("omero", {}).get("channels", []) if isinstance(c, dict)]
+    if labels and all(isinstance(label, str) and label for label in labels):
+        found["channel_names"] = tuple(labels)
+    found["frame_metadata"] = _writer_frame_metadata(group_attrs.get("ome_writers", {}), data.shape[:-2])
+    others = {k: v for k, v in group_attrs.items() if k not in _OWN_ATTRIBUTES} if v3 else {}
+    found["attributes"] = others or None
+    found["provenance"] = _provenance(group_attrs.get(PROVENANCE_KEY))
+    return data, axes, "ome-zarr", found
+
+
+def _writer_frame_metadata(writer_attrs: dict, lead_shape: tuple[int, ...]) -> tuple[dict, ...] | None:
+    """ome-writers' per-frame metadata (each entry placed by its storage_index), as frames."""
+    entries = writer_attrs.get("frame_metadata") if isinstance(writer_attrs, dict) else None
+    if not entries:
+        return None
+    out: list[dict] = [{} for _ in range(math.prod(lead_shape))]
+    for entry in entries:
+        try:
+            frame = int(np.ravel_multi_index(tuple(entry["storage_index"]), lead_shape)) if lead_shape else 0
+        except (KeyError, TypeError, ValueError):
+            continue
+        out[frame] = {k: v for k, v in entry.items() if k != "storage_index"}
+    return tuple(out) if any(out) else None
 
 
 def _axes_from_names(names: list[str], shape) -> str:
@@ -229,10 +342,12 @@ def _first_line(e: BaseException) -> str:
 
 
 def write_stack(path: str | os.PathLike, frames: np.ndarray, like: Stack | StackInfo | None = None,
-                *, overwrite: bool = False) -> Path:
+                *, overwrite: bool = False, provenance: Provenance | None = None) -> Path:
     """Write (T, H, W) frames as OME-TIFF (.tif/.tiff) or OME-Zarr (.zarr), atomically.
 
-    With ``like`` (the input stack), the frames get its leading axes, pixel size and z step.
+    With ``like`` (the input stack), the frames get its leading axes and its metadata (sizes, time
+    step, channel names, per-frame times and positions, other OME-Zarr attributes); with
+    ``provenance``, the record of what made them, and in an OME-Zarr each frame's model.
     Returns the path written.
     """
     path = Path(path)
@@ -248,8 +363,9 @@ def write_stack(path: str | os.PathLike, frames: np.ndarray, like: Stack | Stack
         raise StackError(f"{path.parent}: no such folder for the output")
     info = like.info if isinstance(like, Stack) else like
     axes, shape = _output_layout(frames, info)
-    px = info.pixel_size_um if info else None
-    dz = info.z_step_um if info and "Z" in axes else None
+    if provenance is not None and provenance.frame_count != len(frames):
+        raise StackError(f"{path}: the provenance describes {provenance.frame_count} frames, not {len(frames)}")
+    meta = _OutputMetadata.of(info, axes, len(frames), provenance)
     data = frames.reshape(shape)
 
     suffix = next(s for s in (*_TIFF_SUFFIXES, *_ZARR_SUFFIXES) if path.name.lower().endswith(s))
@@ -257,9 +373,9 @@ def write_stack(path: str | os.PathLike, frames: np.ndarray, like: Stack | Stack
     tmp = path.with_name(f".{stem}.partial-{uuid.uuid4().hex[:8]}{path.name[-len(suffix):]}")
     try:
         if fmt == "ome-zarr":
-            _write_ome_zarr(tmp, data, axes, px, dz)
+            _write_ome_zarr(tmp, data, axes, meta)
         else:
-            _write_ome_tiff(tmp, data, axes, px, dz)
+            _write_ome_tiff(tmp, data, axes, meta)
         move_into_place(tmp, path)
     except BaseException as e:
         _remove(tmp)
@@ -282,31 +398,77 @@ def _output_layout(frames: np.ndarray, info: StackInfo | None) -> tuple[str, tup
     return "TYX", (t, h, w)
 
 
-def _write_ome_tiff(tmp: Path, data: np.ndarray, axes: str, px: float | None,
-                    dz: float | None) -> None:
+@dataclass(frozen=True)
+class _OutputMetadata:
+    """What an output carries of its input and its making, fitted to the output's layout."""
+
+    pixel_size_um: float | None = None
+    z_step_um: float | None = None
+    time_step_s: float | None = None
+    channel_names: tuple[str, ...] | None = None
+    frame_metadata: tuple[dict, ...] | None = None
+    attributes: dict | None = None
+    provenance: Provenance | None = None
+
+    @classmethod
+    def of(cls, info: StackInfo | None, axes: str, frames: int, provenance: Provenance | None) -> _OutputMetadata:
+        if info is None:
+            return cls(provenance=provenance)
+        same_layout = axes[:-2] == info.leading_axes
+        per_frame = info.frame_metadata if info.frame_metadata and len(info.frame_metadata) == frames else None
+        return cls(pixel_size_um=info.pixel_size_um, z_step_um=info.z_step_um if "Z" in axes else None,
+                   time_step_s=info.time_step_s if "T" in axes else None,
+                   channel_names=info.channel_names if same_layout and "C" in axes else None,
+                   frame_metadata=per_frame, attributes=info.attributes, provenance=provenance)
+
+    def frame(self, i: int) -> dict:
+        """Frame ``i``'s metadata as ome-writers takes it, with the model that made it."""
+        out = dict(self.frame_metadata[i]) if self.frame_metadata else {}
+        model = self.provenance.model_of(i) if self.provenance else None
+        return out | ({"livescope_model": model} if model else {})
+
+
+def _write_ome_tiff(tmp: Path, data: np.ndarray, axes: str, meta: _OutputMetadata) -> None:
     import tifffile
 
-    meta: dict = {"axes": axes}
-    if px:
-        meta |= {"PhysicalSizeX": px, "PhysicalSizeXUnit": "µm",
-                 "PhysicalSizeY": px, "PhysicalSizeYUnit": "µm"}
-    if dz:
-        meta |= {"PhysicalSizeZ": dz, "PhysicalSizeZUnit": "µm"}
-    tifffile.imwrite(tmp, data, ome=True, photometric="minisblack", metadata=meta,
+    ome: dict = {"axes": axes}
+    if meta.pixel_size_um:
+        ome |= {"PhysicalSizeX": meta.pixel_size_um, "PhysicalSizeXUnit": "µm",
+                "PhysicalSizeY": meta.pixel_size_um, "PhysicalSizeYUnit": "µm"}
+    if meta.z_step_um:
+        ome |= {"PhysicalSizeZ": meta.z_step_um, "PhysicalSizeZUnit": "µm"}
+    if meta.time_step_s:
+        ome |= {"TimeIncrement": meta.time_step_s, "TimeIncrementUnit": "s"}
+    if meta.channel_names:
+        ome["Channel"] = {"Name": list(meta.channel_names)}
+    if meta.frame_metadata:
+        plane: dict = {}
+        for key, (attribute, unit) in FRAME_KEYS.items():
+            values = [f.get(key) for f in meta.frame_metadata]
+            if all(isinstance(v, int | float) for v in values):  # OME takes a value for every plane or none
+                plane |= {attribute: values, attribute + "Unit": [unit] * len(values)}
+        if plane:
+            ome["Plane"] = plane
+    if meta.provenance is not None:
+        ome["MapAnnotation"] = {"Namespace": ANNOTATION_NAMESPACE,
+                                PROVENANCE_KEY: meta.provenance.model_dump_json()}
+    tifffile.imwrite(tmp, data, ome=True, photometric="minisblack", metadata=ome,
                      bigtiff=data.nbytes > 2**31)
 
 
-def _write_ome_zarr(tmp: Path, data: np.ndarray, axes: str, px: float | None,
-                    dz: float | None) -> None:
+def _write_ome_zarr(tmp: Path, data: np.ndarray, axes: str, meta: _OutputMetadata) -> None:
     import ome_writers as ow
 
     dims = []
     for name, n in zip(axes, data.shape):
         kw: dict = {}
         if name in "YX":
-            kw = {"type": "space", "unit": "micrometer", "scale": px} if px else {"type": "space"}
-        elif name == "Z" and dz:
-            kw = {"type": "space", "unit": "micrometer", "scale": dz}
+            kw = {"type": "space", "unit": "micrometer", "scale": meta.pixel_size_um} if meta.pixel_size_um \
+                else {"type": "space"}
+        elif name == "Z" and meta.z_step_um:
+            kw = {"type": "space", "unit": "micrometer", "scale": meta.z_step_um}
+        elif name == "T" and meta.time_step_s:
+            kw = {"type": "time", "unit": "second", "scale": meta.time_step_s}
         else:
             kw = {"type": _OME_LEADING.get(name, "other")}
         dims.append(ow.Dimension(name=name.lower(), count=n, **kw))
@@ -316,10 +478,32 @@ def _write_ome_zarr(tmp: Path, data: np.ndarray, axes: str, px: float | None,
         raise StackError(f"{tmp}: ome-writers would write {settings.output_path} instead")
     stream = ow.create_stream(settings)
     try:
-        for frame in data.reshape(-1, *data.shape[-2:]):
-            stream.append(frame)
+        for i, frame in enumerate(data.reshape(-1, *data.shape[-2:])):
+            stream.append(frame, frame_metadata=meta.frame(i) or None)
+        _add_group_attributes(stream, data, meta)
     finally:
         stream.close()
+
+
+def _add_group_attributes(stream, data: np.ndarray, meta: _OutputMetadata) -> None:
+    """Channel names (OMERO, with a display window over the data: ome-writers 0.3.2 cannot name a
+    float32 image's channels itself), the input's other attributes, and the provenance."""
+    extra: dict = dict(meta.attributes or {})
+    if meta.provenance is not None:
+        extra[PROVENANCE_KEY] = meta.provenance.model_dump(mode="json")
+    if not extra and not meta.channel_names:
+        return
+    metadata = stream.get_metadata()
+    for attrs in metadata.values():
+        if "multiscales" not in attrs.get("ome", {}):
+            continue
+        if meta.channel_names:
+            low, high = (float(data.min()), float(data.max())) if data.size else (0.0, 1.0)
+            window = {"min": low, "max": high, "start": low, "end": high}
+            attrs["ome"]["omero"] = {"channels": [{"label": name, "color": "FFFFFF", "window": window}
+                                                  for name in meta.channel_names]}
+        attrs.update(extra)
+    stream.update_metadata(metadata)
 
 
 def move_into_place(tmp: Path, path: Path) -> None:

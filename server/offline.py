@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict
 from livescope.camera_estimate import PhotonScale, complete_camera, photon_scale
 from livescope.context import causal_windows
 from livescope.modelcard import ModelCard
+from livescope.provenance import CameraModel, Provenance
 from livescope.server.domain import domain_warnings
 from livescope.server.tiling import DEFAULT_TILE_PX, is_out_of_memory, run_shrinking_on_oom
 from livescope.stackio import Stack, StackError, read_stack, stack_format, write_stack
@@ -241,7 +242,10 @@ def run_offline(task_stage: str, in_path: str | os.PathLike, out_path: str | os.
         model = load_model(model_version, "cpu", threads)
         restored = restore_stack(model, stack, batch=batch, tile_px=tile_px, progress=progress, scale=scale)
     seconds = time.perf_counter() - t0
-    write_stack(out_path, restored, stack, overwrite=overwrite)
+    camera = None if scale is None else CameraModel(**scale.model_dump())
+    write_stack(out_path, restored, stack, overwrite=overwrite, provenance=Provenance.of_one_model(
+        operation=task or model.card.task, source=str(in_path), frame_count=len(restored), model=model.ref,
+        model_file=model_version.onnx_path, camera=camera))
     tile, fixed = tiling_for(model.card, tile_px)
     h, w = stack.frames.shape[1:]
     return OfflineSummary(model=model.ref, provider=model.provider, input=str(in_path),

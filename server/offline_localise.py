@@ -23,6 +23,7 @@ from livescope.emitters import EmitterTable
 from livescope.localise_maps import maps_to_emitters, range_warnings
 from livescope.server.models import LoadedModel
 from livescope.server.offline import OfflineError, gate_warnings, load_model, resolve_model
+from livescope.provenance import CameraModel, Provenance, sidecar_path
 from livescope.stackio import StackError, StackInfo, read_stack, stack_format, write_stack
 from livescope.validation import first_error
 
@@ -93,7 +94,7 @@ def run_localise_offline(in_path: str | os.PathLike, out_csv: str | os.PathLike,
     render_out = Path(render_path) if render_path is not None else None
     if out_csv.suffix.lower() != ".csv":
         raise StackError(f"{out_csv}: the localisations are written as CSV; name it .csv")
-    for target in (out_csv, render_out):
+    for target in (out_csv, sidecar_path(out_csv), render_out):
         if target is not None and target.exists() and not overwrite:
             raise StackError(f"{target} already exists; choose another output or pass --overwrite")
     if render_out is not None:
@@ -129,14 +130,20 @@ def run_localise_offline(in_path: str | os.PathLike, out_csv: str | os.PathLike,
     t0 = time.perf_counter()
     table = localise_frames(loaded, photons, pixel_size_nm, progress=progress)
     seconds = time.perf_counter() - t0
+    used = CameraModel(baseline_adu=camera.baseline_adu, e_per_adu=camera.e_per_adu, em_gain=camera.em_gain,
+                       source="given" if estimate is None else estimate.describe())
+    made = dict(source=str(in_path), model=loaded.ref, model_file=version_found.onnx_path, camera=used)
     rendered = None
     if render_out is not None and grid is not None:
         image = gaussian(table, grid).image[None]
         info = StackInfo(path=str(render_out), format=stack_format(render_out), axes="TYX", shape=image.shape,
                          dtype="float32", pixel_size_um=render_px_nm / 1000.0)
-        rendered = write_stack(render_out, image, info, overwrite=overwrite)
+        rendered = write_stack(render_out, image, info, overwrite=overwrite, provenance=Provenance.of_one_model(
+            operation="localise render (every frame's localisations)", frame_count=1, **made))
     # The card, not the data, says what was measured: z by a 3-D model only, and no PSF width at all.
     three_d = card.localise is not None and card.localise.three_d  # localise_frames needed the spec
+    Provenance.of_one_model(operation="localise", frame_count=stack.n_frames, **made).write_sidecar(
+        out_csv, overwrite=overwrite)
     table.write_csv(out_csv, z=three_d, sigma=False, overwrite=overwrite)
     return LocaliseSummary(model=loaded.ref, provider=loaded.provider, input=str(in_path), output=str(out_csv),
                            render=str(rendered) if rendered else None, frames=stack.n_frames,

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict
 from livescope.modelcard import ModelCard
 from livescope.server.models import LoadedModel
 from livescope.server.offline import OfflineError, gate_warnings, load_model, resolve_model
+from livescope.provenance import Provenance
 from livescope.stackio import Stack, StackError, StackInfo, read_stack, stack_format, write_stack
 
 
@@ -120,7 +121,9 @@ def run_refocus_offline(in_path: str | os.PathLike, out_path: str | os.PathLike,
                          dtype="float32", pixel_size_um=stack.info.pixel_size_um,
                          z_step_um=float(planes[1] - planes[0]) if len(planes) > 1 else None)
     seconds = time.perf_counter() - t0
-    written = write_stack(out_path, out, like, overwrite=overwrite)
+    written = write_stack(out_path, out, like, overwrite=overwrite, provenance=Provenance.of_one_model(
+        operation="refocus" if sweep is None else f"refocus sweep {sweep} of frame {frame}", source=str(in_path),
+        frame_count=len(out), model=loaded.ref, model_file=version.onnx_path))
     h, w = stack.frames.shape[1:]
     return RefocusSummary(model=loaded.ref, provider=loaded.provider, input=str(in_path), output=str(written),
                           frames_in=stack.n_frames, planes_out=len(out), dz_um=tuple(float(p) for p in planes),

@@ -18,6 +18,7 @@ from livescope.acquire.results import table_paths
 from livescope.client import Refusal, Result
 from livescope.emitters import EMITTER_FIELDS, EmitterTable
 from livescope.protocol import Latency, ResultHeader
+from livescope.provenance import Provenance
 from livescope.stackio import read_stack
 
 # A 2-D model's: no z it never measured, no PSF width the network never estimates.
@@ -186,7 +187,13 @@ def test_every_frame_of_a_live_localisation_is_accounted_for_and_its_emitters_wr
     assert len(table) == summary.emitters == seen[-1].emitters
     assert set(table["frame"]) <= set(range(1, 7))
     assert np.all((table["x_nm"] >= 0) & (table["x_nm"] < 64 * 6500 / 60))
-    assert read_stack(tmp_path / "run.localise.render.ome.tif").info.pixel_size_um == pytest.approx(0.02)
+    render = read_stack(tmp_path / "run.localise.render.ome.tif")
+    assert render.info.pixel_size_um == pytest.approx(0.02)
+    made = Provenance.of_table(tmp_path / "run.localise.csv")  # what localised each frame, beside the table
+    assert made.source == str(tmp_path / "run.ome.zarr") and made.frame_count == 6
+    (served,) = summary.models  # the localiser the server ran
+    assert made.frames_without_result == () and {made.model_of(i) for i in range(6)} == {served}
+    assert render.info.provenance.model_of(0) == served
 
 
 def test_the_cli_localises_live_and_writes_the_table_and_render_next_to_the_raw_data(

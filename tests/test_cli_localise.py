@@ -11,6 +11,7 @@ import pytest
 import tifffile
 
 from livescope.emitters import EmitterTable
+from livescope.provenance import Provenance
 from livescope.models.localise.data import LocaliseSimulation, simulate_batch
 from livescope.models.localise.train import LocaliseTrainConfig, train_and_publish_localiser
 from livescope.stackio import read_stack
@@ -64,7 +65,7 @@ def localise(movie: Path, out: Path, repository: Path, *extra: str) -> subproces
                "--models", str(repository), *extra)
 
 
-def test_a_movie_gives_a_thunderstorm_csv_and_a_render_with_the_pixel_size_from_its_metadata(
+def test_a_movie_gives_a_thunderstorm_csv_and_a_render_with_the_pixel_size_from_its_metadata_and_what_made_them(
         tmp_path, movie, repository):
     r = localise(movie, tmp_path / "locs.csv", repository, "--model", "localise@2",
                  "--render", str(tmp_path / "sr.ome.tif"), "--render-px", "20")
@@ -75,6 +76,11 @@ def test_a_movie_gives_a_thunderstorm_csv_and_a_render_with_the_pixel_size_from_
     assert (tmp_path / "locs.csv").read_text().splitlines()[0] == HEADER
     render = read_stack(tmp_path / "sr.ome.tif")
     assert render.frames.shape == (1, 240, 200) and render.info.pixel_size_um == pytest.approx(0.02)
+    made = Provenance.of_table(tmp_path / "locs.csv")  # locs.csv.provenance.json, beside the table
+    assert made.operation == "localise" and made.source == str(movie) and made.frame_count == 6
+    assert {made.model_of(i) for i in range(6)} == {"localise@2"}
+    assert (made.camera.baseline_adu, made.camera.e_per_adu, made.camera.source) == (100.0, 0.5, "given")
+    assert render.info.provenance.model_of(0) == "localise@2" and render.info.provenance.camera == made.camera
 
 
 def test_a_3d_models_csv_keeps_the_z_it_measured_and_no_sigma(tmp_path, movie_3d, repository):

@@ -127,6 +127,31 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
         assert "\n" not in str(e.value) and str(path) in str(e.value)
 
 
+def _say_lzw(path) -> None:
+    """Set the file's Compression tag to LZW (5), as a rig that compresses its TIFFs writes it."""
+    with tifffile.TiffFile(path) as tif:
+        tag = tif.pages[0].tags["Compression"]
+        offset, order = tag.valueoffset, tif.byteorder
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write((5).to_bytes(2, "little" if order == "<" else "big"))
+
+
+def test_a_compressed_tiff_without_its_codecs_says_what_to_install(tmp_path):
+    # the plain install leaves out imagecodecs (80 MB), which tifffile needs for LZW, JPEG, zstd...
+    try:
+        import imagecodecs  # noqa: F401
+        pytest.skip("imagecodecs is installed here: the compressed TIFF is simply read")
+    except ImportError:
+        pass
+    path = tmp_path / "lzw.tif"
+    tifffile.imwrite(path, np.zeros((2, 16, 16), np.uint16))
+    _say_lzw(path)
+    with pytest.raises(StackError, match="compressed in a way that needs the imagecodecs package") as e:
+        read_stack(path)
+    assert "pip install imagecodecs" in str(e.value) and "\n" not in str(e.value)
+
+
 def test_an_existing_output_is_refused_unless_overwrite(tmp_path):
     frames = np.ones((2, 8, 8), np.float32)
     for name in ("out.ome.tif", "out.ome.zarr"):
