@@ -236,3 +236,22 @@ def test_serve_refuses_an_address_without_tcp_before_binding():
 def test_serve_accepts_a_models_folder_that_does_not_exist_yet(own_server, tmp_path):
     srv = own_server("--models", str(tmp_path / "not-yet"))
     assert srv.proc.poll() is None
+
+
+@pytest.mark.parametrize("missing,args", [
+    ("torch", ("train", "denoise", "--data", "movie.tif", "--steps", "2")),
+    ("skimage", ("calibrate", "pairs", "--output", "pairs.ome.zarr", "--grid", "1x1")),
+])
+def test_a_command_whose_extra_is_not_installed_says_how_to_install_it(tmp_path, missing, args):
+    # The plain install leaves out torch, onnx and scikit-image (training, calibration): as if they
+    # were not installed (an import of them fails), the command says what to install, in one line.
+    import numpy as np
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "movie.tif", np.random.default_rng(0).poisson(50, (8, 64, 64)).astype(np.uint16))
+    run = (f"import sys; sys.modules[{missing!r}] = None; sys.argv = ['livescope', *sys.argv[1:]]; "
+           "from livescope.cli import main; main()")
+    r = subprocess.run([sys.executable, "-c", run, *args], capture_output=True, text=True, check=False,
+                       timeout=120, cwd=tmp_path)
+    assert_one_line_error(r, f"needs {missing}", 'pip install torch==2.13.0 "livescope[train]"')
+    assert [p.name for p in tmp_path.iterdir()] == ["movie.tif"]  # it stopped before writing anything

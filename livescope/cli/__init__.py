@@ -25,8 +25,19 @@ app.add_typer(train.train_app, name="train")
 app.add_typer(calibrate.calibrate_app, name="calibrate")
 
 
+# Top-level modules of the optional extras -> how to install them (a plain install leaves them out)
+_EXTRAS = {name: 'pip install torch==2.13.0 "livescope[train]"' for name in ("torch", "onnx", "onnxscript", "skimage")}
+
+
 def main() -> None:
     try:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+    except ModuleNotFoundError as e:
+        install = _EXTRAS.get((e.name or "").split(".")[0])
+        if install is None:
+            raise
+        typer.echo(f"livescope: error: this command needs {e.name}, which the plain install leaves out "
+                   f"(training, calibration, self-adaptation): {install}", err=True)
+        sys.exit(2)

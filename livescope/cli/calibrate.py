@@ -166,6 +166,9 @@ def register(
 
 
 def _run(kind: str, opts: _Options, kind_options: dict[str, Any]) -> None:
+    # Registration is what a session ends with: without its extra (scikit-image) the command stops
+    # here, before a dataset is begun, not after acquiring it.
+    import livescope.acquire.calibration.session_registration  # noqa: F401
     from livescope.session import SessionError, read_manifest
 
     previous = None
