@@ -12,13 +12,14 @@ import sys
 
 import typer
 
-from livescope.cli import acquire, adapt, calibrate, models, offline, report, serve, train
+from livescope.cli import acquire, adapt, bioimage, calibrate, models, offline, report, serve, train
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Deep-learning image restoration inside the microscope's acquisition loop.")
 for command in (serve.serve, acquire.acquire, acquire.demo, offline.denoise, offline.restore, offline.localise,
                 offline.refocus, models.status, report.report, adapt.adapt):
     app.command()(command)
+models.models_app.command("export")(bioimage.models_export)
 app.add_typer(models.models_app, name="models")
 app.add_typer(models.keys_app, name="keys")
 app.add_typer(train.train_app, name="train")
@@ -27,6 +28,7 @@ app.add_typer(calibrate.calibrate_app, name="calibrate")
 
 # Top-level modules of the optional extras -> how to install them (a plain install leaves them out)
 _EXTRAS = {name: 'pip install torch==2.13.0 "livescope[train]"' for name in ("torch", "onnx", "onnxscript", "skimage")}
+_EXTRAS["bioimageio"] = 'pip install "livescope[bioimage]"'
 
 
 def main() -> None:
@@ -39,5 +41,5 @@ def main() -> None:
         if install is None:
             raise
         typer.echo(f"livescope: error: this command needs {e.name}, which the plain install leaves out "
-                   f"(training, calibration, self-adaptation): {install}", err=True)
+                   f"(training, calibration, self-adaptation, bioimage.io): {install}", err=True)
         sys.exit(2)
