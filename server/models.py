@@ -121,6 +121,8 @@ class LoadedModel:
         """(N, C, H, W) -> the first output (N, C', H, W), in one call (padded to the size
         multiple by reflection, cropped back)."""
         n, _, h, w = x.shape
+        if self.card.inputs[0].dtype == "float32" and x.dtype.kind == "u":  # camera integers: exact in float32
+            x = x.astype(np.float32)
         m = self.card.tiling.size_multiple_px
         ph, pw = (-h) % m, (-w) % m
         if ph or pw:

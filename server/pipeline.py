@@ -45,6 +45,7 @@ def check_pipeline(header: FrameHeader, stages: list[ModelVersion]) -> None:
                                     "(photons and nm come from them)")
             return
         want = version.card.inputs[0].dtype
-        if want != dtype:
+        # a float32 stage takes camera integers too: uint8 and uint16 convert to float32 exactly
+        if want != dtype and not (want == "float32" and dtype in ("uint8", "uint16")):
             raise ProtocolError(ErrorCode.unknown_model, f"stage {version.ref} takes {want} but receives {dtype}")
         dtype = version.card.outputs[0].dtype

@@ -20,6 +20,7 @@ for command in (serve.serve, acquire.acquire, acquire.demo, offline.denoise, off
                 offline.refocus, models.status, report.report, adapt.adapt):
     app.command()(command)
 models.models_app.command("export")(bioimage.models_export)
+models.models_app.command("import")(bioimage.models_import)
 app.add_typer(models.models_app, name="models")
 app.add_typer(models.keys_app, name="keys")
 app.add_typer(train.train_app, name="train")

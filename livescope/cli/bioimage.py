@@ -47,3 +47,26 @@ def models_export(
         fail(str(e))
     typer.echo(f"{version.ref} -> {written} (bioimage.io package, validated; "
                f"{written.stat().st_size / 1e6:.1f} MB)")
+
+
+def models_import(
+    package: Annotated[Path, typer.Argument(help="A bioimage.io model package (.zip) or its rdf.yaml.")],
+    models: ModelsOpt = None,
+    name: Annotated[Optional[str], typer.Option(help="The model's name here (default: from the package's).")] = None,
+    task: Annotated[str, typer.Option(help="What it serves as: denoise or restore.")] = "denoise",
+) -> None:
+    """Import a bioimage.io model package (ONNX or TorchScript weights; its pre- and postprocessing
+    built into the graph) as a new version in your repository, served after `models activate --force`."""
+    from livescope.cli._common import user_repository
+    from livescope.models.bioimage_import import ImportFailed, import_bioimage
+
+    if not package.exists():
+        fail(f"{package}: no such file")
+    if name is not None and not name.replace("-", "").replace("_", "").isalnum():
+        fail(f"--name {name}: use letters, digits, '-' and '_'")
+    try:
+        folder, card = import_bioimage(package, user_repository(models), name=name, task=task)
+    except ImportFailed as e:
+        fail(str(e))
+    typer.echo(f"{package} -> {card.ref} in {folder.parent.parent} (a candidate: {card.gate.reason}; "
+               f"with --models {folder.parent.parent} for the server)".replace("NAME@V", card.ref))
