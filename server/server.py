@@ -71,6 +71,7 @@ _PIPE = "inproc://livescope-results"
 # Pipe message kinds: a final result (sender + PUB), an intermediate one (PUB), an error
 # (sender), a control reply (sender).
 _REPLY, _PUBLISH, _ERROR, _CONTROL = b"R", b"P", b"E", b"C"
+MAX_WATCH_S = 300.0  # the longest lease `watch` grants at once
 # Control commands that may take seconds (loading a model) run on the control thread.
 _SLOW_COMMANDS = frozenset({"load", "activate", "rollback", "unload", "rescan", "render"})
 _MAX_STREAMS = 256  # per-stream de-duplication state kept for the most recent streams
@@ -118,6 +119,9 @@ class InferenceServer:
         self._control_pipe: zmq.Socket | None = None  # the control thread's (renders are published on it)
         self._load_problems: list[str] = []
         self._adaptation: Adaptation | None = None  # the running (or last) live adaptation
+        # stream -> until when (time.monotonic) its raw frames are published too: a viewer's lease,
+        # renewed while it runs, so that one that crashed stops costing bandwidth on its own
+        self._watched: dict[str, float] = {}
         self._control_thread = threading.Thread(target=self._control_loop,
                                                 name="livescope-control", daemon=True)
         self.router: zmq.Socket | None = None
@@ -588,6 +592,14 @@ class InferenceServer:
                      envelope=[_PUBLISH, b"", stream.encode(), b"%d" % header.seq, b""])
         return info.model_dump()
 
+    def _cmd_watch(self, stream: str, seconds: float = 10.0) -> dict:
+        """Publish ``stream``'s raw frames on PUB too (stage "raw", beside its results) for the next
+        ``seconds``; a viewer renews this while it shows the stream."""
+        if not 0 < seconds <= MAX_WATCH_S:
+            raise ValueError(f"watch: seconds must be in (0, {MAX_WATCH_S:g}], not {seconds:g}")
+        self._watched[stream] = time.monotonic() + seconds
+        return {"stream": stream, "seconds": seconds}
+
     def _cmd_rescan(self) -> dict:
         self.repository.rescan()
         return {"models": {n: [v.card.version for v in self.repository.versions(n)]
@@ -671,6 +683,11 @@ class InferenceServer:
             self.metrics.total.observe(t_done - job.t_received)
             crc = b"%d" % checksum(job.image) if keeps_results else b""  # only to check a resend
             envelope_tail = [job.identity, h.stream.encode(), b"%d" % h.seq, crc]
+            if self._watched.get(h.stream, 0.0) > time.monotonic():  # a viewer shows this stream: its raw frame too
+                raw = ResultHeader(stream=h.stream, seq=h.seq, stage="raw", model="raw", final=False,
+                                   shape=job.image.shape, dtype=job.image.dtype.name, pixel_size_um=h.pixel_size_um,
+                                   z_um=h.z_um, event_index=h.event_index, t_sent_ns=h.t_sent_ns, latency=latency)
+                send_message(pipe, raw, np.ascontiguousarray(job.image), envelope=[_PUBLISH, *envelope_tail])
             for i, (model, out) in enumerate(outputs):
                 final = i == len(outputs) - 1
                 if isinstance(out, list):  # a table: packed EMITTER_FIELDS records

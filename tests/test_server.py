@@ -169,6 +169,35 @@ def test_results_are_published_on_the_stream_topic(server):
         assert sub.recv(timeout_s=0.3) is None  # 'pub-ab' shares the prefix but is not ours
 
 
+def test_a_watched_stream_publishes_its_raw_frames_beside_its_results_for_the_lease_only(server):
+    import time
+
+    from livescope.client import ControlError
+
+    with ResultSubscriber(server.results, streams=["watched"]) as sub, \
+            StreamClient(server.frames, pipeline=["denoise@2"], stream="watched") as client:
+        time.sleep(0.3)  # PUB/SUB: a subscription needs a moment to reach the publisher
+        client.connect()
+        frame = (np.random.default_rng(0).poisson(50, (32, 32)) + 100).astype(np.uint16)
+        def published() -> list[tuple[int, str]]:
+            client.submit(frame)
+            client.wait_idle()
+            got = []
+            while (message := sub.recv(timeout_s=0.5)) is not None:
+                got.append((message.header.seq, message.header.stage))
+                if message.header.stage == "raw":
+                    np.testing.assert_array_equal(message.data, frame)  # the frame itself, its own dtype
+            return got
+
+        assert published() == [(0, "denoise@2")]  # nobody watches: the results only
+        assert client.control("watch", stream="watched", seconds=1.5) == {"stream": "watched", "seconds": 1.5}
+        assert published() == [(1, "raw"), (1, "denoise@2")]  # the raw frame first, then its result
+        time.sleep(1.6)  # the lease ran out
+        assert published() == [(2, "denoise@2")]
+        with pytest.raises(ControlError, match=r"seconds must be in \(0, 300\]"):
+            client.control("watch", stream="watched", seconds=3600)
+
+
 def test_the_control_api_reports_health_stats_and_models(server):
     with StreamClient(server.frames) as c:
         c.connect()
