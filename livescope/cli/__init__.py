@@ -12,12 +12,12 @@ import sys
 
 import typer
 
-from livescope.cli import acquire, adapt, bioimage, calibrate, models, offline, report, serve, train
+from livescope.cli import acquire, adapt, bioimage, calibrate, models, offline, report, serve, train, view
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Deep-learning image restoration inside the microscope's acquisition loop.")
 for command in (serve.serve, acquire.acquire, acquire.demo, offline.denoise, offline.restore, offline.localise,
-                offline.refocus, models.status, report.report, adapt.adapt):
+                offline.refocus, models.status, report.report, adapt.adapt, view.view):
     app.command()(command)
 models.models_app.command("export")(bioimage.models_export)
 models.models_app.command("import")(bioimage.models_import)
@@ -30,6 +30,7 @@ app.add_typer(calibrate.calibrate_app, name="calibrate")
 # Top-level modules of the optional extras -> how to install them (a plain install leaves them out)
 _EXTRAS = {name: 'pip install torch==2.13.0 "livescope[train]"' for name in ("torch", "onnx", "onnxscript", "skimage")}
 _EXTRAS["bioimageio"] = 'pip install "livescope[bioimage]"'
+_EXTRAS |= {name: 'pip install "livescope[view]"' for name in ("napari", "qtpy", "PyQt5")}
 
 
 def main() -> None:
@@ -42,5 +43,5 @@ def main() -> None:
         if install is None:
             raise
         typer.echo(f"livescope: error: this command needs {e.name}, which the plain install leaves out "
-                   f"(training, calibration, self-adaptation, bioimage.io): {install}", err=True)
+                   f"(training, calibration, self-adaptation, bioimage.io, napari): {install}", err=True)
         sys.exit(2)

@@ -1,0 +1,133 @@
+"""`livescope view`: a running server's streams in napari, for real: a real server, real clients
+streaming frames, napari's own viewer on a virtual display (pytest-xvfb), and a screenshot of a
+live acquisition on the virtual microscope whose pixels show the specimen."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from livescope.client import StreamClient
+from tests.test_server_localise import CAMERA, PIXEL_UM, movie, repository, serve_localisers  # noqa: F401
+from tests.test_train_own_data import noisy_stack
+
+napari = pytest.importorskip("napari", reason="the view extra (napari) is not installed")
+if not os.environ.get("DISPLAY"):
+    pytest.skip("no display: install Xvfb (pytest-xvfb starts one)", allow_module_level=True)
+
+from livescope.view.viewer import LiveViewer, results_address  # noqa: E402
+
+
+@pytest.fixture
+def viewer(qtbot):
+    v = napari.Viewer(show=True)
+    yield v
+    v.close()
+
+
+def test_a_stream_is_shown_raw_beside_restored_with_its_counters_in_a_bounded_ring(viewer, qtbot, own_server):
+    srv = own_server()
+    live = LiveViewer(viewer, srv.frames, results=srv.results, stream="cam1", ring=3)
+    try:
+        frames = noisy_stack(6, 64, 64)
+        with StreamClient(srv.frames, stream="cam1", pipeline=["denoise@2"]) as client:
+            client.connect()
+            qtbot.wait(300)  # the watch lease and the subscription reach the server
+            for frame in frames:
+                client.submit(frame)
+            client.wait_idle()
+        qtbot.waitUntil(lambda: live.shown is not None and live.shown.results == 6 and live.shown.raw_frames == 6,
+                        timeout=10_000)
+        raw, restored = viewer.layers["raw"], viewer.layers["restored"]
+        assert raw.visible and restored.visible and not viewer.layers["localisations"].visible
+        assert raw.data.shape == restored.data.shape == (3, 64, 64)  # the ring keeps the newest three
+        np.testing.assert_array_equal(raw.data[-1], frames[-1])
+        assert restored.data.dtype == np.float32 and not np.array_equal(restored.data[-1], frames[-1])
+        low, high = restored.contrast_limits
+        assert np.percentile(restored.data[-1], 1) <= high and low < high  # following the data
+        labels = {key: label.text() for key, label in live.dock.labels.items()}
+        assert labels["model"] == "denoise@2" and labels["results"] == "6" and labels["missed"] == "0"
+        assert labels["raw frames"] == "6" and labels["latency p50"].endswith(" ms")
+        assert [live.dock.selector.itemText(i) for i in range(live.dock.selector.count())] == ["cam1"]
+    finally:
+        live.close()
+
+
+def test_localisations_are_points_and_their_render_grows(viewer, qtbot, own_server, repository, movie):  # noqa: F811
+    srv = serve_localisers(own_server, repository)
+    live = LiveViewer(viewer, srv.frames, results=srv.results, stream="smlm")
+    try:
+        with StreamClient(srv.frames, stream="smlm", pipeline=["loc-eager"], camera=CAMERA) as client:
+            client.connect()
+            qtbot.wait(300)
+            for frame in movie:
+                client.submit(frame, pixel_size_um=PIXEL_UM)
+            client.wait_idle()
+        qtbot.waitUntil(lambda: live.shown is not None and live.shown.tables == len(movie), timeout=10_000)
+        points, render = viewer.layers["localisations"], viewer.layers["render"]
+        assert points.visible and len(points.data) == live.shown.points_px.shape[0] > 0
+        assert render.visible and render.data.max() > 0  # every frame's emitters drawn
+        assert render.scale[0] == pytest.approx(20.0 / (PIXEL_UM * 1000))  # render pixels over camera pixels
+        assert live.dock.labels["localisations"].text() == str(live.shown.emitters)
+    finally:
+        live.close()
+
+
+def test_the_first_stream_seen_is_shown_and_another_can_be_selected(viewer, qtbot, own_server):
+    srv = own_server()
+    live = LiveViewer(viewer, srv.frames, results=srv.results)
+    try:
+        with StreamClient(srv.frames, stream="a", pipeline=["identity"]) as a, \
+                StreamClient(srv.frames, stream="b", pipeline=["identity"]) as b:
+            a.connect()
+            b.connect()
+            a.submit(np.full((16, 16), 7, np.uint16))
+            qtbot.waitUntil(lambda: live.stream == "a", timeout=10_000)
+            b.submit(np.full((16, 16), 9, np.uint16))
+            qtbot.waitUntil(lambda: "b" in live.state.streams, timeout=10_000)
+        live.dock.selector.setCurrentText("b")
+        assert live.stream == "b" and viewer.layers["restored"].data[-1, 0, 0] == 9
+    finally:
+        live.close()
+
+
+def test_the_results_address_is_the_next_port_unless_given():
+    assert results_address("tcp://127.0.0.1:5760") == "tcp://127.0.0.1:5761"
+    with pytest.raises(ValueError, match="tcp://HOST:PORT"):
+        results_address("127.0.0.1:5760")
+
+
+def test_a_screenshot_of_a_live_acquisition_shows_the_specimen_raw_and_restored(tmp_path, own_server):
+    import imageio.v3 as iio
+
+    srv = own_server()
+    acquisition = subprocess.Popen(
+        [sys.executable, "-m", "livescope.cli", "acquire", "--frames", "400", "--size", "256", "--server",
+         srv.frames, "--pipeline", "denoise"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        shot = tmp_path / "view.png"
+        r = subprocess.run([sys.executable, "-m", "livescope.cli", "view", "--server", srv.frames, "--results",
+                            srv.results, "--screenshot", str(shot), "--frames", "6"],
+                           capture_output=True, text=True, timeout=180, check=False)
+    finally:
+        acquisition.terminate()
+        acquisition.wait(timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert "of denoise@3" in r.stdout  # the first stream seen: the acquisition's
+    image = iio.imread(shot)[..., :3].mean(axis=2)
+    left, right = image[:, : image.shape[1] // 2], image[:, image.shape[1] // 2:]
+    # raw (left) is noise over the whole field; restored (right) dark background with bright filaments
+    assert left[left > 0].std() > 20
+    lit = right[right > 0]
+    assert np.percentile(lit, 99.5) > 150 and np.median(lit) < 60
+
+
+def test_without_a_display_the_view_says_so_in_one_line():
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    r = subprocess.run([sys.executable, "-m", "livescope.cli", "view"], capture_output=True, text=True, timeout=60,
+                       env=env, check=False)
+    assert r.returncode == 2 and "no display to show napari on" in r.stderr and "Traceback" not in r.stderr
