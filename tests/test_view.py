@@ -131,3 +131,58 @@ def test_without_a_display_the_view_says_so_in_one_line():
     r = subprocess.run([sys.executable, "-m", "livescope.cli", "view"], capture_output=True, text=True, timeout=60,
                        env=env, check=False)
     assert r.returncode == 2 and "no display to show napari on" in r.stderr and "Traceback" not in r.stderr
+
+
+# -- the napari plugin ------------------------------------------------------------------------------
+
+
+def test_a_restored_output_opens_beside_its_raw_twin_and_a_csv_as_points(viewer, tmp_path):
+    import tifffile
+
+    from livescope.server.offline import run_offline
+
+    raw = tmp_path / "run.ome.tif"
+    tifffile.imwrite(raw, noisy_stack(3, 64, 64), ome=True, metadata={
+        "axes": "TYX", "PhysicalSizeX": 0.1, "PhysicalSizeXUnit": "µm", "PhysicalSizeY": 0.1,
+        "PhysicalSizeYUnit": "µm"})
+    run_offline("denoise@2", raw, tmp_path / "run.denoise.ome.zarr", task="denoise")
+    layers = viewer.open(str(tmp_path / "run.denoise.ome.zarr"), plugin="livescope")
+    assert [layer.name for layer in layers] == ["run.ome.tif (raw)", "run.denoise.ome.zarr (restored, denoise@2)"]
+    assert all(tuple(layer.scale) == pytest.approx((1.0, 0.1, 0.1)) for layer in layers)  # in µm, aligned
+    assert layers[1].metadata["livescope"]["model_runs"][0]["model"] == "denoise@2"
+
+    csv_path = tmp_path / "locs.csv"
+    csv_path.write_text('"id","frame","x [nm]","y [nm]","intensity [photon]"\n1,1,1500.0,250.0,900.0\n'
+                        '2,3,100.0,3200.0,800.0\n')
+    (points,) = viewer.open(str(csv_path), plugin="livescope")
+    np.testing.assert_allclose(points.data, [[0, 0.25, 1.5], [2, 3.2, 0.1]], rtol=1e-6)  # frame, y, x (µm)
+
+
+def test_the_plugin_leaves_what_livescope_did_not_write_to_other_readers(tmp_path):
+    import tifffile
+
+    from livescope.view.plugin import get_reader
+
+    tifffile.imwrite(tmp_path / "plain.ome.tif", np.zeros((2, 8, 8), np.uint16), ome=True)
+    (tmp_path / "other.csv").write_text("a,b\n1,2\n")
+    assert get_reader(str(tmp_path / "plain.ome.tif")) is None and get_reader(str(tmp_path / "other.csv")) is None
+
+
+def test_the_run_model_widget_restores_the_selected_layer_on_a_running_server(viewer, qtbot, own_server):
+    from livescope.view.plugin import run_model_widget
+
+    srv = own_server()
+    frames = noisy_stack(2, 48, 48)
+    layer = viewer.add_image(frames, name="noisy")
+    viewer.layers.selection.active = layer
+    widget = run_model_widget(viewer)
+    qtbot.addWidget(widget)
+    widget.server.setText(srv.frames)
+    widget.model.setText("denoise@2")
+    widget.button.click()
+    assert widget.status.text() == "2 frames restored by denoise@2", widget.status.text()
+    restored = viewer.layers["noisy (denoise@2)"]
+    assert restored.data.shape == frames.shape and restored.data.dtype == np.float32
+    widget.model.setText("nosuchmodel")
+    widget.button.click()
+    assert "refused" in widget.status.text() and "nosuchmodel" in widget.status.text()
