@@ -20,6 +20,7 @@ import socket
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
@@ -129,8 +130,16 @@ class RunJournal:
             self._file.flush()  # to the OS: survives the process being killed
 
 
-def read_account(raw_or_journal: Path) -> RunAccount:
-    """The account of the run whose raw data (or journal) this is; JournalError if there is none."""
+@dataclass
+class FrameTimes:
+    """When each frame was acquired, restored (written) or refused, s from the run's start."""
+
+    acquired_s: dict[int, float] = field(default_factory=dict)
+    restored_s: dict[int, float] = field(default_factory=dict)
+    refused: dict[int, tuple[float, str]] = field(default_factory=dict)  # seq -> (t_s, reason)
+
+
+def _journal_lines(raw_or_journal: Path) -> tuple[Path, RunPlan, list[str]]:
     path = raw_or_journal if raw_or_journal.name.endswith(JOURNAL_SUFFIX) else journal_path(raw_or_journal)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -145,14 +154,40 @@ def read_account(raw_or_journal: Path) -> RunAccount:
         plan = None
     if plan is None:
         raise JournalError(f"{path} is not a livescope run journal (its first line is not a run plan)")
-    acquired, restored, refused, reasons = set(), set(), set(), {}
-    end, last_t, bad = None, None, 0
-    for line in lines[1:]:
+    return path, plan, lines[1:]
+
+
+def read_frame_times(raw_or_journal: Path) -> FrameTimes:
+    """Each frame's times, from the journal of the run whose raw data (or journal) this is."""
+    times = FrameTimes()
+    for record in _records(_journal_lines(raw_or_journal)[2])[0]:
+        if "acquired" in record:
+            times.acquired_s[record["acquired"]] = record.get("t_s", 0.0)
+        elif "restored" in record:
+            times.restored_s[record["restored"]] = record.get("t_s", 0.0)
+        elif "refused" in record:
+            times.refused[record["refused"]] = (record.get("t_s", 0.0), record["reason"])
+    return times
+
+
+def _records(lines: list[str]) -> tuple[list[dict], int]:
+    """The journal's records, and how many lines could not be read (a killed run's last one)."""
+    records, bad = [], 0
+    for line in lines:
         try:
-            record = json.loads(line)
+            records.append(json.loads(line))
         except json.JSONDecodeError:
-            bad += 1  # a line cut short by the kill
-            continue
+            bad += 1
+    return records, bad
+
+
+def read_account(raw_or_journal: Path) -> RunAccount:
+    """The account of the run whose raw data (or journal) this is; JournalError if there is none."""
+    _, plan, lines = _journal_lines(raw_or_journal)
+    acquired, restored, refused, reasons = set(), set(), set(), {}
+    end, last_t = None, None
+    records, bad = _records(lines)  # a line cut short by the kill is counted, not fatal
+    for record in records:
         if record.get("kind") == "end":
             end = RunEnd.model_validate(record)
         elif "acquired" in record:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -19,6 +19,9 @@ def report(
     run: Annotated[Path, typer.Argument(help="The raw data of a `livescope acquire --output` run "
                                              "(RUN.ome.zarr or RUN.ome.tiff), or its RUN.journal.jsonl.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the account as JSON, for scripts.")] = False,
+    page: Annotated[Optional[Path], typer.Option(
+        "--html", help="Also write the run as an HTML page: raw and restored thumbnails, noise before and after, "
+                       "latency and refusals over time, the models used.")] = None,
     recover: Annotated[bool, typer.Option(
         "--recover", help="An interrupted run saved as OME-TIFF: write its raw frames, which readers of the "
                           "killed file cannot see, to RUN.recovered.ome.tiff.")] = False,
@@ -30,6 +33,10 @@ def report(
 
     from livescope.acquire.journal import JournalError, read_account
 
+    if page is not None and page.suffix.lower() not in (".html", ".htm"):
+        fail(f"--html {page}: name the page .html")
+    if page is not None and not page.parent.is_dir():
+        fail(f"--html {page}: no such folder {page.parent}")
     try:
         account = read_account(run)
     except JournalError as e:
@@ -37,6 +44,8 @@ def report(
     if recover:
         _recover(account)
         return
+    if page is not None:
+        _write_page(run, account, page)
     if as_json:
         typer.echo(json.dumps(account.model_dump(mode="json"), indent=2))
         return
@@ -59,6 +68,15 @@ def report(
     Console().print(table)
     if account.status == "interrupted":
         typer.echo(_interrupted_advice(account))
+
+
+def _write_page(run: Path, account, page: Path) -> None:
+    from livescope.acquire.journal import journal_path, read_frame_times
+    from livescope.acquire.report_page import write_page
+
+    journal = run if run.name.endswith(".journal.jsonl") else journal_path(run)
+    write_page(account, read_frame_times(run), journal.parent, page)
+    typer.echo(f"wrote {page}")
 
 
 def _recover(account) -> None:
