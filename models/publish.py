@@ -18,12 +18,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 
 import livescope
+from livescope.charts import line_chart
 from livescope.modelcard import MODEL_FILE, ModelCard, Provenance, Task
 from livescope.models import export
 from livescope.models.compare import compare, quality_gate
+from livescope.models.training_loop import TrainingCurve
 from livescope.repository import ModelVersion, write_version
 
 ScoreActive = Callable[[onnx.ModelProto, ModelCard], "Mapping[str, float] | None"]
@@ -41,12 +44,25 @@ class TrainingRecord:
     train_seconds: float
     data_hash: str = ""
     session_ids: tuple[str, ...] = ()  # calibration sessions it was trained on
+    curve: TrainingCurve | None = None  # its losses: drawn next to the card (CURVE_FILE)
 
     def provenance(self) -> Provenance:
         return Provenance(command=self.command, code_version=livescope.__version__, data=self.data,
                           data_hash=self.data_hash, seed=self.seed,
                           trained_at=datetime.now(timezone.utc).replace(microsecond=0),
                           train_seconds=round(self.train_seconds, 1), session_ids=self.session_ids)
+
+
+CURVE_FILE = "training.svg"
+
+
+def curve_svg(curve: TrainingCurve, ref: str) -> str:
+    """The training and held-out losses against the step, as a standalone SVG."""
+    def series(points: tuple[tuple[int, float], ...]) -> tuple[np.ndarray, np.ndarray]:
+        return np.array([p[0] for p in points], float), np.array([p[1] for p in points], float)
+
+    return line_chart({"training loss (running mean)": series(curve.train), "held-out loss": series(curve.held_out)},
+                      f"step ({ref})", "loss")
 
 
 def publish_version(
@@ -72,6 +88,8 @@ def publish_version(
 
     def fill(folder: Path, version: int) -> ModelCard:
         export.save(proto, folder / MODEL_FILE)
+        if record.curve is not None and record.curve.held_out:
+            (folder / CURVE_FILE).write_text(curve_svg(record.curve, f"{name}@{version}"), encoding="utf-8")
         return ModelCard(name=name, version=version, task=task, **card_fields, provenance=record.provenance(),
                          metrics=metrics, comparison=comparison, gate=gate)
 

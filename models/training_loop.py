@@ -38,6 +38,14 @@ class LoopSettings:
 
 
 @dataclass(frozen=True)
+class TrainingCurve:
+    """The losses along a training run, at each validation: (step, value) pairs."""
+
+    train: tuple[tuple[int, float], ...]  # the running mean of the training loss
+    held_out: tuple[tuple[int, float], ...]  # the held-out (validation) loss
+
+
+@dataclass(frozen=True)
 class TrainedGraph:
     graph: nn.Module
     steps: int
@@ -46,6 +54,7 @@ class TrainedGraph:
     stopped_because: str  # "steps", "budget" or "early stop"
     best_step: int | None  # the step whose weights were kept (lowest held-out loss)
     best_validation_loss: float | None
+    curve: TrainingCurve = TrainingCurve((), ())
 
 
 def fit(graph: nn.Module, train_loss: Callable[[nn.Module], torch.Tensor],
@@ -62,6 +71,8 @@ def fit(graph: nn.Module, train_loss: Callable[[nn.Module], torch.Tensor],
     loss_avg = float("nan")
     val_loss = best_loss = best_step = best_state = None
     since_best = 0
+    train_curve: list[tuple[int, float]] = []
+    held_out_curve: list[tuple[int, float]] = []
 
     def validate_if_due(step: int, last: bool) -> None:
         nonlocal val_loss, best_loss, best_step, best_state, since_best
@@ -71,6 +82,9 @@ def fit(graph: nn.Module, train_loss: Callable[[nn.Module], torch.Tensor],
         with torch.no_grad():
             val_loss = validate(graph)
         graph.train()
+        held_out_curve.append((step, float(val_loss)))
+        if not math.isnan(loss_avg):
+            train_curve.append((step, loss_avg))
         if best_loss is None or val_loss < best_loss * (1.0 - settings.min_relative_improvement):
             best_loss, best_step, since_best = val_loss, step, 0
             best_state = copy.deepcopy(graph.state_dict())
@@ -105,4 +119,5 @@ def fit(graph: nn.Module, train_loss: Callable[[nn.Module], torch.Tensor],
     if best_state is not None:
         graph.load_state_dict(best_state)
     graph.eval()
-    return TrainedGraph(graph, plan.step, plan.elapsed_s, loss_avg, plan.stopped_because, best_step, best_loss)
+    return TrainedGraph(graph, plan.step, plan.elapsed_s, loss_avg, plan.stopped_because, best_step, best_loss,
+                        TrainingCurve(tuple(train_curve), tuple(held_out_curve)))

@@ -144,3 +144,25 @@ def test_a_repository_of_candidates_alone_serves_none_by_default_and_says_how_to
         ModelRepository([only]).resolve("mine")
     assert ModelRepository([only]).resolve("mine", 1).ref == "mine@1"  # named, it is found
     assert np.isfinite(card.gate.new_value)
+
+
+def test_a_training_draws_its_loss_curves_next_to_the_card(five_steps):
+    repository, _, _ = five_steps
+    svg = (repository / "denoise" / "4" / "training.svg").read_text()
+    assert svg.startswith("<svg") and "held-out loss" in svg and "training loss (running mean)" in svg
+    assert svg.count("<polyline") == 2 and "denoise@4" in svg
+
+
+def test_the_training_loop_records_both_losses_at_each_validation():
+    import torch
+
+    from livescope.models.training_loop import LoopSettings, fit
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 1)
+    x, y = torch.randn(64, 4), torch.randn(64, 1)
+    loss = lambda g: torch.nn.functional.mse_loss(g(x), y)  # noqa: E731
+    trained = fit(net, loss, lambda g: float(loss(g)), LoopSettings(learning_rate=0.05, steps=6, budget_seconds=None,
+                                                                     validate_every_steps=2))
+    assert [s for s, _ in trained.curve.held_out] == [2, 4, 6] == [s for s, _ in trained.curve.train]
+    assert trained.curve.held_out[-1][1] < trained.curve.held_out[0][1]  # it learned

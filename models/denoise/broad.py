@@ -194,7 +194,7 @@ def train_and_publish_broad(
 
     record = TrainingRecord(command, f"train: {spec.describe()}; held out: {HELD_OUT_PER_LEVEL} patches of "
                             f"{HELD_OUT_SIDE_PX} px per peak level {HELD_OUT_PEAKS_PHOTONS}, seed {config.seed + 2}",
-                            config.seed, trained.train_seconds)
+                            config.seed, trained.train_seconds, curve=trained.curve)
     card_fields = dict(
         description=(
             f"Camera-agnostic denoiser: UNet (residual, Anscombe-stabilised), depth {unet.depth}, "

@@ -49,7 +49,7 @@ from livescope.models.denoise.broad import (
 from livescope.models.denoise.user_data import UserTrainingData
 from livescope.models.publish import TrainingRecord, publish_version
 from livescope.models.supervised import SupervisedTrainConfig
-from livescope.models.training_loop import fit
+from livescope.models.training_loop import TrainingCurve, fit
 from livescope.repository import ModelVersion
 
 METRIC = "n2n_validation_mse_stabilised"
@@ -197,6 +197,7 @@ class FineTuned:
     best_step: int | None
     best_loss: float | None
     drift_px: float
+    curve: TrainingCurve | None = None
 
 
 def fine_tune(start: PhotonDenoiser, data: UserTrainingData, config: FineTuneConfig,
@@ -217,7 +218,8 @@ def fine_tune(start: PhotonDenoiser, data: UserTrainingData, config: FineTuneCon
                                                patches(train, config.batch_size, config.patch_px, rng))),
                   lambda g: float(_loss(g, loop_in, loop_target)), settings, progress)
     return FineTuned(start, scale, trained.steps, trained.train_seconds, trained.stopped_because,
-                     trained.best_step, trained.best_validation_loss, max(train.drift_px, held.drift_px)), held_patches
+                     trained.best_step, trained.best_validation_loss, max(train.drift_px, held.drift_px),
+                     trained.curve), held_patches
 
 
 def _score(denoise_photons: Callable[[np.ndarray], np.ndarray], held: Patches) -> float:
@@ -267,7 +269,8 @@ def fine_tune_and_publish(
 
     record = TrainingRecord(command, f"{data.describe()}; pairs of consecutive frames, drift up to "
                             f"{tuned.drift_px:.1f} px registered out; camera: {tuned.scale.source}",
-                            config.seed, tuned.train_seconds, data_hash=data.data_hash, session_ids=session_ids)
+                            config.seed, tuned.train_seconds, data_hash=data.data_hash, session_ids=session_ids,
+                            curve=tuned.curve)
     card_fields = dict(
         description=(f"{start.ref} fine-tuned on your time series (Noise2Noise on registered neighbouring frames; "
                      f"{tuned.steps} steps of {config.batch_size} patches of {config.patch_px} px, stopped by "

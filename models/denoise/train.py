@@ -37,7 +37,7 @@ from livescope.models.denoise.user_data import UserTrainingData
 from livescope.models.intensity import IntensityTransform, TransformKind
 from livescope.models.metrics import psnr_db
 from livescope.models.publish import TrainingRecord, publish_version
-from livescope.models.training_loop import LoopSettings, fit
+from livescope.models.training_loop import LoopSettings, TrainingCurve, fit
 from livescope.models.unet import InGraphNormalised, UNet, UNetConfig, parameter_count
 from livescope.repository import ModelVersion
 
@@ -106,6 +106,7 @@ class TrainedDenoiser:
     stopped_because: str  # "steps", "budget" or "early stop"
     best_step: int | None = None  # the step whose weights were kept (lowest held-out loss)
     best_validation_loss: float | None = None
+    curve: TrainingCurve | None = None
 
     def served(self) -> InGraphNormalised:
         """The model as served: uint16 ADU in, float32 ADU out."""
@@ -284,7 +285,7 @@ def train_denoise(
     if config.intensity != "linear":
         transform = transform.with_bias(_mean_bias_adu(net, transform, frames, config.seed))
     return TrainedDenoiser(net, transform, trained.steps, trained.train_seconds, trained.final_loss,
-                           trained.stopped_because, trained.best_step, trained.best_validation_loss)
+                           trained.stopped_because, trained.best_step, trained.best_validation_loss, trained.curve)
 
 
 BIAS_FRAMES = 16
@@ -411,7 +412,7 @@ def train_and_publish(
         modalities=data.modalities,
     )
     record = TrainingRecord(command, f"train: {data.describe()}; held out: {held_out.describe()}", config.seed,
-                            trained.train_seconds, data_hash=frames.hash())
+                            trained.train_seconds, data_hash=frames.hash(), curve=trained.curve)
     return publish_version(repository, proto, name=name, task="denoise",
                            card_fields=_served_card_fields(trained, config) | {"trained_for": trained_for},
                            metrics=metrics, record=record, classical_method=VIRTUAL_CLASSICAL_METHOD,
@@ -522,7 +523,7 @@ def train_and_publish_own_data(
 
         compared, score_active = served_loss(proto), served_loss
     record = TrainingRecord(command, data.describe(), config.seed, trained.train_seconds,
-                            data_hash=data.data_hash, session_ids=session_ids)
+                            data_hash=data.data_hash, session_ids=session_ids, curve=trained.curve)
     return publish_version(repository, proto, name=name, task="denoise",
                            card_fields=_served_card_fields(trained, config)
                            | {"trained_for": TrainedFor(pixel_size_nm=data.pixel_size_nm)},

@@ -235,7 +235,7 @@ def train_and_publish_localiser(
 
     record = TrainingRecord(
         command, (f"{data_note}; " if data_note else "") + f"simulated on the fly: {simulation.model_dump_json()}",
-        config.seed, trained.train_seconds, session_ids=session_ids)
+        config.seed, trained.train_seconds, session_ids=session_ids, curve=trained.curve)
     card_fields = dict(
         description=(
             f"DECODE-style localisation network ({config.psf} PSF, {'3-D' if c.three_d else '2-D'}): "

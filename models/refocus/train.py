@@ -170,7 +170,8 @@ def train_and_publish_refocuser(
 
     unet = trained.graph.net.config
     z_step = float(np.median([s.z_step_um for s in stacks]))
-    record = TrainingRecord(command, data_description, config.seed, trained.train_seconds, session_ids=session_ids)
+    record = TrainingRecord(command, data_description, config.seed, trained.train_seconds, session_ids=session_ids,
+                            curve=trained.curve)
     card_fields = dict(
         description=(
             f"Deep-Z-style refocusing UNet (delta-z map as a second channel, residual), depth {unet.depth}, "

@@ -239,7 +239,8 @@ def train_and_publish_restorer(
         multiple = math.lcm(card.tiling.size_multiple_px, unet.size_multiple_px)
         return held_out_metrics(restore_with(active), held_out, config.target, multiple, pixel_size_um)
 
-    record = TrainingRecord(command, data_description, config.seed, trained.train_seconds, session_ids=session_ids)
+    record = TrainingRecord(command, data_description, config.seed, trained.train_seconds, session_ids=session_ids,
+                            curve=trained.curve)
     card_fields = dict(
         description=(
             f"Cross-modality restoration (confocal -> STED, CARE-style UNet, residual), depth {unet.depth}, "
