@@ -23,6 +23,7 @@ import onnx
 
 import livescope
 from livescope.charts import line_chart
+from livescope.png import grey_png, stretched
 from livescope.modelcard import MODEL_FILE, ModelCard, Provenance, Task
 from livescope.models import export
 from livescope.models.compare import compare, quality_gate
@@ -45,6 +46,9 @@ class TrainingRecord:
     data_hash: str = ""
     session_ids: tuple[str, ...] = ()  # calibration sessions it was trained on
     curve: TrainingCurve | None = None  # its losses: drawn next to the card (CURVE_FILE)
+    # held-out inputs (N, H, W) in the served graph's input units: each beside the new version's output
+    # for it, next to the card (EXAMPLES_FILE)
+    examples: np.ndarray | None = None
 
     def provenance(self) -> Provenance:
         return Provenance(command=self.command, code_version=livescope.__version__, data=self.data,
@@ -54,6 +58,25 @@ class TrainingRecord:
 
 
 CURVE_FILE = "training.svg"
+EXAMPLES_FILE = "held_out.png"
+EXAMPLE_GAP_PX = 4
+
+
+def examples_png(proto: onnx.ModelProto, inputs: np.ndarray) -> bytes:
+    """Each held-out input beside what the exported graph (the one that will be served) makes of it,
+    a row each, each image stretched to its own percentiles: a grey PNG."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    spec = session.get_inputs()[0]
+    dtype = {"tensor(uint16)": np.uint16, "tensor(uint8)": np.uint8}.get(spec.type, np.float32)
+    outputs = session.run(None, {spec.name: np.asarray(inputs)[:, None].astype(dtype)})[0][:, 0]
+    rows = []
+    for x, y in zip(inputs, outputs):
+        gap = np.full((x.shape[0], EXAMPLE_GAP_PX), 255, np.uint8)
+        row = np.hstack([stretched(x), gap, stretched(y)])
+        rows += [row, np.full((EXAMPLE_GAP_PX, row.shape[1]), 255, np.uint8)]
+    return grey_png(np.vstack(rows[:-1]))
 
 
 def curve_svg(curve: TrainingCurve, ref: str) -> str:
@@ -90,6 +113,8 @@ def publish_version(
         export.save(proto, folder / MODEL_FILE)
         if record.curve is not None and record.curve.held_out:
             (folder / CURVE_FILE).write_text(curve_svg(record.curve, f"{name}@{version}"), encoding="utf-8")
+        if record.examples is not None and len(record.examples):
+            (folder / EXAMPLES_FILE).write_bytes(examples_png(proto, record.examples))
         return ModelCard(name=name, version=version, task=task, **card_fields, provenance=record.provenance(),
                          metrics=metrics, comparison=comparison, gate=gate)
 

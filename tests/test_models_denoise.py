@@ -228,7 +228,8 @@ def test_the_published_card_describes_the_graph_and_where_it_came_from(published
     )
     assert card.trained_for.modalities == ("widefield", "confocal")
     assert card.trained_for.peak_photons == (10.0, 80.0)
-    assert sorted(p.name for p in folder.iterdir()) == sorted([CARD_FILE, MODEL_FILE])
+    # the graph and its card, and for a person: the loss curves and held-out examples beside the output
+    assert sorted(p.name for p in folder.iterdir()) == sorted([CARD_FILE, MODEL_FILE, "training.svg", "held_out.png"])
     assert [p.name for p in folder.parent.parent.iterdir()] == ["denoise"]  # no leftovers
 
 

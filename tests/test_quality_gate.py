@@ -146,11 +146,16 @@ def test_a_repository_of_candidates_alone_serves_none_by_default_and_says_how_to
     assert np.isfinite(card.gate.new_value)
 
 
-def test_a_training_draws_its_loss_curves_next_to_the_card(five_steps):
+def test_a_training_draws_its_loss_curves_and_held_out_examples_next_to_the_card(five_steps):
+    import imageio.v3 as iio
+
     repository, _, _ = five_steps
     svg = (repository / "denoise" / "4" / "training.svg").read_text()
     assert svg.startswith("<svg") and "held-out loss" in svg and "training loss (running mean)" in svg
     assert svg.count("<polyline") == 2 and "denoise@4" in svg
+    examples = iio.imread(repository / "denoise" / "4" / "held_out.png")  # held-out input | the version's output
+    assert examples.ndim == 2 and examples.shape[1] == 64 + 4 + 64 and (examples.shape[0] + 4) % 68 == 0
+    assert examples[:, :64].std() > 0 and examples[:, 68:].std() > 0  # both sides show something
 
 
 def test_the_training_loop_records_both_losses_at_each_validation():

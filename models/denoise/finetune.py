@@ -270,7 +270,7 @@ def fine_tune_and_publish(
     record = TrainingRecord(command, f"{data.describe()}; pairs of consecutive frames, drift up to "
                             f"{tuned.drift_px:.1f} px registered out; camera: {tuned.scale.source}",
                             config.seed, tuned.train_seconds, data_hash=data.data_hash, session_ids=session_ids,
-                            curve=tuned.curve)
+                            curve=tuned.curve, examples=held[0][:3, 0])
     card_fields = dict(
         description=(f"{start.ref} fine-tuned on your time series (Noise2Noise on registered neighbouring frames; "
                      f"{tuned.steps} steps of {config.batch_size} patches of {config.patch_px} px, stopped by "

@@ -412,7 +412,8 @@ def train_and_publish(
         modalities=data.modalities,
     )
     record = TrainingRecord(command, f"train: {data.describe()}; held out: {held_out.describe()}", config.seed,
-                            trained.train_seconds, data_hash=frames.hash(), curve=trained.curve)
+                            trained.train_seconds, data_hash=frames.hash(), curve=trained.curve,
+                            examples=example_crops(held_out_frames.noisy_adu, config))
     return publish_version(repository, proto, name=name, task="denoise",
                            card_fields=_served_card_fields(trained, config) | {"trained_for": trained_for},
                            metrics=metrics, record=record, classical_method=VIRTUAL_CLASSICAL_METHOD,
@@ -486,6 +487,21 @@ def n2v_validation_mse_adu2(trained: TrainedDenoiser, held_out_adu: np.ndarray,
 
 
 
+def example_crops(frames_adu: np.ndarray, config: DenoiseTrainConfig, n: int = 3,
+                  side_px: int = 96) -> np.ndarray | None:
+    """Centre crops of up to ``n`` held-out frames, spread over them, to show beside the new version's
+    output (a single-frame model's: one with context frames takes windows, not frames)."""
+    if config.context_frames > 1 or not len(frames_adu):
+        return None
+    t, h, w = frames_adu.shape
+    side = min(side_px, h, w) // 8 * 8
+    if side < 16:
+        return None
+    y0, x0 = (h - side) // 2, (w - side) // 2
+    picked = np.linspace(0, t - 1, min(n, t)).round().astype(int)
+    return frames_adu[picked, y0:y0 + side, x0:x0 + side]
+
+
 def steps_per_epoch(frames: np.ndarray, config: DenoiseTrainConfig) -> int:
     """Steps that draw as many patches as ``frames`` hold without overlap (one epoch)."""
     t, h, w = frames.shape
@@ -523,7 +539,8 @@ def train_and_publish_own_data(
 
         compared, score_active = served_loss(proto), served_loss
     record = TrainingRecord(command, data.describe(), config.seed, trained.train_seconds,
-                            data_hash=data.data_hash, session_ids=session_ids, curve=trained.curve)
+                            data_hash=data.data_hash, session_ids=session_ids, curve=trained.curve,
+                            examples=example_crops(data.held_out_adu, config))
     return publish_version(repository, proto, name=name, task="denoise",
                            card_fields=_served_card_fields(trained, config)
                            | {"trained_for": TrainedFor(pixel_size_nm=data.pixel_size_nm)},
