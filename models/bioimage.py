@@ -3,9 +3,9 @@ deepImageJ, ilastik, the model zoo) run them: `livescope models export NAME@V ou
 
 A package holds the version's ONNX file as its weights, a description in the current spec (0.5)
 derived from the card, a test input and the output the model gives for it (run here with ONNX
-Runtime), a cover image (input beside output), a README from the card, and the card itself as an
-attachment (provenance, metrics, quality gate). The package is validated with bioimageio.spec
-before it is written, atomically.
+Runtime), a cover image (input beside output), a README from the card, and as attachments the card
+itself (provenance, metrics, quality gate) and the training's figures where it has them. The package
+is validated with bioimageio.spec before it is written, atomically.
 
 Units. The graph of a camera-agnostic model (normalisation ``photons``) takes noise-equivalent
 photo-electrons, which livescope converts each frame to with the frame's camera. A bioimage.io
@@ -37,6 +37,7 @@ from livescope.repository import ModelVersion
 EXPORTABLE_TASKS = ("denoise", "restore")
 SAMPLE_PX = 256
 CARD_ATTACHMENT = "livescope-card.yaml"
+TRAINING_FIGURES = ("training.svg", "held_out.png")  # written next to the card by livescope's training
 # What the architecture and training methods are cited by (every livescope image model is a U-Net)
 UNET = ("Ronneberger, Fischer, Brox. U-Net: Convolutional networks for biomedical image segmentation. "
         "MICCAI 2015.", "10.1007/978-3-319-24574-4_28")
@@ -184,6 +185,9 @@ def export_bioimage(version: ModelVersion, out: Path, *, camera: ExportCamera | 
         _cover(model_input, expected, folder / "cover.png")
         (folder / "README.md").write_text(_readme(card, camera))
         shutil.copy(version.folder / "card.yaml", folder / CARD_ATTACHMENT)
+        figures = [f for f in TRAINING_FIGURES if (version.folder / f).is_file()]  # a version trained here
+        for name in figures:
+            shutil.copy(version.folder / name, folder / name)
         shutil.copy(version.onnx_path, folder / "model.onnx")
         opset = _opset(version.onnx_path)
         dtype = np.dtype(model_input.dtype).name
@@ -193,7 +197,7 @@ def export_bioimage(version: ModelVersion, out: Path, *, camera: ExportCamera | 
             cite=[bio.CiteEntry(text=text, doi=bio.Doi(doi)) for text, doi in _citations(card)],
             license=bio.LicenseId(card.licence), documentation=bio.FileDescr(source=folder / "README.md"),
             covers=[bio.FileDescr(source=folder / "cover.png")],
-            attachments=[bio.FileDescr(source=folder / CARD_ATTACHMENT)],
+            attachments=[bio.FileDescr(source=folder / f) for f in (CARD_ATTACHMENT, *figures)],
             tags=["livescope", card.task, "fluorescence-light-microscopy", "2d", "onnx"],
             version=f"{card.version}.0.0",
             inputs=[bio.InputTensorDescr(

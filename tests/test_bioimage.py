@@ -291,3 +291,17 @@ def test_a_torchscript_package_is_converted_to_onnx_on_import(tmp_path):
     frame = np.random.default_rng(2).gamma(2.0, 50.0, (40, 56)).astype(np.float32)
     np.testing.assert_allclose(imported_output(tmp_path / "models" / "smooth" / "1", frame),
                                their_output(tmp_path / "smooth.zip", frame), rtol=1e-4, atol=1e-3)
+
+
+def test_a_version_trained_here_takes_its_training_figures_along(tmp_path):
+    tifffile.imwrite(tmp_path / "cells.tif", noisy_frame(seed=1, baseline_adu=100.0, e_per_adu=1.0, size=64)[None]
+                     .repeat(8, axis=0) + np.random.default_rng(0).poisson(3, (8, 64, 64)).astype(np.uint16))
+    repository = tmp_path / "models"
+    trained = cli("train", "denoise", "--data", str(tmp_path / "cells.tif"), "--steps", "4", "--patch", "32",
+                  "--models", str(repository))
+    assert "denoise@4" in trained.stdout, trained.stderr
+    out = tmp_path / "mine.zip"
+    r = cli("models", "export", "denoise@4", str(out), "--models", str(repository))
+    assert r.returncode == 0, r.stderr
+    with zipfile.ZipFile(out) as z:
+        assert {"training.svg", "held_out.png", "livescope-card.yaml"} <= set(z.namelist())
