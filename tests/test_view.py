@@ -186,3 +186,13 @@ def test_the_run_model_widget_restores_the_selected_layer_on_a_running_server(vi
     widget.model.setText("nosuchmodel")
     widget.button.click()
     assert "refused" in widget.status.text() and "nosuchmodel" in widget.status.text()
+
+
+def test_a_server_that_is_not_there_is_a_one_line_error(tmp_path):
+    from tests.conftest import free_port
+
+    r = subprocess.run([sys.executable, "-m", "livescope.cli", "view", "--server", f"tcp://127.0.0.1:{free_port()}",
+                        "--screenshot", str(tmp_path / "x.png")], capture_output=True, text=True, timeout=60,
+                       check=False)
+    assert r.returncode == 2 and "no livescope server answered" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "x.png").exists()

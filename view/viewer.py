@@ -43,7 +43,12 @@ class LiveViewer:
         self.stream = stream
         self._subscriber = ResultSubscriber(results or results_address(server))
         self._control = StreamClient(server, stream="livescope-view", pipeline=())
-        self._control.connect()
+        try:
+            self._control.connect()
+        except BaseException:  # no server there: nothing is left open
+            self._control.close(timeout_s=0)
+            self._subscriber.close()
+            raise
         self._add_layers()
         self.dock = _Dock(self)
         viewer.window.add_dock_widget(self.dock.widget, name="livescope", area="right")

@@ -35,13 +35,14 @@ def view(
              "or with --screenshot under xvfb-run")
     import napari
 
+    from livescope.client import ServerUnreachableError
     from livescope.view.viewer import LiveViewer
 
     # shown even for a screenshot: napari draws a hidden canvas black (measured under Xvfb)
     viewer = napari.Viewer(show=True, title="livescope")
     try:
         live = LiveViewer(viewer, server, results=results, stream=stream, ring=ring)
-    except ValueError as e:
+    except (ValueError, ServerUnreachableError) as e:
         viewer.close()
         fail(str(e))
     if screenshot is None:
