@@ -14,6 +14,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -126,13 +127,17 @@ class WorkQueue:
                     return job
             raise AssertionError("count and queues disagree")
 
-    def take_batch(self, max_frames: int, timeout_s: float, wait_s: float = 0.0) -> list[Job]:
-        """Up to ``max_frames`` jobs of one batch key; waits ``timeout_s`` for the first and
-        then up to ``wait_s`` for more (0: batch only what is already waiting)."""
+    def take_batch(self, max_frames: int | Callable[[tuple], int], timeout_s: float,
+                   wait_s: float = 0.0) -> list[Job]:
+        """Up to ``max_frames`` jobs of one batch key (a number, or the number for the first job's
+        key); waits ``timeout_s`` for the first and then up to ``wait_s`` for more (0: batch only
+        what is already waiting)."""
         first = self.take(timeout_s)
         if first is None:
             return []
         batch, key = [first], first.batch_key
+        if callable(max_frames):
+            max_frames = max_frames(key)
         deadline = time.monotonic() + wait_s
         with self._cond:
             while len(batch) < max_frames:

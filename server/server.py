@@ -60,6 +60,7 @@ from livescope.server.metrics import ServerMetrics
 from livescope.server.models import LoadedModel, ModelRegistry
 from livescope.server.photons import StreamScales
 from livescope.server.pipeline import check_pipeline
+from livescope.server.batching import BatchPolicy
 from livescope.server.queue import Job, QueueFullError, SenderBusyError, WorkQueue
 from livescope.server.recent import RecentlyUsed
 from livescope.server.tiling import is_out_of_memory
@@ -92,6 +93,7 @@ class InferenceServer:
         self.metrics = ServerMetrics()
         self.repository = ModelRepository([shipped_models_root(), *config.model_dirs])
         self.registry = ModelRegistry(self.repository, config.runtime)
+        self.batching = BatchPolicy(config.batch_max_frames)  # batches only where they pay
         self.queue = WorkQueue(config.max_queued_frames, max_jobs_per_sender=config.max_queued_frames_per_client,
                                max_bytes_per_sender=config.max_queued_bytes_per_client)
         self.localise_streams = LocaliseStreams(default_render=RenderSettings(pixel_nm=config.render_pixel_nm))
@@ -613,7 +615,7 @@ class InferenceServer:
         pipe.connect(_PIPE)
         try:
             while True:
-                jobs = self.queue.take_batch(self.config.batch_max_frames, timeout_s=0.2,
+                jobs = self.queue.take_batch(self.batching.limit, timeout_s=0.2,
                                              wait_s=self.config.batch_wait_ms / 1e3)
                 if not jobs:
                     if self._stop.is_set() and len(self.queue) == 0:
@@ -672,13 +674,15 @@ class InferenceServer:
                               f"{stage.ref} failed on this frame; the server's log says why")
             return
         t_done = time.perf_counter()
+        self.batching.record(jobs[0].batch_key, len(jobs), t_done - t_start)
         self.metrics.batch_size.observe(len(jobs))
         self._count_out_of_domain(jobs, warnings)
         keeps_results = self.config.result_cache_per_stream > 0 and self.config.result_cache_bytes > 0
         for k, job in enumerate(jobs):
             h = job.header
+            # this frame's share of its batch's compute; total_ms is its real wait, the whole batch's included
             latency = Latency(queue_ms=(t_start - job.t_received) * 1e3,
-                              inference_ms=(t_done - t_start) * 1e3,
+                              inference_ms=(t_done - t_start) * 1e3 / len(jobs),
                               total_ms=(t_done - job.t_received) * 1e3, batch_size=len(jobs))
             self.metrics.total.observe(t_done - job.t_received)
             crc = b"%d" % checksum(job.image) if keeps_results else b""  # only to check a resend
