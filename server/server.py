@@ -73,6 +73,7 @@ _PIPE = "inproc://livescope-results"
 # (sender), a control reply (sender).
 _REPLY, _PUBLISH, _ERROR, _CONTROL = b"R", b"P", b"E", b"C"
 MAX_WATCH_S = 300.0  # the longest lease `watch` grants at once
+MAX_WATCHED_STREAMS = 256  # leases held at once: a client cannot grow the server's memory with names
 # Control commands that may take seconds (loading a model) run on the control thread.
 _SLOW_COMMANDS = frozenset({"load", "activate", "rollback", "unload", "rescan", "render"})
 _MAX_STREAMS = 256  # per-stream de-duplication state kept for the most recent streams
@@ -599,7 +600,12 @@ class InferenceServer:
         ``seconds``; a viewer renews this while it shows the stream."""
         if not 0 < seconds <= MAX_WATCH_S:
             raise ValueError(f"watch: seconds must be in (0, {MAX_WATCH_S:g}], not {seconds:g}")
-        self._watched[stream] = time.monotonic() + seconds
+        now = time.monotonic()
+        for name in [s for s, until in self._watched.items() if until <= now]:
+            del self._watched[name]  # leases that ran out
+        if stream not in self._watched and len(self._watched) >= MAX_WATCHED_STREAMS:
+            raise ValueError(f"watch: {MAX_WATCHED_STREAMS} streams are watched already; let a lease run out first")
+        self._watched = {**self._watched, stream: now + seconds}  # a new dict: the worker reads it unlocked
         return {"stream": stream, "seconds": seconds}
 
     def _cmd_rescan(self) -> dict:

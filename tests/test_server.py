@@ -198,6 +198,24 @@ def test_a_watched_stream_publishes_its_raw_frames_beside_its_results_for_the_le
             client.control("watch", stream="watched", seconds=3600)
 
 
+def test_watch_leases_are_bounded_so_a_client_cannot_grow_the_server_with_names(own_server):
+    from livescope.client import ControlError
+    from livescope.server.server import MAX_WATCHED_STREAMS
+
+    srv = own_server()
+    with StreamClient(srv.frames) as client:
+        client.connect()
+        for i in range(MAX_WATCHED_STREAMS):
+            client.control("watch", stream=f"s{i}", seconds=1.0)
+        with pytest.raises(ControlError, match="streams are watched already"):
+            client.control("watch", stream="one-more", seconds=1.0)
+        client.control("watch", stream="s0", seconds=1.0)  # renewing a held lease is fine
+        import time
+
+        time.sleep(1.1)  # the leases run out, and make room
+        assert client.control("watch", stream="one-more", seconds=1.0)["stream"] == "one-more"
+
+
 def test_the_control_api_reports_health_stats_and_models(server):
     with StreamClient(server.frames) as c:
         c.connect()
