@@ -30,7 +30,7 @@ app.add_typer(calibrate.calibrate_app, name="calibrate")
 # Top-level modules of the optional extras -> how to install them (a plain install leaves them out)
 _EXTRAS = {name: 'pip install torch==2.13.0 "livescope[train]"' for name in ("torch", "onnx", "onnxscript", "skimage")}
 _EXTRAS["bioimageio"] = 'pip install "livescope[bioimage]"'
-_EXTRAS |= {name: 'pip install "livescope[view]"' for name in ("napari", "qtpy", "PyQt5")}
+_EXTRAS |= {name: 'pip install "livescope[view]"' for name in ("napari", "qtpy", "PyQt6")}
 
 
 def main() -> None:
