@@ -71,7 +71,9 @@ def test_localisations_are_points_and_their_render_grows(viewer, qtbot, own_serv
         points, render = viewer.layers["localisations"], viewer.layers["render"]
         assert points.visible and len(points.data) == live.shown.points_px.shape[0] > 0
         assert render.visible and render.data.max() > 0  # every frame's emitters drawn
-        assert render.scale[0] == pytest.approx(20.0 / (PIXEL_UM * 1000))  # render pixels over camera pixels
+        s = 20.0 / (PIXEL_UM * 1000)
+        assert render.scale[0] == pytest.approx(s)  # render pixels over camera pixels
+        assert render.translate[0] == pytest.approx(0.5 * s - 0.5)  # pixel centres on the camera's grid
         assert live.dock.labels["localisations"].text() == str(live.shown.emitters)
     finally:
         live.close()

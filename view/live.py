@@ -78,7 +78,9 @@ class StreamView:
         if not pixel_size_um:
             return
         px_nm = pixel_size_um * 1000.0
-        self.points_px = np.stack([table.rows["y_nm"] / px_nm, table.rows["x_nm"] / px_nm], axis=1).astype(np.float32)
+        # emitters are placed from the pixel's corner, napari's pixels from their centre: half a pixel apart
+        self.points_px = (np.stack([table.rows["y_nm"] / px_nm, table.rows["x_nm"] / px_nm], axis=1) - 0.5
+                          ).astype(np.float32)
         if self.render is None and self.raw:
             h, w = self.raw[-1][1].shape
             self.render = RunningRender(RenderGrid(width_nm=w * px_nm, height_nm=h * px_nm, pixel_nm=RENDER_PX_NM))

@@ -125,7 +125,9 @@ class LiveViewer:
         if view.render is not None:
             image = view.render.image()
             self.render.data = image
-            self.render.scale = (view.render_px_per_camera_px,) * 2
+            s = view.render_px_per_camera_px
+            self.render.scale = (s, s)
+            self.render.translate = (0.5 * s - 0.5,) * 2  # render pixel centres onto the camera's grid
             high = float(np.percentile(image, 99.9))
             self.render.contrast_limits = (0.0, high if high > 0 else 1.0)
             appeared |= not self.render.visible
