@@ -8,30 +8,18 @@ from __future__ import annotations
 
 import base64
 import html
-import math
 from pathlib import Path
 
 import numpy as np
 
 from livescope.acquire.journal import FrameTimes, RunAccount
+from livescope.camera_estimate import noise_sigma
 from livescope.charts import line_chart
 from livescope.png import grey_png, stretched
 from livescope.stackio import StackError, read_stack
 
 THUMBNAIL_PX = 256
 NOISE_FRAMES = 48
-
-
-def noise_sigma(frame: np.ndarray) -> float:
-    """The frame's pixel noise, σ in its units: the median absolute difference between each pixel
-    and the mean of its four neighbours, scaled to a Gaussian σ (structure barely moves a median)."""
-    f = np.asarray(frame, np.float64)
-    if min(f.shape) < 3:
-        return float("nan")
-    centre = f[1:-1, 1:-1]
-    neighbours = (f[:-2, 1:-1] + f[2:, 1:-1] + f[1:-1, :-2] + f[1:-1, 2:]) / 4.0
-    residual = centre - neighbours  # for white noise: variance (1 + 1/4) sigma^2
-    return float(np.median(np.abs(residual - np.median(residual))) / 0.6745 / math.sqrt(1.25))
 
 
 def _thumbnail(frame: np.ndarray) -> str:
@@ -121,7 +109,7 @@ def _images_and_noise(raw_path: Path, restored_path: Path | None) -> list[str]:
     else:
         caption = ""
     out += ["<h2>Noise before and after</h2>", line_chart(series, "frame", "noise σ (ADU)"), caption,
-            "<p>σ from each pixel's difference to the mean of its four neighbours (median, so that structure "
+            "<p>σ from the finest diagonal wavelet details (Donoho's median estimator, so that structure "
             "barely counts).</p>"]
     return out
 

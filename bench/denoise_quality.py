@@ -78,6 +78,7 @@ import torch
 from _common import median
 from scipy import ndimage
 
+from livescope.camera_estimate import noise_sigma
 from livescope.context import causal_windows
 from livescope.models import export
 from livescope.models.denoise.data import VirtualDenoiseData, virtual_frames
@@ -154,15 +155,6 @@ def gaussian(frames: np.ndarray, sigma_px: float) -> np.ndarray:
 def best_gaussian_sigma(noisy: np.ndarray, clean: np.ndarray) -> float:
     """The grid's sigma with the highest PSNR on a validation stack (never the test stack)."""
     return max(GAUSSIAN_SIGMAS_PX, key=lambda s: psnr_db(gaussian(noisy, s), clean))
-
-
-def noise_sigma(frame: np.ndarray) -> float:
-    """Gaussian noise sigma from the finest diagonal Haar coefficients (median / 0.6745), the
-    estimator of skimage's estimate_sigma (which needs PyWavelets, not a livescope dependency)
-    with Haar for db2."""
-    x = frame[: frame.shape[0] // 2 * 2, : frame.shape[1] // 2 * 2].astype(np.float64)
-    hh = (x[0::2, 0::2] - x[0::2, 1::2] - x[1::2, 0::2] + x[1::2, 1::2]) / 2.0
-    return float(np.median(np.abs(hh)) / 0.6745)
 
 
 def nl_means(frames: np.ndarray) -> np.ndarray:

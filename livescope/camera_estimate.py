@@ -352,3 +352,15 @@ def noise_level_gain(frames_adu: np.ndarray) -> tuple[float, float] | None:
     if not (slope > 0 and slope_se < MAX_RELATIVE_SLOPE_ERROR * slope):
         return None
     return slope, intercept
+
+
+def noise_sigma(image: np.ndarray) -> float:
+    """The noise's standard deviation: the median absolute finest diagonal wavelet detail / 0.6745
+    (Donoho's estimator, as `skimage.restoration.estimate_sigma`, with the Haar wavelet: that
+    function needs PyWavelets, which livescope does not depend on). Structure barely moves it."""
+    img = np.asarray(image, dtype=np.float64)
+    h, w = img.shape[0] // 2 * 2, img.shape[1] // 2 * 2
+    a, b = img[0:h:2, 0:w:2], img[0:h:2, 1:w:2]
+    c, d = img[1:h:2, 0:w:2], img[1:h:2, 1:w:2]
+    detail = (a - b - c + d) / 2  # white noise of sigma s gives details of sigma s
+    return float(np.median(np.abs(detail)) / 0.6745)

@@ -11,7 +11,7 @@ import re
 import numpy as np
 import pytest
 
-from livescope.acquire.report_page import noise_sigma
+from livescope.camera_estimate import noise_sigma
 from livescope.png import grey_png
 from tests.test_acquire_channels import cli
 

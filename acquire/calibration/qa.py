@@ -11,7 +11,7 @@
 
 PNGs are written with imageio (it comes with scikit-image) and drawn with numpy: no matplotlib.
 SNR is the brightest structure (99.9th percentile) above the camera baseline (the median where the
-baseline is not known) over the noise sigma (`pair_registration.noise_sigma`, Donoho's wavelet
+baseline is not known) over the noise sigma (`camera_estimate.noise_sigma`, Donoho's wavelet
 estimate as in `skimage.restoration.estimate_sigma`).
 """
 

@@ -69,6 +69,7 @@ from skimage.filters import window
 from skimage.registration import phase_cross_correlation
 
 from livescope.acquire.calibration.store import replace_file_durably
+from livescope.camera_estimate import noise_sigma
 from livescope.validation import first_error
 
 REGISTRATION_FILE = "registration.json"
@@ -269,18 +270,6 @@ def image_stats(image: np.ndarray, smoothing_px: float = 1.5, saturation_adu: fl
     saturated = float(np.mean(data >= clip)) if clip is not None else 0.0
     return ImageStats(noise_adu=noise, background_adu=background, signal_adu=float(top - background),
                       contrast=contrast, saturated_fraction=saturated, clip_adu=clip)
-
-
-def noise_sigma(image: np.ndarray) -> float:
-    """The noise's standard deviation: the median absolute finest diagonal wavelet detail / 0.6745
-    (Donoho's estimator, as `skimage.restoration.estimate_sigma`, with the Haar wavelet: that
-    function needs PyWavelets, which livescope does not depend on). Structure barely moves it."""
-    img = np.asarray(image, dtype=np.float64)
-    h, w = img.shape[0] // 2 * 2, img.shape[1] // 2 * 2
-    a, b = img[0:h:2, 0:w:2], img[0:h:2, 1:w:2]
-    c, d = img[1:h:2, 0:w:2], img[1:h:2, 1:w:2]
-    detail = (a - b - c + d) / 2  # white noise of sigma s gives details of sigma s
-    return float(np.median(np.abs(detail)) / 0.6745)
 
 
 def _clip_level(data: np.ndarray, saturation_adu: float | None, max_fraction: float) -> float | None:
