@@ -204,12 +204,37 @@ def _ome_xml_metadata(xml: str, axes: str, shape: tuple[int, ...]) -> dict:
     if names and all(names):
         meta["channel_names"] = tuple(names)
     meta["frame_metadata"] = _plane_metadata([p for p in pixels if _local(p) == "Plane"], axes, shape)
+    meta["provenance"] = _ome_xml_provenance(root)
+    return meta
+
+
+def _ome_xml_provenance(root: ET.Element) -> Provenance | None:
+    """The provenance record in livescope's MapAnnotation of an OME-XML document, if there is one."""
     for annotation in (el for el in root.iter() if _local(el) == "MapAnnotation"):
         if annotation.get("Namespace") == ANNOTATION_NAMESPACE:
-            record = next((m.text for m in annotation.iter() if _local(m) == "M" and m.get("K") == PROVENANCE_KEY),
-                          None)
-            meta["provenance"] = _provenance(record)
-    return meta
+            return _provenance(next((m.text for m in annotation.iter()
+                                     if _local(m) == "M" and m.get("K") == PROVENANCE_KEY), None))
+    return None
+
+
+def read_provenance(path: str | os.PathLike) -> Provenance | None:
+    """What made a stack, from its metadata alone, without reading its pixels (None: livescope did
+    not write it, or its metadata cannot be read)."""
+    path = Path(path)
+    if path.is_dir():
+        try:
+            attrs = json.loads((path / "zarr.json").read_text()).get("attributes", {})
+        except (OSError, ValueError):
+            return None
+        return _provenance(attrs.get(PROVENANCE_KEY)) if isinstance(attrs, dict) else None
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            xml = tif.ome_metadata if tif.is_ome else None
+        return _ome_xml_provenance(ET.fromstring(xml)) if xml else None
+    except (tifffile.TiffFileError, ValueError, OSError, ET.ParseError):
+        return None
 
 
 def _provenance(record: str | dict | None) -> Provenance | None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from livescope.provenance import Provenance
-from livescope.stackio import StackError, read_stack
+from livescope.stackio import Stack, StackError, read_provenance, read_stack
 
 THUNDERSTORM_COLUMNS = ('"id"', '"frame"', '"x [nm]"', '"y [nm]"')
 
@@ -31,15 +31,10 @@ def get_reader(path: str | list[str]):
         with open(p, encoding="utf-8") as f:
             header = f.readline().strip()
         return _read_localisations if header.startswith(",".join(THUNDERSTORM_COLUMNS)) else None
-    try:
-        stack = read_stack(p)
-    except StackError:
-        return None
-    return _read_restored if stack.info.provenance is not None else None
+    return _read_restored if read_provenance(p) is not None else None  # its metadata, not its pixels
 
 
-def _image_layer(path: Path, role: str) -> tuple:
-    stack = read_stack(path)
+def _image_layer(stack: Stack, role: str) -> tuple:
     info = stack.info
     data = stack.frames.reshape(info.shape)
     px = info.pixel_size_um or 1.0
@@ -47,19 +42,19 @@ def _image_layer(path: Path, role: str) -> tuple:
     if "Z" in info.axes and info.z_step_um:
         scale[info.axes.index("Z")] = info.z_step_um
     made = info.provenance
-    name = f"{path.name} ({role}{', ' + made.model_of(0) if made and made.model_of(0) else ''})"
+    name = f"{Path(info.path).name} ({role}{', ' + made.model_of(0) if made and made.model_of(0) else ''})"
     metadata = {"livescope": made.model_dump(mode="json") if made else None, "axes": info.axes}
     return data, {"name": name, "scale": scale, "metadata": metadata}, "image"
 
 
 def _read_restored(path: str) -> list[tuple]:
-    restored = Path(path)
-    made = read_stack(restored).info.provenance
+    restored = read_stack(path)
+    made = restored.info.provenance
     layers = []
     raw = Path(made.source) if made is not None and made.source else None
     if raw is not None and raw.exists():
         try:
-            layers.append(_image_layer(raw, "raw"))
+            layers.append(_image_layer(read_stack(raw), "raw"))
         except StackError:
             pass  # the raw twin moved or changed: the restored data still opens
     layers.append(_image_layer(restored, "restored"))
