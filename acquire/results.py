@@ -24,7 +24,8 @@ import tifffile
 import useq
 
 from livescope.client import FrameOutcome, Refusal, Result
-from livescope.provenance import ANNOTATION_NAMESPACE, PROVENANCE_KEY, Provenance
+from livescope.provenance import PROVENANCE_KEY, Provenance
+from livescope.stackio import omero_channels, update_image_attributes
 
 log = logging.getLogger(__name__)
 
@@ -164,25 +165,24 @@ class RestoredWriter:
 
     def _name_channels(self, channels: list) -> None:
         """Write the channels' OMERO metadata (names, colours, display window) into each image."""
-        low, high = self._window_adu
-        window = {"min": low, "max": high, "start": low, "end": high}
-        omero = {"channels": [{"label": c.name, "window": window,
-                               "color": c.color.as_hex(format="long").lstrip("#").upper()
-                               if c.color else "FFFFFF"} for c in channels]}
-        metadata = self._stream.get_metadata()
-        for attrs in metadata.values():
-            if "multiscales" in attrs.get("ome", {}):
-                attrs["ome"]["omero"] = omero
-        self._stream.update_metadata(metadata)
+        omero = omero_channels([c.name for c in channels], self._window_adu,
+                               [c.color.as_hex(format="long").lstrip("#").upper() if c.color else "FFFFFF"
+                                for c in channels])
+
+        def name(attrs: dict) -> None:
+            attrs["ome"]["omero"] = omero
+
+        update_image_attributes(self._stream, name)
 
     def _record_provenance(self) -> None:
         """The provenance in each image group's attributes (the frames' models are in ome-writers'
         per-frame metadata already)."""
-        metadata = self._stream.get_metadata()
-        for attrs in metadata.values():
-            if "multiscales" in attrs.get("ome", {}):
-                attrs[PROVENANCE_KEY] = self.provenance.model_dump(mode="json")
-        self._stream.update_metadata(metadata)
+        record = self.provenance.model_dump(mode="json")
+
+        def add(attrs: dict) -> None:
+            attrs[PROVENANCE_KEY] = record
+
+        update_image_attributes(self._stream, add)
 
     def _failed(self, e: Exception) -> RestoredWriteError:
         log.debug("writing %s failed", self.path, exc_info=e)
@@ -334,8 +334,7 @@ class OmeTiffFiles:
         axes = self._order[:1:-1]  # XYZCT -> TCZ: slowest first, every OME axis (size 1 if absent)
         shape = tuple(sizes.get(a, 1) for a in axes) + self._frame_shape
         xml = tifffile.OmeXml()
-        annotation = {} if provenance is None else {"MapAnnotation": {
-            "Namespace": ANNOTATION_NAMESPACE, PROVENANCE_KEY: provenance.model_dump_json()}}
+        annotation = {} if provenance is None else provenance.ome_annotation()
         xml.addimage(self._dtype, shape, (math.prod(shape[:-2]), 1, 1, *self._frame_shape, 1),
                      axes=axes + "YX", Name=self._names[p], **self._meta, **annotation)
         return xml.tostring()

@@ -103,6 +103,10 @@ class Provenance(BaseModel):
         return cls(operation=operation, source=source, frame_count=frame_count, model_runs=runs, camera=camera)
 
 
+    def ome_annotation(self) -> dict:
+        """This record as tifffile's OME-XML metadata takes it: a MapAnnotation in livescope's namespace."""
+        return {"MapAnnotation": {"Namespace": ANNOTATION_NAMESPACE, PROVENANCE_KEY: self.model_dump_json()}}
+
     def write_sidecar(self, table: Path, *, overwrite: bool = False) -> Path:
         """Write this record next to ``table`` (`sidecar_path`), atomically."""
         path = sidecar_path(table)

@@ -27,6 +27,7 @@ import os
 import shutil
 import uuid
 import xml.etree.ElementTree as ET
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -475,8 +476,7 @@ def _write_ome_tiff(tmp: Path, data: np.ndarray, axes: str, meta: _OutputMetadat
         if plane:
             ome["Plane"] = plane
     if meta.provenance is not None:
-        ome["MapAnnotation"] = {"Namespace": ANNOTATION_NAMESPACE,
-                                PROVENANCE_KEY: meta.provenance.model_dump_json()}
+        ome |= meta.provenance.ome_annotation()
     tifffile.imwrite(tmp, data, ome=True, photometric="minisblack", metadata=ome,
                      bigtiff=data.nbytes > 2**31)
 
@@ -518,16 +518,36 @@ def _add_group_attributes(stream, data: np.ndarray, meta: _OutputMetadata) -> No
         extra[PROVENANCE_KEY] = meta.provenance.model_dump(mode="json")
     if not extra and not meta.channel_names:
         return
+    omero = None
+    if meta.channel_names:
+        window = (float(data.min()), float(data.max())) if data.size else (0.0, 1.0)
+        omero = omero_channels(meta.channel_names, window)
+
+    def change(attrs: dict) -> None:
+        if omero is not None:
+            attrs["ome"]["omero"] = omero
+        attrs.update(extra)
+
+    update_image_attributes(stream, change)
+
+
+def omero_channels(labels: Sequence[str], window: tuple[float, float],
+                   colours: Sequence[str] | None = None) -> dict:
+    """The OMERO block naming an image's channels, each with a display window (low, high) and a
+    colour (RRGGBB; default white)."""
+    low, high = window
+    shown = {"min": low, "max": high, "start": low, "end": high}
+    return {"channels": [{"label": label, "color": colour, "window": shown}
+                         for label, colour in zip(labels, colours or ["FFFFFF"] * len(labels))]}
+
+
+def update_image_attributes(stream, change: Callable[[dict], None]) -> None:
+    """``change`` applied to the group attributes of every image an ome-writers stream writes (one
+    per stage position), then written back."""
     metadata = stream.get_metadata()
     for attrs in metadata.values():
-        if "multiscales" not in attrs.get("ome", {}):
-            continue
-        if meta.channel_names:
-            low, high = (float(data.min()), float(data.max())) if data.size else (0.0, 1.0)
-            window = {"min": low, "max": high, "start": low, "end": high}
-            attrs["ome"]["omero"] = {"channels": [{"label": name, "color": "FFFFFF", "window": window}
-                                                  for name in meta.channel_names]}
-        attrs.update(extra)
+        if "multiscales" in attrs.get("ome", {}):
+            change(attrs)
     stream.update_metadata(metadata)
 
 
