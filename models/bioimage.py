@@ -26,13 +26,18 @@ import shutil
 import tempfile
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnxruntime as ort
 from pydantic import BaseModel, ConfigDict, Field
 
 from livescope.modelcard import ModelCard
+from livescope.png import grey_png, stretched
 from livescope.repository import ModelVersion
+
+if TYPE_CHECKING:
+    import onnx
 
 EXPORTABLE_TASKS = ("denoise", "restore")
 SAMPLE_PX = 256
@@ -101,13 +106,19 @@ def _citations(card: ModelCard) -> list[tuple[str, str]]:
     return cited
 
 
+def _units(card: ModelCard, camera: ExportCamera | None) -> str:
+    """What the package's input and output are, in words."""
+    if camera is not None:
+        return (f"ADU of a camera with a baseline of {camera.baseline_adu:g} ADU and {camera.e_per_adu:g} e-/ADU "
+                "(converted to photo-electrons before the model and back after it)")
+    if card.normalisation.kind == "photons":
+        return "noise-equivalent photo-electrons: (ADU - baseline) x e-/ADU, so that variance equals mean"
+    return "camera ADU, baseline included (the graph normalises)"
+
+
 def _readme(card: ModelCard, camera: ExportCamera | None) -> str:
-    units = ("ADU of a camera with a baseline of {:g} ADU and {:g} e-/ADU (converted to photo-electrons before "
-             "the model and back after it)".format(camera.baseline_adu, camera.e_per_adu) if camera else
-             "noise-equivalent photo-electrons: (ADU - baseline) x e-/ADU, so that variance equals mean"
-             if card.normalisation.kind == "photons" else "camera ADU, baseline included (the graph normalises)")
     lines = [f"# {card.ref}: {card.task}", "", card.description, "",
-             f"**Input and output:** {units}.", "",
+             f"**Input and output:** {_units(card, camera)}.", "",
              f"**Trained by:** `{card.provenance.command}` (livescope {card.provenance.code_version}); "
              f"data: {card.provenance.data}", ""]
     if card.gate is not None:
@@ -123,13 +134,7 @@ def _readme(card: ModelCard, camera: ExportCamera | None) -> str:
 
 def _cover(x: np.ndarray, y: np.ndarray, path: Path) -> None:
     """Input beside output (2:1), each stretched to its 1-99.5 percentiles, grey PNG."""
-    import imageio.v3 as iio
-
-    def stretch(a: np.ndarray) -> np.ndarray:
-        low, high = np.percentile(a, (1, 99.5))
-        return np.clip((a - low) / max(high - low, 1e-6), 0, 1)
-
-    iio.imwrite(path, (np.hstack([stretch(x[0, 0].astype(np.float32)), stretch(y[0, 0])]) * 255).astype(np.uint8))
+    path.write_bytes(grey_png(np.hstack([stretched(x[0, 0], 1.0, 99.5), stretched(y[0, 0], 1.0, 99.5)])))
 
 
 def export_bioimage(version: ModelVersion, out: Path, *, camera: ExportCamera | None = None,
@@ -156,28 +161,28 @@ def export_bioimage(version: ModelVersion, out: Path, *, camera: ExportCamera | 
     halo = card.tiling.halo_px
     smallest = max(step, math.ceil((2 * halo + step) / step) * step)
     x = sample_frame(card, camera) if sample is None else _as_input(sample, card, smallest)
-    if camera is None:
-        expected = _run(version, x).astype(np.float32)
-    else:  # the package takes and gives ADU; the graph, photo-electrons
-        photons = ((x.astype(np.float32) - camera.baseline_adu) * camera.e_per_adu).astype(np.float32)
-        expected = _run(version, photons) / camera.e_per_adu + camera.baseline_adu
-
-    in_id, out_id = bio.TensorId("raw"), bio.TensorId("restored")
-    space_in = [bio.SpaceInputAxis(id=bio.AxisId(a), size=bio.ParameterizedSize(min=smallest, step=step))
-                for a in "yx"]
-    space_out = [bio.SpaceOutputAxisWithHalo(id=bio.AxisId(a), halo=halo,
-                                             size=bio.SizeReference(tensor_id=in_id, axis_id=bio.AxisId(a)))
-                 if halo else bio.SpaceOutputAxis(id=bio.AxisId(a), size=bio.SizeReference(
-                     tensor_id=in_id, axis_id=bio.AxisId(a))) for a in "yx"]
     pre: list = []
     post: list = []
-    model_input = x.astype(np.float32) if camera is not None else x
-    if camera is not None:
-        # ADU -> photo-electrons before the model, and back after it
+    if camera is None:
+        model_input, expected = x, _run(version, x).astype(np.float32)
+    else:  # the package takes and gives ADU, converted before and after the model; the graph, photo-electrons
+        model_input = x.astype(np.float32)
+        photons = ((model_input - camera.baseline_adu) * camera.e_per_adu).astype(np.float32)
+        expected = _run(version, photons) / camera.e_per_adu + camera.baseline_adu
         pre = [bio.ScaleLinearDescr(kwargs=bio.ScaleLinearKwargs(
             gain=camera.e_per_adu, offset=-camera.baseline_adu * camera.e_per_adu))]
         post = [bio.ScaleLinearDescr(kwargs=bio.ScaleLinearKwargs(gain=1.0 / camera.e_per_adu,
                                                                    offset=camera.baseline_adu))]
+
+    in_id, out_id = bio.TensorId("raw"), bio.TensorId("restored")
+    space_in = [bio.SpaceInputAxis(id=bio.AxisId(a), size=bio.ParameterizedSize(min=smallest, step=step))
+                for a in "yx"]
+
+    def same_as_input(a: str):
+        return bio.SizeReference(tensor_id=in_id, axis_id=bio.AxisId(a))
+
+    space_out = [bio.SpaceOutputAxisWithHalo(id=bio.AxisId(a), halo=halo, size=same_as_input(a)) if halo
+                 else bio.SpaceOutputAxis(id=bio.AxisId(a), size=same_as_input(a)) for a in "yx"]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         np.save(folder / "test_input.npy", model_input)
@@ -189,7 +194,7 @@ def export_bioimage(version: ModelVersion, out: Path, *, camera: ExportCamera | 
         for name in figures:
             shutil.copy(version.folder / name, folder / name)
         shutil.copy(version.onnx_path, folder / "model.onnx")
-        opset = _opset(version.onnx_path)
+        opset = default_opset(version.onnx_path)
         dtype = np.dtype(model_input.dtype).name
         model = bio.ModelDescr(
             name=f"livescope {card.name} v{card.version}"[:128], description=card.description[:1024],
@@ -201,7 +206,7 @@ def export_bioimage(version: ModelVersion, out: Path, *, camera: ExportCamera | 
             tags=["livescope", card.task, "fluorescence-light-microscopy", "2d", "onnx"],
             version=f"{card.version}.0.0",
             inputs=[bio.InputTensorDescr(
-                id=in_id, description=_readme(card, camera).split("**Input and output:** ")[1].split("\n")[0],
+                id=in_id, description=_units(card, camera),
                 axes=[bio.BatchAxis(), bio.ChannelAxis(channel_names=[bio.Identifier("raw")]), *space_in],
                 test_tensor=bio.FileDescr(source=folder / "test_input.npy"),
                 data=bio.IntervalOrRatioDataDescr(type=dtype), preprocessing=pre)],
@@ -232,8 +237,10 @@ def _as_input(sample: np.ndarray, card: ModelCard, smallest: int) -> np.ndarray:
     return frame[:h, :w].astype(card.inputs[0].dtype)[None, None]
 
 
-def _opset(path: Path) -> int:
+def default_opset(model: Path | onnx.ModelProto) -> int | None:
+    """The version of the default (ai.onnx) operator set a graph (or a graph file) uses."""
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
-    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    if isinstance(model, Path):
+        model = onnx.load(str(model), load_external_data=False)
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)

@@ -29,6 +29,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from livescope import __version__
 from livescope.modelcard import ModelCard, QualityGate
+from livescope.models.bioimage import default_opset
 from livescope.repository import MODEL_FILE, write_version
 
 IMPORTABLE_TASKS = ("denoise", "restore")
@@ -250,7 +251,7 @@ def build_graph(model: onnx.ModelProto, in_order: str, out_order: str, pre: list
     inputs = [i for i in g.input if i.name not in initialised]
     if len(inputs) != 1 or len(g.output) != 1:
         raise ImportFailed(f"the ONNX graph has {len(inputs)} inputs and {len(g.output)} outputs, not one each")
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    opset = default_opset(model) or 13
     # the package's own tensor names may be ours (raw, restored): its graph's become private
     _rename(g, inputs[0].name, "package_input")
     _rename(g, g.output[0].name, "package_output")
