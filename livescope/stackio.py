@@ -36,6 +36,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from livescope.provenance import ANNOTATION_NAMESPACE, PROVENANCE_KEY, Provenance
+from livescope.validation import first_line
 
 StackFormat = Literal["tiff", "ome-tiff", "ome-zarr", "zarr"]
 SUPPORTED_DTYPES = ("uint8", "uint16", "float32")
@@ -179,8 +180,8 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, str, StackFormat, dict]:
         # tifffile decodes LZW, JPEG, zstd... with imagecodecs, which the plain install leaves out
         if isinstance(e, ModuleNotFoundError) or "imagecodecs" in str(e):
             raise StackError(f"{path}: its pixels are compressed in a way that needs the imagecodecs package "
-                             f"({_first_line(e)}); install it: pip install imagecodecs") from None
-        raise StackError(f"{path}: cannot read as TIFF ({_first_line(e)})") from None
+                             f"({first_line(e)}); install it: pip install imagecodecs") from None
+        raise StackError(f"{path}: cannot read as TIFF ({first_line(e)})") from None
     # tifffile names unknown leading axes Q/I: they are frames all the same.
     return data, axes, fmt, meta
 
@@ -291,7 +292,7 @@ def _read_zarr(path: Path) -> tuple[np.ndarray, str, StackFormat, dict]:
     try:
         meta = json.loads((path / ("zarr.json" if v3 else ".zattrs")).read_text())
     except (OSError, ValueError) as e:
-        raise StackError(f"{path}: cannot read zarr metadata ({_first_line(e)})") from None
+        raise StackError(f"{path}: cannot read zarr metadata ({first_line(e)})") from None
     if v3 and meta.get("node_type") == "array":  # a bare array, not an OME image
         names = meta.get("dimension_names") or []
         return _zarr_array(path, v3), _axes_from_names(names, meta.get("shape", [])), "zarr", {}
@@ -356,12 +357,7 @@ def _zarr_array(path: Path, v3: bool) -> np.ndarray:
     try:
         return np.asarray(ts.open(spec, open=True, read=True).result().read().result())
     except Exception as e:  # tensorstore raises ValueError / its own errors
-        raise StackError(f"{path}: cannot read zarr array ({_first_line(e)})") from None
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+        raise StackError(f"{path}: cannot read zarr array ({first_line(e)})") from None
 
 
 # -- writing ------------------------------------------------------------------------------------
@@ -408,7 +404,7 @@ def write_stack(path: str | os.PathLike, frames: np.ndarray, like: Stack | Stack
         if isinstance(e, StackError | KeyboardInterrupt):
             raise
         if isinstance(e, Exception):
-            raise StackError(f"{path}: writing failed ({_first_line(e)}); nothing was written") from e
+            raise StackError(f"{path}: writing failed ({first_line(e)}); nothing was written") from e
         raise
     return path
 

@@ -1,4 +1,5 @@
-"""One line for a user from a pydantic ValidationError: where (the field's dotted path) and what."""
+"""One line for a user from an error: a pydantic ValidationError's where (the field's dotted path) and
+what, or any exception's first line."""
 
 from __future__ import annotations
 
@@ -11,3 +12,9 @@ def first_error(e: ValidationError) -> str:
     err = e.errors()[0]
     where = ".".join(str(p) for p in err["loc"])
     return f"{where + ': ' if where else ''}{err['msg'].removeprefix('Value error, ')}"
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of ``e``'s message, or its type's name when it has none."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

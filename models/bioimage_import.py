@@ -31,6 +31,7 @@ from livescope import __version__
 from livescope.modelcard import ModelCard, QualityGate
 from livescope.models.bioimage import default_opset
 from livescope.repository import MODEL_FILE, write_version
+from livescope.validation import first_line
 
 IMPORTABLE_TASKS = ("denoise", "restore")
 DEFAULT_HALO_PX = 32  # for tiling a package that declares no halo
@@ -52,8 +53,7 @@ def import_bioimage(package: Path, repository: Path, *, name: str | None = None,
     try:
         descr = load_model_description(package, format_version="latest")
     except Exception as e:  # a zip that is not one, a missing rdf.yaml, YAML errors: each its own type
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ImportFailed(f"{package}: cannot read it as a bioimage.io package ({first})") from None
+        raise ImportFailed(f"{package}: cannot read it as a bioimage.io package ({first_line(e)})") from None
     if isinstance(descr, InvalidDescr):
         problems = "; ".join(f"{e.loc}: {e.msg}" for e in descr.validation_summary.errors[:2])
         raise ImportFailed(f"{package} is not a valid bioimage.io model: {problems}")

@@ -19,6 +19,7 @@ from livescope.repository import ModelRepository, ModelVersion, UnknownModelErro
 from livescope.server.buffers import BufferPool
 from livescope.server.providers import RuntimeOptions, create_session
 from livescope.server.tiling import is_out_of_memory, run_shrinking_on_oom, smaller_tile
+from livescope.validation import first_line
 
 _ORT_DTYPES = {"tensor(uint16)": "uint16", "tensor(uint8)": "uint8", "tensor(float)": "float32"}
 
@@ -71,7 +72,7 @@ class LoadedModel:
             sess, used = create_session(version.onnx_path, options)
         except Exception as e:
             raise ModelLoadError(f"{version.ref}: cannot load {version.onnx_path}: "
-                                 f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+                                 f"{first_line(e)}") from None
         check_card_against_graph(version.card, sess)
         model = cls(version, sess, used, 0.0)
         out = sess.get_outputs()[0]

@@ -18,6 +18,8 @@ from typing import Literal
 import onnxruntime as ort
 from pydantic import BaseModel, ConfigDict, Field
 
+from livescope.validation import first_line
+
 log = logging.getLogger("livescope.server")
 
 PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -137,7 +139,7 @@ def create_session(
         except Exception as e:  # onnxruntime raises several unrelated types here
             if "CPUExecutionProvider" == name:
                 raise
-            errors.append(f"{name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+            errors.append(f"{name}: {first_line(e)}")
             _failed.add(name)
             continue
         if sess.get_providers()[0] != name:
