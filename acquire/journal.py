@@ -139,7 +139,7 @@ class FrameTimes:
     refused: dict[int, tuple[float, str]] = field(default_factory=dict)  # seq -> (t_s, reason)
 
 
-def _journal_lines(raw_or_journal: Path) -> tuple[Path, RunPlan, list[str]]:
+def _journal_lines(raw_or_journal: Path) -> tuple[RunPlan, list[str]]:
     path = raw_or_journal if raw_or_journal.name.endswith(JOURNAL_SUFFIX) else journal_path(raw_or_journal)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -154,20 +154,12 @@ def _journal_lines(raw_or_journal: Path) -> tuple[Path, RunPlan, list[str]]:
         plan = None
     if plan is None:
         raise JournalError(f"{path} is not a livescope run journal (its first line is not a run plan)")
-    return path, plan, lines[1:]
+    return plan, lines[1:]
 
 
 def read_frame_times(raw_or_journal: Path) -> FrameTimes:
     """Each frame's times, from the journal of the run whose raw data (or journal) this is."""
-    times = FrameTimes()
-    for record in _records(_journal_lines(raw_or_journal)[2])[0]:
-        if "acquired" in record:
-            times.acquired_s[record["acquired"]] = record.get("t_s", 0.0)
-        elif "restored" in record:
-            times.restored_s[record["restored"]] = record.get("t_s", 0.0)
-        elif "refused" in record:
-            times.refused[record["refused"]] = (record.get("t_s", 0.0), record["reason"])
-    return times
+    return _scan(_records(_journal_lines(raw_or_journal)[1])[0])[0]
 
 
 def _records(lines: list[str]) -> tuple[list[dict], int]:
@@ -181,29 +173,34 @@ def _records(lines: list[str]) -> tuple[list[dict], int]:
     return records, bad
 
 
-def read_account(raw_or_journal: Path) -> RunAccount:
-    """The account of the run whose raw data (or journal) this is; JournalError if there is none."""
-    _, plan, lines = _journal_lines(raw_or_journal)
-    acquired, restored, refused, reasons = set(), set(), set(), {}
-    end, last_t = None, None
-    records, bad = _records(lines)  # a line cut short by the kill is counted, not fatal
+def _scan(records: list[dict]) -> tuple[FrameTimes, dict[str, int], RunEnd | None, float | None]:
+    """The frames' times, the refusals counted by reason, the run's end, and the last time written."""
+    times, reasons, end, last_t = FrameTimes(), {}, None, None
     for record in records:
         if record.get("kind") == "end":
             end = RunEnd.model_validate(record)
         elif "acquired" in record:
-            acquired.add(record["acquired"])
+            times.acquired_s[record["acquired"]] = record.get("t_s", 0.0)
         elif "restored" in record:
-            restored.add(record["restored"])
+            times.restored_s[record["restored"]] = record.get("t_s", 0.0)
         elif "refused" in record:
-            refused.add(record["refused"])
+            times.refused[record["refused"]] = (record.get("t_s", 0.0), record["reason"])
             reasons[record["reason"]] = reasons.get(record["reason"], 0) + 1
         last_t = record.get("t_s", last_t)
+    return times, reasons, end, last_t
+
+
+def read_account(raw_or_journal: Path) -> RunAccount:
+    """The account of the run whose raw data (or journal) this is; JournalError if there is none."""
+    plan, lines = _journal_lines(raw_or_journal)
+    records, bad = _records(lines)  # a line cut short by the kill is counted, not fatal
+    times, reasons, end, last_t = _scan(records)
     stopped = end is not None and (end.summary.get("stopped_reason") or end.summary.get("output_error"))
     status = "interrupted" if end is None else "stopped" if stopped else "complete"
     when = None
     if last_t is not None:
         t0 = datetime.fromisoformat(plan.started_utc)
         when = datetime.fromtimestamp(t0.timestamp() + last_t, timezone.utc).isoformat(timespec="seconds")
-    return RunAccount(plan=plan, status=status, frames_acquired=len(acquired), frames_restored=len(restored),
-                      frames_refused=len(refused), refusal_reasons=reasons, last_line_utc=when, end=end,
-                      unreadable_lines=bad)
+    return RunAccount(plan=plan, status=status, frames_acquired=len(times.acquired_s),
+                      frames_restored=len(times.restored_s), frames_refused=len(times.refused),
+                      refusal_reasons=reasons, last_line_utc=when, end=end, unreadable_lines=bad)
