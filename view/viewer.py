@@ -144,7 +144,7 @@ class LiveViewer:
 
 def _show_ring(layer, frames) -> None:
     """The ring as the layer's (n, H, W) data, contrast from the newest frame's 0.5-99.8 percentiles."""
-    stack = np.stack([f for _, f in frames]).astype(np.float32)
+    stack = np.stack([f for _, f in frames])  # the frames' own dtype: a second (float) copy bought nothing
     layer.data = stack
     low, high = np.percentile(stack[-1], (0.5, 99.8))
     layer.contrast_limits = (float(low), float(high) if high > low else float(low) + 1.0)
