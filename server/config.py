@@ -30,7 +30,7 @@ class ServerConfig(BaseModel):
     result_cache_per_stream: int = Field(
         default=8, ge=0, description="final results kept to answer resent duplicates")
     result_cache_bytes: int = Field(
-        default=256 * 2**20, ge=0, description="memory for those results, all streams together")
+        default=256 * 2**20, ge=0, description="memory for those results and their frames, all streams together")
     render_pixel_nm: float = Field(default=20.0, gt=0, description="localise streams' running render")
     runtime: RuntimeOptions = RuntimeOptions()
     curve_secret_key: Path | None = None

@@ -54,7 +54,7 @@ from livescope.server.config import ServerConfig
 from livescope.server.context import StreamContext
 from livescope.server.control import execute
 from livescope.server.domain import DomainWatch, domain_warnings
-from livescope.server.ledger import StreamLedger, checksum
+from livescope.server.ledger import StreamLedger
 from livescope.server.localise_stage import LocaliseStreams, RenderSettings
 from livescope.server.metrics import ServerMetrics
 from livescope.server.models import LoadedModel, ModelRegistry
@@ -313,7 +313,7 @@ class InferenceServer:
         self._counts["frames"] += 1
         self.metrics.frames.labels(header.mode).inc()
         for old in superseded:
-            self._cached_bytes += self._ledger(old.identity, old.header.stream).finish(old.header.seq, None, None, 0)
+            self._cached_bytes += self._ledger(old.identity, old.header.stream).finish(old.header.seq, None, 0)
             self._counts["dropped"] += 1
             self.metrics.dropped.labels("superseded").inc()
             self._to_client(old.identity, AckHeader(stream=old.header.stream, seq=old.header.seq,
@@ -367,13 +367,12 @@ class InferenceServer:
                                               request_id=request_id))
 
     def _forward(self, parts: list[zmq.Frame]) -> None:
-        """A message from the worker: [kind, identity, stream, seq, crc, header, payload?] (crc: the
-        frame's pixel checksum, with a final result).
+        """A message from the worker: [kind, identity, stream, seq, header, payload?].
 
         The envelope says what the header holds, so results need not be parsed again here.
         """
         kind, identity, stream = parts[0].bytes, parts[1].bytes, parts[2].bytes
-        seq, crc, body = int(parts[3].bytes), parts[4].bytes, parts[5:]
+        seq, body = int(parts[3].bytes), parts[4:]
         if kind == _PUBLISH:
             self._publish([stream, *body])
             return
@@ -384,11 +383,10 @@ class InferenceServer:
         ledger = self._ledger(identity, stream.decode())
         if kind == _ERROR:
             self._counts["errors"] += 1
-            self._cached_bytes += ledger.finish(seq, None, None, 0)
+            self._cached_bytes += ledger.finish(seq, None, 0)
             return
         self._counts["results"] += 1
-        self._cached_bytes += ledger.finish(seq, body, int(crc) if crc else None,
-                                            self.config.result_cache_per_stream)
+        self._cached_bytes += ledger.finish(seq, body, self.config.result_cache_per_stream)
         self._trim_result_cache()
         self._publish([stream, *body])
 
@@ -442,7 +440,7 @@ class InferenceServer:
         try:
             while (item := self._control_requests.get()) is not None:
                 identity, req = item
-                send_message(pipe, self._execute(req), envelope=[_CONTROL, identity, b"", b"0", b""])
+                send_message(pipe, self._execute(req), envelope=[_CONTROL, identity, b"", b"0"])
         finally:
             pipe.close(linger=-1)
 
@@ -592,7 +590,7 @@ class InferenceServer:
                               pixel_size_um=info.pixel_nm / 1000.0,
                               latency=Latency(queue_ms=0, inference_ms=0, total_ms=0))
         send_message(self._control_pipe, header, image,
-                     envelope=[_PUBLISH, b"", stream.encode(), b"%d" % header.seq, b""])
+                     envelope=[_PUBLISH, b"", stream.encode(), b"%d" % header.seq])
         return info.model_dump()
 
     def _cmd_watch(self, stream: str, seconds: float = 10.0) -> dict:
@@ -642,7 +640,7 @@ class InferenceServer:
         for job in jobs:
             h = job.header
             err = ErrorHeader(code=code, stream=h.stream, seq=h.seq, message=message)
-            send_message(pipe, err, envelope=[_ERROR, job.identity, h.stream.encode(), b"%d" % h.seq, b""])
+            send_message(pipe, err, envelope=[_ERROR, job.identity, h.stream.encode(), b"%d" % h.seq])
 
     def _run_batch(self, jobs: list[Job], pipe: zmq.Socket) -> None:
         """Run one micro-batch through its pipeline; send each frame's results in order."""
@@ -683,7 +681,6 @@ class InferenceServer:
         self.batching.record(jobs[0].batch_key, len(jobs), t_done - t_start)
         self.metrics.batch_size.observe(len(jobs))
         self._count_out_of_domain(jobs, warnings)
-        keeps_results = self.config.result_cache_per_stream > 0 and self.config.result_cache_bytes > 0
         for k, job in enumerate(jobs):
             h = job.header
             # this frame's share of its batch's compute; total_ms is its real wait, the whole batch's included
@@ -691,8 +688,7 @@ class InferenceServer:
                               inference_ms=(t_done - t_start) * 1e3 / len(jobs),
                               total_ms=(t_done - job.t_received) * 1e3, batch_size=len(jobs))
             self.metrics.total.observe(t_done - job.t_received)
-            crc = b"%d" % checksum(job.image) if keeps_results else b""  # only to check a resend
-            envelope_tail = [job.identity, h.stream.encode(), b"%d" % h.seq, crc]
+            envelope_tail = [job.identity, h.stream.encode(), b"%d" % h.seq]
             if self._watched.get(h.stream, 0.0) > time.monotonic():  # a viewer shows this stream: its raw frame too
                 raw = ResultHeader(stream=h.stream, seq=h.seq, stage="raw", model="raw", final=False,
                                    shape=job.image.shape, dtype=job.image.dtype.name, pixel_size_um=h.pixel_size_um,

@@ -111,3 +111,24 @@ def test_a_restarted_acquisition_reusing_the_stream_name_gets_only_its_own_image
         assert len(results) == 12
         for r in results:
             assert np.array_equal(r.data.astype(np.uint16), sent[r.header.seq]), (run, r.header.seq)
+
+
+def test_a_frame_resent_after_its_answer_gets_its_kept_result_without_running_again(server):
+    """The server keeps each answered frame's pixels beside its result and compares them byte for byte
+    only when the frame comes again (no checksum of every frame)."""
+    ctx = zmq.Context()
+    try:
+        sock = dealer(ctx, server.frames, b"resending-sender")
+        sock.send_multipart(frame_message(0, image(20), stream="kept"))
+        assert np.array_equal(collect_results(sock, 1)[0], image(20))
+        with StreamClient(server.frames, pipeline=["identity"]) as control:
+            before = control.control("stats")
+            sock.send_multipart(frame_message(0, image(20), stream="kept"))  # the answer was "lost"
+            assert np.array_equal(collect_results(sock, 1)[0], image(20))
+            after = control.control("stats")
+        assert after["duplicates"] == before["duplicates"] + 1
+        assert after["inference"]["identity@1"]["frames"] == before["inference"]["identity@1"]["frames"]
+        assert after["result_cache_bytes"] >= 2 * image(20).nbytes  # the frame and its result
+        sock.close(0)
+    finally:
+        ctx.destroy(linger=0)
