@@ -125,6 +125,12 @@ def read_stack(path: str | os.PathLike) -> Stack:
 
 def _as_stack(path: Path, fmt: StackFormat, data: np.ndarray, axes: str, meta: dict) -> Stack:
     """``meta``: the `StackInfo` fields the reader found (pixel_size_um, ..., frame_metadata)."""
+    info = _stack_info(path, fmt, data, axes, meta)
+    frames = np.ascontiguousarray(data.reshape(-1, *data.shape[-2:]))
+    return Stack(frames, info)
+
+
+def _stack_info(path: Path, fmt: StackFormat, data: np.ndarray | ZarrSource, axes: str, meta: dict) -> StackInfo:
     if data.ndim < 2:
         raise StackError(f"{path}: has {data.ndim} dimension(s); a stack needs at least Y and X")
     axes = axes.upper()
@@ -136,9 +142,17 @@ def _as_stack(path: Path, fmt: StackFormat, data: np.ndarray, axes: str, meta: d
                          f"{', '.join(SUPPORTED_DTYPES)} stacks (convert it first)")
     if meta.get("channel_names") and ("C" not in axes or len(meta["channel_names"]) != data.shape[axes.index("C")]):
         meta = meta | {"channel_names": None}
-    info = StackInfo(path=str(path), format=fmt, axes=axes, shape=data.shape, dtype=data.dtype.name, **meta)
-    frames = np.ascontiguousarray(data.reshape(-1, *data.shape[-2:]))
-    return Stack(frames, info)
+    return StackInfo(path=str(path), format=fmt, axes=axes, shape=data.shape, dtype=data.dtype.name, **meta)
+
+
+def open_zarr_stack(path: str | os.PathLike) -> tuple[StackInfo, ZarrSource]:
+    """An OME-Zarr (or bare zarr) stack's metadata, and its pixels to read region by region (in the
+    original layout, ``info.axes``), without reading them now. StackError if it is not zarr."""
+    path = Path(path)
+    if not path.is_dir() or not any((path / f).exists() for f in ("zarr.json", ".zattrs", ".zarray")):
+        raise StackError(f"{path}: not an OME-Zarr stack" if path.exists() else f"{path}: no such file or folder")
+    data, axes, fmt, meta = _read_zarr(path, lazy=True)
+    return _stack_info(path, fmt, data, axes, meta), data
 
 
 def _to_um(value: float | str | None, unit: str | None) -> float | None:
@@ -284,10 +298,11 @@ def _imagej_metadata(tif) -> dict:
             "time_step_s": _to_s(meta.get("finterval"), meta.get("tunit") or "s")}
 
 
-def _read_zarr(path: Path) -> tuple[np.ndarray, str, StackFormat, dict]:
+def _read_zarr(path: Path, lazy: bool = False) -> tuple[np.ndarray, str, StackFormat, dict]:
+    """``lazy``: the pixels as a `ZarrSource` (read on demand), not an array."""
     v3 = (path / "zarr.json").exists()
     if not v3 and (path / ".zarray").exists():  # a bare zarr v2 array
-        data = _zarr_array(path, v3)
+        data = _zarr_array(path, v3, lazy)
         return data, _axes_from_names([], data.shape), "zarr", {}
     try:
         meta = json.loads((path / ("zarr.json" if v3 else ".zattrs")).read_text())
@@ -295,7 +310,7 @@ def _read_zarr(path: Path) -> tuple[np.ndarray, str, StackFormat, dict]:
         raise StackError(f"{path}: cannot read zarr metadata ({first_line(e)})") from None
     if v3 and meta.get("node_type") == "array":  # a bare array, not an OME image
         names = meta.get("dimension_names") or []
-        return _zarr_array(path, v3), _axes_from_names(names, meta.get("shape", [])), "zarr", {}
+        return _zarr_array(path, v3, lazy), _axes_from_names(names, meta.get("shape", [])), "zarr", {}
     group_attrs = meta.get("attributes", {}) if v3 else meta
     attrs = group_attrs.get("ome", group_attrs) if v3 else meta
     multiscales = attrs.get("multiscales")
@@ -309,7 +324,7 @@ def _read_zarr(path: Path) -> tuple[np.ndarray, str, StackFormat, dict]:
     units = [a.get("unit") if isinstance(a, dict) else None for a in axes_meta]
     scale = next((t["scale"] for t in ds.get("coordinateTransformations", [])
                   if t.get("type") == "scale"), None)
-    data = _zarr_array(path / ds["path"], v3)
+    data = _zarr_array(path / ds["path"], v3, lazy)
     axes = _axes_from_names(names, data.shape)
     found: dict = {}
     if scale and len(scale) == len(axes) and units:
@@ -350,14 +365,51 @@ def _axes_from_names(names: list[str], shape) -> str:
     return "Q" * max(len(shape) - 2, 0) + "YX"[-min(len(shape), 2):] if len(shape) else ""
 
 
-def _zarr_array(path: Path, v3: bool) -> np.ndarray:
-    import tensorstore as ts
-
-    spec = {"driver": "zarr3" if v3 else "zarr", "kvstore": {"driver": "file", "path": str(path)}}
+def _zarr_array(path: Path, v3: bool, lazy: bool = False):
+    """The array at ``path`` read whole (np.ndarray), or, ``lazy``, a `ZarrSource` of it."""
     try:
-        return np.asarray(ts.open(spec, open=True, read=True).result().read().result())
+        store = _open_zarr(str(path), v3)
+        if lazy:
+            return ZarrSource(str(path), v3, tuple(store.shape), np.dtype(store.dtype.numpy_dtype))
+        return np.asarray(store.read().result())
     except Exception as e:  # tensorstore raises ValueError / its own errors
         raise StackError(f"{path}: cannot read zarr array ({first_line(e)})") from None
+
+
+def _open_zarr(path: str, v3: bool, write: bool = False):
+    import tensorstore as ts
+
+    spec = {"driver": "zarr3" if v3 else "zarr", "kvstore": {"driver": "file", "path": path}}
+    return ts.open(spec, open=True, read=True, write=write).result()
+
+
+@dataclass(frozen=True)
+class ZarrSource:
+    """A zarr array read region by region, as dask's ``from_array`` takes it. It holds only the
+    path, so it travels to other processes (a cluster's workers), each opening the array itself."""
+
+    path: str
+    v3: bool
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __getitem__(self, index) -> np.ndarray:
+        return np.asarray(_open_zarr(self.path, self.v3)[index].read().result())
+
+
+def write_zarr_frames(array_path: str | os.PathLike, first_frame: int, frames: np.ndarray) -> None:
+    """Write (N, H, W) frames into a zarr v3 array of any leading axes as frames ``first_frame``...
+    (in the flattened order `read_stack` gives). Writers of different frames may run at once when
+    each frame is a chunk of its own, as in the OME-Zarr `write_ome_zarr_filled` makes."""
+    store = _open_zarr(str(array_path), True, write=True)
+    lead = tuple(store.shape[:-2])
+    for k, frame in enumerate(frames):
+        index = np.unravel_index(first_frame + k, lead) if lead else ()
+        store[tuple(int(i) for i in index)].write(frame).result()
 
 
 # -- writing ------------------------------------------------------------------------------------
@@ -376,28 +428,64 @@ def write_stack(path: str | os.PathLike, frames: np.ndarray, like: Stack | Stack
     fmt = stack_format(path)
     if frames.ndim != 3:
         raise StackError(f"{path}: frames to write must be (T, H, W), got shape {frames.shape}")
-    if frames.dtype.name not in SUPPORTED_DTYPES:
-        raise StackError(f"{path}: cannot write dtype {frames.dtype.name}; use one of "
-                         f"{', '.join(SUPPORTED_DTYPES)}")
+
+    def write(tmp: Path, axes: str, shape: tuple[int, ...], meta: _OutputMetadata) -> None:
+        if fmt == "ome-zarr":
+            _write_ome_zarr(tmp, frames.reshape(shape), axes, meta)
+        else:
+            _write_ome_tiff(tmp, frames.reshape(shape), axes, meta)
+
+    return _write_atomically(path, frames.shape, frames.dtype.name, like, overwrite, provenance, write)
+
+
+def write_ome_zarr_filled(path: str | os.PathLike, frames_shape: tuple[int, int, int],
+                          fill: Callable[[Path], tuple[float, float]], like: Stack | StackInfo | None = None,
+                          *, overwrite: bool = False, provenance: Provenance | None = None) -> Path:
+    """An OME-Zarr of float32 (T, H, W) frames, laid out and described exactly as `write_stack`
+    writes it, whose pixels ``fill(array_path)`` writes: the image's full-resolution zarr v3 array
+    exists then, one chunk per frame, so several processes may fill it at once (`write_zarr_frames`).
+    ``fill`` returns the (min, max) of what it wrote (the channels' display window). Atomic as
+    `write_stack`: if ``fill`` raises, nothing is left under ``path``."""
+    path = Path(path)
+    if stack_format(path) != "ome-zarr":
+        raise StackError(f"{path}: only an OME-Zarr (.ome.zarr) can be written in parallel")
+
+    def write(tmp: Path, axes: str, shape: tuple[int, ...], meta: _OutputMetadata) -> None:
+        stream = _ome_zarr_stream(tmp, axes, shape, "float32", meta)
+        try:
+            window = fill(tmp / "0")  # ome-writers' one image: its full resolution is array "0"
+            _add_group_attributes(stream, meta, window)
+        finally:
+            stream.close()
+        _add_frame_metadata(tmp, meta, shape[:-2])
+
+    return _write_atomically(path, frames_shape, "float32", like, overwrite, provenance, write)
+
+
+def _write_atomically(path: Path, frames_shape: tuple[int, ...], dtype: str, like: Stack | StackInfo | None,
+                      overwrite: bool, provenance: Provenance | None,
+                      write: Callable[[Path, str, tuple[int, ...], _OutputMetadata], None]) -> Path:
+    """Check the output, then ``write(tmp, axes, shape, metadata)`` to a hidden sibling of ``path``
+    and rename it into place; on any error, remove it."""
+    stack_format(path)  # a name of no known format is refused before anything is written
+    if dtype not in SUPPORTED_DTYPES:
+        raise StackError(f"{path}: cannot write dtype {dtype}; use one of {', '.join(SUPPORTED_DTYPES)}")
     if path.exists() and not overwrite:
         raise StackError(f"{path} already exists; choose another output or allow overwriting")
     if not path.parent.is_dir():
         raise StackError(f"{path.parent}: no such folder for the output")
     info = like.info if isinstance(like, Stack) else like
-    axes, shape = _output_layout(frames, info)
-    if provenance is not None and provenance.frame_count != len(frames):
-        raise StackError(f"{path}: the provenance describes {provenance.frame_count} frames, not {len(frames)}")
-    meta = _OutputMetadata.of(info, axes, len(frames), provenance)
-    data = frames.reshape(shape)
+    t = frames_shape[0]
+    axes, shape = _output_layout(frames_shape, info)
+    if provenance is not None and provenance.frame_count != t:
+        raise StackError(f"{path}: the provenance describes {provenance.frame_count} frames, not {t}")
+    meta = _OutputMetadata.of(info, axes, t, provenance)
 
     suffix = next(s for s in (*_TIFF_SUFFIXES, *_ZARR_SUFFIXES) if path.name.lower().endswith(s))
     stem = path.name[: -len(suffix)]
     tmp = path.with_name(f".{stem}.partial-{uuid.uuid4().hex[:8]}{path.name[-len(suffix):]}")
     try:
-        if fmt == "ome-zarr":
-            _write_ome_zarr(tmp, data, axes, meta)
-        else:
-            _write_ome_tiff(tmp, data, axes, meta)
+        write(tmp, axes, shape, meta)
         move_into_place(tmp, path)
     except BaseException as e:
         _remove(tmp)
@@ -409,9 +497,9 @@ def write_stack(path: str | os.PathLike, frames: np.ndarray, like: Stack | Stack
     return path
 
 
-def _output_layout(frames: np.ndarray, info: StackInfo | None) -> tuple[str, tuple[int, ...]]:
+def _output_layout(frames_shape: tuple[int, ...], info: StackInfo | None) -> tuple[str, tuple[int, ...]]:
     """The input's leading axes when they hold as many frames and OME can name them; else T."""
-    t, h, w = frames.shape
+    t, h, w = frames_shape
     if info is not None:
         lead, lead_shape = info.leading_axes, info.shape[:-2]
         if (math.prod(lead_shape) == t and len(set(lead)) == len(lead)
@@ -478,10 +566,23 @@ def _write_ome_tiff(tmp: Path, data: np.ndarray, axes: str, meta: _OutputMetadat
 
 
 def _write_ome_zarr(tmp: Path, data: np.ndarray, axes: str, meta: _OutputMetadata) -> None:
+    stream = _ome_zarr_stream(tmp, axes, data.shape, data.dtype.name, meta)
+    try:
+        for i, frame in enumerate(data.reshape(-1, *data.shape[-2:])):
+            stream.append(frame, frame_metadata=meta.frame(i) or None)
+        window = ((float(data.min()), float(data.max())) if data.size else (0.0, 1.0)) \
+            if meta.channel_names else None
+        _add_group_attributes(stream, meta, window)
+    finally:
+        stream.close()
+
+
+def _ome_zarr_stream(tmp: Path, axes: str, shape: tuple[int, ...], dtype: str, meta: _OutputMetadata):
+    """An ome-writers stream for an image of ``shape``; its group and array exist when this returns."""
     import ome_writers as ow
 
     dims = []
-    for name, n in zip(axes, data.shape):
+    for name, n in zip(axes, shape):
         kw: dict = {}
         if name in "YX":
             kw = {"type": "space", "unit": "micrometer", "scale": meta.pixel_size_um} if meta.pixel_size_um \
@@ -493,22 +594,31 @@ def _write_ome_zarr(tmp: Path, data: np.ndarray, axes: str, meta: _OutputMetadat
         else:
             kw = {"type": _OME_LEADING.get(name, "other")}
         dims.append(ow.Dimension(name=name.lower(), count=n, **kw))
-    settings = ow.AcquisitionSettings(root_path=str(tmp), dimensions=dims, dtype=data.dtype.name,
+    settings = ow.AcquisitionSettings(root_path=str(tmp), dimensions=dims, dtype=dtype,
                                       format="ome-zarr", storage_order="acquisition")
     if Path(settings.output_path) != tmp:
         raise StackError(f"{tmp}: ome-writers would write {settings.output_path} instead")
-    stream = ow.create_stream(settings)
-    try:
-        for i, frame in enumerate(data.reshape(-1, *data.shape[-2:])):
-            stream.append(frame, frame_metadata=meta.frame(i) or None)
-        _add_group_attributes(stream, data, meta)
-    finally:
-        stream.close()
+    return ow.create_stream(settings)
 
 
-def _add_group_attributes(stream, data: np.ndarray, meta: _OutputMetadata) -> None:
-    """Channel names (OMERO, with a display window over the data: ome-writers 0.3.2 cannot name a
-    float32 image's channels itself), the input's other attributes, and the provenance."""
+def _add_frame_metadata(tmp: Path, meta: _OutputMetadata, lead_shape: tuple[int, ...]) -> None:
+    """Each frame's metadata where ome-writers' ``append`` puts it (its ``ome_writers`` attribute,
+    each entry with its storage index), for frames written without ``append``."""
+    import ome_writers as ow
+
+    entries = [meta.frame(i) | {"storage_index": [int(j) for j in np.unravel_index(i, lead_shape)]}
+               for i in range(math.prod(lead_shape)) if meta.frame(i)]
+    if not entries:
+        return
+    group = tmp / "zarr.json"
+    doc = json.loads(group.read_text())
+    doc["attributes"]["ome_writers"] = {"version": ow.__version__, "frame_metadata": entries}
+    group.write_text(json.dumps(doc))
+
+
+def _add_group_attributes(stream, meta: _OutputMetadata, window: tuple[float, float] | None) -> None:
+    """Channel names (OMERO, with a display window (min, max) over the data: ome-writers 0.3.2 cannot
+    name a float32 image's channels itself), the input's other attributes, and the provenance."""
     extra: dict = dict(meta.attributes or {})
     if meta.provenance is not None:
         extra[PROVENANCE_KEY] = meta.provenance.model_dump(mode="json")
@@ -516,8 +626,7 @@ def _add_group_attributes(stream, data: np.ndarray, meta: _OutputMetadata) -> No
         return
     omero = None
     if meta.channel_names:
-        window = (float(data.min()), float(data.max())) if data.size else (0.0, 1.0)
-        omero = omero_channels(meta.channel_names, window)
+        omero = omero_channels(meta.channel_names, window or (0.0, 1.0))
 
     def change(attrs: dict) -> None:
         if omero is not None:
