@@ -151,7 +151,8 @@ def restore_stack(model: RunsFrames, stack: Stack | np.ndarray, *, batch: int = 
     return out if out is not None else np.empty((0, *frames.shape[1:]), np.float32)
 
 
-def _check_image_model(card: ModelCard, task: str | None) -> None:
+def check_image_model(card: ModelCard, task: str | None) -> None:
+    """OfflineError unless the card maps images to images (for ``task``, where given)."""
     if card.inputs[0].axes != "NCYX" or card.outputs[0].axes != "NCYX":
         raise OfflineError(f"{card.ref} maps {card.inputs[0].axes} to {card.outputs[0].axes}, not "
                            "image to image; it cannot restore a stack"
@@ -193,6 +194,25 @@ def load_model(version: ModelVersion, provider: str | None, threads: int | None)
         raise OfflineError(str(e)) from None
 
 
+def scale_and_warnings(card: ModelCard, frames: np.ndarray, in_path: Path, *, baseline_adu: float | None = None,
+                       e_per_adu: float | None = None, em_gain: float = 1.0
+                       ) -> tuple[PhotonScale | None, tuple[str, ...]]:
+    """A camera-agnostic model's photon scale (from the camera given, completed from ``frames``, or
+    estimated from them), and the warnings about the model and about ``frames`` (`domain_warnings`)."""
+    scale = None
+    if card.normalisation.kind == "photons":
+        camera = None
+        if baseline_adu is not None or e_per_adu is not None or em_gain != 1.0:
+            try:
+                camera, _ = complete_camera(frames, baseline_adu=baseline_adu, e_per_adu=e_per_adu, em_gain=em_gain)
+            except ValueError as e:
+                raise OfflineError(f"{in_path}: {e}") from None
+        scale = photon_scale(frames, camera)
+    return scale, gate_warnings(card) + domain_warnings(
+        card, frames, str(in_path), advice=f"train a model on this data with: livescope train denoise --data {in_path}",
+        scale=scale)
+
+
 def run_offline(task_stage: str, in_path: str | os.PathLike, out_path: str | os.PathLike, *,
                 model_dirs: Sequence[str | os.PathLike] = (), overwrite: bool = False,
                 progress: Progress | None = None, batch: int = 4, tile_px: int | None = None,
@@ -211,21 +231,10 @@ def run_offline(task_stage: str, in_path: str | os.PathLike, out_path: str | os.
     if out_path.exists() and not overwrite:
         raise StackError(f"{out_path} already exists; choose another output or pass --overwrite")
     model_version = resolve_model(task_stage, model_dirs)
-    _check_image_model(model_version.card, task)
+    check_image_model(model_version.card, task)
     stack = read_stack(in_path)
-    scale = None
-    if model_version.card.normalisation.kind == "photons":
-        camera = None
-        if baseline_adu is not None or e_per_adu is not None or em_gain != 1.0:
-            try:
-                camera, _ = complete_camera(stack.frames, baseline_adu=baseline_adu, e_per_adu=e_per_adu,
-                                            em_gain=em_gain)
-            except ValueError as e:
-                raise OfflineError(f"{in_path}: {e}") from None
-        scale = photon_scale(stack.frames, camera)
-    warnings = gate_warnings(model_version.card) + domain_warnings(
-        model_version.card, stack.frames, str(in_path),
-        advice=f"train a model on this data with: livescope train denoise --data {in_path}", scale=scale)
+    scale, warnings = scale_and_warnings(model_version.card, stack.frames, in_path, baseline_adu=baseline_adu,
+                                         e_per_adu=e_per_adu, em_gain=em_gain)
     model = load_model(model_version, provider, threads)
 
     t0 = time.perf_counter()
