@@ -31,6 +31,7 @@ app.add_typer(calibrate.calibrate_app, name="calibrate")
 _EXTRAS = {name: 'pip install torch==2.13.0 "livescope[train]"' for name in ("torch", "onnx", "onnxscript", "skimage")}
 _EXTRAS["bioimageio"] = 'pip install "livescope[bioimage]"'
 _EXTRAS |= {name: 'pip install "livescope[view]"' for name in ("napari", "qtpy", "PyQt6")}
+_EXTRAS |= {name: 'pip install "livescope[cluster]"' for name in ("dask", "distributed")}
 
 
 def main() -> None:
@@ -43,5 +44,5 @@ def main() -> None:
         if install is None:
             raise
         typer.echo(f"livescope: error: this command needs {e.name}, which the plain install leaves out "
-                   f"(training, calibration, self-adaptation, bioimage.io, napari): {install}", err=True)
+                   f"(training, calibration, self-adaptation, bioimage.io, napari, Dask clusters): {install}", err=True)
         sys.exit(2)

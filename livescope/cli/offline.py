@@ -21,10 +21,15 @@ def _model_help(task: str) -> str:
 
 
 def _offline(task: str, model: str | None, inp: Path, out: Path, models: Path | None,
-             overwrite: bool, tile: int | None, batch: int, provider: str | None, **camera: Any) -> None:
-    from livescope.server.offline import run_offline
+             overwrite: bool, tile: int | None, batch: int, provider: str | None,
+             dask: str | None = None, dask_timeout: float = 10.0, **camera: Any) -> None:
+    if dask is not None:  # dask is an optional extra: imported only for --dask
+        from livescope.server.offline_dask import run_offline_dask as run
+        camera |= {"scheduler": dask, "timeout_s": dask_timeout}
+    else:
+        from livescope.server.offline import run_offline as run
 
-    _run_offline_job(task, lambda progress: run_offline(
+    _run_offline_job(task, lambda progress: run(
         model or task, inp, out, task=task, overwrite=overwrite,
         model_dirs=[models or default_models_dir()], tile_px=tile, batch=batch, provider=provider,
         progress=progress, **camera))
@@ -58,6 +63,10 @@ _OfflineOpts = dict(
     tile=typer.Option(None, help="Tile size in pixels for large frames (default: by model and memory)."),
     batch=typer.Option(4, min=1, help="Frames (or tiles) per model call."),
     provider=typer.Option(None, help="tensorrt, cuda or cpu; default: probe."),
+    dask=typer.Option(None, "--dask", metavar="SCHEDULER|local:N", help=(
+        "Run on a Dask cluster, chunk by chunk (OME-Zarr in and out): a scheduler's address "
+        "(tcp://host:8786) or local:N for N worker processes on this machine.")),
+    dask_timeout=typer.Option(10.0, "--dask-timeout", min=0.1, help="Seconds to wait for the Dask scheduler."),
 )
 
 
@@ -67,6 +76,7 @@ def denoise(
     models: Optional[Path] = _OfflineOpts["models"], overwrite: bool = _OfflineOpts["overwrite"],
     tile: Optional[int] = _OfflineOpts["tile"], batch: int = _OfflineOpts["batch"],
     provider: Optional[str] = _OfflineOpts["provider"],
+    dask: Optional[str] = _OfflineOpts["dask"], dask_timeout: float = _OfflineOpts["dask_timeout"],
     baseline: Annotated[Optional[float], typer.Option(
         help="Camera baseline (offset), ADU, for a camera-agnostic model (default: estimated from the stack).")] = None,
     e_per_adu: Annotated[Optional[float], typer.Option(
@@ -78,7 +88,7 @@ def denoise(
     photons: the camera is estimated from the stack (and printed) unless given."""
     if (e_per_adu is not None and e_per_adu <= 0) or em_gain < 1 or (baseline is not None and baseline < 0):
         fail("--e-per-adu must be positive, --em-gain at least 1, --baseline not negative")
-    _offline("denoise", model, inp, out, models, overwrite, tile, batch, provider,
+    _offline("denoise", model, inp, out, models, overwrite, tile, batch, provider, dask, dask_timeout,
              baseline_adu=baseline, e_per_adu=e_per_adu, em_gain=em_gain)
 
 
@@ -88,9 +98,10 @@ def restore(
     models: Optional[Path] = _OfflineOpts["models"], overwrite: bool = _OfflineOpts["overwrite"],
     tile: Optional[int] = _OfflineOpts["tile"], batch: int = _OfflineOpts["batch"],
     provider: Optional[str] = _OfflineOpts["provider"],
+    dask: Optional[str] = _OfflineOpts["dask"], dask_timeout: float = _OfflineOpts["dask_timeout"],
 ) -> None:
     """Cross-modality restoration (e.g. confocal -> STED) of a stack."""
-    _offline("restore", model, inp, out, models, overwrite, tile, batch, provider)
+    _offline("restore", model, inp, out, models, overwrite, tile, batch, provider, dask, dask_timeout)
 
 
 def localise(
