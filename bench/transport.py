@@ -1,12 +1,13 @@
-"""Transport overhead: livescope's client -> server -> result path against bare pyzmq.
+"""Transport overhead: livescope's client -> server -> result path against bare pyzmq and memcpy.
 
-Both sides move the same bytes the same way: each uint16 frame goes to another process and
-comes back whole, with the same window of frames in flight. livescope runs its real server
-(`livescope serve`, identity model on onnxruntime, headers validated, results published);
-the baseline is a PUSH/PULL echo process. The server's mean model run time is reported next
-to the difference in ms per frame: the identity model really copies the frame, which the
-echo never does. Runs alternate (A B A B ...) and medians are
-compared, so drifting machine load hits both alike. Prints JSON.
+Each uint16 frame goes to another process and comes back whole, with the same window of frames
+in flight. livescope runs its real server (`livescope serve`, identity model on onnxruntime,
+headers validated, results published), once with the pixels in the messages (the network path,
+shared memory off) and once through the client's shared memory (same host); the baselines are a
+PUSH/PULL echo process (bare pyzmq) and one memcpy of the frame's bytes per frame, the least any
+same-host transport must do. The server's mean model run time is reported beside: the identity
+model really copies the frame, which the echo never does. Runs alternate (A B C D A B C D ...)
+and medians are compared, so drifting machine load hits all alike. Prints JSON.
 
     python bench/transport.py [--sizes 512 2048] [--repeats 5] [--seconds 2]
 """
@@ -52,6 +53,18 @@ def bare_fps(frame: np.ndarray, n: int, push: zmq.Socket, pull: zmq.Socket) -> f
     return n / (time.perf_counter() - t0)
 
 
+def memcpy_fps(frame: np.ndarray, n: int) -> float:
+    """One copy of the frame per frame, into as many buffers as the client has slots, in turn (one
+    buffer would stay in the CPU's cache, which slots of frames in flight do not)."""
+    into = [np.empty_like(frame) for _ in range(WINDOW + 2)]
+    for buffer in into:
+        np.copyto(buffer, frame)  # pages touched before timing
+    t0 = time.perf_counter()
+    for i in range(n):
+        np.copyto(into[i % len(into)], frame)
+    return n / (time.perf_counter() - t0)
+
+
 def livescope_fps(frame: np.ndarray, n: int, client: StreamClient) -> float:
     t0 = time.perf_counter()
     for _ in range(n):
@@ -81,39 +94,50 @@ def main() -> None:
     report: dict = {"benchmark": "transport", "window_frames": WINDOW,
                     "machine": f"{platform.machine()} {mp.cpu_count()} cpus", "sizes": {}}
     with livescope_server(threads=1) as address:
-        client = StreamClient(address, pipeline=["identity"], max_in_flight=WINDOW)
-        client.connect(timeout_s=30)
+        network = StreamClient(address, pipeline=["identity"], max_in_flight=WINDOW, shared_memory=False)
+        shared = StreamClient(address, pipeline=["identity"], max_in_flight=WINDOW, shared_memory=True)
+        for client in (network, shared):
+            client.connect(timeout_s=30)
         for size in args.sizes:
             rng = np.random.default_rng(0)
             frame = rng.integers(0, 4096, (size, size), dtype=np.uint16)
             mb = frame.nbytes / 1e6
             probe = bare_fps(frame, 20, push, pull)  # warm-up and sizing
-            livescope_fps(frame, 20, client)
+            livescope_fps(frame, 20, network)
+            livescope_fps(frame, 20, shared)
             n = max(20, int(probe * args.seconds))
-            bare, ours = [], []
-            before = client.control("stats")["inference"].get(
+            runs: dict[str, list[float]] = {"bare": [], "memcpy": [], "network": [], "shared": []}
+            before = network.control("stats")["inference"].get(
                 "identity@1", {"frames": 0, "mean_ms_per_frame": 0})
             for _ in range(args.repeats):
-                bare.append(bare_fps(frame, n, push, pull))
-                ours.append(livescope_fps(frame, n, client))
-            after = client.control("stats")["inference"]["identity@1"]
+                runs["bare"].append(bare_fps(frame, n, push, pull))
+                runs["memcpy"].append(memcpy_fps(frame, n))
+                runs["network"].append(livescope_fps(frame, n, network))
+                shared_before = shared.stats.sent_through_shared_memory
+                runs["shared"].append(livescope_fps(frame, n, shared))
+                through = shared.stats.sent_through_shared_memory - shared_before
+            after = network.control("stats")["inference"]["identity@1"]
             model_ms = ((after["mean_ms_per_frame"] * after["frames"]
                          - before["mean_ms_per_frame"] * before["frames"])
                         / (after["frames"] - before["frames"]))
+            fps = {k: median(v) for k, v in runs.items()}
             report["sizes"][f"{size}x{size}"] = {
                 "frames_per_run": n,
-                "bare_pyzmq_fps": round(median(bare), 1),
-                "livescope_fps": round(median(ours), 1),
-                "bare_pyzmq_MBps": round(median(bare) * mb, 1),
-                "livescope_MBps": round(median(ours) * mb, 1),
-                "ratio": round(median(ours) / median(bare), 3),
+                **{f"{k}_fps": round(v, 1) for k, v in fps.items()},
+                **{f"{k}_MBps": round(v * mb, 1) for k, v in fps.items()},
+                "network_vs_bare_pyzmq": round(fps["network"] / fps["bare"], 3),
+                "shared_memory_vs_memcpy": round(fps["shared"] / fps["memcpy"], 3),
+                "shared_memory_vs_network": round(fps["shared"] / fps["network"], 3),
+                "frames_through_shared_memory_last_run": f"{through}/{n}",
                 # The identity model's own run inside the server (a real onnxruntime copy of the
-                # frame), which the bare echo does not do; compare with the difference in ms/frame.
+                # frame), which neither baseline does.
                 "server_model_run_ms_mean": round(model_ms, 3),
-                "ms_per_frame_difference": round(1e3 / median(ours) - 1e3 / median(bare), 3),
-                "ratio_per_repeat": [round(o / b, 3) for o, b in zip(ours, bare)],
+                "network_ms_per_frame_over_bare": round(1e3 / fps["network"] - 1e3 / fps["bare"], 3),
+                "network_vs_bare_per_repeat": [round(o / b, 3) for o, b in zip(runs["network"], runs["bare"])],
+                "shared_vs_memcpy_per_repeat": [round(o / b, 3) for o, b in zip(runs["shared"], runs["memcpy"])],
             }
-        client.close()
+        network.close()
+        shared.close()
     push.send(b"")
     echo.join(5)
     print(json.dumps(report, indent=2))

@@ -12,6 +12,11 @@ thread while results are read on another. At most ``max_in_flight`` frames are o
 Every submitted frame ends as exactly one ``Result`` or ``Refusal``; ``stats`` accounts for all.
 Liveness is the Paranoid Pirate pattern: when the server is silent while frames are in flight
 the client pings; after ``liveness_s`` of silence it reconnects (Lazy Pirate) and resends.
+
+On one host (a loopback or ipc address) frames and their image results travel through a shared-memory
+region of ``max_in_flight`` slots (``livescope.shared_memory``), negotiated at the first frame; the
+socket carries the headers. Where the server cannot map the region (another host or container, an
+older server) the client uses the socket alone, with the same semantics.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,12 +50,14 @@ from livescope.protocol import (
     decode_header,
     table_dtype,
 )
-from livescope.security import apply_client_curve
+from livescope.security import apply_client_curve, is_loopback
+from livescope.shared_memory import ClientRegion, SharedMemoryError, SlotLayout
 from livescope.transport import recv_parts, send_message
 
 DEFAULT_SERVER = "tcp://127.0.0.1:5760"
 DEFAULT_RESULTS = "tcp://127.0.0.1:5761"
 BUSY_BACKOFF_S = 0.05  # lossless: wait this long before resending a frame the server refused as busy
+_HEARTBEAT, _REATTACH = "heartbeat", "shm-reattach"  # the client's own control requests: replies not kept
 
 
 class ServerUnreachableError(ConnectionError):
@@ -70,7 +77,8 @@ class Result:
     """A restored frame (or a table) for one submitted frame."""
 
     header: ResultHeader
-    data: np.ndarray  # read-only view on the received buffer
+    # read-only view on the received buffer, or on the client's shared-memory slot (held until dropped)
+    data: np.ndarray
 
     @property
     def seq(self) -> int:
@@ -107,6 +115,7 @@ class ClientStats(BaseModel):
     in_flight: int = 0
     queued: int = 0
     reconnects: int = 0
+    sent_through_shared_memory: int = 0  # of ``sent``: pixels in a slot of the client's shared memory
 
     @property
     def dropped(self) -> int:
@@ -132,11 +141,17 @@ def _connect(sock: zmq.Socket, address: str, *also_close: zmq.Socket) -> None:
             f"must look like tcp://HOST:PORT, e.g. {DEFAULT_SERVER}") from None
 
 
-def decode_result(parts: Sequence[zmq.Frame]) -> Result | ErrorHeader | AckHeader | ControlReply:
-    """Turn a received ``[header, payload?]`` into a Result or the header it carries."""
+def decode_result(parts: Sequence[zmq.Frame], lend: Callable[[ResultHeader], np.ndarray] | None = None
+                  ) -> Result | ErrorHeader | AckHeader | ControlReply:
+    """Turn a received ``[header, payload?]`` into a Result or the header it carries; the pixels of a
+    result the server wrote into the receiving client's shared memory are ``lend(header)``."""
     header = decode_header(parts[0].bytes)
     if not isinstance(header, ResultHeader):
         return header  # type: ignore[return-value]
+    if header.shm_offset_bytes is not None and len(parts) == 1 and header.kind == "image":
+        if lend is None:
+            raise ProtocolError(ErrorCode.payload_size, "result in shared memory this client has not attached")
+        return Result(header, lend(header))
     if len(parts) != 2:
         raise ProtocolError(ErrorCode.payload_size, "result message without its payload")
     if header.kind == "table":
@@ -162,10 +177,12 @@ class StreamClient:
         liveness_s: float = 5.0,
         camera: CameraCalibration | None = None,
         dz_um: float | None = None,
+        shared_memory: bool = True,
     ) -> None:
         """``camera``: the ADU -> photons calibration sent with every frame (a localise stage
         needs it). ``dz_um``: the delta-z sent with every frame, µm (the wanted plane's focus
-        position minus the frame's; a refocus stage needs it); ``submit`` may override it."""
+        position minus the frame's; a refocus stage needs it); ``submit`` may override it.
+        ``shared_memory``: send frames through shared memory when the server is on this host."""
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
         self.server = server
@@ -181,8 +198,15 @@ class StreamClient:
         self._ctx = zmq.Context()
         self._ctx.linger = 0  # closing never waits for unsent messages (close() waits for answers)
         self._cond = threading.Condition()
-        self._unsent: deque[tuple[FrameHeader, np.ndarray]] = deque()
-        self._in_flight: OrderedDict[int, tuple[FrameHeader, np.ndarray]] = OrderedDict()
+        # a frame's header and pixels (None: they are in its shared-memory slot)
+        self._unsent: deque[tuple[FrameHeader, np.ndarray | None]] = deque()
+        self._in_flight: OrderedDict[int, tuple[FrameHeader, np.ndarray | None]] = OrderedDict()
+        # shared memory: None until the first frame tries it, False when not used
+        self._shared: ClientRegion | None | bool = None if shared_memory and is_loopback(server) else False
+        self._slots: dict[int, int] = {}  # seq -> its slot, while the slot holds the frame or its result
+        self._slots_usable = True  # False once the server could not read a slot: messages only
+        self._attach_lock = threading.Lock()
+        self._cannot_grow_past = 0  # frame bytes a larger region could not be made for
         self._outcomes: deque[FrameOutcome] = deque()
         self._controls: deque[ControlRequest] = deque()
         self._replies: dict[str, ControlReply | ErrorHeader] = {}
@@ -236,6 +260,11 @@ class StreamClient:
             pixel_size_um=pixel_size_um, z_um=z_um, event_index=event_index or {},
             pipeline=self.pipeline, mode=self.mode, t_acquired_ns=t_acquired_ns, camera=self.camera,
             dz_um=self.dz_um if dz_um is None else dz_um)
+        with self._attach_lock:
+            if self._shared is None:
+                self._shared = self._attach_shared_memory(image)
+            elif isinstance(self._shared, ClientRegion) and image.nbytes > self._shared.layout.frame_bytes:
+                self._grow_shared_memory(image)
         with self._cond:
             self._raise_if_broken()
             if self.mode == "lossless":
@@ -251,10 +280,18 @@ class StreamClient:
                 room = max(1, self.max_in_flight - len(self._in_flight))
                 while len(self._unsent) >= room:
                     old, _ = self._unsent.popleft()
+                    self._free_slot(old.seq)
                     self._stats.dropped_by_client += 1
                     self._outcomes.append(Refusal(old.seq, "dropped_by_client",
                                                   "superseded by a newer frame before sending"))
-            self._unsent.append((header, image))
+            slot = self._shared.take() if isinstance(self._shared, ClientRegion) and self._slots_usable \
+                and image.nbytes <= self._shared.layout.frame_bytes else None
+        if slot is not None:  # the slot is this frame's alone now: copy outside the lock
+            header = header.model_copy(update={"shm": self._shared.write_frame(slot, image)})
+        with self._cond:
+            if slot is not None:
+                self._slots[header.seq] = slot
+            self._unsent.append((header, None if slot is not None else image))
             self._seq += 1
             self._stats.submitted += 1
         self._wake()
@@ -318,6 +355,11 @@ class StreamClient:
         """Wait (up to ``timeout_s``) for frames in flight, then stop. Idempotent."""
         if self._thread.is_alive():
             self.wait_idle(timeout_s)
+            if isinstance(self._shared, ClientRegion) and self._thread_error is None:
+                try:  # the server unmaps it now rather than when it forgets old attachments
+                    self.control("shm_detach", region=self._shared.name, timeout_s=1.0)
+                except (TimeoutError, ControlError):
+                    pass
             with self._cond:
                 self._closing = True
             self._wake()
@@ -325,12 +367,84 @@ class StreamClient:
         self._wake_r.close()
         self._wake_w.close()
         self._ctx.destroy(linger=0)  # the I/O thread has closed its sockets; this closes any left
+        if isinstance(self._shared, ClientRegion):
+            self._shared.close()
+            self._shared = False
 
     def __enter__(self) -> StreamClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # -- shared memory -------------------------------------------------------------------------
+
+    def _attach_shared_memory(self, first: np.ndarray) -> ClientRegion | bool:
+        """A region sized for frames like ``first`` (results up to float32), attached to the server;
+        False where it cannot be made or the server cannot map it (frames then go in messages). A slot
+        per frame in flight and two more: a slot stays taken while its result waits to be read, or is
+        held (when none is free, a frame goes in its message)."""
+        layout = SlotLayout(slots=self.max_in_flight + 2, frame_bytes=first.nbytes,
+                            result_bytes=max(first.nbytes, first.size * 4))
+        try:
+            region = ClientRegion(layout)
+        except SharedMemoryError:
+            return False
+        try:
+            self.control("shm_attach", region=region.name, token=region.token.hex(), timeout_s=10.0)
+        except (ControlError, TimeoutError):
+            region.close()
+            return False
+        return region
+
+    def _grow_shared_memory(self, image: np.ndarray) -> None:
+        """Frames got larger (a new ROI or camera mode): a region for them replaces the old one once
+        nothing is in the old one's slots; until then, and if no larger one can be made, they go in
+        their messages."""
+        old = self._shared
+        assert isinstance(old, ClientRegion)
+        if not old.idle or not self._slots_usable or self._cannot_grow_past >= image.nbytes:
+            return
+        new = self._attach_shared_memory(image)
+        if not isinstance(new, ClientRegion):
+            self._cannot_grow_past = image.nbytes
+            return
+        self._shared = new
+        try:
+            self.control("shm_detach", region=old.name, timeout_s=1.0)
+        except (TimeoutError, ControlError):
+            pass  # the server forgets it anyway; it is unlinked now
+        old.close()
+
+    def _free_slot(self, seq: int) -> None:
+        """The frame ``seq`` is answered (or dropped): its slot takes another. Under ``_cond``."""
+        slot = self._slots.pop(seq, None)
+        if slot is not None and isinstance(self._shared, ClientRegion):
+            self._shared.give_back(slot)
+
+    def _answered(self, seq: int) -> bool:
+        """Take ``seq`` out of the frames in flight; False if it was not in flight. Under ``_cond``."""
+        if self._in_flight.pop(seq, None) is None:
+            return False
+        self._free_slot(seq)
+        return True
+
+    def _without_shared_memory(self, seq: int) -> None:
+        """The server cannot read frame ``seq``'s slot (it restarted, or unmapped the region): send its
+        pixels in the message from now on, this frame first. Under ``_cond``."""
+        header, _ = self._in_flight.pop(seq)
+        region = self._shared
+        assert isinstance(region, ClientRegion) and header.shm is not None
+        pixels = region.read(header.shm.offset_bytes, header.shape, header.dtype)
+        self._free_slot(seq)
+        self._unsent.appendleft((header.model_copy(update={"shm": None}), pixels))
+        self._stats.resent += 1
+        for k, (queued, image) in enumerate(self._unsent):  # frames waiting in slots follow by message too
+            if queued.shm is not None:
+                self._unsent[k] = (queued.model_copy(update={"shm": None}),
+                                   region.read(queued.shm.offset_bytes, queued.shape, queued.dtype))
+                self._free_slot(queued.seq)
+        self._slots_usable = False
 
     # -- the I/O thread ------------------------------------------------------------------------
 
@@ -426,7 +540,7 @@ class StreamClient:
                     self._resend_in_flight(sock)
                     last_rx = now
                 elif waiting and now - last_rx > self._heartbeat_s and now - last_ping > self._heartbeat_s:
-                    send_message(sock, ControlRequest(request_id="heartbeat", command="ping"))
+                    send_message(sock, ControlRequest(request_id=_HEARTBEAT, command="ping"))
                     last_ping = now
         finally:  # also when the loop fails: an open socket would block the context's end
             self._close_socket(sock, monitor)
@@ -444,9 +558,13 @@ class StreamClient:
                 header = header.model_copy(update={"t_sent_ns": time.time_ns()})
                 self._in_flight[header.seq] = (header, image)
                 self._stats.sent += 1
+                self._stats.sent_through_shared_memory += header.shm is not None
             send_message(sock, header, image)
 
     def _resend_in_flight(self, sock: zmq.Socket) -> None:
+        if isinstance(self._shared, ClientRegion):  # a restarted server maps the region again first
+            send_message(sock, ControlRequest(request_id=_REATTACH, command="shm_attach",
+                                              args={"region": self._shared.name, "token": self._shared.token.hex()}))
         with self._cond:
             frames = list(self._in_flight.values())
             self._stats.resent += len(frames)
@@ -455,42 +573,56 @@ class StreamClient:
 
     def _receive(self, parts: list[zmq.Frame]) -> None:
         try:
-            msg = decode_result(parts)
+            msg = decode_result(parts, self._lend_result)
         except ProtocolError as e:  # not something this client can attribute to a frame
             self._unusable = f"answered with a message this client cannot read ({e.message})"
             return
         with self._cond:
             if isinstance(msg, Result):
-                if msg.header.final and self._in_flight.pop(msg.seq, None) is not None:
+                if msg.header.final and self._answered(msg.seq):
                     self._stats.results += 1
                     self._outcomes.append(msg)
             elif isinstance(msg, ControlReply):
-                if msg.request_id != "heartbeat":
+                if msg.request_id not in (_HEARTBEAT, _REATTACH):
                     self._replies[msg.request_id] = msg
             elif isinstance(msg, ErrorHeader):
                 if msg.request_id is not None:
                     self._replies[msg.request_id] = msg
+                elif msg.code is ErrorCode.shared_memory and msg.seq in self._slots and msg.seq in self._in_flight:
+                    self._without_shared_memory(msg.seq)
                 elif (msg.code is ErrorCode.busy and self.mode == "lossless"
                       and msg.seq is not None and msg.seq in self._in_flight):
                     # The server holds this client's share already: send the frame again shortly.
                     self._unsent.appendleft(self._in_flight.pop(msg.seq))
                     self._stats.resent += 1
                     self._busy_until = time.monotonic() + BUSY_BACKOFF_S
-                elif msg.seq is not None and self._in_flight.pop(msg.seq, None) is not None:
+                elif msg.seq is not None and self._answered(msg.seq):
                     self._stats.errors += 1
                     self._outcomes.append(Refusal(msg.seq, msg.code.value, msg.message))
                 elif msg.seq is None:  # a message the server could not read, so cannot name
                     self._unusable = f"refused this client's request: {msg.code.value}: {msg.message}"
             elif isinstance(msg, AckHeader) and msg.status == "dropped":
-                if self._in_flight.pop(msg.seq, None) is not None:
+                if self._answered(msg.seq):
                     self._stats.dropped_by_server += 1
                     self._outcomes.append(Refusal(msg.seq, "dropped_by_server", msg.detail))
             elif (isinstance(msg, AckHeader) and msg.status == "duplicate"
                   and "no longer cached" in msg.detail):
-                if self._in_flight.pop(msg.seq, None) is not None:
+                if self._answered(msg.seq):
                     self._stats.errors += 1
                     self._outcomes.append(Refusal(msg.seq, "result_lost", msg.detail))
             self._cond.notify_all()
+
+    def _lend_result(self, header: ResultHeader) -> np.ndarray:
+        """A result's pixels in its frame's slot, as a view that holds the slot until it is dropped."""
+        with self._cond:
+            frame = self._in_flight.get(header.seq)
+            if (not header.final or frame is None or frame[0].shm is None or header.seq not in self._slots
+                    or frame[0].shm.result_offset_bytes != header.shm_offset_bytes):
+                raise ProtocolError(ErrorCode.payload_size, "a result in shared memory outside its frame's slot")
+            slot = self._slots.pop(header.seq)  # the view gives it back, not the answer
+        region = self._shared
+        assert isinstance(region, ClientRegion)
+        return region.lend(header.shm_offset_bytes, header.shape, header.dtype, slot)
 
 
 class ResultSubscriber:

@@ -53,6 +53,7 @@ class ErrorCode(str, Enum):
     bad_request = "bad_request"  # a control request the server cannot carry out
     busy = "busy"  # the sender has its share of the server's queue (or the queue is full): send later
     shutting_down = "shutting_down"  # server is draining; frame not accepted
+    shared_memory = "shared_memory"  # the frame's shared-memory slot cannot be read: send its pixels instead
     internal = "internal"
 
 
@@ -104,6 +105,18 @@ class _ServerHeader(_Header):
     model_config = ConfigDict(frozen=True, extra="ignore", allow_inf_nan=False)
 
 
+class SharedSlot(BaseModel):
+    """Where a frame's pixels lie in its sender's shared memory, and where its result goes
+    (``livescope.shared_memory``): a frame sent this way has no payload part."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    region: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="the region's name, as attached")
+    offset_bytes: int = Field(ge=0, lt=2**48, description="the frame's first byte in the region")
+    result_offset_bytes: int = Field(ge=0, lt=2**48, description="where a final image result may go")
+    result_capacity_bytes: int = Field(ge=0, lt=2**48, description="the most bytes a result there may have")
+
+
 class FrameHeader(_Header):
     """A camera frame sent for restoration. Payload: the pixels, ``shape`` x ``dtype``."""
 
@@ -126,6 +139,8 @@ class FrameHeader(_Header):
     dz_um: float | None = Field(default=None, allow_inf_nan=False, description=(
         "delta-z a refocus stage moves the focus by, µm: the wanted plane's focus position minus "
         "the frame's (positive: further from the coverslip); needed by a refocus stage"))
+    shm: SharedSlot | None = Field(default=None, description=(
+        "the pixels lie in the sender's attached shared memory (same host); no payload part then"))
 
     @field_validator("shape")
     @classmethod
@@ -180,6 +195,9 @@ class ResultHeader(_ServerHeader):
     latency: Latency
     warnings: tuple[str, ...] = Field(default=(), description="why the frame looks unlike the model's "
                                                               "training data (empty: nothing)")
+    shm_offset_bytes: int | None = Field(default=None, description=(
+        "the payload lies in the receiving client's shared memory at this offset (its frame's slot), "
+        "not in the message"))
 
 
 class AckHeader(_ServerHeader):

@@ -85,20 +85,22 @@ class LoadedModel:
         model.load_seconds = time.perf_counter() - t0
         return model
 
-    def run_frames(self, frames: np.ndarray) -> np.ndarray:
+    def run_frames(self, frames: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Frames of any size: whole while they fit, else in tiles with the card's halo.
 
         ``frames`` is (N, H, W) for image models, giving (N, H, W); or (N, C, H, W) windows
         (localisation: C consecutive frames per item), giving the model's (N, C', H, W) maps.
         Tiles are used for models with a fixed input size, and after the device ran out of
         memory on a whole frame (the tile size that worked is kept for the next frames).
+        ``out``: an (N, H, W) array the result may be written into directly (a frame's slot in its
+        sender's shared memory); whether it was is up to the model (tiles, padding): compare.
         """
         t = self.card.tiling
         run = self.run if frames.ndim == 3 else self.run_windows
         fixed = t.tile_px is not None
         if not fixed and self._tile_px is None:
             try:
-                return run(frames)
+                return self.run(frames, out) if out is not None and frames.ndim == 3 else run(frames)
             except Exception as e:
                 if not is_out_of_memory(e):
                     raise
@@ -114,13 +116,13 @@ class LoadedModel:
             self._tile_px = used
         return out
 
-    def run(self, frames: np.ndarray) -> np.ndarray:
+    def run(self, frames: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """(N, H, W) frames -> (N, H, W) output of an image model's first output, in one call."""
-        return self.run_windows(frames[:, None])[:, 0]
+        return self.run_windows(frames[:, None], None if out is None else out[:, None])[:, 0]
 
-    def run_windows(self, x: np.ndarray) -> np.ndarray:
+    def run_windows(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """(N, C, H, W) -> the first output (N, C', H, W), in one call (padded to the size
-        multiple by reflection, cropped back)."""
+        multiple by reflection, cropped back); into ``out`` where it fits the output exactly."""
         n, _, h, w = x.shape
         if self.card.inputs[0].dtype == "float32" and x.dtype.kind == "u":  # camera integers: exact in float32
             x = x.astype(np.float32)
@@ -128,14 +130,20 @@ class LoadedModel:
         ph, pw = (-h) % m, (-w) % m
         if ph or pw:
             x = np.pad(x, ((0, 0), (0, 0), (0, ph), (0, pw)), mode="reflect")
-        out = self._run_bound(x) if self._out_channels else \
+        if ph or pw:
+            out = None  # the padded output is cropped: it cannot land in place
+        result = self._run_bound(x, out) if self._out_channels else \
             self.session.run(None, {self.card.inputs[0].name: x})[0]
-        return out[:, :, :h, :w]
+        return result[:, :, :h, :w]
 
-    def _run_bound(self, x: np.ndarray) -> np.ndarray:
-        """Run with IO binding into a recycled output buffer (no fresh 8 MB per 2k frame)."""
+    def _run_bound(self, x: np.ndarray, given: np.ndarray | None = None) -> np.ndarray:
+        """Run with IO binding into ``given`` if it is the output's shape and type, else a recycled
+        output buffer (no fresh 8 MB per 2k frame)."""
         spec = self.card.outputs[0]
-        out = self._pool.get((x.shape[0], self._out_channels, *x.shape[2:]), spec.dtype)
+        shape = (x.shape[0], self._out_channels, *x.shape[2:])
+        fits = given is not None and given.shape == shape and given.dtype == np.dtype(spec.dtype) \
+            and given.flags.c_contiguous and given.flags.writeable
+        out = given if fits else self._pool.get(shape, spec.dtype)
         binding = self.session.io_binding()
         binding.bind_cpu_input(self.card.inputs[0].name, np.ascontiguousarray(x))
         binding.bind_output(spec.name, "cpu", 0, out.dtype, out.shape, out.ctypes.data)

@@ -22,6 +22,7 @@ import zmq
 
 from livescope.protocol import FrameHeader
 from livescope.repository import ModelVersion
+from livescope.shared_memory import MappedRegion
 
 
 class QueueFullError(Exception):
@@ -41,6 +42,8 @@ class Job:
     t_received: float = field(default_factory=time.perf_counter)
     # Keeps the received zmq buffer alive while `image` views it without a copy.
     payload: zmq.Frame | None = None
+    # The sender's shared memory the frame lies in (same host); its result goes there too.
+    shared: MappedRegion | None = None
 
     @property
     def batch_key(self) -> tuple:

@@ -63,15 +63,18 @@ from livescope.server.pipeline import check_pipeline
 from livescope.server.batching import BatchPolicy
 from livescope.server.queue import Job, QueueFullError, SenderBusyError, WorkQueue
 from livescope.server.recent import RecentlyUsed
+from livescope.server.shared_regions import SharedRegions, result_area
 from livescope.server.tiling import is_out_of_memory
-from livescope.transport import recv_parts, send_message
+from livescope.shared_memory import SharedMemoryError
+from livescope.transport import ZERO_COPY_MIN_BYTES, recv_parts, send_message
 
 log = logging.getLogger("livescope.server")
 
 _PIPE = "inproc://livescope-results"
 # Pipe message kinds: a final result (sender + PUB), an intermediate one (PUB), an error
-# (sender), a control reply (sender).
-_REPLY, _PUBLISH, _ERROR, _CONTROL = b"R", b"P", b"E", b"C"
+# (sender), a control reply (sender), a final result written into the sender's shared memory
+# (its header to the sender, header and payload to PUB).
+_REPLY, _PUBLISH, _ERROR, _CONTROL, _SHARED = b"R", b"P", b"E", b"C", b"S"
 MAX_WATCH_S = 300.0  # the longest lease `watch` grants at once
 MAX_WATCHED_STREAMS = 256  # leases held at once: a client cannot grow the server's memory with names
 # Control commands that may take seconds (loading a model) run on the control thread.
@@ -128,6 +131,11 @@ class InferenceServer:
         self._control_thread = threading.Thread(target=self._control_loop,
                                                 name="livescope-control", daemon=True)
         self.router: zmq.Socket | None = None
+        self._shared = SharedRegions()  # the I/O thread's: clients' shared memory on this host
+        self._caller = b""  # the I/O thread's: who sent the control request being carried out
+        # topics subscribed on PUB (written by the I/O thread, read by the worker: a result in
+        # shared memory is published only when someone may read it)
+        self._subscribed_topics = 0
 
     # -- start and stop ------------------------------------------------------------------------
 
@@ -194,6 +202,7 @@ class InferenceServer:
             self._curve.stop()
             self._curve = None
         self.ctx.destroy(linger=2000)
+        self._shared.close()
 
     # -- the I/O loop --------------------------------------------------------------------------
 
@@ -218,12 +227,14 @@ class InferenceServer:
                     except zmq.Again:
                         break
                     self._handle(parts)
-            if self.pub in events:  # (un)subscriptions: ZeroMQ has applied them; read and forget
+            if self.pub in events:  # (un)subscriptions: ZeroMQ has applied them; count the topics
                 for _ in range(64):
                     try:
-                        self.pub.recv(zmq.NOBLOCK)
+                        change = self.pub.recv(zmq.NOBLOCK)
                     except zmq.Again:
                         break
+                    if change[:1] in (b"\x00", b"\x01"):
+                        self._subscribed_topics += 1 if change[:1] == b"\x01" else -1
             self.metrics.queue_depth.set(len(self.queue))
             if self._stop.is_set() and not draining:
                 draining = True
@@ -264,10 +275,10 @@ class InferenceServer:
 
     def _accept_frame(self, identity: bytes, header: FrameHeader, payload: list[zmq.Frame]) -> None:
         stream, seq = header.stream, header.seq
-        if len(payload) != 1:
+        if len(payload) != (0 if header.shm else 1):
             self._error(identity, ErrorCode.payload_size,
-                        f"a frame message has 2 parts (header, pixels); got {1 + len(payload)}",
-                        stream=stream, seq=seq)
+                        f"a frame message has 2 parts (header, pixels), or 1 when its pixels are in shared "
+                        f"memory (shm); got {1 + len(payload)}", stream=stream, seq=seq)
             return
         if self._stop.is_set():
             self._error(identity, ErrorCode.shutting_down, "the server is shutting down",
@@ -279,13 +290,22 @@ class InferenceServer:
                         f"server's limit of {self.config.max_frame_bytes} bytes",
                         stream=stream, seq=seq)
             return
+        shared = None
         try:
-            image = array_from_payload(header.shape, header.dtype, payload[0].buffer)
+            if header.shm is None:
+                image = array_from_payload(header.shape, header.dtype, payload[0].buffer)
+                pixels: zmq.Frame | memoryview = payload[0]
+            else:
+                image, shared = self._shared.frame(identity, header)
+                pixels = image.data
         except ProtocolError as e:
             self._error(identity, e.code, e.message, stream=stream, seq=seq)
             return
+        except SharedMemoryError as e:
+            self._error(identity, ErrorCode.shared_memory, str(e), stream=stream, seq=seq)
+            return
         ledger = self._ledger(identity, stream)
-        if self._answered_as_resend(identity, header, ledger, payload[0]):
+        if self._answered_as_resend(identity, header, ledger, pixels):
             return
         try:
             stages = [self.registry.resolve(stage) for stage in header.pipeline]
@@ -300,14 +320,14 @@ class InferenceServer:
         except ValueError as e:
             self._error(identity, ErrorCode.unknown_model, str(e), stream=stream, seq=seq)
             return
-        job = Job(identity, header, image, stages, payload=payload[0])
+        job = Job(identity, header, image, stages, payload=payload[0] if payload else None, shared=shared)
         try:
             superseded = self.queue.put(job)
         except (SenderBusyError, QueueFullError) as e:
             self._counts["busy"] += 1
             self._error(identity, ErrorCode.busy, f"{e}; send it again later", stream=stream, seq=seq)
             return
-        ledger.pending[seq] = payload[0]
+        ledger.pending[seq] = pixels
         if self._adaptation is not None:
             self._adaptation.offer(stream, seq, image, header.pixel_size_um)
         self._counts["frames"] += 1
@@ -321,7 +341,7 @@ class InferenceServer:
                                                     detail="superseded by a newer frame (latest mode)"))
 
     def _answered_as_resend(self, identity: bytes, header: FrameHeader, ledger: StreamLedger,
-                            pixels: zmq.Frame) -> bool:
+                            pixels: zmq.Frame | memoryview) -> bool:
         """Answer a frame this sender sent before (the same stream, seq and pixels) without running
         it again where possible: it is in flight (its result will follow) or its result is kept.
         False: process it (a new frame, or a resend whose result is no longer kept)."""
@@ -379,6 +399,13 @@ class InferenceServer:
         if kind == _CONTROL:
             self._to_client(identity, body)
             return
+        if kind == _SHARED:  # the pixels are in the sender's shared memory: the header tells it so
+            self._to_client(identity, body[:1])
+            self._counts["results"] += 1
+            self._cached_bytes += self._ledger(identity, stream.decode()).finish(seq, None, 0)
+            if len(body) > 1:
+                self._publish([stream, *body[1:]])
+            return
         self._to_client(identity, body)
         ledger = self._ledger(identity, stream.decode())
         if kind == _ERROR:
@@ -428,6 +455,7 @@ class InferenceServer:
         if req.command in _SLOW_COMMANDS:
             self._control_requests.put((identity, req))
             return
+        self._caller = identity  # the client a command on the I/O thread acts for (its shared memory)
         self._to_client(identity, self._execute(req))
 
     def _execute(self, req: ControlRequest) -> ControlReply:
@@ -606,6 +634,18 @@ class InferenceServer:
         self._watched = {**self._watched, stream: now + seconds}  # a new dict: the worker reads it unlocked
         return {"stream": stream, "seconds": seconds}
 
+    def _cmd_shm_attach(self, region: str, token: str) -> dict:
+        """Read this client's frames from (and write their results into) its shared-memory region on
+        this host (``livescope.shared_memory``); ``token``: the hex of the region's first 16 bytes."""
+        try:
+            return self._shared.attach(self._caller, region, token)
+        except SharedMemoryError as e:
+            raise ValueError(str(e)) from None
+
+    def _cmd_shm_detach(self, region: str) -> dict:
+        """Stop using this client's region (it is unmapped once no frame in flight views it)."""
+        return self._shared.detach(self._caller, region)
+
     def _cmd_rescan(self) -> dict:
         self.repository.rescan()
         return {"models": {n: [v.card.version for v in self.repository.versions(n)]
@@ -669,7 +709,7 @@ class InferenceServer:
                     x = out[:, 0]
                     outputs.append((model, x))
                 else:
-                    model, x = self._run_stage(stage, x)
+                    model, x = self._run_stage(stage, x, out=self._result_slot(jobs, stage))
                     outputs.append((model, x))
                 self._record_inference(model.ref, time.perf_counter() - t0, len(jobs))
         except Exception as e:  # any failure inside a model is these frames' error, not ours
@@ -708,14 +748,48 @@ class InferenceServer:
                                       z_um=h.z_um, dz_um=h.dz_um, event_index=h.event_index,
                                       t_sent_ns=h.t_sent_ns, latency=latency, warnings=tuple(warnings[k]))
                 self.metrics.results.labels(model.ref).inc()
+                if final and job.shared is not None and self._into_shared_memory(job, result, payload, pipe,
+                                                                                  envelope_tail):
+                    continue
                 send_message(pipe, result, payload,
                              envelope=[_REPLY if final else _PUBLISH, *envelope_tail])
 
-    def _run_stage(self, stage: ModelVersion, x: np.ndarray) -> tuple[LoadedModel, np.ndarray]:
-        """One stage on a batch; a device out of memory even in small tiles hands it to the CPU."""
+    def _into_shared_memory(self, job: Job, result: ResultHeader, payload: np.ndarray, pipe: zmq.Socket,
+                            envelope_tail: list[bytes]) -> bool:
+        """Put a final image result in its frame's slot (unless the model wrote it there) and tell the
+        sender where; False when it does not fit (a table, or more bytes than the slot holds): it then
+        goes in the message. Subscribers get a copy: the sender reuses the slot once it is done."""
+        area = None if result.kind != "image" else result_area(job.shared, job.header.shm, payload)
+        if area is None:
+            return False
+        if area.ctypes.data != payload.ctypes.data:
+            np.copyto(area, payload)
+        told = result.model_copy(update={"shm_offset_bytes": job.header.shm.result_offset_bytes})
+        if self._subscribed_topics <= 0:  # nobody would read a publication
+            pipe.send_multipart([_SHARED, *envelope_tail, encode_header(told)])
+            return True
+        pipe.send_multipart([_SHARED, *envelope_tail, encode_header(told), encode_header(result)], zmq.SNDMORE)
+        pipe.send(np.array(payload), copy=payload.nbytes < ZERO_COPY_MIN_BYTES)
+        return True
+
+    @staticmethod
+    def _result_slot(jobs: list[Job], stage: ModelVersion) -> np.ndarray | None:
+        """(1, H, W) where the final stage of a lone frame from shared memory may write its result
+        directly: the frame's slot (else None: the result is copied there, or sent, after)."""
+        job = jobs[0]
+        if len(jobs) != 1 or job.shared is None or stage is not job.stages[-1]:
+            return None
+        spec = stage.card.outputs[0]
+        area = result_area(job.shared, job.header.shm, np.empty((0,), spec.dtype), shape=job.header.shape)
+        return None if area is None else area[None]
+
+    def _run_stage(self, stage: ModelVersion, x: np.ndarray, out: np.ndarray | None = None
+                   ) -> tuple[LoadedModel, np.ndarray]:
+        """One stage on a batch; a device out of memory even in small tiles hands it to the CPU.
+        ``out``: where the result may go directly (``LoadedModel.run_frames``)."""
         model = self.registry.load(stage)
         try:
-            return model, model.run_frames(x)
+            return model, model.run_frames(x, out)
         except Exception as e:
             if not is_out_of_memory(e) or model.provider == "cpu":
                 raise
