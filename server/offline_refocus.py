@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -22,6 +23,9 @@ from livescope.server.models import LoadedModel
 from livescope.server.offline import OfflineError, gate_warnings, load_model, resolve_model
 from livescope.provenance import Provenance
 from livescope.stackio import Stack, StackError, StackInfo, read_stack, stack_format, write_stack
+
+if TYPE_CHECKING:
+    from livescope.repository import ModelVersion
 
 
 class RefocusSummary(BaseModel):
@@ -69,6 +73,40 @@ def check_dz(card: ModelCard, dz_um: np.ndarray) -> None:
                            f"trained for")
 
 
+def refocus_model(model: str, model_dirs: Sequence[str | os.PathLike], dz_um: float | None,
+                  sweep: str | None) -> tuple[ModelVersion, np.ndarray]:
+    """The refocusing model named, and the delta-z planes (µm) asked of it, both checked."""
+    if (dz_um is None) == (sweep is None):
+        raise OfflineError("give either --dz MICRONS (every frame) or --sweep START:STOP:STEP (one frame)")
+    version = resolve_model(model, model_dirs)
+    card = version.card
+    if card.refocus is None:
+        raise OfflineError(f"{card.ref} is not a refocusing model (its task: {card.task}); name one with --model")
+    planes = parse_sweep(sweep) if sweep is not None else np.array([float(dz_um)])
+    check_dz(card, planes)
+    return version, planes
+
+
+def check_frame(frame: int, n_frames: int, in_path: Path) -> None:
+    if not 0 <= frame < n_frames:
+        raise OfflineError(f"--frame {frame}: {in_path} has frames 0 to {n_frames - 1}")
+
+
+def sweep_info(out_path: Path, shape: tuple[int, ...], pixel_size_um: float | None,
+               planes: np.ndarray) -> StackInfo:
+    """How a sweep is written: a z-stack (ZYX) whose plane spacing is the sweep's step."""
+    return StackInfo(path=str(out_path), format=stack_format(out_path), axes="ZYX", shape=shape,
+                     dtype="float32", pixel_size_um=pixel_size_um,
+                     z_step_um=float(planes[1] - planes[0]) if len(planes) > 1 else None)
+
+
+def refocus_provenance(version: ModelVersion, in_path: Path, planes_out: int, sweep: str | None,
+                       frame: int) -> Provenance:
+    return Provenance.of_one_model(
+        operation="refocus" if sweep is None else f"refocus sweep {sweep} of frame {frame}", source=str(in_path),
+        frame_count=planes_out, model=version.ref, model_file=version.onnx_path)
+
+
 def refocus_frames(model: LoadedModel, frames: np.ndarray, dz_um: np.ndarray, *, batch: int = 4,
                    progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Frame k (ADU) moved by dz_um[k] -> float32 (N, H, W) in ADU."""
@@ -94,17 +132,11 @@ def run_refocus_offline(in_path: str | os.PathLike, out_path: str | os.PathLike,
 
     Raises StackError / OfflineError with one-line messages; nothing is written on failure."""
     in_path, out_path = Path(in_path), Path(out_path)
-    if (dz_um is None) == (sweep is None):
-        raise OfflineError("give either --dz MICRONS (every frame) or --sweep START:STOP:STEP (one frame)")
+    version, planes = refocus_model(model, model_dirs, dz_um, sweep)
     stack_format(out_path)
     if out_path.exists() and not overwrite:
         raise StackError(f"{out_path} already exists; choose another output or pass --overwrite")
-    version = resolve_model(model, model_dirs)
     card = version.card
-    if card.refocus is None:
-        raise OfflineError(f"{card.ref} is not a refocusing model (its task: {card.task}); name one with --model")
-    planes = parse_sweep(sweep) if sweep is not None else np.array([float(dz_um)])
-    check_dz(card, planes)
     stack = read_stack(in_path)
     loaded = load_model(version, provider, threads)
     t0 = time.perf_counter()
@@ -113,17 +145,13 @@ def run_refocus_offline(in_path: str | os.PathLike, out_path: str | os.PathLike,
         out = refocus_frames(loaded, frames, np.full(len(frames), planes[0]), batch=batch, progress=progress)
         like: Stack | StackInfo = stack
     else:
-        if not 0 <= frame < stack.n_frames:
-            raise OfflineError(f"--frame {frame}: {in_path} has frames 0 to {stack.n_frames - 1}")
+        check_frame(frame, stack.n_frames, in_path)
         frames = np.repeat(stack.frames[frame : frame + 1], len(planes), axis=0)
         out = refocus_frames(loaded, frames, planes, batch=batch, progress=progress)
-        like = StackInfo(path=str(out_path), format=stack_format(out_path), axes="ZYX", shape=out.shape,
-                         dtype="float32", pixel_size_um=stack.info.pixel_size_um,
-                         z_step_um=float(planes[1] - planes[0]) if len(planes) > 1 else None)
+        like = sweep_info(out_path, out.shape, stack.info.pixel_size_um, planes)
     seconds = time.perf_counter() - t0
-    written = write_stack(out_path, out, like, overwrite=overwrite, provenance=Provenance.of_one_model(
-        operation="refocus" if sweep is None else f"refocus sweep {sweep} of frame {frame}", source=str(in_path),
-        frame_count=len(out), model=loaded.ref, model_file=version.onnx_path))
+    written = write_stack(out_path, out, like, overwrite=overwrite,
+                          provenance=refocus_provenance(version, in_path, len(out), sweep, frame))
     h, w = stack.frames.shape[1:]
     return RefocusSummary(model=loaded.ref, provider=loaded.provider, input=str(in_path), output=str(written),
                           frames_in=stack.n_frames, planes_out=len(out), dz_um=tuple(float(p) for p in planes),
