@@ -149,12 +149,18 @@ def refocus(
     model: Annotated[Optional[str], typer.Option(help=_model_help("refocus"))] = None,
     models: Optional[Path] = _OfflineOpts["models"], overwrite: bool = _OfflineOpts["overwrite"],
     batch: int = _OfflineOpts["batch"], provider: Optional[str] = _OfflineOpts["provider"],
+    dask: Optional[str] = _OfflineOpts["dask"], dask_timeout: float = _OfflineOpts["dask_timeout"],
 ) -> None:
     """Virtual refocusing (Deep-Z style): each frame as it would look with the focus moved by --dz,
     or one frame swept through focus (--sweep) into a z-stack."""
-    from livescope.server.offline_refocus import run_refocus_offline
+    cluster: dict[str, Any] = {}
+    if dask is not None:  # dask is an optional extra: imported only for --dask
+        from livescope.server.offline_dask import run_refocus_dask as run
+        cluster = {"scheduler": dask, "timeout_s": dask_timeout}
+    else:
+        from livescope.server.offline_refocus import run_refocus_offline as run
 
-    _run_offline_job("refocus", lambda progress: run_refocus_offline(
+    _run_offline_job("refocus", lambda progress: run(
         inp, out, dz_um=dz, sweep=sweep, frame=frame, model=model or "refocus",
         model_dirs=[models or default_models_dir()], overwrite=overwrite, batch=batch, provider=provider,
-        progress=progress))
+        progress=progress, **cluster))
