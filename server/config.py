@@ -24,6 +24,9 @@ class ServerConfig(BaseModel):
     max_queued_frames: int = Field(default=256, ge=1, description="all clients together")
     max_queued_frames_per_client: int = Field(default=64, ge=1, description="one client's share")
     max_queued_bytes_per_client: int = Field(default=256 * 2**20, ge=1, description="one client's share, bytes")
+    workers: int = Field(default=1, ge=1, le=64, description=(
+        "inference workers, each with its own sessions: on GPUs one per device (worker i on GPU i), "
+        "on the CPU each with an equal share of the cores"))
     batch_max_frames: int = Field(default=8, ge=1, description="micro-batch size limit")
     batch_wait_ms: float = Field(
         default=0.0, ge=0, description="wait for more frames to batch; 0 = batch what waits")

@@ -8,6 +8,7 @@ then so that it costs the server a few milliseconds per thousand frames, not per
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 import numpy as np
@@ -67,11 +68,14 @@ class DomainWatch:
     def __init__(self, check_every: int = 256, max_streams: int = 256) -> None:
         self.check_every = check_every
         self._seen: RecentlyUsed[tuple, tuple[int, tuple[str, ...]]] = RecentlyUsed(max_streams)
+        self._lock = threading.Lock()  # several workers (a stream is one worker's at a time)
 
     def warnings(self, key: tuple, check: Callable[[], tuple[str, ...]]) -> tuple[str, ...]:
         """``key``'s warnings, running ``check`` when they are due."""
-        frames, found = self._seen.get(key, (0, ()))
+        with self._lock:
+            frames, found = self._seen.get(key, (0, ()))
         if frames % self.check_every == 0:
             found = tuple(check())
-        self._seen.put(key, (frames + 1, found))
+        with self._lock:
+            self._seen.put(key, (frames + 1, found))
         return found

@@ -6,6 +6,7 @@ output; padding to the card's size multiple happens here, casting and scaling in
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -156,18 +157,22 @@ class ModelRegistry:
     """The models the server can run: loaded sessions and the active version of each name.
 
     Thread-safe. The I/O thread resolves stage names to versions (cheap, never loads); the
-    worker and control requests load versions (slow, outside the lock). A name's active version
+    workers and control requests load versions (slow, outside the lock). A name's active version
     is pinned when first used (its newest then) and changes only through ``activate``, so new
-    versions appearing in the repository never swap a model implicitly.
+    versions appearing in the repository never swap a model implicitly. With several ``workers``
+    each has its own session of a version (``worker_options``: its GPU, or its share of the cores);
+    the active versions are the server's.
     """
 
     repository: ModelRepository
     options: RuntimeOptions = RuntimeOptions()
-    _loaded: dict[str, LoadedModel] = field(default_factory=dict)
+    workers: int = 1
+    gpus: int = 1  # devices the workers are spread over (worker i on GPU i mod gpus)
+    _loaded: dict[tuple[str, int], LoadedModel] = field(default_factory=dict)  # (ref, worker) -> model
     _active: dict[str, int] = field(default_factory=dict)
     # name -> the versions it served before its active one, oldest first: what rollback returns to
     _history: dict[str, list[int]] = field(default_factory=dict)
-    _loading: dict[str, threading.Lock] = field(default_factory=dict)
+    _loading: dict[tuple[str, int], threading.Lock] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def resolve(self, stage: str) -> ModelVersion:
@@ -185,27 +190,43 @@ class ModelRegistry:
         with self._lock:
             return self._active.get(name)
 
-    def load(self, version: ModelVersion) -> LoadedModel:
-        """The loaded model of a version, loading it now if needed (may take seconds)."""
+    def worker_options(self, worker: int) -> RuntimeOptions:
+        """A worker's session options: its GPU, and on the CPU its share of the cores (unless given)."""
+        if self.workers == 1:
+            return self.options
+        threads = self.options.intra_op_threads or max(1, (os.cpu_count() or 1) // self.workers)
+        return self.options.model_copy(update={"device_id": worker % max(1, self.gpus),
+                                               "intra_op_threads": threads})
+
+    def load(self, version: ModelVersion, worker: int = 0) -> LoadedModel:
+        """A worker's loaded model of a version, loading it now if needed (may take seconds)."""
+        key = (version.ref, worker)
         with self._lock:
-            model = self._loaded.get(version.ref)
+            model = self._loaded.get(key)
             if model is not None:
                 return model
-            ref_lock = self._loading.setdefault(version.ref, threading.Lock())
-        with ref_lock:  # one load per version, however many ask at once
+            ref_lock = self._loading.setdefault(key, threading.Lock())
+        with ref_lock:  # one load per version and worker, however many ask at once
             with self._lock:
-                if version.ref in self._loaded:
-                    return self._loaded[version.ref]
-            model = LoadedModel.load(version, self.options)
+                if key in self._loaded:
+                    return self._loaded[key]
+            model = LoadedModel.load(version, self.worker_options(worker))
             with self._lock:
-                self._loaded[version.ref] = model
+                self._loaded[key] = model
             return model
 
-    def fall_back_to_cpu(self, version: ModelVersion) -> LoadedModel:
-        """Replace a version's session by a CPU one (its device ran out of memory)."""
-        model = LoadedModel.load(version, self.options.model_copy(update={"provider": "cpu"}))
+    def load_everywhere(self, version: ModelVersion) -> LoadedModel:
+        """Load a version for every worker (worker 0's model returned): a version made active is
+        ready on all of them before the first frame reaches it."""
+        models = [self.load(version, worker) for worker in range(self.workers)]
+        return models[0]
+
+    def fall_back_to_cpu(self, version: ModelVersion, worker: int = 0) -> LoadedModel:
+        """Replace a worker's session of a version by a CPU one (its device ran out of memory)."""
+        options = self.worker_options(worker).model_copy(update={"provider": "cpu"})
+        model = LoadedModel.load(version, options)
         with self._lock:
-            self._loaded[version.ref] = model
+            self._loaded[(version.ref, worker)] = model
         return model
 
     def activate(self, ref: str, *, force: bool = False) -> LoadedModel:
@@ -219,7 +240,7 @@ class ModelRegistry:
         resolved = self.repository.resolve(name, version)
         if not force:
             _check_gate(resolved)
-        model = self.load(resolved)
+        model = self.load_everywhere(resolved)
         with self._lock:
             previous = self._active.get(name)
             if previous is not None and previous != model.card.version:
@@ -239,7 +260,7 @@ class ModelRegistry:
             served = f"it has served only {name}@{current}" if current is not None else f"{name} has not served yet"
             raise LookupError(f"no earlier version of {name} was active in this server since it started ({served}); "
                               f"`livescope models activate {name}@VERSION` picks one")
-        model = self.load(self.repository.resolve(name, history[-1]))
+        model = self.load_everywhere(self.repository.resolve(name, history[-1]))
         with self._lock:
             if self._active.get(name) != current:
                 raise LookupError(f"{name} was activated by someone else meanwhile; nothing rolled back")
@@ -254,7 +275,8 @@ class ModelRegistry:
         with self._lock:
             if self._active.get(name) == version:
                 raise ValueError(f"{ref} is active; activate another version of {name} first")
-            if self._loaded.pop(ref, None) is None:
+            removed = [self._loaded.pop(key) for key in list(self._loaded) if key[0] == ref]
+            if not removed:
                 raise ValueError(f"{ref} is not loaded")
 
     def preload(self) -> list[str]:
@@ -276,8 +298,12 @@ class ModelRegistry:
         return problems
 
     def loaded(self) -> list[LoadedModel]:
+        """One loaded model per version (the lowest worker's)."""
         with self._lock:
-            return list(self._loaded.values())
+            first: dict[str, LoadedModel] = {}
+            for (ref, _), model in sorted(self._loaded.items(), key=lambda item: item[0][1]):
+                first.setdefault(ref, model)
+            return list(first.values())
 
 
 class CandidateVersionError(UnknownModelError):

@@ -8,6 +8,7 @@ its frames are converted alike; the server logs it once per stream.
 from __future__ import annotations
 
 import logging
+import threading
 
 import numpy as np
 
@@ -23,6 +24,7 @@ class StreamScales:
 
     def __init__(self, max_streams: int = 256) -> None:
         self._scales: RecentlyUsed[tuple, PhotonScale] = RecentlyUsed(max_streams)
+        self._lock = threading.Lock()  # several workers
 
     def scale(self, key: tuple, header: FrameHeader, frame: np.ndarray) -> PhotonScale:
         if header.camera is not None:
@@ -32,7 +34,13 @@ class StreamScales:
             log.info("stream %s: no camera in its headers; %s", header.stream, found.source)
             return found
 
-        return self._scales.use(key, estimate)
+        with self._lock:
+            known = self._scales.get(key)
+        if known is None:
+            known = estimate()  # outside the lock: other workers' streams go on meanwhile
+        with self._lock:
+            self._scales.put(key, self._scales.get(key, known))
+            return self._scales[key]
 
     @staticmethod
     def warnings(scale: PhotonScale) -> tuple[str, ...]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
+import subprocess
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
@@ -41,6 +43,7 @@ class RuntimeOptions(BaseModel):
     intra_op_threads: int | None = Field(default=None, ge=1)
     fp16: bool = Field(default=False, description="TensorRT: allow fp16 kernels")
     graph_optimisation: Literal["disable", "basic", "extended", "all"] = "all"
+    device_id: int = Field(default=0, ge=0, description="the GPU a CUDA or TensorRT session runs on")
 
 
 _OPT_LEVELS = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -64,9 +67,10 @@ def session_options(options: RuntimeOptions) -> ort.SessionOptions:
 def _provider_options(name: str, options: RuntimeOptions) -> dict[str, str]:
     if name == "CUDAExecutionProvider":
         # HEURISTIC: a new frame size must not stall for an exhaustive cuDNN search.
-        return {"cudnn_conv_algo_search": "HEURISTIC"}
+        return {"cudnn_conv_algo_search": "HEURISTIC", "device_id": str(options.device_id)}
     if name == "TensorrtExecutionProvider":
-        return {"trt_fp16_enable": str(options.fp16), "trt_engine_cache_enable": "True"}
+        return {"trt_fp16_enable": str(options.fp16), "trt_engine_cache_enable": "True",
+                "device_id": str(options.device_id)}
     return {}
 
 
@@ -120,6 +124,19 @@ def candidate_providers(preferred: str | None = None) -> list[str]:
                              + (f" ({problem})" if problem else ""))
         order = [full] + ([] if full == "CPUExecutionProvider" else ["CPUExecutionProvider"])
     return order
+
+
+def visible_gpus() -> int:
+    """How many GPUs this process may use: CUDA_VISIBLE_DEVICES where set, else what nvidia-smi lists
+    (0 without either). Only spreads workers over devices: the session probe decides the provider."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    try:
+        listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(line.startswith("GPU ") for line in listed.stdout.splitlines()) if listed.returncode == 0 else 0
 
 
 def create_session(

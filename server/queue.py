@@ -6,7 +6,9 @@ still waiting: those come back from `put` as dropped, for the server to report.
 
 ``take_batch`` gathers up to N frames that can run as one batch (same model versions, frame
 shape and dtype), taking only from the heads of the streams' queues, so batching never
-reorders a stream.
+reorders a stream. With several workers, a stream one worker has taken frames of is not given to
+another until that worker is ``done`` with them: a stream's frames run one batch after another, in
+order, whichever worker runs them.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ class WorkQueue:
         self._count = 0
         self._closed = False
         self._cond = threading.Condition()
+        self._taken: set[tuple[bytes, str]] = set()  # streams a worker is running frames of
 
     def __len__(self) -> int:
         return self._count
@@ -112,23 +115,29 @@ class WorkQueue:
         """The next job, round-robin across streams; None on timeout or when closed and empty."""
         deadline = time.monotonic() + timeout_s
         with self._cond:
-            while self._count == 0:
-                if self._closed:
+            while True:
+                for stream, pending in self._streams.items():
+                    if pending and stream not in self._taken:
+                        job = pending.popleft()
+                        self._count -= 1
+                        self._account(job, -1)
+                        self._taken.add(stream)
+                        self._streams.move_to_end(stream)  # fairness: this stream goes last
+                        if not pending:
+                            del self._streams[stream]
+                        return job
+                if self._closed and self._count == 0:
                     return None
                 left = deadline - time.monotonic()
                 if left <= 0 or not self._cond.wait(left):
-                    if self._count == 0:
-                        return None
-            for stream, pending in self._streams.items():
-                if pending:
-                    job = pending.popleft()
-                    self._count -= 1
-                    self._account(job, -1)
-                    self._streams.move_to_end(stream)  # fairness: this stream goes last
-                    if not pending:
-                        del self._streams[stream]
-                    return job
-            raise AssertionError("count and queues disagree")
+                    return None
+
+    def done(self, jobs: list[Job]) -> None:
+        """A worker has answered these jobs: their streams may go to any worker again."""
+        with self._cond:
+            for job in jobs:
+                self._taken.discard((job.identity, job.header.stream))
+            self._cond.notify_all()
 
     def take_batch(self, max_frames: int | Callable[[tuple], int], timeout_s: float,
                    wait_s: float = 0.0) -> list[Job]:
@@ -144,7 +153,7 @@ class WorkQueue:
         deadline = time.monotonic() + wait_s
         with self._cond:
             while len(batch) < max_frames:
-                job = self._take_matching(key)
+                job = self._take_matching(key, {(j.identity, j.header.stream) for j in batch})
                 if job is not None:
                     batch.append(job)
                     continue
@@ -153,12 +162,14 @@ class WorkQueue:
                     break
         return batch
 
-    def _take_matching(self, key: tuple) -> Job | None:
+    def _take_matching(self, key: tuple, held: set[tuple[bytes, str]]) -> Job | None:
+        """The next job of ``key`` from a stream no worker holds, or one this batch ``held`` already."""
         for stream, pending in self._streams.items():
-            if pending and pending[0].batch_key == key:
+            if pending and pending[0].batch_key == key and (stream not in self._taken or stream in held):
                 job = pending.popleft()
                 self._count -= 1
                 self._account(job, -1)
+                self._taken.add(stream)
                 if not pending:
                     del self._streams[stream]
                 return job

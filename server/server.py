@@ -4,8 +4,12 @@ Threads and who owns what (ZeroMQ sockets are used by one thread each):
 - the I/O thread (``serve_forever``) owns the ROUTER, the PUB and the receiving end of an inproc
   pipe; it validates every message, answers control requests, de-duplicates resent frames and
   queues the rest;
-- the worker thread takes frames from the queue, runs the pipeline on onnxruntime and hands
-  the results back through the inproc pipe, so the I/O thread stays responsive while a model runs.
+- the worker threads (``--workers``, 1 by default) take frames from the queue, run the pipeline on
+  onnxruntime (each worker its own sessions: its GPU, or its share of the cores; onnxruntime
+  releases the GIL while it runs) and hand the results back through the inproc pipe, so the I/O
+  thread stays responsive while a model runs. A stream's frames go to one worker at a time
+  (``WorkQueue.done``) and the workers share the pipe, one batch's messages at a time, so each
+  stream's results leave in order whichever worker ran them.
 
 Every frame that enters gets exactly one answer: a result, an error, or an ack that says it
 was a duplicate or dropped (latest mode). Nothing is lost uncounted.
@@ -60,6 +64,7 @@ from livescope.server.metrics import ServerMetrics
 from livescope.server.models import LoadedModel, ModelRegistry
 from livescope.server.photons import StreamScales
 from livescope.server.pipeline import check_pipeline
+from livescope.server.providers import visible_gpus
 from livescope.server.batching import BatchPolicy
 from livescope.server.queue import Job, QueueFullError, SenderBusyError, WorkQueue
 from livescope.server.recent import RecentlyUsed
@@ -96,7 +101,8 @@ class InferenceServer:
         self.config = config
         self.metrics = ServerMetrics()
         self.repository = ModelRepository([shipped_models_root(), *config.model_dirs])
-        self.registry = ModelRegistry(self.repository, config.runtime)
+        self.registry = ModelRegistry(self.repository, config.runtime, workers=config.workers,
+                                      gpus=visible_gpus() if config.workers > 1 else 1)
         self.batching = BatchPolicy(config.batch_max_frames)  # batches only where they pay
         self.queue = WorkQueue(config.max_queued_frames, max_jobs_per_sender=config.max_queued_frames_per_client,
                                max_bytes_per_sender=config.max_queued_bytes_per_client)
@@ -119,8 +125,11 @@ class InferenceServer:
         self._context = StreamContext()  # the worker's: frames before, for models with context frames
         self._scales = StreamScales()  # the worker's: each stream's photon scale, for camera-agnostic models
         self._out_of_domain = 0  # frames whose results carry a warning; under _inference_lock
+        self._frames_per_worker = [0] * config.workers  # frames each worker ran; under _inference_lock
         self._curve: CurveServer | None = None
-        self._worker: threading.Thread | None = None
+        self._workers: list[threading.Thread] = []
+        self._pipe_out: zmq.Socket | None = None  # the workers' end of the pipe, used under _pipe_lock
+        self._pipe_lock = threading.Lock()
         self._control_requests: SimpleQueue = SimpleQueue()
         self._control_pipe: zmq.Socket | None = None  # the control thread's (renders are published on it)
         self._load_problems: list[str] = []
@@ -168,8 +177,12 @@ class InferenceServer:
                 log.warning("%s", problem)
             for model in self.registry.loaded():
                 self.metrics.provider.labels(model.ref, model.provider).set(1)
-        self._worker = threading.Thread(target=self._work, name="livescope-worker", daemon=True)
-        self._worker.start()
+        self._pipe_out = self.ctx.socket(zmq.PUSH)
+        self._pipe_out.connect(_PIPE)
+        self._workers = [threading.Thread(target=self._work, args=(i,), name=f"livescope-worker-{i}", daemon=True)
+                         for i in range(self.config.workers)]
+        for worker in self._workers:
+            worker.start()
         self._control_thread.start()
         log.info("serving frames on %s, results on %s", self.config.frames_address,
                  self.config.results_address)
@@ -240,7 +253,7 @@ class InferenceServer:
                 draining = True
                 self.queue.close()
                 log.info("stopping: finishing %d queued frames", len(self.queue))
-            if draining and not self._worker.is_alive() and not events:
+            if draining and not any(w.is_alive() for w in self._workers) and not events:
                 break
         self._control_requests.put(None)
         self._control_thread.join(timeout=10)
@@ -491,7 +504,9 @@ class InferenceServer:
             inference = {ref: {"frames": int(n), "mean_ms_per_frame": round(1e3 * t / n, 3)}
                          for ref, (n, t) in self._inference.items()}
             out_of_domain = self._out_of_domain
+            per_worker = list(self._frames_per_worker)
         return {**self._counts, "out_of_domain": out_of_domain, "queue_depth": len(self.queue),
+                "frames_per_worker": per_worker,
                 "streams": len({stream for _, stream in self._ledgers}),
                 "result_cache_bytes": self._cached_bytes,
                 "uptime_s": round(time.monotonic() - self._started, 3), "inference": inference}
@@ -520,7 +535,7 @@ class InferenceServer:
 
     def _cmd_load(self, model: str) -> dict:
         name, version = split_stage(model)
-        loaded = self.registry.load(self.repository.resolve(name, version))
+        loaded = self.registry.load_everywhere(self.repository.resolve(name, version))
         self.metrics.provider.labels(loaded.ref, loaded.provider).set(1)
         return {"model": loaded.ref, "provider": loaded.provider,
                 "load_s": round(loaded.load_seconds, 3)}
@@ -654,35 +669,33 @@ class InferenceServer:
 
     # -- the worker ----------------------------------------------------------------------------
 
-    def _work(self) -> None:
-        pipe = self.ctx.socket(zmq.PUSH)
-        pipe.connect(_PIPE)
-        try:
-            while True:
-                jobs = self.queue.take_batch(self.batching.limit, timeout_s=0.2,
-                                             wait_s=self.config.batch_wait_ms / 1e3)
-                if not jobs:
-                    if self._stop.is_set() and len(self.queue) == 0:
-                        return
-                    continue
-                try:
-                    self._run_batch(jobs, pipe)
-                except Exception:  # a bug must cost these frames their results, never the worker
-                    log.exception("internal error in the worker on %d frame(s)", len(jobs))
-                    self._refuse_jobs(pipe, jobs, ErrorCode.internal,
-                                      "internal error while processing this frame; the server logged it")
-        finally:
-            pipe.close(linger=-1)
+    def _work(self, worker: int) -> None:
+        while True:
+            jobs = self.queue.take_batch(self.batching.limit, timeout_s=0.2,
+                                         wait_s=self.config.batch_wait_ms / 1e3)
+            if not jobs:
+                if self._stop.is_set() and len(self.queue) == 0:
+                    return
+                continue
+            try:
+                self._run_batch(jobs, worker)
+            except Exception:  # a bug must cost these frames their results, never the worker
+                log.exception("internal error in worker %d on %d frame(s)", worker, len(jobs))
+                self._refuse_jobs(jobs, ErrorCode.internal,
+                                  "internal error while processing this frame; the server logged it")
+            finally:  # answered: their streams may go to any worker
+                self.queue.done(jobs)
 
-    def _refuse_jobs(self, pipe: zmq.Socket, jobs: list[Job], code: ErrorCode, message: str) -> None:
+    def _refuse_jobs(self, jobs: list[Job], code: ErrorCode, message: str) -> None:
         """Each of these frames' answer: an error (through the pipe, so the I/O thread counts it)."""
         self.metrics.errors.labels(code.value).inc(len(jobs))
-        for job in jobs:
-            h = job.header
-            err = ErrorHeader(code=code, stream=h.stream, seq=h.seq, message=message)
-            send_message(pipe, err, envelope=[_ERROR, job.identity, h.stream.encode(), b"%d" % h.seq])
+        with self._pipe_lock:
+            for job in jobs:
+                h = job.header
+                err = ErrorHeader(code=code, stream=h.stream, seq=h.seq, message=message)
+                send_message(self._pipe_out, err, envelope=[_ERROR, job.identity, h.stream.encode(), b"%d" % h.seq])
 
-    def _run_batch(self, jobs: list[Job], pipe: zmq.Socket) -> None:
+    def _run_batch(self, jobs: list[Job], worker: int = 0) -> None:
         """Run one micro-batch through its pipeline; send each frame's results in order."""
         t_start = time.perf_counter()
         x = jobs[0].image[None] if len(jobs) == 1 else np.stack([j.image for j in jobs])
@@ -694,33 +707,41 @@ class InferenceServer:
             for stage in jobs[0].stages:
                 t0 = time.perf_counter()
                 if stage.card.task == "localise":
-                    model, tables = self._localise(stage, jobs, x, warnings)
+                    model, tables = self._localise(stage, jobs, x, warnings, worker)
                     outputs.append((model, tables))
                 elif stage.card.task == "refocus":
-                    model, x = self._refocus(stage, jobs, x)
+                    model, x = self._refocus(stage, jobs, x, worker)
                     outputs.append((model, x))
                 elif stage.card.normalisation.kind == "photons":  # a camera-agnostic model
-                    model, x = self._run_in_photons(stage, jobs, x, warnings)
+                    model, x = self._run_in_photons(stage, jobs, x, warnings, worker)
                     outputs.append((model, x))
                 elif stage.card.context_frames > 1:  # a denoiser that sees the stream's frames before
                     windows = self._context.windows([(j.identity, j.header.stream, stage.ref) for j in jobs],
                                                     [j.header.seq for j in jobs], x, stage.card.context_frames)
-                    model, out = self._run_stage(stage, windows)
+                    model, out = self._run_stage(stage, windows, worker=worker)
                     x = out[:, 0]
                     outputs.append((model, x))
                 else:
-                    model, x = self._run_stage(stage, x, out=self._result_slot(jobs, stage))
+                    model, x = self._run_stage(stage, x, out=self._result_slot(jobs, stage), worker=worker)
                     outputs.append((model, x))
                 self._record_inference(model.ref, time.perf_counter() - t0, len(jobs))
         except Exception as e:  # any failure inside a model is these frames' error, not ours
             log.warning("inference failed in %s on %d frame(s): %s", stage.ref, len(jobs), e)
-            self._refuse_jobs(pipe, jobs, ErrorCode.inference_failed,
+            self._refuse_jobs(jobs, ErrorCode.inference_failed,
                               f"{stage.ref} failed on this frame; the server's log says why")
             return
         t_done = time.perf_counter()
+        with self._inference_lock:
+            self._frames_per_worker[worker] += len(jobs)
         self.batching.record(jobs[0].batch_key, len(jobs), t_done - t_start)
         self.metrics.batch_size.observe(len(jobs))
         self._count_out_of_domain(jobs, warnings)
+        with self._pipe_lock:  # one batch's messages at a time: a stream's results stay in order
+            self._send_results(jobs, outputs, warnings, t_start, t_done, self._pipe_out)
+
+    def _send_results(self, jobs: list[Job], outputs: list, warnings: list[list[str]], t_start: float,
+                      t_done: float, pipe: zmq.Socket) -> None:
+        """Each frame's raw publication (if watched) and results into the pipe, in order (under _pipe_lock)."""
         for k, job in enumerate(jobs):
             h = job.header
             # this frame's share of its batch's compute; total_ms is its real wait, the whole batch's included
@@ -783,11 +804,11 @@ class InferenceServer:
         area = result_area(job.shared, job.header.shm, np.empty((0,), spec.dtype), shape=job.header.shape)
         return None if area is None else area[None]
 
-    def _run_stage(self, stage: ModelVersion, x: np.ndarray, out: np.ndarray | None = None
-                   ) -> tuple[LoadedModel, np.ndarray]:
-        """One stage on a batch; a device out of memory even in small tiles hands it to the CPU.
-        ``out``: where the result may go directly (``LoadedModel.run_frames``)."""
-        model = self.registry.load(stage)
+    def _run_stage(self, stage: ModelVersion, x: np.ndarray, out: np.ndarray | None = None,
+                   worker: int = 0) -> tuple[LoadedModel, np.ndarray]:
+        """One stage on a batch, on ``worker``'s session; a device out of memory even in small tiles
+        hands it to the CPU. ``out``: where the result may go directly (``LoadedModel.run_frames``)."""
+        model = self.registry.load(stage, worker)
         try:
             return model, model.run_frames(x, out)
         except Exception as e:
@@ -795,7 +816,7 @@ class InferenceServer:
                 raise
         log.warning("%s: out of memory on %s even in small tiles; moving it to the CPU", model.ref,
                     model.provider)
-        model = self.registry.fall_back_to_cpu(stage)
+        model = self.registry.fall_back_to_cpu(stage, worker)
         self.metrics.provider.labels(model.ref, model.provider).set(1)
         return model, model.run_frames(x)
 
@@ -823,8 +844,8 @@ class InferenceServer:
             with self._inference_lock:
                 self._out_of_domain += len(flagged)
 
-    def _localise(self, stage: ModelVersion, jobs: list[Job], x: np.ndarray, warnings: list[list[str]]
-                  ) -> tuple[LoadedModel, list[EmitterTable]]:
+    def _localise(self, stage: ModelVersion, jobs: list[Job], x: np.ndarray, warnings: list[list[str]],
+                  worker: int = 0) -> tuple[LoadedModel, list[EmitterTable]]:
         """Each frame (ADU) in photons, with its stream's frames before as context -> its emitters;
         the tables also grow the streams' renders. Data outside the model's trained range adds to
         the frames' ``warnings``."""
@@ -832,7 +853,7 @@ class InferenceServer:
         headers = [job.header for job in jobs]
         photons = np.stack([h.camera.photons(x[k]) for k, h in enumerate(headers)])
         windows = self.localise_streams.windows(headers, photons, spec.context_frames)
-        model, maps = self._run_stage(stage, windows)
+        model, maps = self._run_stage(stage, windows, worker=worker)
         tables = []
         for k, h in enumerate(headers):
             pixel_size_nm = h.pixel_size_um * 1000.0
@@ -845,26 +866,27 @@ class InferenceServer:
                     range_warnings(stage.card, px, photons[k : k + 1]))))
         return model, tables
 
-    def _run_in_photons(self, stage: ModelVersion, jobs: list[Job], x: np.ndarray, warnings: list[list[str]]
-                        ) -> tuple[LoadedModel, np.ndarray]:
+    def _run_in_photons(self, stage: ModelVersion, jobs: list[Job], x: np.ndarray, warnings: list[list[str]],
+                        worker: int = 0) -> tuple[LoadedModel, np.ndarray]:
         """Each frame (ADU, any dtype) in noise-equivalent photons with its stream's scale (its header's
         camera, else estimated from the stream's first frame: server/photons.py), and the result back in
         float32 ADU."""
         scales = [self._scales.scale((job.identity, job.header.stream), job.header, x[k]) for k, job in enumerate(jobs)]
         photons = np.stack([scale.to_photons(x[k]) for k, scale in enumerate(scales)])
-        model, out = self._run_stage(stage, photons)
+        model, out = self._run_stage(stage, photons, worker=worker)
         for k, scale in enumerate(scales):
             warnings[k] += self._scales.warnings(scale)
         return model, np.stack([scale.to_adu(out[k]) for k, scale in enumerate(scales)])
 
-    def _refocus(self, stage: ModelVersion, jobs: list[Job], x: np.ndarray) -> tuple[LoadedModel, np.ndarray]:
+    def _refocus(self, stage: ModelVersion, jobs: list[Job], x: np.ndarray, worker: int = 0
+                 ) -> tuple[LoadedModel, np.ndarray]:
         """Each frame (ADU, any pixel dtype) with a uniform map of its own delta-z -> the frame at
         that plane, float32 ADU (N, H, W). Frames of one batch may ask for different delta-z."""
         n, h, w = x.shape
         frame_dz = np.empty((n, 2, h, w), np.float32)
         frame_dz[:, 0] = x
         frame_dz[:, 1] = np.array([job.header.dz_um for job in jobs], np.float32)[:, None, None]
-        model, out = self._run_stage(stage, frame_dz)
+        model, out = self._run_stage(stage, frame_dz, worker=worker)
         return model, out[:, 0]
 
     def _record_inference(self, ref: str, seconds: float, frames: int) -> None:

@@ -54,8 +54,28 @@ def test_the_queue_keeps_each_stream_in_order_and_serves_streams_in_turn():
     q = WorkQueue(max_jobs=10)
     for j in (job("a", 0), job("a", 1), job("a", 2), job("b", 0), job("b", 1)):
         q.put(j)
-    order = [(j.header.stream, j.header.seq) for j in iter(lambda: q.take(0.01), None)]
+    order = [(j.header.stream, j.header.seq) for j in iter(lambda: take_and_answer(q), None)]
     assert order == [("a", 0), ("b", 0), ("a", 1), ("b", 1), ("a", 2)]
+
+
+def take_and_answer(q: WorkQueue) -> Job | None:
+    taken = q.take(0.01)
+    if taken is not None:
+        q.done([taken])
+    return taken
+
+
+def test_a_stream_one_worker_runs_goes_to_no_other_worker_until_that_one_is_done():
+    q = WorkQueue(max_jobs=10)
+    for j in (job("a", 0), job("a", 1), job("b", 0)):
+        q.put(j)
+    first = q.take(0.01)  # worker 1: a/0
+    second = q.take(0.01)  # worker 2 gets b/0, not a/1: a is worker 1's until it answered a/0
+    assert (first.header.stream, first.header.seq, second.header.stream) == ("a", 0, "b")
+    assert q.take(0.01) is None
+    q.done([first])
+    third = q.take(0.01)
+    assert (third.header.stream, third.header.seq) == ("a", 1)
 
 
 def test_a_latest_frame_supersedes_the_waiting_frames_of_its_stream_only():

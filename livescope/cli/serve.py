@@ -16,7 +16,10 @@ def serve(
     metrics_port: Annotated[int, typer.Option(help="Prometheus port on 127.0.0.1; 0 = off.")] = 9760,
     models: ModelsOpt = None,
     provider: Annotated[Optional[str], typer.Option(help="tensorrt, cuda or cpu; default: probe.")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="onnxruntime intra-op threads.")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="onnxruntime intra-op threads (per worker).")] = None,
+    workers: Annotated[int, typer.Option(
+        min=1, max=64, help="Inference workers, each with its own sessions: one per GPU (worker i on GPU i), "
+        "or on the CPU each with an equal share of the cores.")] = 1,
     fp16: Annotated[bool, typer.Option(help="TensorRT: allow fp16 kernels.")] = False,
     graph_opt: Annotated[str, typer.Option(
         help="onnxruntime graph optimisation: disable, basic, extended, all.")] = "all",
@@ -52,7 +55,7 @@ def serve(
                                    graph_optimisation=graph_opt),
             max_frame_bytes=int(max_frame_mb * 2**20),
             max_queued_bytes_per_client=int(max_queued_mb_per_client * 2**20),
-            batch_max_frames=batch_max_frames, batch_wait_ms=batch_wait_ms, render_pixel_nm=render_px,
+            batch_max_frames=batch_max_frames, batch_wait_ms=batch_wait_ms, render_pixel_nm=render_px, workers=workers,
             curve_secret_key=curve_secret, curve_allowed_clients=allow)
     except ValidationError as e:
         fail(first_error(e))
