@@ -158,6 +158,9 @@ def test_a_restored_output_opens_beside_its_raw_twin_and_a_csv_as_points(viewer,
                         '2,3,100.0,3200.0,800.0\n')
     (points,) = viewer.open(str(csv_path), plugin="livescope")
     np.testing.assert_allclose(points.data, [[0, 0.25, 1.5], [2, 3.2, 0.1]], rtol=1e-6)  # frame, y, x (µm)
+    # an emitter at the centre of pixel (y 2, x 15) (positions count from the image's corner) lies on
+    # that pixel's centre in the image layers, not half a pixel off
+    np.testing.assert_allclose(layers[1].world_to_data([0, 0.25, 1.55]), [0, 2, 15], atol=1e-6)
 
 
 def test_the_plugin_leaves_what_livescope_did_not_write_to_other_readers(tmp_path):

@@ -41,10 +41,13 @@ def _image_layer(stack: Stack, role: str) -> tuple:
     scale = [1.0] * (data.ndim - 2) + [px, px]
     if "Z" in info.axes and info.z_step_um:
         scale[info.axes.index("Z")] = info.z_step_um
+    # napari puts a pixel's centre at index x scale; livescope's emitters (and physical positions) count
+    # from the image's corner, so pixel i's centre is at (i + 1/2) px: half a pixel across and down
+    translate = [0.0] * (data.ndim - 2) + [px / 2, px / 2]
     made = info.provenance
     name = f"{Path(info.path).name} ({role}{', ' + made.model_of(0) if made and made.model_of(0) else ''})"
     metadata = {"livescope": made.model_dump(mode="json") if made else None, "axes": info.axes}
-    return data, {"name": name, "scale": scale, "metadata": metadata}, "image"
+    return data, {"name": name, "scale": scale, "translate": translate, "metadata": metadata}, "image"
 
 
 def _read_restored(path: str) -> list[tuple]:
