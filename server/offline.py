@@ -28,7 +28,7 @@ from livescope.context import causal_windows
 from livescope.modelcard import ModelCard
 from livescope.provenance import CameraModel, Provenance
 from livescope.server.domain import domain_warnings
-from livescope.server.tiling import DEFAULT_TILE_PX, is_out_of_memory, run_shrinking_on_oom
+from livescope.server.tiling import DEFAULT_TILE_PX, effective_tile, is_out_of_memory, run_shrinking_on_oom
 from livescope.stackio import Stack, StackError, read_stack, stack_format, write_stack
 
 if TYPE_CHECKING:
@@ -102,10 +102,16 @@ def to_model_dtype(frames: np.ndarray, dtype: str) -> tuple[np.ndarray, int]:
 
 
 def tiling_for(card: ModelCard, tile_px: int | None = None) -> tuple[int, bool]:
-    """(tile size, whether the model needs exactly that size) for a card."""
+    """(tile size, whether the model needs exactly that size) for a card; OfflineError for a tile too
+    small for the model's halo (the user's --tile)."""
     if card.tiling.tile_px is not None:
         return card.tiling.tile_px, True
-    return tile_px or DEFAULT_TILE_PX, False
+    tile = tile_px or DEFAULT_TILE_PX
+    try:
+        effective_tile(tile, card.tiling.halo_px, card.tiling.size_multiple_px)
+    except ValueError as e:
+        raise OfflineError(f"--tile: {e} for {card.ref}") from None
+    return tile, False
 
 
 def restore_stack(model: RunsFrames, stack: Stack | np.ndarray, *, batch: int = 4,

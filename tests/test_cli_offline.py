@@ -41,3 +41,12 @@ def test_the_help_shows_how_to_name_a_version():
         r = subprocess.run([sys.executable, "-m", "livescope.cli", *command, "--help"], capture_output=True,
                            text=True, env={**os.environ, "COLUMNS": "200"})
         assert r.returncode == 0 and shown in r.stdout, (command, r.stdout)
+
+
+def test_a_tile_too_small_for_the_models_halo_is_one_line_naming_the_smallest_that_works(tmp_path):
+    raw = tmp_path / "small.ome.tif"
+    tifffile.imwrite(raw, np.full((2, 64, 64), 120, np.uint16), ome=True, metadata={"axes": "TYX"})
+    r = cli("denoise", str(raw), str(tmp_path / "out.ome.zarr"), "--tile", "16")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "--tile: tile 16 px leaves no core inside a halo" in r.stderr and "at least" in r.stderr
+    assert not (tmp_path / "out.ome.zarr").exists()
