@@ -8,9 +8,12 @@ import sys
 import time
 from collections.abc import Iterator
 
+import numpy as np
+
+from livescope.client import Result, StreamClient
 from livescope.launch import free_port, spawn_server
 
-__all__ = ["free_port", "livescope_server", "log", "median"]
+__all__ = ["free_port", "livescope_server", "log", "median", "stream_all"]
 
 
 @contextlib.contextmanager
@@ -19,6 +22,17 @@ def livescope_server(*extra: str, threads: int | None = None) -> Iterator[str]:
     args = ["--log-level", "warning", *extra] + (["--threads", str(threads)] if threads else [])
     with spawn_server(*args) as server:
         yield server.frames
+
+
+def stream_all(client: StreamClient, frames: list[np.ndarray]) -> None:
+    """Submit every frame, reading results as they come (as a live consumer does: each is dropped
+    once read), until all are answered; every answer must be a result."""
+    for frame in frames:
+        client.submit(frame)
+        while (o := client.next_outcome(0)) is not None:
+            assert isinstance(o, Result), o
+    for o in client.outcomes(timeout_s=120):
+        assert isinstance(o, Result), o
 
 
 def median(xs: list[float]) -> float:

@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 import onnxruntime as ort
-from _common import livescope_server, median
+from _common import livescope_server, median, stream_all
 
 from livescope.client import Result, StreamClient
 from livescope.repository import ModelRepository, shipped_models_root
@@ -55,12 +55,7 @@ def bare_fps(sess: ort.InferenceSession, frames: list[np.ndarray]) -> float:
 
 def served_fps(client: StreamClient, frames: list[np.ndarray]) -> float:
     t0 = time.perf_counter()
-    for f in frames:
-        client.submit(f)
-        while (o := client.next_outcome(0)) is not None:
-            assert isinstance(o, Result), o
-    for o in client.outcomes(timeout_s=120):
-        assert isinstance(o, Result), o
+    stream_all(client, frames)
     return len(frames) / (time.perf_counter() - t0)
 
 

@@ -23,8 +23,8 @@ import time
 import numpy as np
 import zmq
 
-from _common import free_port, livescope_server, median
-from livescope.client import Result, StreamClient
+from _common import free_port, livescope_server, median, stream_all
+from livescope.client import StreamClient
 
 WINDOW = 4  # frames in flight, both sides
 
@@ -67,12 +67,7 @@ def memcpy_fps(frame: np.ndarray, n: int) -> float:
 
 def livescope_fps(frame: np.ndarray, n: int, client: StreamClient) -> float:
     t0 = time.perf_counter()
-    for _ in range(n):
-        client.submit(frame)
-        while (o := client.next_outcome(0)) is not None:
-            assert isinstance(o, Result)
-    for o in client.outcomes():
-        assert isinstance(o, Result)
+    stream_all(client, [frame] * n)
     return n / (time.perf_counter() - t0)
 
 

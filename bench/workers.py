@@ -19,10 +19,10 @@ import threading
 import time
 
 import numpy as np
-from _common import livescope_server, log, median
+from _common import livescope_server, log, median, stream_all
 
 from livescope.camera import CameraCalibration
-from livescope.client import Result, StreamClient
+from livescope.client import StreamClient
 
 MODELS = {"identity": 512, "denoise": 256}  # model -> frame side, px
 
@@ -34,16 +34,8 @@ def run(address: str, model: str, frames: list[np.ndarray], streams: int) -> flo
     for client in clients:
         client.connect(timeout_s=60)
 
-    def send(client: StreamClient) -> None:
-        for frame in frames:
-            client.submit(frame)
-            while (o := client.next_outcome(0)) is not None:
-                assert isinstance(o, Result), o
-        for o in client.outcomes(timeout_s=120):
-            assert isinstance(o, Result), o
-
     t0 = time.perf_counter()
-    threads = [threading.Thread(target=send, args=(c,)) for c in clients]
+    threads = [threading.Thread(target=stream_all, args=(c, frames)) for c in clients]
     for t in threads:
         t.start()
     for t in threads:
