@@ -99,6 +99,7 @@ def stream(provider: str | None, px: int, fps: float, seconds: float) -> dict:
     return {"frame_px": px, "target_fps": fps, "seconds": seconds, "submitted": sent, "results": len(latencies),
             "delivered_fps": round(len(latencies) / seconds, 1),
             "dropped": stats.dropped_by_client + stats.dropped_by_server,
+            "sent_through_shared_memory": stats.sent_through_shared_memory,
             "latency_p50_ms": round(float(np.percentile(latencies, 50)), 1) if latencies else None,
             "latency_p99_ms": round(float(np.percentile(latencies, 99)), 1) if latencies else None}
 
