@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import useq
 from livescope.acquire.journal import RunJournal
-from livescope.acquire.localisations import LocalisationWriter, gives_tables, localises
+from livescope.acquire.localisations import LocalisationWriter, SmlmStop, gives_tables, localises
 from livescope.acquire.results import (
     RestoredWriteError,
     RestoredWriter,
@@ -35,6 +35,7 @@ from pymmcore_plus import CMMCorePlus
 
 from livescope.camera import CameraCalibration
 from livescope.client import DeliveryMode, Refusal, Result, StreamClient
+from livescope.smlm_quality import SmlmQuality
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class AcquisitionProgress(BaseModel):
     tables: int = 0  # results that are emitter tables (a localise pipeline's)
     emitters: int = 0  # in all tables so far
     last_frame_emitters: int = 0  # in the latest table
+    frc_resolution_nm: float | None = None  # the latest check's (with a stop rule)
 
     @property
     def fps(self) -> float:
@@ -59,6 +61,7 @@ class AcquisitionSummary(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     frames_acquired: int
+    frames_planned: int = 0
     frames_sent: int = 0
     results: int = 0
     errors: int = 0
@@ -72,6 +75,7 @@ class AcquisitionSummary(BaseModel):
     unanswered: int = 0  # sent or queued, but the server never answered
     not_streamed: int = 0  # acquired after streaming stopped (saved raw, never sent)
     stopped_reason: str | None = None  # why restoration stopped before the end, if it did
+    ended_early: str | None = None  # why the acquisition had enough before its planned frames (not a failure)
     output_error: str | None = None  # why the restored frames or tables could not be written
     models: tuple[str, ...] = ()
     refusal_reasons: dict[str, int] = {}
@@ -81,6 +85,7 @@ class AcquisitionSummary(BaseModel):
     emitters: int = 0  # in all tables
     table_path: str | None = None  # ThunderSTORM CSV
     render_path: str | None = None  # super-resolution render
+    smlm: SmlmQuality | None = None  # a localise pipeline's FRC resolution, drift and density at the end
     warnings: tuple[str, ...] = ()  # the server's, on frames unlike its models' training data (each once)
     frames_with_warnings: int = 0
 
@@ -111,6 +116,7 @@ def run_acquisition(
     camera: CameraCalibration | None = None,
     render_px_nm: float = 10.0,
     dz_um: float | None = None,
+    stop: SmlmStop | None = None,
 ) -> AcquisitionSummary:
     """Acquire ``sequence``; with ``server``, restore every frame live.
 
@@ -119,7 +125,12 @@ def run_acquisition(
     every frame too; a ``refocus`` stage moves the focus by it. With ``output`` run.ome.zarr, a
     pipeline ending in ``localise`` writes run.localise.csv and a render of ``render_px_nm``
     pixels, run.localise.render.ome.tif; any other writes the restored frames to
-    run.<stage>.ome.zarr. Existing outputs are replaced.
+    run.<stage>.ome.zarr. Existing outputs are replaced. A localise pipeline's table and render are
+    corrected for the lateral drift estimated from the localisations.
+
+    ``stop`` (a localise pipeline): the acquisition ends by itself once the FRC resolution reaches
+    its target or the emitter density falls below its floor; what was acquired and localised is
+    saved as at the planned end, and the summary's ``ended_early`` says why.
 
     Raises ServerUnreachableError before acquiring anything if the server does not answer. If
     it stops answering later (``server_timeout_s`` with the window full), the acquisition is
@@ -128,6 +139,8 @@ def run_acquisition(
     acquisition is cancelled the same way, and ``output_error`` says why.
     """
     tables = server is not None and gives_tables(pipeline)
+    if stop is not None and not tables:
+        raise ValueError("a stop rule (FRC resolution, emitter density) needs a pipeline ending in localise")
     if server is not None and localises(pipeline):
         if camera is None:
             raise ValueError("a localise stage needs the camera's calibration (camera=CameraCalibration(...))")
@@ -163,7 +176,9 @@ def run_acquisition(
             localisations = LocalisationWriter(
                 table_path, render_path, frame_shape_px=(core.getImageHeight(), core.getImageWidth()),
                 pixel_size_nm=core.getPixelSizeUm() * 1000.0, render_px_nm=render_px_nm,
-                source=str(output) if output is not None else "")
+                source=str(output) if output is not None else "", stop=stop)
+            # enough: the same cancel as a failure's (the MDA ends after its current frame), but no error
+            localisations.on_enough = lambda reason: cancel(RuntimeError(reason))
         elif output is not None:
             writer = RestoredWriter(restored_path(output, stage), sequence, core.getPixelSizeUm() or None,
                                     window_adu=(0.0, float(2 ** core.getImageBitDepth() - 1)),
@@ -190,7 +205,8 @@ def run_acquisition(
         state.acquired, state.elapsed_s = acquired, t_acquired
         if progress:
             progress(state)
-        return _ended(journal, AcquisitionSummary(frames_acquired=acquired, acquisition_fps=acquired / t_acquired,
+        return _ended(journal, AcquisitionSummary(frames_acquired=acquired, frames_planned=total,
+                                                  acquisition_fps=acquired / t_acquired,
                                                   raw_path=str(output) if output else None))
 
     client.wait_idle(timeout_s=0 if streamer.error is not None else server_timeout_s)
@@ -207,6 +223,7 @@ def run_acquisition(
     srv = np.array(collector.server_ms) if collector.server_ms else None
     return _ended(journal, AcquisitionSummary(
         frames_acquired=acquired,
+        frames_planned=total,
         frames_sent=stats.sent,
         results=stats.results,
         errors=stats.errors,
@@ -220,6 +237,7 @@ def run_acquisition(
         unanswered=unanswered,
         not_streamed=acquired - stats.submitted,
         stopped_reason=stopped,
+        ended_early=collector.localisations.enough if collector.localisations is not None else None,
         output_error=str(collector.error) if failed else None,
         models=tuple(sorted(collector.models)),
         refusal_reasons=collector.refusal_reasons,
@@ -240,10 +258,11 @@ def _ended(journal: RunJournal | None, summary: AcquisitionSummary) -> Acquisiti
 def _table_summary(localisations: LocalisationWriter | None, failed: bool) -> dict:
     if localisations is None:
         return {}
+    counted = {"tables": localisations.tables, "emitters": localisations.emitters, "smlm": localisations.quality}
     if failed:
-        return {"tables": localisations.tables, "emitters": localisations.emitters}
+        return counted
     written = dict(zip(("table_path", "render_path"), map(str, localisations.written)))
-    return {"tables": localisations.tables, "emitters": localisations.emitters, **written}
+    return {**counted, **written}
 
 
 class _Cancel(logging.Filter):
@@ -403,6 +422,8 @@ class _ResultCollector(threading.Thread):
             self._guard(lambda: loc.add(outcome))
             self.state.tables, self.state.emitters = loc.tables, loc.emitters
             self.state.last_frame_emitters = loc.last_frame_emitters
+            if loc.quality is not None:
+                self.state.frc_resolution_nm = loc.quality.frc_resolution_nm
 
     def _report(self, now: float) -> None:
         self.state.acquired = self.client.stats.submitted

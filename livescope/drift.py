@@ -67,20 +67,22 @@ def estimate_drift(table: EmitterTable, width_nm: float, height_nm: float, *, se
                    pixel_nm: float = 20.0, max_shift_nm: float = 1000.0, min_emitters_per_segment: int = 50,
                    max_pixels: int = DRIFT_MAX_PIXELS) -> DriftEstimate | None:
     """RCC drift of ``table``'s field (``width_nm`` x ``height_nm``); None where the table is too
-    small to tell (fewer than 2 frames per segment or ``min_emitters_per_segment`` per segment).
+    small to tell (fewer than 2 segments of 2 frames and ``min_emitters_per_segment`` emitters each:
+    ``segments`` is the most it is cut into).
     ``max_shift_nm``: the largest drift between two segments looked for."""
     frames = table["frame"].astype(np.int64)
     if not frames.size:
         return None
     first, last = int(frames.min()), int(frames.max())
     n_frames = last - first + 1
-    segments = min(segments, n_frames // 2)
+    # fewer segments for a short or sparse table: each needs frames and emitters to correlate
+    segments = min(segments, n_frames // 2, frames.size // min_emitters_per_segment)
     if segments < 2:
         return None
     edges = first + np.round(np.linspace(0, n_frames, segments + 1)).astype(np.int64)
     which = np.searchsorted(edges, frames, side="right") - 1
     counts = np.bincount(which, minlength=segments)
-    if counts.min() < min_emitters_per_segment:
+    if counts.min() < min_emitters_per_segment // 2:  # a gap in the localisations: nothing to correlate
         return None
     pixel_nm = max(pixel_nm, finest_render_pixel_nm(width_nm, height_nm, max_pixels))
     grid = RenderGrid(width_nm=width_nm, height_nm=height_nm, pixel_nm=pixel_nm)

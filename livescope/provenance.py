@@ -48,6 +48,19 @@ class CameraModel(BaseModel):
     source: str = Field(description="given, or how it was estimated, in words")
 
 
+class DriftCorrection(BaseModel):
+    """The lateral drift a table's positions were corrected for (``livescope.drift``): each emitter
+    moved back by its frame's drift, to where it was at the first frame."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    method: str = Field(default="redundant cross-correlation of the localisations (RCC)")
+    segments: int = Field(ge=2, description="time segments correlated")
+    final_x_nm: float = Field(description="drift of the last frame from the first, x")
+    final_y_nm: float = Field(description="drift of the last frame from the first, y")
+    max_nm: float = Field(ge=0, description="the largest lateral drift of any frame from the first")
+
+
 class Provenance(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -62,6 +75,8 @@ class Provenance(BaseModel):
     frames_without_result: tuple[int, ...] = Field(
         default=(), description="output frames no model made (left at the fill value), e.g. dropped live")
     camera: CameraModel | None = None
+    drift_correction: DriftCorrection | None = Field(
+        default=None, description="a localisation table's positions corrected for drift, and by how much")
 
     @model_validator(mode="after")
     def _runs_fit(self) -> Provenance:

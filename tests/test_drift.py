@@ -54,8 +54,8 @@ def test_a_wandering_drift_is_followed_and_the_corrected_emitters_return_to_thei
 def test_too_few_frames_or_emitters_give_no_estimate():
     table, _ = drifting_movie(np.zeros(3), np.zeros(3))
     assert estimate_drift(table, FIELD_NM, FIELD_NM) is None  # one frame per segment
-    sparse = EmitterTable.from_columns(frame=np.arange(1, 101), x_nm=np.full(100, 10.0), y_nm=np.full(100, 10.0))
-    assert estimate_drift(sparse, FIELD_NM, FIELD_NM) is None  # 10 emitters per segment
+    sparse = EmitterTable.from_columns(frame=np.arange(1, 61) * 2, x_nm=np.full(60, 10.0), y_nm=np.full(60, 10.0))
+    assert estimate_drift(sparse, FIELD_NM, FIELD_NM) is None  # 60 emitters: not 2 segments of 50
 
 
 def test_the_assessment_corrects_the_drift_before_the_frc_and_measures_density_per_frame():

@@ -29,6 +29,8 @@ def acquisition_progress(total: int, title: str = "acquiring"):
             latency = f"{p.latency_p50_ms:5.1f} ms" if p.latency_p50_ms is not None else "  -  "
             answered = (f"localised {p.tables}  emitters {p.emitters} (last frame {p.last_frame_emitters})"
                         if p.tables else f"restored {p.restored}")
+            if p.frc_resolution_nm is not None:
+                answered += f"  FRC {p.frc_resolution_nm:.0f} nm"
             bar.update(task, completed=p.acquired,
                        detail=f"{p.fps:5.1f} fps  {answered}  "
                               f"refused {p.refused}  latency p50 {latency}")
@@ -85,6 +87,17 @@ def print_summary(s: AcquisitionSummary, extra: dict[str, str] | None = None) ->
         table.add_row("models", ", ".join(s.models) or "-")
     if s.tables:
         table.add_row("emitters", f"{s.emitters} in {s.tables} frames ({s.emitters / s.tables:.1f} per frame)")
+    if s.smlm is not None:
+        q = s.smlm
+        table.add_row("FRC resolution", f"{q.frc_resolution_nm:.1f} nm" if q.frc_resolution_nm is not None
+                      else f"finer than {2 * q.frc_pixel_nm:g} nm (no crossing of 1/7)" if q.frc_pixel_nm else "-")
+        table.add_row("drift (last frame)",
+                      f"x {q.drift_nm[0]:+.1f} nm, y {q.drift_nm[1]:+.1f} nm, "
+                      f"corrected (largest {q.drift_max_nm:.1f} nm)"
+                      if q.drift_nm is not None else "- (too few emitters to tell)")
+        table.add_row("emitter density", f"{q.density_per_um2:.3g} /µm² per frame (last {q.density_frames} frames)")
+    if s.ended_early:
+        table.add_row("ended early", f"{s.ended_early} ({s.frames_acquired} of {s.frames_planned} frames)")
     if s.raw_path:
         table.add_row("raw data", s.raw_path)
     if s.restored_path:

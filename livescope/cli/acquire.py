@@ -56,11 +56,24 @@ def acquire(
         "--dz", metavar="MICRONS", help="refocus: move every frame's focus by this, µm (the wanted plane's "
                                         "focus minus the frame's; positive: further from the coverslip). "
                                         "Only with a refocus stage in --pipeline.")] = None,
+    stop_at_resolution: Annotated[Optional[float], typer.Option(
+        "--stop-at-resolution", metavar="NM", help="localise: end the acquisition by itself (everything saved) "
+                                                   "once the drift-corrected FRC resolution is NM or finer.")] = None,
+    min_density: Annotated[Optional[float], typer.Option(
+        "--min-density", metavar="PER_UM2", help="localise: end it once the emitters per µm² per frame "
+                                                 "(mean of the latest --check-every frames) fall below this.")] = None,
+    check_every: Annotated[int, typer.Option(
+        "--check-every", min=1, help="With --stop-at-resolution / --min-density: assess every N frames.")] = 50,
+    stop_min_frames: Annotated[int, typer.Option(
+        "--stop-min-frames", min=1, help="With --stop-at-resolution / --min-density: never end before N frames "
+                                         "(the first frames' FRC and density are noise).")] = 100,
 ) -> None:
     """Run a useq-schema acquisition on Micro-Manager (pymmcore-plus), restoring frames live.
 
     With a localise pipeline, counts emitters live and, with --output PATH.ome.zarr, writes
-    PATH.localise.csv (ThunderSTORM) and a super-resolution render PATH.localise.render.ome.tif."""
+    PATH.localise.csv (ThunderSTORM) and a super-resolution render PATH.localise.render.ome.tif,
+    both corrected for the lateral drift estimated from the localisations; --stop-at-resolution
+    ends it when the FRC resolution is reached."""
     if mode not in ("lossless", "latest"):
         fail(f"--mode must be lossless or latest, not {mode!r}")
     if specimen not in SPECIMENS:
@@ -75,6 +88,17 @@ def acquire(
     if (e_per_adu is not None and e_per_adu <= 0) or (em_gain is not None and em_gain < 1) or (
             baseline is not None and baseline < 0) or render_px <= 0:
         fail("--e-per-adu and --render-px must be positive, --em-gain at least 1, --baseline not negative")
+    stop = None
+    if stop_at_resolution is not None or min_density is not None:
+        from livescope.acquire.localisations import SmlmStop, gives_tables
+
+        if server is None or not gives_tables(stages):
+            fail("--stop-at-resolution and --min-density need a localise pipeline (--pipeline localise)")
+        if (stop_at_resolution is not None and stop_at_resolution <= 0) or (min_density is not None
+                                                                            and min_density <= 0):
+            fail("--stop-at-resolution and --min-density must be positive")
+        stop = SmlmStop(resolution_nm=stop_at_resolution, min_density_per_um2=min_density,
+                        check_every_frames=check_every, min_frames=stop_min_frames)
     _check_output(output, overwrite, stages if server is not None else ())
     summary = _acquire(mm_config=mm_config, sequence=sequence, frames=frames,
                        exposure_ms=exposure_ms, server=server, stages=stages, mode=mode,
@@ -82,7 +106,7 @@ def acquire(
                        in_flight=in_flight, server_timeout_s=server_timeout,
                        modality=modality, depth_um=depth,
                        calibration={"baseline_adu": baseline, "e_per_adu": e_per_adu, "em_gain": em_gain},
-                       render_px_nm=render_px, dz_um=dz)
+                       render_px_nm=render_px, dz_um=dz, stop=stop)
     from livescope.cli._console import print_summary
 
     print_summary(summary)
@@ -131,7 +155,7 @@ def _interrupted(raw: Path) -> str:
 
 def _acquire(*, mm_config, sequence, frames, exposure_ms, server, stages, mode, output,
              specimen="filaments", size=512, seed=0, in_flight=2, server_timeout_s=30.0,
-             modality="widefield", depth_um=0.0, calibration=None, render_px_nm=10.0, dz_um=None):
+             modality="widefield", depth_um=0.0, calibration=None, render_px_nm=10.0, dz_um=None, stop=None):
     """``calibration``: the camera's baseline_adu, e_per_adu, em_gain as given (None: not given);
     on the virtual microscope its camera fills in what was not given. ``dz_um``: the delta-z sent
     with every frame, for a refocus stage."""
@@ -182,7 +206,7 @@ def _acquire(*, mm_config, sequence, frames, exposure_ms, server, stages, mode, 
             return run_acquisition(core, seq, server=server, pipeline=stages,
                                    mode=mode, output=output, progress=bar,
                                    max_in_flight=in_flight, server_timeout_s=server_timeout_s,
-                                   camera=camera, render_px_nm=render_px_nm, dz_um=dz_um)
+                                   camera=camera, render_px_nm=render_px_nm, dz_um=dz_um, stop=stop)
     except ServerUnreachableError as e:
         fail(f"{e} (start one with `livescope serve`)")
     except KeyboardInterrupt:
