@@ -13,7 +13,7 @@ from typing import Literal
 import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
-Task = Literal["denoise", "refocus", "localise", "restore", "identity"]
+Task = Literal["denoise", "refocus", "localise", "restore", "identity", "psf"]
 TensorDtype = Literal["uint8", "uint16", "float32"]
 
 CARD_FILE = "card.yaml"

@@ -77,7 +77,9 @@ class LoadedModel:
         check_card_against_graph(version.card, sess)
         model = cls(version, sess, used, 0.0)
         out = sess.get_outputs()[0]
-        if version.card.outputs[0].axes == "NCYX" and isinstance(out.shape[1], int):
+        # bound in place only where the output is the input's size (not a per-tile estimate's [N, C, 1, 1])
+        per_tile = isinstance(out.shape[2], int)
+        if version.card.outputs[0].axes == "NCYX" and isinstance(out.shape[1], int) and not per_tile:
             model._out_channels = out.shape[1]
         # Warm-up so the first real frame does not pay for lazy initialisation.
         given = sess.get_inputs()[0].shape

@@ -12,12 +12,12 @@ import sys
 
 import typer
 
-from livescope.cli import acquire, adapt, bioimage, calibrate, models, offline, report, serve, train, view
+from livescope.cli import acquire, adapt, bioimage, calibrate, models, offline, psf, report, serve, train, view
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Deep-learning image restoration inside the microscope's acquisition loop.")
 for command in (serve.serve, acquire.acquire, acquire.demo, offline.denoise, offline.restore, offline.localise,
-                offline.refocus, models.status, report.report, adapt.adapt, view.view):
+                offline.refocus, psf.psf, models.status, report.report, adapt.adapt, view.view):
     app.command()(command)
 models.models_app.command("export")(bioimage.models_export)
 models.models_app.command("import")(bioimage.models_import)

@@ -1,4 +1,4 @@
-"""`livescope train {denoise,localise,refocus,restore}`: train a model on the user's data (or on
+"""`livescope train {denoise,localise,refocus,restore,psf}`: train a model on the user's data (or on
 the virtual microscope's) and add it as a new version to the model repository; with --deploy,
 register it in a running server and hot-swap it in if it passes the gate."""
 
@@ -410,6 +410,27 @@ def train_restore(
         data_description=described, command=command, trained_for=trained_for, pixel_size_um=pixel_size_um,
         session_ids=session_ids, compare_with=compare_with, progress=report),
         deploy_to=server if deploy else None, force=force)
+
+
+@train_app.command("psf")
+def train_psf(
+    models: Annotated[Optional[Path], typer.Option(
+        "--models", "--out", help="Your model repository (the new version goes in DIR/psf/N).")] = None,
+    budget_minutes: Annotated[Optional[float], typer.Option(
+        min=0.01, help="Training time budget, minutes (default 12 unless --steps).")] = None,
+    steps: Annotated[Optional[int], typer.Option(
+        min=1, help="Train exactly N steps (the command then repeats the model exactly).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for the simulation and training.")] = 0,
+) -> None:
+    """Train the PSF estimator (|defocus|, astigmatism, spherical aberration per tile, with uncertainties)
+    on simulated blur of textures only, and add it as a new version of `psf` in the model repository."""
+    repository = user_repository(models)
+    from livescope.models.psf.estimate_train import PsfTrainConfig, train_and_publish_psf
+
+    config = PsfTrainConfig(steps=steps, seed=seed, budget_seconds=None if steps else (budget_minutes or 12.0) * 60.0)
+    command = command_line()
+    train_and_report("psf", repository, lambda report: train_and_publish_psf(
+        repository, config=config, command=command, progress=report))
 
 
 def _resolve_model(ref: str, repository: Path, *, task: str, option: str):

@@ -1,0 +1,89 @@
+"""The PSF estimator's contract, shared by its trainer (models/psf/estimate_*.py) and its offline and
+live runners (server/offline_psf.py): what the ONNX graph takes and gives, and the CSV it becomes.
+
+The graph takes float32 [N, 5, H, W]: channel 0 is a camera tile in ADU (any baseline, gain or
+photon level: the graph normalises each tile itself), channels 1-4 are the optics, one constant
+per channel (`OPTICS_CHANNELS`): a blur of so many pixels means a different defocus at another NA,
+wavelength or pixel size, so the network is told them. It gives float32 [N, 8, 1, 1]
+(`OUTPUT_CHANNELS`), one estimate per tile.
+
+Sign. A scalar PSF at defocus z with aberrations (a, s) is the image at (-z, -a, -s), point-reflected
+(the pupil phase only changes sign): no single image tells the sign of the defocus alone, only its
+sign relative to the aberrations'. The network therefore gives |defocus| with its uncertainty, the
+magnitudes of astigmatism Z(2,2) and spherical aberration Z(4,0), and the probabilities that the
+defocus has the astigmatism's sign and the spherical aberration's. A rig whose astigmatism sign is
+known (a cylindrical lens, a bead calibration) gets a signed defocus from the first; with no
+astigmatism that probability stays near 0.5 and the signed defocus is left empty.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+OPTICS_CHANNELS = ("na", "emission_um", "pixel_size_um", "immersion_index")
+OUTPUT_CHANNELS = (
+    "abs_defocus_um", "abs_defocus_log_var",  # log-variances in the value's units squared
+    "astigmatism_abs_waves", "astigmatism_log_var",
+    "spherical_abs_waves", "spherical_log_var",
+    "logit_defocus_sign_of_astigmatism",  # P(sign(z) == sign(astigmatism)), as a logit
+    "logit_defocus_sign_of_spherical",
+)
+INPUT_NAME = "raw"
+OUTPUT_NAME = "psf"
+SIGN_CONFIDENCE = 0.9  # a signed defocus only where P(sign) is beyond this (or below 1 - this)
+
+CSV_COLUMNS = (
+    "frame", "tile_y_px", "tile_x_px", "tile_px",
+    "abs_defocus_um", "abs_defocus_sd_um", "defocus_um", "p_defocus_positive",
+    "astigmatism_abs_waves", "astigmatism_abs_sd_waves", "spherical_abs_waves", "spherical_abs_sd_waves",
+    "p_defocus_sign_of_spherical",
+)
+"""frame counts from 1; tile_y_px / tile_x_px: the tile's top-left pixel (row, column, from 0);
+defocus_um is signed for the rig's astigmatism sign and empty where the sign is not known."""
+
+
+class PsfOptics(BaseModel):
+    """The optics a frame was taken with: what the network is told beside each tile."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    na: float = Field(gt=0, description="numerical aperture of the objective")
+    emission_nm: float = Field(gt=0, description="emission wavelength, nm")
+    pixel_size_nm: float = Field(gt=0, description="camera pixel at the sample, nm")
+    immersion_index: float = Field(gt=1.0 - 1e-9, description="refractive index of the immersion medium")
+
+    @model_validator(mode="after")
+    def _na_below_index(self) -> PsfOptics:
+        if self.na >= self.immersion_index:
+            raise ValueError(f"NA {self.na:g} must be below the immersion index {self.immersion_index:g}")
+        return self
+
+    def channels(self) -> np.ndarray:
+        """The optics in the units and order of `OPTICS_CHANNELS`, float32 (4,)."""
+        return np.array([self.na, self.emission_nm * 1e-3, self.pixel_size_nm * 1e-3, self.immersion_index],
+                        np.float32)
+
+
+def tile_estimates(outputs: np.ndarray, astigmatism_sign: int = 1) -> dict[str, np.ndarray]:
+    """The graph's (N, 8[, 1, 1]) outputs as named arrays of the CSV's estimate columns. The signed
+    defocus assumes the rig's astigmatism has ``astigmatism_sign`` (+1 or -1, the convention of
+    `Optics.astigmatism_waves`); NaN where the network is not sure of the sign."""
+    out = np.asarray(outputs, np.float64).reshape(len(outputs), len(OUTPUT_CHANNELS))
+    p_astig = 1.0 / (1.0 + np.exp(-out[:, 6]))
+    p_positive = p_astig if astigmatism_sign > 0 else 1.0 - p_astig
+    sure = np.abs(p_positive - 0.5) >= SIGN_CONFIDENCE - 0.5
+    abs_z = np.maximum(out[:, 0], 0.0)
+    return {
+        "abs_defocus_um": abs_z,
+        "abs_defocus_sd_um": np.exp(0.5 * out[:, 1]),
+        "defocus_um": np.where(sure, np.where(p_positive >= 0.5, abs_z, -abs_z), math.nan),
+        "p_defocus_positive": p_positive,
+        "astigmatism_abs_waves": np.maximum(out[:, 2], 0.0),
+        "astigmatism_abs_sd_waves": np.exp(0.5 * out[:, 3]),
+        "spherical_abs_waves": np.maximum(out[:, 4], 0.0),
+        "spherical_abs_sd_waves": np.exp(0.5 * out[:, 5]),
+        "p_defocus_sign_of_spherical": 1.0 / (1.0 + np.exp(-out[:, 7])),
+    }
