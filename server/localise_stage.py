@@ -7,8 +7,11 @@ stream, or frames dropped in ``latest`` mode) has them replaced by the nearest f
 which at the start of a stream is what offline localisation does (the first frame repeated).
 
 Each stream also grows a super-resolution render (``livescope.render.RunningRender``) as its
-tables arrive, and keeps the emitters' positions and uncertainties (16 bytes each, up to
-``max_emitters``) so that a render at another pixel size or method can be drawn on request.
+tables arrive, and keeps the emitters' frames, positions and uncertainties (20 bytes each, up to
+``max_emitters``) so that a render at another pixel size or method can be drawn on request, and
+so that the render reply can say how far the stream has got (``livescope.smlm_quality``: FRC
+resolution of the drift-corrected halves, RCC drift, density of the latest frames), computed from
+a copy of the kept emitters outside the lock.
 
 Written by the worker thread, read by the control thread: one lock guards it all.
 """
@@ -28,6 +31,7 @@ from livescope.protocol import FrameHeader
 from livescope.render import RenderGrid, RenderMethod, RunningRender, finest_render_pixel_nm
 from livescope.server.context import fill_window
 from livescope.server.recent import RecentlyUsed
+from livescope.smlm_quality import SmlmQuality, assess
 
 log = logging.getLogger("livescope.server")
 
@@ -61,13 +65,15 @@ class StreamRender(BaseModel):
     pixel_nm: float
     method: RenderMethod
     shape: tuple[int, int]
+    smlm: SmlmQuality | None = Field(default=None, description="FRC resolution, drift and density of the kept "
+                                     "emitters (the render itself is drawn as localised, not drift-corrected)")
 
 
 @dataclass
 class _Stream:
     context: dict[int, np.ndarray] = field(default_factory=dict)  # seq -> frame in photons
     render: RunningRender | None = None
-    kept: list[np.ndarray] = field(default_factory=list)  # (n, 4) float32: x, y, sx, sy in nm
+    kept: list[np.ndarray] = field(default_factory=list)  # (n, 5) float32: x, y, sx, sy in nm, frame
     kept_count: int = 0
     not_kept: int = 0
     frames: int = 0
@@ -130,13 +136,15 @@ class LocaliseStreams:
             rows = table.rows[:room]
             if len(rows):
                 state.kept.append(np.stack([rows["x_nm"], rows["y_nm"], rows["x_uncertainty_nm"],
-                                            rows["y_uncertainty_nm"]], axis=1).astype(np.float32))
+                                            rows["y_uncertainty_nm"], rows["frame"]], axis=1).astype(np.float32))
                 state.kept_count += len(rows)
             state.not_kept += len(table) - len(rows)
 
-    def render(self, stream: str, settings: RenderSettings | None = None) -> tuple[StreamRender, np.ndarray]:
+    def render(self, stream: str, settings: RenderSettings | None = None, *, quality: bool = True
+               ) -> tuple[StreamRender, np.ndarray]:
         """The stream's render now, as float32 (rows, columns); with other ``settings`` than its
-        running render's, redrawn from the kept emitters (and kept running at those settings)."""
+        running render's, redrawn from the kept emitters (and kept running at those settings).
+        With ``quality``, the info says the kept emitters' FRC resolution, drift and density."""
         with self._lock:
             state = self._streams.get(stream)
             if state is None or state.render is None:
@@ -154,12 +162,18 @@ class LocaliseStreams:
                                 emitters=running.emitters_inside, emitters_outside=running.emitters_outside,
                                 emitters_not_kept=state.not_kept, pixel_nm=running.grid.pixel_nm,
                                 method=running.method, shape=running.grid.shape)
-            return info, running.image()
+            image = running.image()
+            kept = np.concatenate(state.kept) if quality and state.kept else None
+            last_frame = state.last_seq + 1
+        if kept is not None:  # seconds for millions of emitters: the worker goes on meanwhile
+            q = assess(_as_table(kept), running.grid.width_nm, running.grid.height_nm, last_frame=last_frame)
+            info = info.model_copy(update={"smlm": q.quality})
+        return info, image
 
     def _stream(self, stream: str) -> _Stream:
         return self._streams.use(stream, _Stream)
 
 
 def _as_table(kept: np.ndarray) -> EmitterTable:
-    return EmitterTable.from_columns(frame=0, x_nm=kept[:, 0], y_nm=kept[:, 1], x_uncertainty_nm=kept[:, 2],
+    return EmitterTable.from_columns(frame=kept[:, 4], x_nm=kept[:, 0], y_nm=kept[:, 1], x_uncertainty_nm=kept[:, 2],
                                      y_uncertainty_nm=kept[:, 3])
