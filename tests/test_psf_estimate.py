@@ -59,16 +59,18 @@ def repository(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
     config = PsfTrainConfig(steps=4, batch_size=8, width=8, validate_every_steps=2, held_out_patches=8)
     folder, card = train_and_publish_psf(root, config=config, command="livescope train psf --steps 4")
-    return root
+    return root, card.ref  # numbered after the shipped versions
 
 
 def test_a_briefly_trained_model_is_a_versioned_psf_model_that_loads_on_the_server_runtime(repository):
-    card = ModelCard.load(repository / "psf" / "1" / "card.yaml")
+    repository, ref = repository
+    folder = repository / "psf" / ref.split("@")[1]
+    card = ModelCard.load(folder / "card.yaml")
     assert card.task == "psf" and card.tiling.tile_px == 64 and card.serves_by_default
     assert card.trained_for.na == (0.7, 1.49) and card.trained_for.peak_photons == (30.0, 3000.0)
     assert "held_out_optics_abs_defocus_rms_nm" in card.metrics
-    assert (repository / "psf" / "1" / "model.onnx").stat().st_size < 5e6
-    loaded = LoadedModel.load(ModelRepository([repository]).resolve("psf", None))
+    assert (folder / "model.onnx").stat().st_size < 5e6
+    loaded = LoadedModel.load(ModelRepository([repository]).resolve("psf", int(ref.split("@")[1])))
     x = np.zeros((3, 5, 64, 64), np.float32)
     x[:, 0] = np.random.default_rng(0).poisson(100, (3, 64, 64))
     x[:, 1:] = PsfOptics(na=1.4, emission_nm=600, pixel_size_nm=100, immersion_index=1.515).channels()[:, None, None]
@@ -82,10 +84,11 @@ def _stack(path, frames=2, side=150):
 
 
 def test_psf_writes_a_row_per_tile_with_units_and_a_provenance_sidecar(repository, tmp_path):
+    repository, ref = repository
     stack = _stack(tmp_path / "in.tif")
     out = tmp_path / "psf.csv"
     result = runner.invoke(app, ["psf", str(stack), str(out), "--pixel-size", "100", "--na", "1.4",
-                                 "--models", str(repository)])
+                                 "--models", str(repository), "--model", ref])
     assert result.exit_code == 0, result.output
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
@@ -96,14 +99,16 @@ def test_psf_writes_a_row_per_tile_with_units_and_a_provenance_sidecar(repositor
         ("1", "0", "0"), ("1", "0", "64"), ("1", "64", "0"), ("1", "64", "64")]
     assert all(float(r["abs_defocus_sd_um"]) > 0 for r in rows)
     provenance = Provenance.of_table(out)
-    assert provenance.model_of(1) == "psf@1" and provenance.frame_count == 2
+    assert provenance.model_of(1) == ref and provenance.frame_count == 2
     assert json.loads((tmp_path / "psf.csv.provenance.json").read_text())["model_runs"][0]["model_sha256"]
 
 
 def test_the_summary_runs_on_the_same_loaded_model_api(repository, tmp_path):
+    repository, ref = repository
     summary = run_psf_offline(_stack(tmp_path / "in.tif", frames=1, side=64), tmp_path / "one.csv", na=1.2,
-                              emission_nm=520, immersion_index=1.33, pixel_size_nm=80, model_dirs=[repository])
-    assert summary.tiles_per_frame == 1 and summary.frames == 1 and summary.model == "psf@1"
+                              emission_nm=520, immersion_index=1.33, pixel_size_nm=80, model=ref,
+                              model_dirs=[repository])
+    assert summary.tiles_per_frame == 1 and summary.frames == 1 and summary.model == ref
 
 
 @pytest.mark.parametrize("args, says", [
@@ -117,7 +122,7 @@ def test_the_summary_runs_on_the_same_loaded_model_api(repository, tmp_path):
 def test_mistakes_are_one_line_without_a_traceback(repository, tmp_path, monkeypatch, args, says):
     monkeypatch.chdir(tmp_path)
     _stack(tmp_path / "in.tif")
-    result = runner.invoke(app, ["psf", *args, "--models", str(repository)])
+    result = runner.invoke(app, ["psf", *args, "--models", str(repository[0])])
     assert result.exit_code == 2
     assert says in result.output and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1
