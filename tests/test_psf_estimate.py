@@ -90,6 +90,8 @@ def test_psf_writes_a_row_per_tile_with_units_and_a_provenance_sidecar(repositor
     result = runner.invoke(app, ["psf", str(stack), str(out), "--pixel-size", "100", "--na", "1.4",
                                  "--models", str(repository), "--model", ref])
     assert result.exit_code == 0, result.output
+    # the optics it was not given are said, never assumed silently
+    assert "optics not given, assumed --emission 600, --immersion 1.515" in result.output
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
     assert tuple(rows[0]) == CSV_COLUMNS

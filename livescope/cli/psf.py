@@ -15,9 +15,10 @@ from livescope.cli._common import default_models_dir
 def psf(
     inp: InArg,
     out: Annotated[Path, typer.Argument(help="Output CSV: one row per tile (units in the column names).")],
-    na: Annotated[float, typer.Option("--na", help="Numerical aperture of the objective.")] = 1.4,
-    emission: Annotated[float, typer.Option("--emission", help="Emission wavelength, nm.")] = 600.0,
-    immersion: Annotated[float, typer.Option("--immersion", help="Immersion refractive index.")] = 1.515,
+    na: Annotated[Optional[float], typer.Option("--na", help="Numerical aperture of the objective (1.4).")] = None,
+    emission: Annotated[Optional[float], typer.Option("--emission", help="Emission wavelength, nm (600).")] = None,
+    immersion: Annotated[Optional[float], typer.Option(
+        "--immersion", help="Immersion refractive index (1.515).")] = None,
     pixel_size: Annotated[Optional[float], typer.Option(
         "--pixel-size", help="Pixel size at the sample, nm (default: from the stack's metadata).")] = None,
     tile: Annotated[Optional[int], typer.Option(help="Tile side, px (default: the model's, 64).")] = None,
@@ -30,9 +31,16 @@ def psf(
 ) -> None:
     """Local defocus and aberrations per tile of each frame (the seed's PSF estimation network), as CSV
     with a provenance sidecar."""
+    from livescope.cli._console import console
     from livescope.server.offline_psf import run_psf_offline
 
+    assumed = [f"{flag} {value:g}" for flag, given, value in (("--na", na, 1.4), ("--emission", emission, 600.0),
+                                                              ("--immersion", immersion, 1.515)) if given is None]
+    na, emission, immersion = na or 1.4, emission or 600.0, immersion or 1.515
     _run_offline_job("psf", lambda progress: run_psf_offline(
         inp, out, na=na, emission_nm=emission, immersion_index=immersion, pixel_size_nm=pixel_size, tile_px=tile,
         astigmatism_sign=astigmatism_sign, model=model or "psf", model_dirs=[models or default_models_dir()],
         overwrite=overwrite, provider=provider, progress=progress))
+    if assumed:  # the estimate depends on the optics: never assumed silently
+        console.print(f"[yellow]warning:[/] optics not given, assumed {', '.join(assumed)}: give your objective's",
+                      soft_wrap=True)
