@@ -168,6 +168,25 @@ def check_image_model(card: ModelCard, task: str | None) -> None:
                            f"name a {task} model with --model")
 
 
+def resolve_task_model(task_stage: str, model_dirs: Sequence[str | os.PathLike], task: str,
+                       command_needs: str) -> ModelVersion:
+    """``resolve_model``, and OfflineError unless it is a ``task`` model (``command_needs`` says what
+    the command takes, e.g. "localise needs a localisation model")."""
+    version = resolve_model(task_stage, model_dirs)
+    if version.card.task != task:
+        raise OfflineError(f"{version.card.ref} is a {version.card.task} model; {command_needs}")
+    return version
+
+
+def pixel_size_nm_of(stack: Stack, given_nm: float | None, in_path: str | os.PathLike) -> float:
+    """The pixel size the user gave, else the stack's metadata's; OfflineError when neither says."""
+    if given_nm is not None:
+        return given_nm
+    if stack.info.pixel_size_um is None:
+        raise OfflineError(f"{in_path} does not say its pixel size; give --pixel-size NM")
+    return stack.info.pixel_size_um * 1000.0
+
+
 def resolve_model(task_stage: str, model_dirs: Sequence[str | os.PathLike]) -> ModelVersion:
     """The ModelVersion ``task_stage`` ('denoise' or 'denoise@2') names among the shipped models and
     ``model_dirs``; OfflineError with a one-line message if there is none."""

@@ -22,7 +22,7 @@ from livescope.context import causal_windows
 from livescope.emitters import EmitterTable
 from livescope.localise_maps import maps_to_emitters, range_warnings
 from livescope.server.models import LoadedModel
-from livescope.server.offline import OfflineError, gate_warnings, load_model, resolve_model
+from livescope.server.offline import OfflineError, gate_warnings, load_model, pixel_size_nm_of, resolve_task_model
 from livescope.provenance import CameraModel, Provenance, sidecar_path
 from livescope.stackio import StackError, StackInfo, read_stack, stack_format, write_stack
 from livescope.validation import first_error
@@ -99,15 +99,10 @@ def run_localise_offline(in_path: str | os.PathLike, out_csv: str | os.PathLike,
             raise StackError(f"{target} already exists; choose another output or pass --overwrite")
     if render_out is not None:
         stack_format(render_out)
-    version_found = resolve_model(model, model_dirs)
+    version_found = resolve_task_model(model, model_dirs, "localise", "localise needs a localisation model")
     card = version_found.card
-    if card.task != "localise":
-        raise OfflineError(f"{card.ref} is a {card.task} model; localise needs a localisation model")
     stack = read_stack(in_path)
-    if pixel_size_nm is None:
-        if stack.info.pixel_size_um is None:
-            raise OfflineError(f"{in_path} does not say its pixel size; give --pixel-size NM")
-        pixel_size_nm = stack.info.pixel_size_um * 1000.0
+    pixel_size_nm = pixel_size_nm_of(stack, pixel_size_nm, in_path)
     h, w = stack.frames.shape[1:]
     grid = None
     if render_out is not None:  # before any work: a render too fine for memory is refused now

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from livescope.provenance import Provenance, sidecar_path
 from livescope.psf_estimate import CSV_COLUMNS, PsfOptics, tile_estimates
 from livescope.server.models import LoadedModel
-from livescope.server.offline import OfflineError, gate_warnings, load_model, resolve_model
+from livescope.server.offline import OfflineError, gate_warnings, load_model, pixel_size_nm_of, resolve_task_model
 from livescope.stackio import StackError, read_stack
 from livescope.validation import first_error
 
@@ -110,18 +110,13 @@ def run_psf_offline(in_path: str | os.PathLike, out_csv: str | os.PathLike, *, n
             raise StackError(f"{target} already exists; choose another output or pass --overwrite")
     if astigmatism_sign not in (1, -1):
         raise OfflineError(f"--astigmatism-sign must be 1 or -1, not {astigmatism_sign}")
-    version = resolve_model(model, model_dirs)
+    version = resolve_task_model(model, model_dirs, "psf", "psf needs a PSF estimation model")
     card = version.card
-    if card.task != "psf":
-        raise OfflineError(f"{card.ref} is a {card.task} model; psf needs a PSF estimation model")
     tile = tile_px or card.tiling.tile_px or 64
     if tile < MIN_TILE_PX:
         raise OfflineError(f"--tile {tile}: tiles must be at least {MIN_TILE_PX} px")
     stack = read_stack(in_path)
-    if pixel_size_nm is None:
-        if stack.info.pixel_size_um is None:
-            raise OfflineError(f"{in_path} does not say its pixel size; give --pixel-size NM")
-        pixel_size_nm = stack.info.pixel_size_um * 1000.0
+    pixel_size_nm = pixel_size_nm_of(stack, pixel_size_nm, in_path)
     try:
         optics = PsfOptics(na=na, emission_nm=emission_nm, pixel_size_nm=pixel_size_nm,
                            immersion_index=immersion_index)
