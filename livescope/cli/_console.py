@@ -13,7 +13,9 @@ if TYPE_CHECKING:
     from livescope.acquire.run import AcquisitionProgress, AcquisitionSummary
     from livescope.models.budget import TrainProgress
 
-console = Console()
+# soft_wrap: a long line (a path, an error) is never broken by the console's width, so piped output
+# and logs keep it whole; a terminal wraps it for display itself
+console = Console(soft_wrap=True)
 
 
 @contextmanager

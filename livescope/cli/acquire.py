@@ -247,8 +247,7 @@ def _camera_from_rig(core, given: dict):
     except ValueError as e:
         fail(f"a localise stage needs the camera's calibration, and the rig's frames cannot give it ({e}): "
              "give --baseline ADU and --e-per-adu E (and --em-gain G for an EMCCD)")
-    console.print(f"{estimate.describe()} (snapped before the run; --baseline / --e-per-adu override it)",
-                  soft_wrap=True)
+    console.print(f"{estimate.describe()} (snapped before the run; --baseline / --e-per-adu override it)")
     return camera
 
 

@@ -50,11 +50,11 @@ def adapt(
             status = control(server, "adapt_status", reply=Adapting)
             spinner.update(_line(status))
             if status.state != shown and status.state == "training":
-                console.print(f"collected {status.frames_collected} frames -> {status.data}", soft_wrap=True)
+                console.print(f"collected {status.frames_collected} frames -> {status.data}")
             shown = status.state
     if status.state == "activated":
         console.print(f"{status.model} is active ({status.reason}); `livescope models rollback {status.task}` "
-                      "returns to the version before", soft_wrap=True)
+                      "returns to the version before")
         return
     what = f"{status.model} not activated" if status.model else "adaptation failed"
     fail(f"{what}: {status.reason}", code=1)

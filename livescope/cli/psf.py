@@ -42,5 +42,4 @@ def psf(
         astigmatism_sign=astigmatism_sign, model=model or "psf", model_dirs=[models or default_models_dir()],
         overwrite=overwrite, provider=provider, progress=progress))
     if assumed:  # the estimate depends on the optics: never assumed silently
-        console.print(f"[yellow]warning:[/] optics not given, assumed {', '.join(assumed)}: give your objective's",
-                      soft_wrap=True)
+        console.print(f"[yellow]warning:[/] optics not given, assumed {', '.join(assumed)}: give your objective's")
