@@ -495,6 +495,7 @@ class StreamClient:
             poller.register(monitor, zmq.POLLIN)
             poller.register(self._wake_r.fileno(), zmq.POLLIN)
             connected_once = False
+            resend_due = False  # frames in flight must go again (a reconnect), not all sent yet
             last_rx = last_ping = time.monotonic()
             while True:
                 events = dict(poller.poll(int(self._heartbeat_s * 1000 / 4)))
@@ -508,8 +509,7 @@ class StreamClient:
                     while monitor.poll(0):
                         event = zmq.utils.monitor.recv_monitor_message(monitor)["event"]
                         if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                            if connected_once:
-                                self._resend_in_flight(sock)
+                            resend_due = resend_due or connected_once
                             connected_once = True
                         elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
                             self._auth_failed = True
@@ -521,6 +521,8 @@ class StreamClient:
                             break
                         last_rx = time.monotonic()
                         self._receive(parts)
+                if resend_due:
+                    resend_due = not self._resend_in_flight(sock)
                 self._send_pending(sock)
                 now = time.monotonic()
                 with self._cond:
@@ -537,39 +539,66 @@ class StreamClient:
                     poller.register(monitor, zmq.POLLIN)
                     with self._cond:
                         self._stats.reconnects += 1
-                    self._resend_in_flight(sock)
+                    resend_due = not self._resend_in_flight(sock)
                     last_rx = now
                 elif waiting and now - last_rx > self._heartbeat_s and now - last_ping > self._heartbeat_s:
-                    send_message(sock, ControlRequest(request_id=_HEARTBEAT, command="ping"))
+                    try:
+                        send_message(sock, ControlRequest(request_id=_HEARTBEAT, command="ping"), flags=zmq.NOBLOCK)
+                    except zmq.Again:
+                        pass  # no peer to ping: liveness will reconnect
                     last_ping = now
         finally:  # also when the loop fails: an open socket would block the context's end
             self._close_socket(sock, monitor)
 
     def _send_pending(self, sock: zmq.Socket) -> None:
+        """Send the queued control requests, then frames within the window. Never blocks, and never
+        while holding the client's lock: a message no peer can take now (not connected yet, or the
+        handshake failed) waits for the next turn of the loop (a blocked send here once held the lock,
+        so that connect could not even time out)."""
         while True:
             with self._cond:
-                if self._controls:
-                    send_message(sock, self._controls.popleft())
-                    continue
-                if (not self._unsent or len(self._in_flight) >= self.max_in_flight
-                        or time.monotonic() < self._busy_until):
-                    return
-                header, image = self._unsent.popleft()
-                header = header.model_copy(update={"t_sent_ns": time.time_ns()})
-                self._in_flight[header.seq] = (header, image)
-                self._stats.sent += 1
-                self._stats.sent_through_shared_memory += header.shm is not None
-            send_message(sock, header, image)
+                control = self._controls[0] if self._controls else None  # only this thread takes them
+                if control is None:
+                    if (not self._unsent or len(self._in_flight) >= self.max_in_flight
+                            or time.monotonic() < self._busy_until):
+                        return
+                    header, image = self._unsent.popleft()
+                    header = header.model_copy(update={"t_sent_ns": time.time_ns()})
+                    self._in_flight[header.seq] = (header, image)  # in flight: not dropped while it is sent
+            try:
+                if control is not None:
+                    send_message(sock, control, flags=zmq.NOBLOCK)
+                else:
+                    send_message(sock, header, image, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                if control is None:
+                    with self._cond:  # not sent: waiting again, first in line
+                        self._in_flight.pop(header.seq)
+                        self._unsent.appendleft((header, image))
+                return
+            with self._cond:
+                if control is not None:
+                    self._controls.popleft()
+                else:
+                    self._stats.sent += 1
+                    self._stats.sent_through_shared_memory += header.shm is not None
 
-    def _resend_in_flight(self, sock: zmq.Socket) -> None:
-        if isinstance(self._shared, ClientRegion):  # a restarted server maps the region again first
-            send_message(sock, ControlRequest(request_id=_REATTACH, command="shm_attach",
-                                              args={"region": self._shared.name, "token": self._shared.token.hex()}))
-        with self._cond:
-            frames = list(self._in_flight.values())
-            self._stats.resent += len(frames)
-        for header, image in frames:
-            send_message(sock, header, image)
+    def _resend_in_flight(self, sock: zmq.Socket) -> bool:
+        """Send every frame in flight again (after a reconnect); False when no peer could take them all
+        yet: the caller tries again on its next turn (the server answers a frame resent twice once)."""
+        try:
+            if isinstance(self._shared, ClientRegion):  # a restarted server maps the region again first
+                send_message(sock, ControlRequest(request_id=_REATTACH, command="shm_attach", args={
+                    "region": self._shared.name, "token": self._shared.token.hex()}), flags=zmq.NOBLOCK)
+            with self._cond:
+                frames = list(self._in_flight.values())
+            for header, image in frames:
+                send_message(sock, header, image, flags=zmq.NOBLOCK)
+                with self._cond:
+                    self._stats.resent += 1
+        except zmq.Again:
+            return False
+        return True
 
     def _receive(self, parts: list[zmq.Frame]) -> None:
         try:

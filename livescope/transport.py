@@ -23,17 +23,20 @@ def send_message(
     payload: np.ndarray | None = None,
     *,
     envelope: Sequence[bytes] = (),
+    flags: int = 0,
 ) -> None:
-    """Send ``[*envelope, header, payload?]`` as one multipart message."""
+    """Send ``[*envelope, header, payload?]`` as one multipart message. ``flags=zmq.NOBLOCK``: raise
+    zmq.Again, sending nothing, when no peer can take it now (ZeroMQ takes a multipart message whole
+    or not at all, so only the first part can be refused)."""
     for part in envelope:
-        sock.send(part, zmq.SNDMORE)
+        sock.send(part, zmq.SNDMORE | flags)
     if payload is None:
-        sock.send(encode_header(header))
+        sock.send(encode_header(header), flags)
         return
     if not payload.flags.c_contiguous:
         payload = np.ascontiguousarray(payload)
-    sock.send(encode_header(header), zmq.SNDMORE)
-    sock.send(payload, copy=payload.nbytes < ZERO_COPY_MIN_BYTES)
+    sock.send(encode_header(header), zmq.SNDMORE | flags)
+    sock.send(payload, flags, copy=payload.nbytes < ZERO_COPY_MIN_BYTES)
 
 
 def recv_parts(sock: zmq.Socket, flags: int = 0) -> list[zmq.Frame]:

@@ -1,5 +1,7 @@
 """CURVE: only clients whose public key is on the server's allow-list get anything."""
 
+import time
+
 import numpy as np
 import pytest
 
@@ -48,3 +50,18 @@ def test_an_allowed_client_is_served_and_others_get_nothing(own_server, keys):
     with pytest.raises(ServerUnreachableError):
         plain.connect(timeout_s=1.0)
     plain.close(timeout_s=0)
+
+
+@pytest.mark.timeout(60)
+def test_a_client_the_server_cannot_handshake_with_says_so_in_time_and_closes(own_server, keys):
+    """A plain client to a CURVE server has no peer to send to once the handshake has failed: its I/O
+    thread must not block in a send (it held the client's lock there, so connect never returned)."""
+    srv = own_server("--curve-secret", str(keys["server_secret"]), "--allow", str(keys["allowed"]))
+    for _ in range(3):
+        plain = StreamClient(srv.frames)
+        time.sleep(1.0)  # the handshake fails and its connection goes before anything is sent
+        t0 = time.monotonic()
+        with pytest.raises(ServerUnreachableError):
+            plain.connect(timeout_s=1.0)
+        plain.close(timeout_s=0)
+        assert time.monotonic() - t0 < 10
