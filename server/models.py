@@ -54,7 +54,9 @@ class LoadedModel:
     provider: str
     load_seconds: float
     _pool: BufferPool = field(default_factory=BufferPool)
-    _out_channels: int | None = None
+    # the first output's (channels, *spatial) as the graph declares them (ints, or names for sizes that
+    # follow the input); None: not run with IO binding
+    _out_dims: tuple | None = None
     _tile_px: int | None = None  # set once the whole frame did not fit in memory
 
     @property
@@ -77,10 +79,8 @@ class LoadedModel:
         check_card_against_graph(version.card, sess)
         model = cls(version, sess, used, 0.0)
         out = sess.get_outputs()[0]
-        # bound in place only where the output is the input's size (not a per-tile estimate's [N, C, 1, 1])
-        per_tile = isinstance(out.shape[2], int)
-        if version.card.outputs[0].axes == "NCYX" and isinstance(out.shape[1], int) and not per_tile:
-            model._out_channels = out.shape[1]
+        if version.card.outputs[0].axes == "NCYX" and isinstance(out.shape[1], int):
+            model._out_dims = tuple(out.shape[1:])
         # Warm-up so the first real frame does not pay for lazy initialisation.
         given = sess.get_inputs()[0].shape
         channels = given[1] if len(given) == 4 and isinstance(given[1], int) else 1
@@ -135,7 +135,7 @@ class LoadedModel:
             x = np.pad(x, ((0, 0), (0, 0), (0, ph), (0, pw)), mode="reflect")
         if ph or pw:
             out = None  # the padded output is cropped: it cannot land in place
-        result = self._run_bound(x, out) if self._out_channels else \
+        result = self._run_bound(x, out) if self._out_dims else \
             self.session.run(None, {self.card.inputs[0].name: x})[0]
         return result[:, :, :h, :w]
 
@@ -143,7 +143,9 @@ class LoadedModel:
         """Run with IO binding into ``given`` if it is the output's shape and type, else a recycled
         output buffer (no fresh 8 MB per 2k frame)."""
         spec = self.card.outputs[0]
-        shape = (x.shape[0], self._out_channels, *x.shape[2:])
+        # a fixed size where the graph declares one (a per-tile estimate's [N, C, 1, 1]), else the input's
+        spatial = tuple(d if isinstance(d, int) else n for d, n in zip(self._out_dims[1:], x.shape[2:]))
+        shape = (x.shape[0], self._out_dims[0], *spatial)
         fits = given is not None and given.shape == shape and given.dtype == np.dtype(spec.dtype) \
             and given.flags.c_contiguous and given.flags.writeable
         out = given if fits else self._pool.get(shape, spec.dtype)

@@ -780,7 +780,7 @@ class InferenceServer:
         """Put a final image result in its frame's slot (unless the model wrote it there) and tell the
         sender where; False when it does not fit (a table, or more bytes than the slot holds): it then
         goes in the message. Subscribers get a copy: the sender reuses the slot once it is done."""
-        area = None if result.kind != "image" else result_area(job.shared, job.header.shm, payload)
+        area = None if result.kind != "image" else result_area(job.shared, job.header.shm, payload.shape, payload.dtype)
         if area is None:
             return False
         if area.ctypes.data != payload.ctypes.data:
@@ -801,7 +801,7 @@ class InferenceServer:
         if len(jobs) != 1 or job.shared is None or stage is not job.stages[-1]:
             return None
         spec = stage.card.outputs[0]
-        area = result_area(job.shared, job.header.shm, np.empty((0,), spec.dtype), shape=job.header.shape)
+        area = result_area(job.shared, job.header.shm, job.header.shape, spec.dtype)
         return None if area is None else area[None]
 
     def _run_stage(self, stage: ModelVersion, x: np.ndarray, out: np.ndarray | None = None,

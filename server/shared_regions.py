@@ -62,14 +62,13 @@ class SharedRegions:
         self._regions.clear()
 
 
-def result_area(mapped: MappedRegion, slot: SharedSlot, result: np.ndarray,
-                shape: tuple[int, ...] | None = None) -> np.ndarray | None:
-    """Where a final image result (``result``, or one of its dtype and ``shape``) goes in its frame's
-    slot; None when it does not fit there."""
-    shape = result.shape if shape is None else shape
-    if int(np.prod(shape)) * result.dtype.itemsize > slot.result_capacity_bytes:
+def result_area(mapped: MappedRegion, slot: SharedSlot, shape: tuple[int, ...],
+                dtype: np.dtype | str) -> np.ndarray | None:
+    """Where a final image result of ``shape`` and ``dtype`` goes in its frame's slot; None when it
+    does not fit there."""
+    if int(np.prod(shape)) * np.dtype(dtype).itemsize > slot.result_capacity_bytes:
         return None
     try:
-        return mapped.view(slot.result_offset_bytes, shape, result.dtype)
+        return mapped.view(slot.result_offset_bytes, shape, dtype)
     except SharedMemoryError:
         return None
