@@ -21,6 +21,7 @@ refused unless ``overwrite``. Every problem is a ``StackError`` with a one-line 
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -105,9 +106,24 @@ def stack_format(path: Path) -> StackFormat:
     if name.endswith(_TIFF_SUFFIXES):
         return "ome-tiff" if ".ome.tif" in name else "tiff"
     if name.endswith(_ZARR_SUFFIXES):
+        _require_zarr_io(path)
         return "ome-zarr"
     raise StackError(f"{path}: unsupported format; use a .tif, .tiff, .ome.tif(f), .zarr or "
                      ".ome.zarr path")
+
+
+def _require_zarr_io(path: Path) -> None:
+    """OME-Zarr needs the `zarr` extra (tensorstore, ome-writers), which the plain install leaves out:
+    say so before any work, not as a failed write after it."""
+    missing = []
+    for module in ("tensorstore", "ome_writers"):
+        try:
+            importlib.import_module(module)  # imported once; what reads and writes it needs it anyway
+        except ImportError:
+            missing.append(module)
+    if missing:
+        raise StackError(f"{path}: OME-Zarr needs {' and '.join(missing)}, which the plain install leaves out; "
+                         'pip install "livescope[zarr]", or use a .ome.tif path')
 
 
 # -- reading ------------------------------------------------------------------------------------
@@ -118,6 +134,8 @@ def read_stack(path: str | os.PathLike) -> Stack:
     if not path.exists():
         raise StackError(f"{path}: no such file or folder")
     is_zarr = path.is_dir() and any((path / f).exists() for f in ("zarr.json", ".zattrs", ".zarray"))
+    if is_zarr:
+        _require_zarr_io(path)
     fmt = "ome-zarr" if is_zarr else stack_format(path)
     data, axes, fmt, meta = _read_zarr(path) if fmt == "ome-zarr" else _read_tiff(path)
     return _as_stack(path, fmt, data, axes, meta)
@@ -151,6 +169,7 @@ def open_zarr_stack(path: str | os.PathLike) -> tuple[StackInfo, ZarrSource]:
     path = Path(path)
     if not path.is_dir() or not any((path / f).exists() for f in ("zarr.json", ".zattrs", ".zarray")):
         raise StackError(f"{path}: not an OME-Zarr stack" if path.exists() else f"{path}: no such file or folder")
+    _require_zarr_io(path)
     data, axes, fmt, meta = _read_zarr(path, lazy=True)
     return _stack_info(path, fmt, data, axes, meta), data
 

@@ -238,13 +238,23 @@ def test_serve_accepts_a_models_folder_that_does_not_exist_yet(own_server, tmp_p
     assert srv.proc.poll() is None
 
 
-@pytest.mark.parametrize("missing,args", [
-    ("torch", ("train", "denoise", "--data", "movie.tif", "--steps", "2")),
-    ("skimage", ("calibrate", "pairs", "--output", "pairs.ome.zarr", "--grid", "1x1")),
+TRAIN, ACQUIRE, ZARR = 'pip install torch==2.13.0 "livescope[train]"', 'pip install "livescope[acquire]"', \
+    'pip install "livescope[zarr]"'
+
+
+@pytest.mark.parametrize("missing,args,install", [
+    ("torch", ("train", "denoise", "--data", "movie.tif", "--steps", "2"), TRAIN),
+    ("skimage", ("calibrate", "pairs", "--output", "pairs.ome.zarr", "--grid", "1x1"), TRAIN),
+    ("pymmcore_plus", ("demo", "--frames", "2"), ACQUIRE),
+    ("useq", ("acquire", "--frames", "2", "--output", "run.ome.zarr"), ACQUIRE),
+    ("pymmcore_plus", ("calibrate", "pairs", "--output", "pairs.ome.zarr", "--grid", "1x1"), ACQUIRE),
+    ("tensorstore", ("denoise", "movie.tif", "out.ome.zarr"), ZARR),
+    ("ome_writers", ("denoise", "movie.tif", "out.ome.zarr"), ZARR),
 ])
-def test_a_command_whose_extra_is_not_installed_says_how_to_install_it(tmp_path, missing, args):
-    # The plain install leaves out torch, onnx and scikit-image (training, calibration): as if they
-    # were not installed (an import of them fails), the command says what to install, in one line.
+def test_a_command_whose_extra_is_not_installed_says_how_to_install_it(tmp_path, missing, args, install):
+    # The plain install leaves out torch, onnx and scikit-image (training, calibration), pymmcore-plus
+    # and useq-schema (acquisition) and tensorstore and ome-writers (OME-Zarr): as if one were not
+    # installed (an import of it fails), the command says what to install, in one line.
     import numpy as np
     import tifffile
 
@@ -253,5 +263,5 @@ def test_a_command_whose_extra_is_not_installed_says_how_to_install_it(tmp_path,
            "from livescope.cli import main; main()")
     r = subprocess.run([sys.executable, "-c", run, *args], capture_output=True, text=True, check=False,
                        timeout=120, cwd=tmp_path)
-    assert_one_line_error(r, f"needs {missing}", 'pip install torch==2.13.0 "livescope[train]"')
+    assert_one_line_error(r, f"needs {missing}", install)
     assert [p.name for p in tmp_path.iterdir()] == ["movie.tif"]  # it stopped before writing anything

@@ -32,6 +32,8 @@ _EXTRAS = {name: 'pip install torch==2.13.0 "livescope[train]"' for name in ("to
 _EXTRAS["bioimageio"] = 'pip install "livescope[bioimage]"'
 _EXTRAS |= {name: 'pip install "livescope[view]"' for name in ("napari", "qtpy", "PyQt6")}
 _EXTRAS |= {name: 'pip install "livescope[cluster]"' for name in ("dask", "distributed")}
+_EXTRAS |= {name: 'pip install "livescope[acquire]"' for name in ("pymmcore_plus", "pymmcore", "useq")}
+_EXTRAS |= {name: 'pip install "livescope[zarr]"' for name in ("tensorstore", "ome_writers")}
 
 
 def main() -> None:
@@ -43,6 +45,6 @@ def main() -> None:
         install = _EXTRAS.get((e.name or "").split(".")[0])
         if install is None:
             raise
-        typer.echo(f"livescope: error: this command needs {e.name}, which the plain install leaves out "
-                   f"(training, calibration, self-adaptation, bioimage.io, napari, Dask clusters): {install}", err=True)
+        typer.echo(f"livescope: error: this command needs {e.name}, which the plain install leaves out: {install}",
+                   err=True)
         sys.exit(2)

@@ -37,6 +37,13 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="With --deploy: activate
 DeployServerOpt = Annotated[str, typer.Option("--server", help="With --deploy: the server's frames address.")]
 
 
+def needs_acquisition() -> None:
+    """Acquisition's extra (pymmcore-plus, useq-schema) is left out of the plain install: import it
+    first, so a missing one is what the command names (`main` says how to install it)."""
+    import pymmcore_plus  # noqa: F401
+    import useq  # noqa: F401
+
+
 def fail(message: str, code: int = EXIT_USER_ERROR) -> NoReturn:
     """A user's mistake (or a job that cannot go on): one line on stderr, a non-zero exit."""
     typer.echo(f"livescope: error: {message}", err=True)

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from livescope.cli._common import control, fail
+from livescope.cli._common import control, fail, needs_acquisition
 
 SPECIMENS = ("filaments", "cells", "beads", "smlm")
 MODALITIES = ("widefield", "confocal", "sted")
@@ -74,6 +74,7 @@ def acquire(
     PATH.localise.csv (ThunderSTORM) and a super-resolution render PATH.localise.render.ome.tif,
     both corrected for the lateral drift estimated from the localisations; --stop-at-resolution
     ends it when the FRC resolution is reached."""
+    needs_acquisition()
     if mode not in ("lossless", "latest"):
         fail(f"--mode must be lossless or latest, not {mode!r}")
     if specimen not in SPECIMENS:
@@ -257,6 +258,7 @@ def demo(
     output: Annotated[Path, typer.Option(help="Folder for the raw and restored data.")] = Path("livescope-demo"),
 ) -> None:
     """One command: start a server, acquire on the virtual microscope, restore live, summarise."""
+    needs_acquisition()
     from livescope.acquire.demo import run_demo
     from livescope.cli._console import acquisition_progress, console, print_summary
     from livescope.launch import ServerLaunchError, spawn_server

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from livescope.cli._common import fail
+from livescope.cli._common import fail, needs_acquisition
 
 if TYPE_CHECKING:
     from pymmcore_plus import CMMCorePlus
@@ -166,6 +166,7 @@ def register(
 
 
 def _run(kind: str, opts: _Options, kind_options: dict[str, Any]) -> None:
+    needs_acquisition()
     # Registration is what a session ends with: without its extra (scikit-image) the command stops
     # here, before a dataset is begun, not after acquiring it.
     import livescope.acquire.calibration.session_registration  # noqa: F401
