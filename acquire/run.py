@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import useq
+from livescope.acquire.autofocus import (AutofocusReport, AutofocusSettings, FocusController, FocusedSequence,
+                                         FocusScorer)
 from livescope.acquire.journal import RunJournal
 from livescope.acquire.localisations import LocalisationWriter, SmlmStop, gives_tables, localises
 from livescope.acquire.results import (
@@ -86,6 +88,7 @@ class AcquisitionSummary(BaseModel):
     table_path: str | None = None  # ThunderSTORM CSV
     render_path: str | None = None  # super-resolution render
     smlm: SmlmQuality | None = None  # a localise pipeline's FRC resolution, drift and density at the end
+    autofocus: AutofocusReport | None = None  # what the autofocus did, with its focus-loss alarms
     warnings: tuple[str, ...] = ()  # the server's, on frames unlike its models' training data (each once)
     frames_with_warnings: int = 0
 
@@ -117,6 +120,7 @@ def run_acquisition(
     render_px_nm: float = 10.0,
     dz_um: float | None = None,
     stop: SmlmStop | None = None,
+    autofocus: AutofocusSettings | None = None,
 ) -> AcquisitionSummary:
     """Acquire ``sequence``; with ``server``, restore every frame live.
 
@@ -132,6 +136,10 @@ def run_acquisition(
     its target or the emitter density falls below its floor; what was acquired and localised is
     saved as at the planned end, and the summary's ``ended_early`` says why.
 
+    ``autofocus``: the focus stage follows the sample between frames (`acquire.autofocus`: frames
+    dither about the working plane and their sharpness moves it); the sequence may have no z plan
+    and one position. The summary's ``autofocus`` says what it did and lists focus-loss alarms.
+
     Raises ServerUnreachableError before acquiring anything if the server does not answer. If
     it stops answering later (``server_timeout_s`` with the window full), the acquisition is
     cancelled: what was acquired is saved, and the summary counts the unanswered frames and
@@ -146,6 +154,12 @@ def run_acquisition(
             raise ValueError("a localise stage needs the camera's calibration (camera=CameraCalibration(...))")
         if not core.getPixelSizeUm():
             raise ValueError("a localise stage needs the pixel size, and the microscope has none configured")
+    focus = None
+    if autofocus is not None:
+        if not core.getFocusDevice():
+            raise ValueError("autofocus needs a focus stage, and the microscope has none configured")
+        focus = FocusController(core.getPosition(), autofocus)
+        events = FocusedSequence.of(sequence, focus)  # ValueError for a z plan or several positions
     total = len(list(sequence.iter_events()))
     state = AcquisitionProgress(total=total)
     t0 = time.perf_counter()
@@ -196,9 +210,14 @@ def run_acquisition(
         collector.on_error = cancel
         collector.start()
 
+    if focus is not None:
+        outputs.append(FocusScorer(focus, camera.baseline_adu if camera is not None else None))
     with cancel.quiet():
-        core.mda.run(sequence, output=outputs, overwrite=True)
+        core.mda.run(events if focus is not None else sequence, output=outputs, overwrite=True)
     t_acquired = time.perf_counter() - t0
+    focus_report = focus.report() if focus is not None else None
+    for alarm in focus_report.alarms if focus_report is not None else ():
+        log.warning("autofocus: %s", alarm)
     acquired = streamer.acquired if client is not None else counter.acquired
 
     if client is None:
@@ -207,7 +226,8 @@ def run_acquisition(
             progress(state)
         return _ended(journal, AcquisitionSummary(frames_acquired=acquired, frames_planned=total,
                                                   acquisition_fps=acquired / t_acquired,
-                                                  raw_path=str(output) if output else None))
+                                                  raw_path=str(output) if output else None,
+                                                  autofocus=focus_report))
 
     client.wait_idle(timeout_s=0 if streamer.error is not None else server_timeout_s)
     collector.finish(client.stats.submitted - client.stats.in_flight - client.stats.queued)
@@ -245,6 +265,7 @@ def run_acquisition(
         raw_path=str(output) if output else None,
         restored_path=(str(collector.writer.path)
                        if collector.writer and collector.writer.written and not failed else None),
+        autofocus=focus_report,
         **_table_summary(collector.localisations, failed),
     ))
 

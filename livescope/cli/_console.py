@@ -98,6 +98,12 @@ def print_summary(s: AcquisitionSummary, extra: dict[str, str] | None = None) ->
                       f"corrected (largest {q.drift_max_nm:.1f} nm)"
                       if q.drift_nm is not None else "- (too few emitters to tell)")
         table.add_row("emitter density", f"{q.density_per_um2:.3g} /µm² per frame (last {q.density_frames} frames)")
+    if s.autofocus is not None:
+        a = s.autofocus
+        table.add_row("autofocus", f"{a.cycles} cycles, {a.corrections} corrected, {a.searching_cycles} searching; "
+                                   f"focus {a.start_um:+.2f} -> {a.working_um:+.2f} µm")
+        for alarm in a.alarms:
+            table.add_row("[red]  focus alarm[/]", alarm)
     if s.ended_early:
         table.add_row("ended early", f"{s.ended_early} ({s.frames_acquired} of {s.frames_planned} frames)")
     if s.raw_path:

@@ -67,6 +67,13 @@ def acquire(
     stop_min_frames: Annotated[int, typer.Option(
         "--stop-min-frames", min=1, help="With --stop-at-resolution / --min-density: never end before N frames "
                                          "(the first frames' FRC and density are noise).")] = 100,
+    autofocus: Annotated[bool, typer.Option(
+        "--autofocus", help="Keep the focus on the sample as it drifts: frames dither ±0.15 µm about the "
+                            "working plane one in three, and their sharpness moves it (no z plan).")] = False,
+    target_um: Annotated[float, typer.Option(
+        "--target-um", help="With --autofocus: hold the focus this far (µm) from the sharpest plane.")] = 0.0,
+    z_drift: Annotated[float, typer.Option(
+        "--z-drift", metavar="UM", help="Virtual microscope: the sample drifts axially by UM µm per frame.")] = 0.0,
 ) -> None:
     """Run a useq-schema acquisition on Micro-Manager (pymmcore-plus), restoring frames live.
 
@@ -75,6 +82,8 @@ def acquire(
     both corrected for the lateral drift estimated from the localisations; --stop-at-resolution
     ends it when the FRC resolution is reached."""
     needs_acquisition()
+    from livescope.acquire.autofocus import AutofocusSettings
+
     if mode not in ("lossless", "latest"):
         fail(f"--mode must be lossless or latest, not {mode!r}")
     if specimen not in SPECIMENS:
@@ -100,6 +109,10 @@ def acquire(
             fail("--stop-at-resolution and --min-density must be positive")
         stop = SmlmStop(resolution_nm=stop_at_resolution, min_density_per_um2=min_density,
                         check_every_frames=check_every, min_frames=stop_min_frames)
+    if target_um and not autofocus:
+        fail("--target-um is where --autofocus holds the focus: add --autofocus")
+    if z_drift and mm_config is not None:
+        fail("--z-drift makes the virtual microscope's sample drift; a real rig's drifts by itself")
     _check_output(output, overwrite, stages if server is not None else ())
     summary = _acquire(mm_config=mm_config, sequence=sequence, frames=frames,
                        exposure_ms=exposure_ms, server=server, stages=stages, mode=mode,
@@ -107,7 +120,8 @@ def acquire(
                        in_flight=in_flight, server_timeout_s=server_timeout,
                        modality=modality, depth_um=depth,
                        calibration={"baseline_adu": baseline, "e_per_adu": e_per_adu, "em_gain": em_gain},
-                       render_px_nm=render_px, dz_um=dz, stop=stop)
+                       render_px_nm=render_px, dz_um=dz, stop=stop, z_drift_um=z_drift,
+                       autofocus=AutofocusSettings(target_um=target_um) if autofocus else None)
     from livescope.cli._console import print_summary
 
     print_summary(summary)
@@ -156,7 +170,8 @@ def _interrupted(raw: Path) -> str:
 
 def _acquire(*, mm_config, sequence, frames, exposure_ms, server, stages, mode, output,
              specimen="filaments", size=512, seed=0, in_flight=2, server_timeout_s=30.0,
-             modality="widefield", depth_um=0.0, calibration=None, render_px_nm=10.0, dz_um=None, stop=None):
+             modality="widefield", depth_um=0.0, calibration=None, render_px_nm=10.0, dz_um=None, stop=None,
+             z_drift_um=0.0, autofocus=None):
     """``calibration``: the camera's baseline_adu, e_per_adu, em_gain as given (None: not given);
     on the virtual microscope its camera fills in what was not given. ``dz_um``: the delta-z sent
     with every frame, for a refocus stage."""
@@ -182,7 +197,8 @@ def _acquire(*, mm_config, sequence, frames, exposure_ms, server, stages, mode, 
     camera = None
     if mm_config is None:
         rig = VirtualRigConfig(sensor_shape_px=(size, size), specimen=specimen, seed=seed,
-                               modality=modality, specimen_depth_um=depth_um)
+                               modality=modality, specimen_depth_um=depth_um,
+                               drift_um_per_frame=(0.0, 0.0, z_drift_um))
         c = rig.camera
         camera = CameraCalibration(**{"baseline_adu": c.baseline_adu, "e_per_adu": c.e_per_adu,
                                       "em_gain": c.em_gain, **given})
@@ -200,6 +216,15 @@ def _acquire(*, mm_config, sequence, frames, exposure_ms, server, stages, mode, 
         _check_render_fits(core, render_px_nm)
     if server is not None and localises(stages) and camera is None:
         camera = _camera_from_rig(core, given)
+    if autofocus is not None:
+        from livescope.acquire.autofocus import FocusController, FocusedSequence
+
+        if not core.getFocusDevice():
+            fail("--autofocus needs a focus stage, and the Micro-Manager config sets none (Core-Focus)")
+        try:
+            FocusedSequence.of(seq, FocusController(0.0))
+        except ValueError as e:
+            fail(f"--autofocus: {e}")
     total = len(list(seq.iter_events()))
     title = "acquiring" if server is None else "localising" if gives_tables(stages) else "restoring"
     try:
@@ -207,7 +232,8 @@ def _acquire(*, mm_config, sequence, frames, exposure_ms, server, stages, mode, 
             return run_acquisition(core, seq, server=server, pipeline=stages,
                                    mode=mode, output=output, progress=bar,
                                    max_in_flight=in_flight, server_timeout_s=server_timeout_s,
-                                   camera=camera, render_px_nm=render_px_nm, dz_um=dz_um, stop=stop)
+                                   camera=camera, render_px_nm=render_px_nm, dz_um=dz_um, stop=stop,
+                                   autofocus=autofocus)
     except ServerUnreachableError as e:
         fail(f"{e} (start one with `livescope serve`)")
     except KeyboardInterrupt:
