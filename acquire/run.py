@@ -53,6 +53,13 @@ class AcquisitionProgress(BaseModel):
     emitters: int = 0  # in all tables so far
     last_frame_emitters: int = 0  # in the latest table
     frc_resolution_nm: float | None = None  # the latest check's (with a stop rule)
+    focus_um: float | None = None  # the autofocus's working plane (with autofocus)
+    focus_alarms: int = 0  # its focus-loss alarms so far
+
+    def follow(self, focus: FocusController | None) -> None:
+        """Take the autofocus's latest working plane and alarm count."""
+        if focus is not None:
+            self.focus_um, self.focus_alarms = focus.working_um, len(focus.alarms)
 
     @property
     def fps(self) -> float:
@@ -178,7 +185,7 @@ def run_acquisition(
         streamer.on_error = cancel
         outputs.insert(0, streamer)
     else:
-        counter = _Counter()
+        counter = _Counter(state, progress, t0, focus)
         outputs.insert(0, counter)
 
     collector = journal = None
@@ -207,6 +214,7 @@ def run_acquisition(
             writer.on_written = journal.restored
     if client is not None:
         collector = _ResultCollector(client, writer, localisations, state, progress, t0, journal)
+        collector.focus = focus
         collector.on_error = cancel
         collector.start()
 
@@ -222,6 +230,7 @@ def run_acquisition(
 
     if client is None:
         state.acquired, state.elapsed_s = acquired, t_acquired
+        state.follow(focus)
         if progress:
             progress(state)
         return _ended(journal, AcquisitionSummary(frames_acquired=acquired, frames_planned=total,
@@ -314,11 +323,22 @@ class _Cancel(logging.Filter):
 
 
 class _Counter:
-    def __init__(self) -> None:
+    """Counts frames where no server answers them, reporting progress (at most every 0.2 s)."""
+
+    def __init__(self, state: AcquisitionProgress, progress: Callable[[AcquisitionProgress], None] | None,
+                 t0: float, focus: FocusController | None) -> None:
         self.acquired = 0
+        self.state, self.progress, self.t0, self.focus = state, progress, t0, focus
+        self._last_report = 0.0
 
     def frameReady(self, img: np.ndarray, event: useq.MDAEvent, meta: dict) -> None:
         self.acquired += 1
+        now = time.perf_counter()
+        if self.progress is not None and now - self._last_report > 0.2:
+            self._last_report = now
+            self.state.acquired, self.state.elapsed_s = self.acquired, now - self.t0
+            self.state.follow(self.focus)
+            self.progress(self.state)
 
 
 class _JournalAcquired:
@@ -359,6 +379,7 @@ class _ResultCollector(threading.Thread):
         self._seen = 0
         self._lock = threading.Lock()
         self._done = threading.Event()
+        self.focus: FocusController | None = None  # the autofocus, whose state the progress shows
         self.error: Exception | None = None
         self.on_error: Callable[[Exception], None] | None = None
 
@@ -449,6 +470,7 @@ class _ResultCollector(threading.Thread):
     def _report(self, now: float) -> None:
         self.state.acquired = self.client.stats.submitted
         self.state.elapsed_s = now - self.t0
+        self.state.follow(self.focus)
         if self.latencies_ms:
             self.state.latency_p50_ms = float(np.median(self.latencies_ms[-200:]))
         if self.progress:

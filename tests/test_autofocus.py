@@ -122,3 +122,15 @@ def test_autofocus_refuses_a_z_plan_and_target_without_autofocus_in_one_line(tmp
     assert r.returncode == 2 and "z plan" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = cli("acquire", "--frames", "3", "--target-um", "0.5")
     assert r.returncode == 2 and "add --autofocus" in r.stderr
+
+
+def test_autofocus_runs_beside_live_restoration_and_the_progress_shows_the_focus(server, tmp_path):
+    rig = VirtualRigConfig(sensor_shape_px=(256, 256), drift_um_per_frame=(0.0, 0.0, 0.01), seed=4)
+    core = open_microscope(rig=rig)
+    seq = useq.MDASequence(time_plan={"interval": 0, "loops": 24})
+    seen = []
+    summary = run_acquisition(core, seq, server=server.frames, pipeline=["identity"], autofocus=AutofocusSettings(),
+                              output=tmp_path / "run.ome.zarr", progress=lambda p: seen.append(p.focus_um))
+    assert summary.results == summary.frames_acquired == 24 and summary.dropped == 0
+    assert summary.autofocus.cycles == 8 and not summary.autofocus.alarms
+    assert seen and seen[-1] == pytest.approx(summary.autofocus.working_um)

@@ -33,6 +33,9 @@ def acquisition_progress(total: int, title: str = "acquiring"):
                         if p.tables else f"restored {p.restored}")
             if p.frc_resolution_nm is not None:
                 answered += f"  FRC {p.frc_resolution_nm:.0f} nm"
+            if p.focus_um is not None:
+                answered += f"  focus {p.focus_um:+.2f} µm" + (
+                    f" [red]{p.focus_alarms} focus alarm{'s' * (p.focus_alarms > 1)}[/]" if p.focus_alarms else "")
             bar.update(task, completed=p.acquired,
                        detail=f"{p.fps:5.1f} fps  {answered}  "
                               f"refused {p.refused}  latency p50 {latency}")
