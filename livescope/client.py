@@ -44,6 +44,7 @@ from livescope.protocol import (
     ErrorCode,
     ErrorHeader,
     FrameHeader,
+    Objective,
     ProtocolError,
     ResultHeader,
     array_from_payload,
@@ -178,11 +179,13 @@ class StreamClient:
         camera: CameraCalibration | None = None,
         dz_um: float | None = None,
         shared_memory: bool = True,
+        objective: Objective | None = None,
     ) -> None:
         """``camera``: the ADU -> photons calibration sent with every frame (a localise stage
         needs it). ``dz_um``: the delta-z sent with every frame, µm (the wanted plane's focus
         position minus the frame's; a refocus stage needs it); ``submit`` may override it.
-        ``shared_memory``: send frames through shared memory when the server is on this host."""
+        ``shared_memory``: send frames through shared memory when the server is on this host.
+        ``objective``: the optics sent with every frame (a psf stage needs it)."""
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
         self.server = server
@@ -190,6 +193,7 @@ class StreamClient:
         self.pipeline = tuple(pipeline)
         self.mode = mode
         self.camera = camera
+        self.objective = objective
         self.dz_um = dz_um
         self.max_in_flight = max_in_flight
         self._curve = (curve_secret_key, curve_server_key)
@@ -259,7 +263,7 @@ class StreamClient:
             stream=self.stream, seq=self._seq, shape=image.shape, dtype=image.dtype.name,
             pixel_size_um=pixel_size_um, z_um=z_um, event_index=event_index or {},
             pipeline=self.pipeline, mode=self.mode, t_acquired_ns=t_acquired_ns, camera=self.camera,
-            dz_um=self.dz_um if dz_um is None else dz_um)
+            dz_um=self.dz_um if dz_um is None else dz_um, objective=self.objective)
         with self._attach_lock:
             if self._shared is None:
                 self._shared = self._attach_shared_memory(image)

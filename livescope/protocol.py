@@ -117,6 +117,19 @@ class SharedSlot(BaseModel):
     result_capacity_bytes: int = Field(ge=0, lt=2**48, description="the most bytes a result there may have")
 
 
+class Objective(BaseModel):
+    """The objective and emission a stream's frames are taken with: what a live ``psf`` stage needs
+    besides the frame's pixel size (sent with every frame, as the camera's calibration is)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    na: float = Field(gt=0, le=1.7, description="numerical aperture")
+    emission_nm: float = Field(gt=200, lt=2000, description="emission wavelength, nm")
+    immersion_index: float = Field(ge=1.0, le=1.7, description="refractive index of the immersion medium")
+    astigmatism_sign: Literal[-1, 1] = Field(default=1, description=(
+        "the sign of the rig's astigmatism (`Optics.astigmatism_waves`' convention), which signs the defocus"))
+
+
 class FrameHeader(_Header):
     """A camera frame sent for restoration. Payload: the pixels, ``shape`` x ``dtype``."""
 
@@ -141,6 +154,7 @@ class FrameHeader(_Header):
         "the frame's (positive: further from the coverslip); needed by a refocus stage"))
     shm: SharedSlot | None = Field(default=None, description=(
         "the pixels lie in the sender's attached shared memory (same host); no payload part then"))
+    objective: Objective | None = Field(default=None, description="the optics; needed by a psf stage")
 
     @field_validator("shape")
     @classmethod

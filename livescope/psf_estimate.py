@@ -19,9 +19,12 @@ astigmatism that probability stays near 0.5 and the signed defocus is left empty
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from livescope.protocol import Objective, TableField
 
 OPTICS_CHANNELS = ("na", "emission_um", "pixel_size_um", "immersion_index")
 OUTPUT_CHANNELS = (
@@ -44,6 +47,33 @@ CSV_COLUMNS = (
 """frame counts from 1; tile_y_px / tile_x_px: the tile's top-left pixel (row, column, from 0);
 defocus_um is signed for the rig's astigmatism sign and empty where the sign is not known."""
 
+_UNITS = {"px": "px", "um": "um", "waves": "waves"}
+PSF_TILE_FIELDS = tuple(
+    TableField(name=name, dtype="int32" if name.endswith("_px") else "float32",
+               unit=next((u for suffix, u in _UNITS.items() if name.endswith(suffix)), ""))
+    for name in CSV_COLUMNS[1:])
+"""A live ``psf`` stage's result: one record per tile (the CSV's columns but the frame, which is
+the result's own); NaN where a value is not known."""
+TILE_DTYPE = np.dtype([(f.name, f.dtype) for f in PSF_TILE_FIELDS])
+
+
+@dataclass(frozen=True)
+class PsfTiles:
+    """One frame's tile estimates, as a live ``psf`` stage sends them: ``rows`` of `TILE_DTYPE`."""
+
+    rows: np.ndarray
+
+
+def tile_table(origins: list[tuple[int, int]], tile_px: int, estimates: dict[str, np.ndarray]) -> np.ndarray:
+    """One frame's tiles and their estimates (`tile_estimates`' arrays) as `TILE_DTYPE` records."""
+    rows = np.zeros(len(origins), TILE_DTYPE)
+    if origins:
+        rows["tile_y_px"], rows["tile_x_px"] = np.array(origins, np.int32).T
+    rows["tile_px"] = tile_px
+    for name in TILE_DTYPE.names[3:]:
+        rows[name] = estimates[name]
+    return rows
+
 
 class PsfOptics(BaseModel):
     """The optics a frame was taken with: what the network is told beside each tile."""
@@ -60,6 +90,12 @@ class PsfOptics(BaseModel):
         if self.na >= self.immersion_index:
             raise ValueError(f"NA {self.na:g} must be below the immersion index {self.immersion_index:g}")
         return self
+
+    @classmethod
+    def of(cls, objective: Objective, pixel_size_nm: float) -> PsfOptics:
+        """A stream's objective at its frames' pixel size (ValueError where NA >= the index)."""
+        return cls(na=objective.na, emission_nm=objective.emission_nm, pixel_size_nm=pixel_size_nm,
+                   immersion_index=objective.immersion_index)
 
     def channels(self) -> np.ndarray:
         """The optics in the units and order of `OPTICS_CHANNELS`, float32 (4,)."""

@@ -126,7 +126,7 @@ def run_psf_offline(in_path: str | os.PathLike, out_csv: str | os.PathLike, *, n
     if h < tile or w < tile:
         raise OfflineError(f"{in_path}: frames of {h}x{w} px are smaller than one {tile} px tile; "
                            "give a smaller --tile")
-    warnings = gate_warnings(card) + _domain_warnings(card, optics, tile)
+    warnings = gate_warnings(card) + psf_domain_warnings(card, optics, tile)
     loaded = load_model(version, provider, threads)
     t0 = time.perf_counter()
     origins, est = estimate_tiles(loaded, stack.frames, optics, tile, astigmatism_sign=astigmatism_sign,
@@ -141,7 +141,7 @@ def run_psf_offline(in_path: str | os.PathLike, out_csv: str | os.PathLike, *, n
                       warnings=warnings)
 
 
-def _domain_warnings(card, optics: PsfOptics, tile: int) -> tuple[str, ...]:
+def psf_domain_warnings(card, optics: PsfOptics, tile: int) -> tuple[str, ...]:
     """Optics or tiles the model was not trained on: it still answers, but never silently."""
     found = []
     trained = card.trained_for

@@ -21,9 +21,26 @@ def check_dz(header: FrameHeader, version: ModelVersion) -> None:
                             f"{version.ref} was trained for")
 
 
+def check_psf_optics(header: FrameHeader, version: ModelVersion) -> None:
+    """A psf stage needs the frame's pixel size and objective (the network is told the optics: a
+    blur of so many pixels is another defocus at another NA, wavelength or pixel size)."""
+    missing = [name for name in ("pixel_size_um", "objective") if getattr(header, name) is None]
+    if missing:
+        raise ProtocolError(ErrorCode.bad_header, f"stage {version.ref} needs the frame's {' and '.join(missing)} "
+                                                  "(NA, emission and immersion index; nm per pixel)")
+    if header.objective.na >= header.objective.immersion_index:
+        raise ProtocolError(ErrorCode.bad_header, f"objective NA {header.objective.na:g} must be below its "
+                                                  f"immersion index {header.objective.immersion_index:g}")
+    tile = version.card.tiling.tile_px or 64
+    if min(header.shape) < tile:
+        raise ProtocolError(ErrorCode.bad_header, f"stage {version.ref} reads {tile} px tiles; the frame is "
+                                                  f"{header.shape[0]}x{header.shape[1]} px")
+
+
 def check_pipeline(header: FrameHeader, stages: list[ModelVersion]) -> None:
     """Each stage takes what the one before gives; a localise stage (a table out) comes last
-    and needs the frame's pixel size and camera calibration; a refocus stage needs the frame's
+    and needs the frame's pixel size and camera calibration; so does a psf stage, which needs the
+    frame's pixel size and objective; a refocus stage needs the frame's
     dz_um within the range its model was trained for. Raises ProtocolError."""
     dtype = header.dtype
     for i, version in enumerate(stages):
@@ -43,6 +60,12 @@ def check_pipeline(header: FrameHeader, stages: list[ModelVersion]) -> None:
                 raise ProtocolError(ErrorCode.bad_header,
                                     f"stage {version.ref} needs the frame's {' and '.join(missing)} "
                                     "(photons and nm come from them)")
+            return
+        if version.card.task == "psf":
+            if i != len(stages) - 1:
+                raise ProtocolError(ErrorCode.unknown_pipeline,
+                                    f"{version.ref} gives a table, so it must be the pipeline's last stage")
+            check_psf_optics(header, version)
             return
         want = version.card.inputs[0].dtype
         # a float32 stage takes camera integers too: uint8 and uint16 convert to float32 exactly

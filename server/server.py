@@ -29,6 +29,7 @@ import zmq
 
 from livescope.emitters import EMITTER_FIELDS, EmitterTable
 from livescope.localise_maps import maps_to_emitters, range_warnings
+from livescope.psf_estimate import PSF_TILE_FIELDS, PsfOptics, PsfTiles, tile_table
 from livescope.protocol import (
     AckHeader,
     ControlReply,
@@ -62,6 +63,7 @@ from livescope.server.ledger import StreamLedger
 from livescope.server.localise_stage import LocaliseStreams, RenderSettings
 from livescope.server.metrics import ServerMetrics
 from livescope.server.models import LoadedModel, ModelRegistry
+from livescope.server.offline_psf import estimate_tiles, psf_domain_warnings
 from livescope.server.photons import StreamScales
 from livescope.server.pipeline import check_pipeline
 from livescope.server.providers import visible_gpus
@@ -706,7 +708,10 @@ class InferenceServer:
         try:
             for stage in jobs[0].stages:
                 t0 = time.perf_counter()
-                if stage.card.task == "localise":
+                if stage.card.task == "psf":
+                    model, tiles = self._psf(stage, jobs, x, warnings, worker)
+                    outputs.append((model, tiles))
+                elif stage.card.task == "localise":
                     model, tables = self._localise(stage, jobs, x, warnings, worker)
                     outputs.append((model, tables))
                 elif stage.card.task == "refocus":
@@ -757,9 +762,10 @@ class InferenceServer:
                 send_message(pipe, raw, np.ascontiguousarray(job.image), envelope=[_PUBLISH, *envelope_tail])
             for i, (model, out) in enumerate(outputs):
                 final = i == len(outputs) - 1
-                if isinstance(out, list):  # a table: packed EMITTER_FIELDS records
+                if isinstance(out, list):  # a table: packed records of emitters or of PSF tiles
                     payload = out[k].rows
-                    shape: dict = dict(kind="table", shape=payload.shape, dtype="record", fields=EMITTER_FIELDS)
+                    fields = PSF_TILE_FIELDS if isinstance(out[k], PsfTiles) else EMITTER_FIELDS
+                    shape: dict = dict(kind="table", shape=payload.shape, dtype="record", fields=fields)
                 else:
                     payload = np.ascontiguousarray(out[k])
                     shape = dict(shape=payload.shape, dtype=payload.dtype.name)
@@ -843,6 +849,24 @@ class InferenceServer:
         if flagged:
             with self._inference_lock:
                 self._out_of_domain += len(flagged)
+
+    def _psf(self, stage: ModelVersion, jobs: list[Job], x: np.ndarray, warnings: list[list[str]],
+             worker: int = 0) -> tuple[LoadedModel, list[PsfTiles]]:
+        """Each frame cut into the model's tiles, each read with the frame's optics -> one record per
+        tile (`livescope.psf_estimate.TILE_DTYPE`). Optics outside the trained range add warnings."""
+        model = self.registry.load(stage, worker)
+        tile = stage.card.tiling.tile_px or 64
+        tables = []
+        for k, job in enumerate(jobs):
+            h = job.header
+            optics = PsfOptics.of(h.objective, h.pixel_size_um * 1000.0)
+            origins, est = estimate_tiles(model, x[k : k + 1], optics, tile,
+                                          astigmatism_sign=h.objective.astigmatism_sign)
+            tables.append(PsfTiles(tile_table(origins, tile, est)))
+            warnings[k] += self._domain.warnings(
+                (job.identity, h.stream, model.ref),
+                lambda h=h, o=optics: self._logged(h.stream, psf_domain_warnings(stage.card, o, tile)))
+        return model, tables
 
     def _localise(self, stage: ModelVersion, jobs: list[Job], x: np.ndarray, warnings: list[list[str]],
                   worker: int = 0) -> tuple[LoadedModel, list[EmitterTable]]:

@@ -1,0 +1,79 @@
+"""The PSF estimation network live (issue 20): a ``psf`` stage reads each frame's tiles with the
+stream's optics and answers with one record per tile, published like localisations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from livescope.client import Refusal, Result, StreamClient
+from livescope.protocol import Objective
+from livescope.psf_estimate import TILE_DTYPE
+
+OIL = Objective(na=1.4, emission_nm=600.0, immersion_index=1.515)
+
+
+def frames_at_defocus(defocus_um: float, n: int = 1, size: int = 128) -> np.ndarray:
+    from livescope.acquire.microscope import open_microscope
+    from livescope.acquire.virtual import VirtualRigConfig
+
+    core = open_microscope(rig=VirtualRigConfig(sensor_shape_px=(size, size), specimen="beads", seed=5,
+                                                na=1.4, emission_nm=600.0))
+    core.setPosition(defocus_um)
+    return np.stack([core.snap() for _ in range(n)])
+
+
+def test_a_psf_stage_answers_each_frame_with_a_record_per_tile(server):
+    with StreamClient(server.frames, pipeline=["psf"], objective=OIL) as c:
+        c.connect()
+        for frame in (*frames_at_defocus(0.0), *frames_at_defocus(1.0)):
+            c.submit(frame, pixel_size_um=0.108)
+        focused, defocused = list(c.outcomes())
+    for r in (focused, defocused):
+        assert isinstance(r, Result) and r.header.kind == "table" and r.header.stage == "psf"
+        assert r.data.dtype.names == TILE_DTYPE.names and len(r.data) == 4  # 2 x 2 tiles of 64 px
+        assert sorted(zip(r.data["tile_y_px"], r.data["tile_x_px"])) == [(0, 0), (0, 64), (64, 0), (64, 64)]
+        assert np.all(r.data["abs_defocus_sd_um"] > 0)
+    assert np.median(defocused.data["abs_defocus_um"]) > np.median(focused.data["abs_defocus_um"])
+
+
+@pytest.mark.parametrize("objective,pixel,words", [
+    (None, 0.108, "needs the frame's objective"),
+    (OIL, None, "needs the frame's pixel_size_um"),
+    (Objective(na=1.4, emission_nm=600.0, immersion_index=1.33), 0.108, "below its immersion index"),
+])
+def test_a_frame_without_the_optics_a_psf_stage_needs_is_refused_by_name(server, objective, pixel, words):
+    with StreamClient(server.frames, pipeline=["psf"], objective=objective) as c:
+        c.connect()
+        c.submit(np.zeros((128, 128), np.uint16), pixel_size_um=pixel)
+        (r,) = list(c.outcomes())
+    assert isinstance(r, Refusal) and r.reason == "bad_header" and words in r.message
+
+
+def test_a_frame_smaller_than_a_tile_and_a_psf_stage_before_another_are_refused(server):
+    with StreamClient(server.frames, pipeline=["psf"], objective=OIL) as c:
+        c.connect()
+        c.submit(np.zeros((32, 128), np.uint16), pixel_size_um=0.1)
+        (small,) = list(c.outcomes())
+    assert isinstance(small, Refusal) and "64 px tiles" in small.message
+    with StreamClient(server.frames, pipeline=["psf", "identity"], objective=OIL) as c:
+        c.connect()
+        c.submit(np.zeros((128, 128), np.uint16), pixel_size_um=0.1)
+        (first,) = list(c.outcomes())
+    assert isinstance(first, Refusal) and "must be the pipeline's last stage" in first.message
+
+
+def test_subscribers_get_the_tile_records_as_they_get_localisations(server):
+    import time
+
+    from livescope.client import ResultSubscriber
+
+    with ResultSubscriber(server.results, streams=["psf-watch"]) as sub:
+        time.sleep(0.3)
+        with StreamClient(server.frames, pipeline=["psf"], objective=OIL, stream="psf-watch") as c:
+            c.connect()
+            c.submit(frames_at_defocus(0.5)[0], pixel_size_um=0.108)
+            (sent,) = list(c.outcomes())
+        published = sub.recv(timeout_s=5)
+    assert published.header.kind == "table" and published.header.stage == "psf"
+    assert published.data.tobytes() == sent.data.tobytes()  # NaN where the sign is not known
