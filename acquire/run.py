@@ -25,6 +25,7 @@ from livescope.acquire.autofocus import (AutofocusReport, AutofocusSettings, Foc
                                          FocusScorer)
 from livescope.acquire.journal import RunJournal
 from livescope.acquire.localisations import LocalisationWriter, SmlmStop, gives_tables, localises
+from livescope.acquire.psf_tiles import PsfSummary, PsfTileWriter, reads_psf
 from livescope.acquire.results import (
     RestoredWriteError,
     RestoredWriter,
@@ -37,6 +38,7 @@ from pymmcore_plus import CMMCorePlus
 
 from livescope.camera import CameraCalibration
 from livescope.client import DeliveryMode, Refusal, Result, StreamClient
+from livescope.protocol import Objective
 from livescope.smlm_quality import SmlmQuality
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,7 @@ class AcquisitionProgress(BaseModel):
     emitters: int = 0  # in all tables so far
     last_frame_emitters: int = 0  # in the latest table
     frc_resolution_nm: float | None = None  # the latest check's (with a stop rule)
+    psf_abs_defocus_um: float | None = None  # a psf pipeline's latest frame, median over its tiles
     focus_um: float | None = None  # the autofocus's working plane (with autofocus)
     focus_alarms: int = 0  # its focus-loss alarms so far
 
@@ -96,6 +99,7 @@ class AcquisitionSummary(BaseModel):
     render_path: str | None = None  # super-resolution render
     smlm: SmlmQuality | None = None  # a localise pipeline's FRC resolution, drift and density at the end
     autofocus: AutofocusReport | None = None  # what the autofocus did, with its focus-loss alarms
+    psf: PsfSummary | None = None  # a psf pipeline's tiles, and the last frame's |defocus|
     warnings: tuple[str, ...] = ()  # the server's, on frames unlike its models' training data (each once)
     frames_with_warnings: int = 0
 
@@ -128,6 +132,7 @@ def run_acquisition(
     dz_um: float | None = None,
     stop: SmlmStop | None = None,
     autofocus: AutofocusSettings | None = None,
+    objective: Objective | None = None,
 ) -> AcquisitionSummary:
     """Acquire ``sequence``; with ``server``, restore every frame live.
 
@@ -143,6 +148,9 @@ def run_acquisition(
     its target or the emitter density falls below its floor; what was acquired and localised is
     saved as at the planned end, and the summary's ``ended_early`` says why.
 
+    ``objective``: the optics sent with every frame; a pipeline ending in ``psf`` needs it and the
+    core's pixel size, and with ``output`` writes each frame's tiles to run.psf.csv.
+
     ``autofocus``: the focus stage follows the sample between frames (`acquire.autofocus`: frames
     dither about the working plane and their sharpness moves it); the sequence may have no z plan
     and one position. The summary's ``autofocus`` says what it did and lists focus-loss alarms.
@@ -156,6 +164,9 @@ def run_acquisition(
     tables = server is not None and gives_tables(pipeline)
     if stop is not None and not tables:
         raise ValueError("a stop rule (FRC resolution, emitter density) needs a pipeline ending in localise")
+    psf = server is not None and reads_psf(pipeline)
+    if psf and (objective is None or not core.getPixelSizeUm()):
+        raise ValueError("a psf stage needs the objective (objective=Objective(...)) and the microscope's pixel size")
     if server is not None and localises(pipeline):
         if camera is None:
             raise ValueError("a localise stage needs the camera's calibration (camera=CameraCalibration(...))")
@@ -175,7 +186,7 @@ def run_acquisition(
     cancel = _Cancel(core)
     if server is not None:
         client = StreamClient(server, stream=stream, pipeline=pipeline, mode=mode,
-                              max_in_flight=max_in_flight, camera=camera, dz_um=dz_um)
+                              max_in_flight=max_in_flight, camera=camera, dz_um=dz_um, objective=objective)
         try:
             client.connect(timeout_s=connect_timeout_s)
         except Exception:
@@ -189,7 +200,7 @@ def run_acquisition(
         outputs.insert(0, counter)
 
     collector = journal = None
-    writer = localisations = None
+    writer = localisations = psf_tiles = None
     if client is not None:
         stage = pipeline[-1].split("@")[0]
         if tables:
@@ -200,12 +211,16 @@ def run_acquisition(
                 source=str(output) if output is not None else "", stop=stop)
             # enough: the same cancel as a failure's (the MDA ends after its current frame), but no error
             localisations.on_enough = lambda reason: cancel(RuntimeError(reason))
+        elif psf:
+            psf_tiles = PsfTileWriter(table_paths(output, stage)[0] if output is not None else None, objective,
+                                      source=str(output) if output is not None else "")
         elif output is not None:
             writer = RestoredWriter(restored_path(output, stage), sequence, core.getPixelSizeUm() or None,
                                     window_adu=(0.0, float(2 ** core.getImageBitDepth() - 1)),
                                     source=str(output), stage=stage)
     if output is not None:
-        results = writer.path if writer is not None else localisations.table_path if localisations else None
+        results = (writer.path if writer is not None else localisations.table_path if localisations
+                   else psf_tiles.path if psf_tiles else None)
         journal = RunJournal(output, sequence=sequence.model_dump(mode="json"), frames_planned=total,
                              pipeline=pipeline if client is not None else (), server=server,
                              results_path=results)
@@ -214,7 +229,7 @@ def run_acquisition(
             writer.on_written = journal.restored
     if client is not None:
         collector = _ResultCollector(client, writer, localisations, state, progress, t0, journal)
-        collector.focus = focus
+        collector.focus, collector.psf_tiles = focus, psf_tiles
         collector.on_error = cancel
         collector.start()
 
@@ -275,7 +290,10 @@ def run_acquisition(
         restored_path=(str(collector.writer.path)
                        if collector.writer and collector.writer.written and not failed else None),
         autofocus=focus_report,
+        psf=psf_tiles.summary() if psf_tiles is not None and psf_tiles.frames else None,
         **_table_summary(collector.localisations, failed),
+        **({"table_path": str(psf_tiles.path)} if psf_tiles is not None and psf_tiles.path is not None
+           and psf_tiles.frames and not failed else {}),
     ))
 
 
@@ -380,6 +398,7 @@ class _ResultCollector(threading.Thread):
         self._lock = threading.Lock()
         self._done = threading.Event()
         self.focus: FocusController | None = None  # the autofocus, whose state the progress shows
+        self.psf_tiles: PsfTileWriter | None = None  # a psf pipeline's tables
         self.error: Exception | None = None
         self.on_error: Callable[[Exception], None] | None = None
 
@@ -390,7 +409,7 @@ class _ResultCollector(threading.Thread):
             self._expected = submitted
         self._done.wait(timeout_s)
         self.join(timeout_s)
-        for output in (self.writer, self.localisations):
+        for output in (self.writer, self.localisations, self.psf_tiles):
             if output is not None:
                 self._guard(output.close)
 
@@ -427,8 +446,9 @@ class _ResultCollector(threading.Thread):
             self._fail(e)
         except Exception as e:  # the tables' writer: a CSV or a render that cannot be written
             log.debug("writing the localisations failed", exc_info=e)
-            where = self.localisations.table_path if self.localisations is not None else None
-            self._fail(RuntimeError(f"cannot write the localisations to {where}: {_one_line(e)}"))
+            what, where = (("localisations", self.localisations.table_path) if self.localisations is not None
+                           else ("PSF tiles", self.psf_tiles.path) if self.psf_tiles is not None else ("results", None))
+            self._fail(RuntimeError(f"cannot write the {what} to {where}: {_one_line(e)}"))
 
     def _fail(self, e: Exception) -> None:
         if self.error is not None:
@@ -459,6 +479,11 @@ class _ResultCollector(threading.Thread):
             return  # nothing more is written after a failure
         if self.writer is not None:
             self._guard(lambda: self.writer.add(outcome))
+        if self.psf_tiles is not None and isinstance(outcome, Result):
+            self._guard(lambda: self.psf_tiles.add(outcome))
+            rows = outcome.data
+            if len(rows):
+                self.state.psf_abs_defocus_um = float(np.median(rows["abs_defocus_um"]))
         if self.localisations is not None:
             loc = self.localisations
             self._guard(lambda: loc.add(outcome))

@@ -18,8 +18,12 @@ astigmatism that probability stays near 0.5 and the signed defocus is left empty
 
 from __future__ import annotations
 
+import csv
 import math
+import os
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -123,3 +127,22 @@ def tile_estimates(outputs: np.ndarray, astigmatism_sign: int = 1) -> dict[str, 
         "spherical_abs_sd_waves": np.exp(0.5 * out[:, 5]),
         "p_defocus_sign_of_spherical": 1.0 / (1.0 + np.exp(-out[:, 7])),
     }
+
+
+def write_tiles_csv(path: Path, frames: list[tuple[int, np.ndarray]]) -> None:
+    """The CSV (`CSV_COLUMNS`) of (frame number from 1, its `TILE_DTYPE` records) pairs, atomically;
+    an empty cell where a value is not known (NaN)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            out = csv.writer(f)
+            out.writerow(CSV_COLUMNS)
+            for frame, rows in frames:
+                for r in rows:
+                    values = [float(r[c]) for c in CSV_COLUMNS[4:]]
+                    out.writerow([frame, int(r["tile_y_px"]), int(r["tile_x_px"]), int(r["tile_px"])]
+                                 + ["" if math.isnan(v) else f"{v:.5g}" for v in values])
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

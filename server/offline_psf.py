@@ -9,10 +9,7 @@ rig's astigmatism where the model is sure of the sign; a provenance sidecar besi
 
 from __future__ import annotations
 
-import csv
-import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,7 +18,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from livescope.provenance import Provenance, sidecar_path
-from livescope.psf_estimate import CSV_COLUMNS, PsfOptics, tile_estimates
+from livescope.psf_estimate import PsfOptics, tile_estimates, tile_table, write_tiles_csv
 from livescope.server.models import LoadedModel
 from livescope.server.offline import OfflineError, gate_warnings, load_model, pixel_size_nm_of, resolve_task_model
 from livescope.stackio import StackError, read_stack
@@ -76,25 +73,6 @@ def estimate_tiles(model: LoadedModel, frames: np.ndarray, optics: PsfOptics, ti
     return origins, tile_estimates(np.concatenate(outs), astigmatism_sign)
 
 
-def write_psf_csv(path: Path, n_frames: int, origins: list[tuple[int, int]], tile_px: int, est: dict) -> None:
-    """The CSV (`CSV_COLUMNS`), atomically; an empty cell where a value is not known (NaN)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            out = csv.writer(f)
-            out.writerow(CSV_COLUMNS)
-            i = 0
-            for t in range(n_frames):
-                for y, x in origins:
-                    values = [float(est[c][i]) for c in CSV_COLUMNS[4:]]
-                    out.writerow([t + 1, y, x, tile_px] + ["" if math.isnan(v) else f"{v:.5g}" for v in values])
-                    i += 1
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def run_psf_offline(in_path: str | os.PathLike, out_csv: str | os.PathLike, *, na: float, emission_nm: float,
                     immersion_index: float, pixel_size_nm: float | None = None, tile_px: int | None = None,
                     astigmatism_sign: int = 1, model: str = "psf", model_dirs: Sequence[str | os.PathLike] = (),
@@ -134,7 +112,9 @@ def run_psf_offline(in_path: str | os.PathLike, out_csv: str | os.PathLike, *, n
     seconds = time.perf_counter() - t0
     Provenance.of_one_model(operation=f"psf (tiles of {tile} px)", source=str(in_path), frame_count=stack.n_frames,
                             model=loaded.ref, model_file=version.onnx_path).write_sidecar(out_csv, overwrite=overwrite)
-    write_psf_csv(out_csv, stack.n_frames, origins, tile, est)
+    per_tile = len(origins)
+    rows = tile_table(origins * stack.n_frames, tile, est)
+    write_tiles_csv(out_csv, [(t + 1, rows[t * per_tile:(t + 1) * per_tile]) for t in range(stack.n_frames)])
     return PsfSummary(model=loaded.ref, provider=loaded.provider, input=str(in_path), output=str(out_csv),
                       frames=stack.n_frames, tiles_per_frame=len(origins), tile_px=tile,
                       median_abs_defocus_um=float(np.median(est["abs_defocus_um"])), seconds=seconds,

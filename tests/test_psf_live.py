@@ -77,3 +77,37 @@ def test_subscribers_get_the_tile_records_as_they_get_localisations(server):
         published = sub.recv(timeout_s=5)
     assert published.header.kind == "table" and published.header.stage == "psf"
     assert published.data.tobytes() == sent.data.tobytes()  # NaN where the sign is not known
+
+
+def test_a_live_psf_acquisition_writes_every_frames_tiles_with_provenance(server, tmp_path):
+    import csv
+
+    from livescope.acquire.microscope import open_microscope
+    from livescope.acquire.run import run_acquisition
+    from livescope.acquire.virtual import VirtualRigConfig
+    from livescope.provenance import Provenance
+    from tests.test_acquire_channels import cli
+
+    r = cli("acquire", "--server", server.frames, "--pipeline", "psf", "--frames", "3", "--size", "128",
+            "--output", str(tmp_path / "run.ome.zarr"))
+    assert r.returncode == 0, r.stderr
+    assert "PSF tiles" in r.stdout and "12 in 3 frames" in r.stdout
+    with open(tmp_path / "run.psf.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 12 and [int(row["frame"]) for row in rows[::4]] == [1, 2, 3]
+    assert Provenance.of_table(tmp_path / "run.psf.csv").frame_count == 3
+
+    rig = VirtualRigConfig(sensor_shape_px=(128, 128), specimen="beads", seed=1)
+    seq = __import__("useq").MDASequence(time_plan={"interval": 0, "loops": 2})
+    with pytest.raises(ValueError, match="objective"):
+        run_acquisition(open_microscope(rig=rig), seq, server=server.frames, pipeline=["psf"])
+
+
+def test_the_optics_flags_belong_to_a_psf_pipeline_and_a_rig_must_give_them():
+    from tests.test_acquire_channels import cli
+
+    r = cli("acquire", "--frames", "2", "--na", "1.4")
+    assert r.returncode == 2 and "give --pipeline psf" in r.stderr
+    r = cli("acquire", "--frames", "2", "--pipeline", "psf", "--na", "1.6", "--immersion", "1.5", "--size", "128",
+            "--server", "tcp://127.0.0.1:9")
+    assert r.returncode == 2 and "below the immersion index" in r.stderr and "Traceback" not in r.stderr

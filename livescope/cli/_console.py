@@ -33,6 +33,8 @@ def acquisition_progress(total: int, title: str = "acquiring"):
                         if p.tables else f"restored {p.restored}")
             if p.frc_resolution_nm is not None:
                 answered += f"  FRC {p.frc_resolution_nm:.0f} nm"
+            if p.psf_abs_defocus_um is not None:
+                answered += f"  |defocus| {p.psf_abs_defocus_um:.2f} µm"
             if p.focus_um is not None:
                 answered += f"  focus {p.focus_um:+.2f} µm" + (
                     f" [red]{p.focus_alarms} focus alarm{'s' * (p.focus_alarms > 1)}[/]" if p.focus_alarms else "")
@@ -101,6 +103,11 @@ def print_summary(s: AcquisitionSummary, extra: dict[str, str] | None = None) ->
                       f"corrected (largest {q.drift_max_nm:.1f} nm)"
                       if q.drift_nm is not None else "- (too few emitters to tell)")
         table.add_row("emitter density", f"{q.density_per_um2:.3g} /µm² per frame (last {q.density_frames} frames)")
+    if s.psf is not None:
+        q = s.psf
+        table.add_row("PSF tiles", f"{q.tiles} in {q.frames} frames; last frame |defocus| median "
+                                   + (f"{q.median_abs_defocus_um:.2f} ± {q.median_abs_defocus_sd_um:.2f} µm"
+                                      if q.median_abs_defocus_um is not None else "-"))
     if s.autofocus is not None:
         a = s.autofocus
         table.add_row("autofocus", f"{a.cycles} cycles, {a.corrections} corrected, {a.searching_cycles} searching; "
@@ -116,7 +123,7 @@ def print_summary(s: AcquisitionSummary, extra: dict[str, str] | None = None) ->
     elif s.output_error:
         table.add_row("localisations" if s.tables else "restored data", "[red]not saved[/] (see the error below)")
     if s.table_path:
-        table.add_row("localisations", s.table_path)
+        table.add_row("PSF tiles (CSV)" if s.psf is not None else "localisations", s.table_path)
     if s.render_path:
         table.add_row("render", s.render_path)
     for k, v in (extra or {}).items():

@@ -72,6 +72,14 @@ def acquire(
                             "working plane one in three, and their sharpness moves it (no z plan).")] = False,
     target_um: Annotated[float, typer.Option(
         "--target-um", help="With --autofocus: hold the focus this far (µm) from the sharpest plane.")] = 0.0,
+    na: Annotated[Optional[float], typer.Option(
+        "--na", help="psf pipeline on your rig: the objective's numerical aperture.")] = None,
+    emission: Annotated[Optional[float], typer.Option(
+        "--emission", metavar="NM", help="psf pipeline on your rig: emission wavelength, nm.")] = None,
+    immersion: Annotated[Optional[float], typer.Option(
+        "--immersion", help="psf pipeline on your rig: immersion index (oil 1.515, water 1.33, air 1.0).")] = None,
+    astigmatism_sign: Annotated[int, typer.Option(
+        "--astigmatism-sign", help="psf pipeline: the sign of the rig's astigmatism, which signs the defocus.")] = 1,
     z_drift: Annotated[float, typer.Option(
         "--z-drift", metavar="UM", help="Virtual microscope: the sample drifts axially by UM µm per frame.")] = 0.0,
 ) -> None:
@@ -83,6 +91,7 @@ def acquire(
     ends it when the FRC resolution is reached."""
     needs_acquisition()
     from livescope.acquire.autofocus import AutofocusSettings
+    from livescope.acquire.psf_tiles import reads_psf
 
     if mode not in ("lossless", "latest"):
         fail(f"--mode must be lossless or latest, not {mode!r}")
@@ -109,6 +118,11 @@ def acquire(
             fail("--stop-at-resolution and --min-density must be positive")
         stop = SmlmStop(resolution_nm=stop_at_resolution, min_density_per_um2=min_density,
                         check_every_frames=check_every, min_frames=stop_min_frames)
+    optics_given = {"na": na, "emission_nm": emission, "immersion_index": immersion}
+    if any(v is not None for v in optics_given.values()) and not reads_psf(stages):
+        fail("--na, --emission and --immersion are the optics of a psf stage: give --pipeline psf")
+    if astigmatism_sign not in (1, -1):
+        fail(f"--astigmatism-sign must be 1 or -1, not {astigmatism_sign}")
     if target_um and not autofocus:
         fail("--target-um is where --autofocus holds the focus: add --autofocus")
     if z_drift and mm_config is not None:
@@ -121,6 +135,7 @@ def acquire(
                        modality=modality, depth_um=depth,
                        calibration={"baseline_adu": baseline, "e_per_adu": e_per_adu, "em_gain": em_gain},
                        render_px_nm=render_px, dz_um=dz, stop=stop, z_drift_um=z_drift,
+                       optics={**optics_given, "astigmatism_sign": astigmatism_sign},
                        autofocus=AutofocusSettings(target_um=target_um) if autofocus else None)
     from livescope.cli._console import print_summary
 
@@ -171,12 +186,13 @@ def _interrupted(raw: Path) -> str:
 def _acquire(*, mm_config, sequence, frames, exposure_ms, server, stages, mode, output,
              specimen="filaments", size=512, seed=0, in_flight=2, server_timeout_s=30.0,
              modality="widefield", depth_um=0.0, calibration=None, render_px_nm=10.0, dz_um=None, stop=None,
-             z_drift_um=0.0, autofocus=None):
+             z_drift_um=0.0, autofocus=None, optics=None):
     """``calibration``: the camera's baseline_adu, e_per_adu, em_gain as given (None: not given);
     on the virtual microscope its camera fills in what was not given. ``dz_um``: the delta-z sent
     with every frame, for a refocus stage."""
     from livescope.acquire.localisations import gives_tables, localises
     from livescope.acquire.microscope import MicroscopeError, open_microscope
+    from livescope.acquire.psf_tiles import reads_psf
     from livescope.acquire.run import refocuses, run_acquisition
     from livescope.acquire.sequence import SequenceError, load_sequence
     from livescope.acquire.virtual import VirtualRigConfig
@@ -216,6 +232,9 @@ def _acquire(*, mm_config, sequence, frames, exposure_ms, server, stages, mode, 
         _check_render_fits(core, render_px_nm)
     if server is not None and localises(stages) and camera is None:
         camera = _camera_from_rig(core, given)
+    objective = None
+    if server is not None and reads_psf(stages):
+        objective = _objective(core, rig, optics or {})
     if autofocus is not None:
         from livescope.acquire.autofocus import FocusController, FocusedSequence
 
@@ -233,7 +252,7 @@ def _acquire(*, mm_config, sequence, frames, exposure_ms, server, stages, mode, 
                                    mode=mode, output=output, progress=bar,
                                    max_in_flight=in_flight, server_timeout_s=server_timeout_s,
                                    camera=camera, render_px_nm=render_px_nm, dz_um=dz_um, stop=stop,
-                                   autofocus=autofocus)
+                                   autofocus=autofocus, objective=objective)
     except ServerUnreachableError as e:
         fail(f"{e} (start one with `livescope serve`)")
     except KeyboardInterrupt:
@@ -242,6 +261,33 @@ def _acquire(*, mm_config, sequence, frames, exposure_ms, server, stages, mode, 
 
 
 RIG_ESTIMATE_FRAMES = 3
+
+
+def _objective(core, rig, given: dict):
+    """A psf stage's optics: the virtual microscope's own (flags may override), or a rig's flags."""
+    from pydantic import ValidationError
+
+    from livescope.protocol import Objective
+    from livescope.validation import first_error
+
+    if not core.getPixelSizeUm():
+        fail("a psf stage needs the camera's pixel size: define a pixel size configuration in the Micro-Manager "
+             "config")
+    values = {k: v for k, v in given.items() if v is not None}
+    if rig is not None:
+        values = {"na": rig.na, "emission_nm": rig.emission_nm, "immersion_index": rig.immersion_index,
+                  "astigmatism_sign": 1 if rig.astigmatism_waves >= 0 else -1, **values}
+    missing = [flag for flag, key in (("--na", "na"), ("--emission", "emission_nm"),
+                                      ("--immersion", "immersion_index")) if key not in values]
+    if missing:
+        fail(f"a psf stage needs the objective: give {', '.join(missing)}")
+    try:
+        objective = Objective(**values)
+    except ValidationError as e:
+        fail(f"objective: {first_error(e)}")
+    if objective.na >= objective.immersion_index:
+        fail(f"--na {objective.na:g} must be below the immersion index {objective.immersion_index:g}")
+    return objective
 
 
 def _check_render_fits(core, render_px_nm: float) -> None:
