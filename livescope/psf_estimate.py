@@ -66,6 +66,21 @@ class PsfTiles:
     """One frame's tile estimates, as a live ``psf`` stage sends them: ``rows`` of `TILE_DTYPE`."""
 
     rows: np.ndarray
+    alarm: str | None = None  # why the frame looks out of focus (a live stage's threshold), if it does
+
+    def focus_alarm(self, threshold_um: float) -> str | None:
+        """A sentence where the tiles' median |defocus| is beyond ``threshold_um``, or their median
+        predicted sd beyond half of it (the network cannot tell: too blurred, too dim, no structure)."""
+        if not len(self.rows):
+            return None
+        z = float(np.median(self.rows["abs_defocus_um"]))
+        sd = float(np.median(self.rows["abs_defocus_sd_um"]))
+        if z > threshold_um:
+            return f"focus alarm: median |defocus| {z:.2f} µm over the tiles, beyond {threshold_um:g} µm"
+        if sd > threshold_um / 2:
+            return (f"focus alarm: the tiles' |defocus| is uncertain (median sd {sd:.2f} µm, beyond "
+                    f"{threshold_um / 2:g} µm): out of focus, too dim or without structure")
+        return None
 
 
 def tile_table(origins: list[tuple[int, int]], tile_px: int, estimates: dict[str, np.ndarray]) -> np.ndarray:

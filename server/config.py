@@ -35,6 +35,8 @@ class ServerConfig(BaseModel):
     result_cache_bytes: int = Field(
         default=256 * 2**20, ge=0, description="memory for those results and their frames, all streams together")
     render_pixel_nm: float = Field(default=20.0, gt=0, description="localise streams' running render")
+    focus_alarm_um: float = Field(default=1.0, gt=0, description=(
+        "a psf result whose tiles' median |defocus| is beyond this (or its sd beyond half) says so and counts"))
     runtime: RuntimeOptions = RuntimeOptions()
     curve_secret_key: Path | None = None
     curve_allowed_clients: Path | None = None

@@ -33,7 +33,7 @@ def domain_warnings(card: ModelCard, frames: np.ndarray, name: str, advice: str,
     frames = frames[None] if frames.ndim == 2 else frames
     if n.kind == "photons":
         return _photon_range_warnings(card, frames, name, advice, scale)
-    if n.kind != "in_graph":
+    if n.kind != "in_graph" or card.task == "psf":  # the psf graph scales each tile by its own statistics
         return ()
     sample = frames[:: max(1, len(frames) // 16), ::2, ::2]
     darkest = float(np.percentile(sample, 1.0))

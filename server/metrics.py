@@ -22,6 +22,9 @@ class ServerMetrics:
         self.out_of_domain = Counter("livescope_out_of_domain_frames",
                                      "Frames unlike the model's training data (their results say why)",
                                      ["model"], registry=r)
+        self.focus_alarms = Counter("livescope_focus_alarms",
+                                    "psf results whose frame looked out of focus (their results say why)",
+                                    ["model"], registry=r)
         self.duplicates = Counter("livescope_frames_duplicate", "Resent frames de-duplicated",
                                   registry=r)
         self.inference = Histogram("livescope_inference_seconds", "Inference time per batch",

@@ -773,7 +773,10 @@ class InferenceServer:
                                       model=model.ref, final=final, **shape,
                                       pixel_size_um=h.pixel_size_um,
                                       z_um=h.z_um, dz_um=h.dz_um, event_index=h.event_index,
-                                      t_sent_ns=h.t_sent_ns, latency=latency, warnings=tuple(warnings[k]))
+                                      t_sent_ns=h.t_sent_ns, latency=latency,
+                                      warnings=tuple(warnings[k]) + (
+                                          (out[k].alarm,) if isinstance(out, list) and isinstance(out[k], PsfTiles)
+                                          and out[k].alarm else ()))
                 self.metrics.results.labels(model.ref).inc()
                 if final and job.shared is not None and self._into_shared_memory(job, result, payload, pipe,
                                                                                   envelope_tail):
@@ -862,9 +865,14 @@ class InferenceServer:
             optics = PsfOptics.of(h.objective, h.pixel_size_um * 1000.0)
             origins, est = estimate_tiles(model, x[k : k + 1], optics, tile,
                                           astigmatism_sign=h.objective.astigmatism_sign)
-            tables.append(PsfTiles(tile_table(origins, tile, est)))
-            warnings[k] += self._domain.warnings(
-                (job.identity, h.stream, model.ref),
+            tiles = PsfTiles(tile_table(origins, tile, est))
+            alarm = tiles.focus_alarm(self.config.focus_alarm_um)
+            if alarm is not None:  # said in the result's warnings (not counted as out of domain: it is not)
+                tiles = PsfTiles(tiles.rows, alarm)
+                self.metrics.focus_alarms.labels(model.ref).inc()
+            tables.append(tiles)
+            warnings[k] += self._domain.warnings(  # the stream's optics, once (a key of their own)
+                (job.identity, h.stream, model.ref, "optics"),
                 lambda h=h, o=optics: self._logged(h.stream, psf_domain_warnings(stage.card, o, tile)))
         return model, tables
 

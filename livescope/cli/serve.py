@@ -31,6 +31,8 @@ def serve(
         min=0, help="Wait this long for more frames to batch; 0 batches what is waiting.")] = 0.0,
     render_px: Annotated[float, typer.Option(
         min=0.1, help="localise streams: the running super-resolution render's pixel, nm.")] = 20.0,
+    focus_alarm_um: Annotated[float, typer.Option(
+        "--focus-alarm-um", help="psf stage: a frame whose median |defocus| is beyond this says so.")] = 1.0,
     curve_secret: Annotated[Optional[Path], typer.Option(help="Server secret key (.key_secret).")] = None,
     allow: Annotated[Optional[Path], typer.Option(help="Folder of allowed client public keys.")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning.")] = "info",
@@ -56,6 +58,7 @@ def serve(
             max_frame_bytes=int(max_frame_mb * 2**20),
             max_queued_bytes_per_client=int(max_queued_mb_per_client * 2**20),
             batch_max_frames=batch_max_frames, batch_wait_ms=batch_wait_ms, render_pixel_nm=render_px, workers=workers,
+            focus_alarm_um=focus_alarm_um,
             curve_secret_key=curve_secret, curve_allowed_clients=allow)
     except ValidationError as e:
         fail(first_error(e))
