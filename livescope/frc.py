@@ -26,6 +26,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from livescope.emitters import EmitterTable
+from livescope.protocol import TableField
 from livescope.render import RenderGrid, finest_render_pixel_nm, histogram
 
 FRC_THRESHOLD = 1.0 / 7.0
@@ -135,3 +136,19 @@ def table_frc(table: EmitterTable, width_nm: float, height_nm: float, *, pixel_n
     pixel_nm = max(pixel_nm, finest_render_pixel_nm(width_nm, height_nm, max_pixels))
     grid = RenderGrid(width_nm=width_nm, height_nm=height_nm, pixel_nm=pixel_nm)
     return frc_curve(histogram(first, grid).image, histogram(second, grid).image, pixel_nm)
+
+
+FRC_FIELDS = (TableField(name="frequency_per_nm", dtype="float32", unit="1/nm"),
+              TableField(name="correlation", dtype="float32"),
+              TableField(name="smoothed", dtype="float32"),
+              TableField(name="threshold", dtype="float32"))
+"""An FRC curve as a table (published beside a stream's render): one row per ring."""
+
+
+def frc_table(curve: FrcCurve) -> np.ndarray:
+    """``curve`` as records of `FRC_FIELDS`."""
+    rows = np.zeros(len(curve.frequency_per_nm), np.dtype([(f.name, f.dtype) for f in FRC_FIELDS]))
+    rows["frequency_per_nm"], rows["correlation"], rows["smoothed"] = (curve.frequency_per_nm, curve.correlation,
+                                                                         curve.smoothed)
+    rows["threshold"] = curve.threshold
+    return rows

@@ -31,6 +31,7 @@ from livescope.protocol import FrameHeader
 from livescope.render import RenderGrid, RenderMethod, RunningRender, finest_render_pixel_nm
 from livescope.server.context import fill_window
 from livescope.server.recent import RecentlyUsed
+from livescope.frc import FrcCurve
 from livescope.smlm_quality import SmlmQuality, assess
 
 log = logging.getLogger("livescope.server")
@@ -141,10 +142,12 @@ class LocaliseStreams:
             state.not_kept += len(table) - len(rows)
 
     def render(self, stream: str, settings: RenderSettings | None = None, *, quality: bool = True
-               ) -> tuple[StreamRender, np.ndarray]:
+               ) -> tuple[StreamRender, np.ndarray, FrcCurve | None]:
         """The stream's render now, as float32 (rows, columns); with other ``settings`` than its
         running render's, redrawn from the kept emitters (and kept running at those settings).
-        With ``quality``, the info says the kept emitters' FRC resolution, drift and density."""
+        With ``quality``, the info says the kept emitters' FRC resolution, drift and density, the
+        render is of the emitters moved back by the drift where one was estimated (the info's
+        ``smlm.drift_corrected``), and the FRC curve comes with it."""
         with self._lock:
             state = self._streams.get(stream)
             if state is None or state.render is None:
@@ -165,10 +168,15 @@ class LocaliseStreams:
             image = running.image()
             kept = np.concatenate(state.kept) if quality and state.kept else None
             last_frame = state.last_seq + 1
+        curve = None
         if kept is not None:  # seconds for millions of emitters: the worker goes on meanwhile
             q = assess(_as_table(kept), running.grid.width_nm, running.grid.height_nm, last_frame=last_frame)
-            info = info.model_copy(update={"smlm": q.quality})
-        return info, image
+            info, curve = info.model_copy(update={"smlm": q.quality}), q.frc
+            if q.drift is not None and state.not_kept == 0:  # every emitter kept: redraw them where they were
+                corrected = RunningRender(running.grid, running.method)
+                corrected.add(q.corrected)
+                image = corrected.image()
+        return info, image, curve
 
     def _stream(self, stream: str) -> _Stream:
         return self._streams.use(stream, _Stream)

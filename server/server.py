@@ -28,6 +28,7 @@ import numpy as np
 import zmq
 
 from livescope.emitters import EMITTER_FIELDS, EmitterTable
+from livescope.frc import FRC_FIELDS, frc_table
 from livescope.localise_maps import maps_to_emitters, range_warnings
 from livescope.psf_estimate import PSF_TILE_FIELDS, PsfOptics, PsfTiles, tile_table
 from livescope.protocol import (
@@ -629,13 +630,19 @@ class InferenceServer:
         if pixel_nm is not None or method is not None:
             current = RenderSettings(**{k: v for k, v in (("pixel_nm", pixel_nm), ("method", method))
                                         if v is not None})
-        info, image = self.localise_streams.render(stream, current)
-        header = ResultHeader(stream=stream, seq=max(info.last_seq, 0), stage="render", model=info.model,
+        info, image, curve = self.localise_streams.render(stream, current)
+        seq = max(info.last_seq, 0)
+        idle = Latency(queue_ms=0, inference_ms=0, total_ms=0)
+        header = ResultHeader(stream=stream, seq=seq, stage="render", model=info.model,
                               final=False, shape=image.shape, dtype="float32",
-                              pixel_size_um=info.pixel_nm / 1000.0,
-                              latency=Latency(queue_ms=0, inference_ms=0, total_ms=0))
+                              pixel_size_um=info.pixel_nm / 1000.0, latency=idle)
         send_message(self._control_pipe, header, image,
-                     envelope=[_PUBLISH, b"", stream.encode(), b"%d" % header.seq])
+                     envelope=[_PUBLISH, b"", stream.encode(), b"%d" % seq])
+        if curve is not None:  # the FRC curve the resolution was read on, one row per ring
+            rows = frc_table(curve)
+            frc = ResultHeader(stream=stream, seq=seq, stage="frc", model=info.model, final=False, kind="table",
+                               shape=rows.shape, dtype="record", fields=FRC_FIELDS, latency=idle)
+            send_message(self._control_pipe, frc, rows, envelope=[_PUBLISH, b"", stream.encode(), b"%d" % seq])
         return info.model_dump()
 
     def _cmd_watch(self, stream: str, seconds: float = 10.0) -> dict:

@@ -26,7 +26,7 @@ def test_a_frame_processed_again_is_not_rendered_twice():
     for seq in range(3):
         streams.add(header(seq), table(seq), 100.0, "localise@1")
     streams.add(header(1), table(1), 100.0, "localise@1")  # seq 1 again
-    info, _ = streams.render("smlm")
+    info, _, _ = streams.render("smlm")
     assert info.frames == 3 and info.emitters == 6
 
 
@@ -35,7 +35,7 @@ def test_a_field_too_large_for_a_fine_running_render_is_rendered_coarser_and_fin
                       camera=CameraCalibration(baseline_adu=100.0, e_per_adu=0.5))
     streams = LocaliseStreams()  # 20 nm by default: 25600 px square for this 512 µm field, 5 GB
     streams.add(big, table(0), 1000.0, "localise@1")
-    info, image = streams.render("wide")
+    info, image, _ = streams.render("wide")
     assert info.pixel_nm == 89.0 and image.size <= 2**25
     with pytest.raises(ValueError, match="use render pixels of at least 45 nm"):
         streams.render("wide", RenderSettings(pixel_nm=10.0))
@@ -54,10 +54,15 @@ def test_the_render_reply_says_the_streams_frc_resolution_drift_and_density():
         frame = EmitterTable.from_columns(frame=seq + 1, x_nm=xy[:, 0], y_nm=xy[:, 1], x_uncertainty_nm=10.0,
                                           y_uncertainty_nm=10.0)
         streams.add(header(seq, 64), frame, 100.0, "localise@1")
-    info, _ = streams.render("smlm")
+    info, image, curve = streams.render("smlm")
     q = info.smlm
     assert q is not None and q.frames == 400 and q.emitters == info.emitters + info.emitters_outside
     assert q.drift_corrected and q.drift_nm[0] == pytest.approx(40.0, abs=10.0)
     assert 10.0 < q.frc_resolution_nm < 80.0
     assert q.density_per_um2 == pytest.approx(30 / 6.4**2, rel=0.2)
     assert streams.render("smlm", quality=False)[0].smlm is None
+    # the render is of the corrected emitters: sharper than the running render, which the drift smears
+    uncorrected = streams.render("smlm", quality=False)[1]
+    assert curve is not None and curve.resolution_nm == q.frc_resolution_nm
+    assert image.sum() == pytest.approx(uncorrected.sum(), rel=0.05)
+    assert (image**2).sum() > 1.1 * (uncorrected**2).sum()  # the same light, more concentrated

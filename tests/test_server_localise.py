@@ -158,8 +158,13 @@ def test_a_streams_render_is_published_on_request_at_the_asked_pixel_size(own_se
         while sub.recv(timeout_s=0.5) is not None:  # the tables, also published
             pass
         info = client.control("render", stream="smlm", timeout_s=30)
-        render = sub.recv(timeout_s=10)
+        render, frc = sub.recv(timeout_s=10), sub.recv(timeout_s=2)
         assert render is not None and render.header.stage == "render"
+        # the FRC curve its resolution was read on follows, where one was measured
+        assert (frc is None) == (info["smlm"]["frc_pixel_nm"] is None)
+        if frc is not None:
+            assert frc.header.stage == "frc" and frc.header.kind == "table"
+            assert frc.data.dtype.names == ("frequency_per_nm", "correlation", "smoothed", "threshold")
         h, w = movie.shape[1:]
         assert info["frames"] == len(movie) and info["pixel_nm"] == 20.0 and info["method"] == "gaussian"
         assert render.data.shape == tuple(info["shape"]) == (h * 100 // 20, w * 100 // 20)
@@ -170,11 +175,30 @@ def test_a_streams_render_is_published_on_request_at_the_asked_pixel_size(own_se
 
         info = client.control("render", stream="smlm", pixel_nm=50.0, method="histogram", timeout_s=30)
         render = sub.recv(timeout_s=10)
+        while sub.recv(timeout_s=1) is not None:  # its FRC curve
+            pass
         assert render.data.shape == (h * 100 // 50, w * 100 // 50)
         assert render.data.sum() == info["emitters"]
 
         with pytest.raises(ControlError, match="no localised frames from stream 'other'"):
             client.control("render", stream="other", timeout_s=30)
+
+
+def test_with_frames_enough_for_two_halves_the_frc_curve_is_published_beside_the_render(own_server, repository,
+                                                                                          movie):
+    srv = serve_localisers(own_server, repository)
+    with ResultSubscriber(srv.results, streams=["long"]) as sub, \
+            StreamClient(srv.frames, stream="long", pipeline=["loc-eager"], camera=CAMERA) as client:
+        client.connect()
+        localise_live(client, np.concatenate([movie] * 5))  # 30 frames: three blocks of 10
+        while sub.recv(timeout_s=0.5) is not None:
+            pass
+        info = client.control("render", stream="long", timeout_s=30)
+        render, frc = sub.recv(timeout_s=10), sub.recv(timeout_s=10)
+    assert render.header.stage == "render" and frc.header.stage == "frc" and frc.header.seq == render.header.seq
+    assert info["smlm"]["frc_pixel_nm"] is not None and len(frc.data) > 10
+    assert np.all(np.diff(frc.data["frequency_per_nm"]) > 0) and np.all(frc.data["threshold"] == np.float32(1 / 7))
+    assert np.all(np.abs(frc.data["correlation"]) <= 1.0 + 1e-6)
 
 
 def test_the_render_pixel_size_is_a_server_option(own_server, repository, movie):
