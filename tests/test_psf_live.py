@@ -132,3 +132,16 @@ def test_a_frame_read_beyond_the_alarm_threshold_carries_a_focus_alarm_and_count
     assert any(w.startswith("focus alarm") for w in answers["0.3"].header.warnings) and answers["0.3 counted"]
     assert not any("focus alarm" in w for w in answers["5"].header.warnings) and not answers["5 counted"]
     assert not any("baseline" in w for w in answers["5"].header.warnings)  # the graph scales each tile itself
+
+
+def test_a_viewer_counts_psf_tables_without_taking_them_for_localisations(server):
+    from livescope.view.live import LiveState
+
+    with StreamClient(server.frames, pipeline=["psf"], objective=OIL, stream="psf-view") as c:
+        c.connect()
+        c.submit(frames_at_defocus(0.0)[0], pixel_size_um=0.108)
+        (tiles,) = list(c.outcomes())
+    state = LiveState()
+    state.add(tiles)
+    view = state.streams["psf-view"]
+    assert view.results == 1 and view.emitters == 0 and view.tables == 0 and len(view.points_px) == 0

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from livescope.client import Result
-from livescope.emitters import EmitterTable
+from livescope.emitters import EMITTER_DTYPE, EmitterTable
 from livescope.render import RenderGrid, RunningRender
 
 RENDER_PX_NM = 20.0
@@ -68,7 +68,8 @@ class StreamView:
         self.latencies_ms.append(h.latency.total_ms)
         self.warnings = h.warnings or self.warnings
         if h.kind == "table":
-            self._add_table(EmitterTable.from_payload(np.asarray(result.data)), h.pixel_size_um)
+            if np.asarray(result.data).dtype.names == EMITTER_DTYPE.names:  # not a psf stage's tiles
+                self._add_table(EmitterTable.from_payload(np.asarray(result.data)), h.pixel_size_um)
         else:
             self.restored.append((h.seq, np.array(result.data)))
 
