@@ -19,6 +19,8 @@ DECIDING_METRICS: dict[str, tuple[tuple[str, bool], ...]] = {
     "denoise": (("n2n_validation_mse_stabilised", False), ("n2v_validation_mse_adu2", False),
                 ("psnr_db_denoised_mean", True)),
     "localise": (("held_out_jaccard", True),),
+    # |defocus| rms over +-1 µm on optics the training never drew; the baseline: one constant guess
+    "psf": (("held_out_optics_abs_defocus_rms_nm", False),),
 }
 CLASSICAL_SUFFIX = "_classical"
 """A trainer reports the classical method's score of a deciding metric M as M + this suffix, and

@@ -66,7 +66,7 @@ def test_a_briefly_trained_model_is_a_versioned_psf_model_that_loads_on_the_serv
     repository, ref = repository
     folder = repository / "psf" / ref.split("@")[1]
     card = ModelCard.load(folder / "card.yaml")
-    assert card.task == "psf" and card.tiling.tile_px == 64 and card.serves_by_default
+    assert card.task == "psf" and card.tiling.tile_px == 64
     assert card.trained_for.na == (0.7, 1.49) and card.trained_for.peak_photons == (30.0, 3000.0)
     assert "held_out_optics_abs_defocus_rms_nm" in card.metrics
     assert (folder / "model.onnx").stat().st_size < 5e6
@@ -75,6 +75,16 @@ def test_a_briefly_trained_model_is_a_versioned_psf_model_that_loads_on_the_serv
     x[:, 0] = np.random.default_rng(0).poisson(100, (3, 64, 64))
     x[:, 1:] = PsfOptics(na=1.4, emission_nm=600, pixel_size_nm=100, immersion_index=1.515).channels()[:, None, None]
     assert loaded.run_windows(x).shape == (3, len(OUTPUT_CHANNELS), 1, 1)
+
+
+def test_a_psf_reader_no_better_than_one_constant_guess_is_a_candidate_not_served_by_default(repository):
+    repository, ref = repository
+    card = ModelRepository([repository]).resolve("psf", int(ref.split("@")[1])).card
+    gate = card.gate
+    assert gate is not None and gate.metric == "held_out_optics_abs_defocus_rms_nm" and not gate.higher_is_better
+    assert gate.classical_value == card.metrics["held_out_optics_abs_defocus_rms_nm_classical"] > 0
+    assert "constant" in gate.classical_method
+    assert not card.serves_by_default and "does not beat" in gate.reason  # four steps read nothing yet
 
 
 def _stack(path, frames=2, side=150):
@@ -124,8 +134,19 @@ def test_the_summary_runs_on_the_same_loaded_model_api(repository, tmp_path):
 def test_mistakes_are_one_line_without_a_traceback(repository, tmp_path, monkeypatch, args, says):
     monkeypatch.chdir(tmp_path)
     _stack(tmp_path / "in.tif")
-    result = runner.invoke(app, ["psf", *args, "--models", str(repository[0])])
+    named = [] if "--model" in args else ["--model", repository[1]]  # a candidate: no psf serves by default
+    result = runner.invoke(app, ["psf", *args, "--models", str(repository[0]), *named])
     assert result.exit_code == 2
     assert says in result.output and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_with_only_candidates_the_bare_name_says_why_none_is_used_and_how_to_use_one(repository, tmp_path,
+                                                                                    monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _stack(tmp_path / "in.tif")
+    result = runner.invoke(app, ["psf", "in.tif", "out.csv", "--pixel-size", "100", "--models", str(repository[0])])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    assert "no version of 'psf' passed the quality gate" in result.output and "--force" in result.output
     assert not (tmp_path / "out.csv").exists()

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from livescope.modelcard import ModelCard, Normalisation, TensorSpec, Tiling, TrainedFor
 from livescope.models import export
 from livescope.models.budget import TrainProgress
+from livescope.models.compare import CLASSICAL_SUFFIX
 from livescope.models.psf.estimate_data import IMMERSIONS, PsfBatch, PsfSimulation, simulate
 from livescope.models.psf.estimate_net import PsfEstimator
 from livescope.models.publish import TrainingRecord, publish_version
@@ -125,6 +126,15 @@ def defocus_scores(est: dict[str, np.ndarray], z_um: np.ndarray, astig_waves: np
     return out
 
 
+CONSTANT_GUESS = "one constant |defocus| for every tile (the held-out mean)"
+
+
+def constant_guess_rms_nm(z_um: np.ndarray, within_um: float = WITHIN_UM) -> float:
+    """|defocus| rms error (nm) over |z| <= ``within_um`` of guessing the mean |z| for every patch."""
+    z = np.abs(z_um[np.abs(z_um) <= within_um])
+    return float(np.sqrt(np.mean((z - z.mean()) ** 2)) * 1e3)
+
+
 def run_onnx(proto: onnx.ModelProto, x: np.ndarray, batch: int = 64) -> np.ndarray:
     session = export.cpu_session(proto)
     return np.concatenate([session.run([OUTPUT_NAME], {INPUT_NAME: x[i:i + batch]})[0]
@@ -141,6 +151,9 @@ def train_and_publish_psf(repository: Path, *, config: PsfTrainConfig, command: 
     est = tile_estimates(run_onnx(proto, inputs_of(held).numpy()))
     scores = defocus_scores(est, held.defocus_um, held.astigmatism_waves)
     metrics = {f"held_out_optics_{k}": round(v, 4) for k, v in scores.items()}
+    # The floor a PSF reader must beat to be served: the best single guess for every patch (the held-out
+    # patches' own mean |defocus|), scored the same way. Reading nothing from the image scores this.
+    metrics["held_out_optics_abs_defocus_rms_nm" + CLASSICAL_SUFFIX] = round(constant_guess_rms_nm(held.defocus_um), 4)
     params = sum(p.numel() for p in trained.graph.parameters())
     record = TrainingRecord(command, sim.describe(), config.seed, trained.train_seconds, curve=trained.curve)
     nas = [r for _, r in IMMERSIONS]
@@ -165,4 +178,4 @@ def train_and_publish_psf(repository: Path, *, config: PsfTrainConfig, command: 
                                emission_nm=sim.emission_nm, peak_photons=sim.peak_photons, modalities=("widefield",)),
     )
     return publish_version(repository, proto, name="psf", task="psf", card_fields=card_fields, metrics=metrics,
-                           record=record)
+                           record=record, classical_method=CONSTANT_GUESS)
