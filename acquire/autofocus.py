@@ -29,11 +29,15 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import useq
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from scipy import ndimage
+
+if TYPE_CHECKING:
+    from pymmcore_plus import CMMCorePlus
 
 PHASES = (-1, 0, 1)  # a cycle's time points: working position - step, at it, + step
 POSITION_GAIN = 0.6  # weight of a cycle's peak against where the track expected it (alpha of an alpha-beta filter)
@@ -170,7 +174,7 @@ class FocusController:
             expected = self.working_um - s.target_um + self.velocity_um * (t_mid - self._t_ref)
             if self._last_peak is not None:
                 peak = expected + POSITION_GAIN * (peak - expected)
-            if self._last_peak is not None:  # the drift's speed, smoothed over a few cycles
+                # the drift's speed, smoothed over a few cycles
                 t0, p0 = self._last_peak
                 self.velocity_um += VELOCITY_GAIN * ((peak - p0) / (t_mid - t0) - self.velocity_um)
             self._last_peak = (t_mid, peak)
@@ -208,6 +212,17 @@ class FocusedSequence(useq.MDASequence):
         for event in self.iter_events():
             t = event.index.get("t", 0)
             yield event.model_copy(update={"z_pos": self._controller.position_for(t)})
+
+
+def focused_run(core: CMMCorePlus, sequence: useq.MDASequence, settings: AutofocusSettings
+                ) -> tuple[FocusController, FocusedSequence]:
+    """The controller of an autofocused run starting at the focus stage's position, and the events
+    to run; ValueError where there is no focus stage, or the sequence has a z plan or several
+    positions (checked before anything is acquired)."""
+    if not core.getFocusDevice():
+        raise ValueError("autofocus needs a focus stage, and the microscope has none configured (Core-Focus)")
+    controller = FocusController(core.getPosition(), settings)
+    return controller, FocusedSequence.of(sequence, controller)
 
 
 class FocusScorer:

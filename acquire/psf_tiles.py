@@ -56,13 +56,15 @@ class PsfTileWriter:
         self.tiles += len(rows)
         self.models.add(h.model)
 
-    def summary(self) -> PsfSummary:
+    def latest_median(self, column: str) -> float | None:
+        """The median of ``column`` over the latest frame's tiles (None before any, or with none)."""
         last = self._last
+        return float(np.median(last[column])) if last is not None and len(last) else None
+
+    def summary(self) -> PsfSummary:
         return PsfSummary(frames=self.frames, tiles=self.tiles,
-                          median_abs_defocus_um=float(np.median(last["abs_defocus_um"])) if last is not None
-                          and len(last) else None,
-                          median_abs_defocus_sd_um=float(np.median(last["abs_defocus_sd_um"])) if last is not None
-                          and len(last) else None,
+                          median_abs_defocus_um=self.latest_median("abs_defocus_um"),
+                          median_abs_defocus_sd_um=self.latest_median("abs_defocus_sd_um"),
                           objective=self.objective)
 
     def close(self) -> Path | None:

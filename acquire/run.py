@@ -21,8 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import useq
-from livescope.acquire.autofocus import (AutofocusReport, AutofocusSettings, FocusController, FocusedSequence,
-                                         FocusScorer)
+from livescope.acquire.autofocus import AutofocusReport, AutofocusSettings, FocusController, FocusScorer, focused_run
 from livescope.acquire.journal import RunJournal
 from livescope.acquire.localisations import LocalisationWriter, SmlmStop, gives_tables, localises
 from livescope.acquire.psf_tiles import PsfSummary, PsfTileWriter, reads_psf
@@ -172,12 +171,7 @@ def run_acquisition(
             raise ValueError("a localise stage needs the camera's calibration (camera=CameraCalibration(...))")
         if not core.getPixelSizeUm():
             raise ValueError("a localise stage needs the pixel size, and the microscope has none configured")
-    focus = None
-    if autofocus is not None:
-        if not core.getFocusDevice():
-            raise ValueError("autofocus needs a focus stage, and the microscope has none configured")
-        focus = FocusController(core.getPosition(), autofocus)
-        events = FocusedSequence.of(sequence, focus)  # ValueError for a z plan or several positions
+    focus, events = focused_run(core, sequence, autofocus) if autofocus is not None else (None, sequence)
     total = len(list(sequence.iter_events()))
     state = AcquisitionProgress(total=total)
     t0 = time.perf_counter()
@@ -236,7 +230,7 @@ def run_acquisition(
     if focus is not None:
         outputs.append(FocusScorer(focus, camera.baseline_adu if camera is not None else None))
     with cancel.quiet():
-        core.mda.run(events if focus is not None else sequence, output=outputs, overwrite=True)
+        core.mda.run(events, output=outputs, overwrite=True)
     t_acquired = time.perf_counter() - t0
     focus_report = focus.report() if focus is not None else None
     for alarm in focus_report.alarms if focus_report is not None else ():
@@ -481,9 +475,7 @@ class _ResultCollector(threading.Thread):
             self._guard(lambda: self.writer.add(outcome))
         if self.psf_tiles is not None and isinstance(outcome, Result):
             self._guard(lambda: self.psf_tiles.add(outcome))
-            rows = outcome.data
-            if len(rows):
-                self.state.psf_abs_defocus_um = float(np.median(rows["abs_defocus_um"]))
+            self.state.psf_abs_defocus_um = self.psf_tiles.latest_median("abs_defocus_um")
         if self.localisations is not None:
             loc = self.localisations
             self._guard(lambda: loc.add(outcome))

@@ -26,7 +26,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from livescope.emitters import EmitterTable
-from livescope.protocol import TableField
+from livescope.protocol import TableField, table_dtype
 from livescope.render import RenderGrid, finest_render_pixel_nm, histogram
 
 FRC_THRESHOLD = 1.0 / 7.0
@@ -147,7 +147,7 @@ FRC_FIELDS = (TableField(name="frequency_per_nm", dtype="float32", unit="1/nm"),
 
 def frc_table(curve: FrcCurve) -> np.ndarray:
     """``curve`` as records of `FRC_FIELDS`."""
-    rows = np.zeros(len(curve.frequency_per_nm), np.dtype([(f.name, f.dtype) for f in FRC_FIELDS]))
+    rows = np.zeros(len(curve.frequency_per_nm), table_dtype(FRC_FIELDS))
     rows["frequency_per_nm"], rows["correlation"], rows["smoothed"] = (curve.frequency_per_nm, curve.correlation,
                                                                          curve.smoothed)
     rows["threshold"] = curve.threshold

@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from livescope.protocol import Objective, TableField
+from livescope.modelcard import ModelCard
+from livescope.protocol import Objective, TableField, table_dtype
 
 OPTICS_CHANNELS = ("na", "emission_um", "pixel_size_um", "immersion_index")
 OUTPUT_CHANNELS = (
@@ -51,14 +52,19 @@ CSV_COLUMNS = (
 """frame counts from 1; tile_y_px / tile_x_px: the tile's top-left pixel (row, column, from 0);
 defocus_um is signed for the rig's astigmatism sign and empty where the sign is not known."""
 
-_UNITS = {"px": "px", "um": "um", "waves": "waves"}
 PSF_TILE_FIELDS = tuple(
     TableField(name=name, dtype="int32" if name.endswith("_px") else "float32",
-               unit=next((u for suffix, u in _UNITS.items() if name.endswith(suffix)), ""))
+               unit=next((u for u in ("px", "um", "waves") if name.endswith("_" + u)), ""))
     for name in CSV_COLUMNS[1:])
 """A live ``psf`` stage's result: one record per tile (the CSV's columns but the frame, which is
 the result's own); NaN where a value is not known."""
-TILE_DTYPE = np.dtype([(f.name, f.dtype) for f in PSF_TILE_FIELDS])
+TILE_DTYPE = table_dtype(PSF_TILE_FIELDS)
+DEFAULT_TILE_PX = 64  # a psf model whose card names no tile size reads tiles of this side
+
+
+def tile_px_of(card: ModelCard) -> int:
+    """The tile side a psf model reads: its card's, else `DEFAULT_TILE_PX`."""
+    return card.tiling.tile_px or DEFAULT_TILE_PX
 
 
 @dataclass(frozen=True)
@@ -68,19 +74,21 @@ class PsfTiles:
     rows: np.ndarray
     alarm: str | None = None  # why the frame looks out of focus (a live stage's threshold), if it does
 
-    def focus_alarm(self, threshold_um: float) -> str | None:
-        """A sentence where the tiles' median |defocus| is beyond ``threshold_um``, or their median
-        predicted sd beyond half of it (the network cannot tell: too blurred, too dim, no structure)."""
-        if not len(self.rows):
-            return None
-        z = float(np.median(self.rows["abs_defocus_um"]))
-        sd = float(np.median(self.rows["abs_defocus_sd_um"]))
-        if z > threshold_um:
-            return f"focus alarm: median |defocus| {z:.2f} µm over the tiles, beyond {threshold_um:g} µm"
-        if sd > threshold_um / 2:
-            return (f"focus alarm: the tiles' |defocus| is uncertain (median sd {sd:.2f} µm, beyond "
-                    f"{threshold_um / 2:g} µm): out of focus, too dim or without structure")
+
+def focus_alarm(rows: np.ndarray, threshold_um: float) -> str | None:
+    """A sentence where one frame's tiles (`TILE_DTYPE`) have a median |defocus| beyond ``threshold_um``,
+    or a median predicted sd beyond half of it (the network cannot tell: too blurred, too dim, no
+    structure); None where neither."""
+    if not len(rows):
         return None
+    z = float(np.median(rows["abs_defocus_um"]))
+    sd = float(np.median(rows["abs_defocus_sd_um"]))
+    if z > threshold_um:
+        return f"focus alarm: median |defocus| {z:.2f} µm over the tiles, beyond {threshold_um:g} µm"
+    if sd > threshold_um / 2:
+        return (f"focus alarm: the tiles' |defocus| is uncertain (median sd {sd:.2f} µm, beyond "
+                f"{threshold_um / 2:g} µm): out of focus, too dim or without structure")
+    return None
 
 
 def tile_table(origins: list[tuple[int, int]], tile_px: int, estimates: dict[str, np.ndarray]) -> np.ndarray:

@@ -18,7 +18,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from livescope.provenance import Provenance, sidecar_path
-from livescope.psf_estimate import PsfOptics, tile_estimates, tile_table, write_tiles_csv
+from livescope.psf_estimate import PsfOptics, tile_estimates, tile_px_of, tile_table, write_tiles_csv
 from livescope.server.models import LoadedModel
 from livescope.server.offline import OfflineError, gate_warnings, load_model, pixel_size_nm_of, resolve_task_model
 from livescope.stackio import StackError, read_stack
@@ -90,7 +90,7 @@ def run_psf_offline(in_path: str | os.PathLike, out_csv: str | os.PathLike, *, n
         raise OfflineError(f"--astigmatism-sign must be 1 or -1, not {astigmatism_sign}")
     version = resolve_task_model(model, model_dirs, "psf", "psf needs a PSF estimation model")
     card = version.card
-    tile = tile_px or card.tiling.tile_px or 64
+    tile = tile_px or tile_px_of(card)
     if tile < MIN_TILE_PX:
         raise OfflineError(f"--tile {tile}: tiles must be at least {MIN_TILE_PX} px")
     stack = read_stack(in_path)

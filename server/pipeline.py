@@ -4,7 +4,11 @@ takes what the one before gives, and a stage gets the frame metadata it needs.""
 from __future__ import annotations
 
 from livescope.protocol import ErrorCode, FrameHeader, ProtocolError
+from livescope.psf_estimate import tile_px_of
 from livescope.repository import ModelVersion
+
+
+TABLE_TASKS = ("localise", "psf")  # tasks whose result is a table: nothing can follow them
 
 
 def check_dz(header: FrameHeader, version: ModelVersion) -> None:
@@ -31,7 +35,7 @@ def check_psf_optics(header: FrameHeader, version: ModelVersion) -> None:
     if header.objective.na >= header.objective.immersion_index:
         raise ProtocolError(ErrorCode.bad_header, f"objective NA {header.objective.na:g} must be below its "
                                                   f"immersion index {header.objective.immersion_index:g}")
-    tile = version.card.tiling.tile_px or 64
+    tile = tile_px_of(version.card)
     if min(header.shape) < tile:
         raise ProtocolError(ErrorCode.bad_header, f"stage {version.ref} reads {tile} px tiles; the frame is "
                                                   f"{header.shape[0]}x{header.shape[1]} px")
@@ -51,21 +55,18 @@ def check_pipeline(header: FrameHeader, stages: list[ModelVersion]) -> None:
         if version.card.normalisation.kind == "photons":  # the server converts any dtype to photons
             dtype = "float32"
             continue
-        if version.card.task == "localise":
+        if version.card.task in TABLE_TASKS:
             if i != len(stages) - 1:
                 raise ProtocolError(ErrorCode.unknown_pipeline,
                                     f"{version.ref} gives a table, so it must be the pipeline's last stage")
+            if version.card.task == "psf":
+                check_psf_optics(header, version)
+                return
             missing = [name for name in ("pixel_size_um", "camera") if getattr(header, name) is None]
             if missing:
                 raise ProtocolError(ErrorCode.bad_header,
                                     f"stage {version.ref} needs the frame's {' and '.join(missing)} "
                                     "(photons and nm come from them)")
-            return
-        if version.card.task == "psf":
-            if i != len(stages) - 1:
-                raise ProtocolError(ErrorCode.unknown_pipeline,
-                                    f"{version.ref} gives a table, so it must be the pipeline's last stage")
-            check_psf_optics(header, version)
             return
         want = version.card.inputs[0].dtype
         # a float32 stage takes camera integers too: uint8 and uint16 convert to float32 exactly

@@ -30,7 +30,7 @@ import zmq
 from livescope.emitters import EMITTER_FIELDS, EmitterTable
 from livescope.frc import FRC_FIELDS, frc_table
 from livescope.localise_maps import maps_to_emitters, range_warnings
-from livescope.psf_estimate import PSF_TILE_FIELDS, PsfOptics, PsfTiles, tile_table
+from livescope.psf_estimate import PSF_TILE_FIELDS, PsfOptics, PsfTiles, focus_alarm, tile_px_of, tile_table
 from livescope.protocol import (
     AckHeader,
     ControlReply,
@@ -865,19 +865,18 @@ class InferenceServer:
         """Each frame cut into the model's tiles, each read with the frame's optics -> one record per
         tile (`livescope.psf_estimate.TILE_DTYPE`). Optics outside the trained range add warnings."""
         model = self.registry.load(stage, worker)
-        tile = stage.card.tiling.tile_px or 64
+        tile = tile_px_of(stage.card)
         tables = []
         for k, job in enumerate(jobs):
             h = job.header
             optics = PsfOptics.of(h.objective, h.pixel_size_um * 1000.0)
             origins, est = estimate_tiles(model, x[k : k + 1], optics, tile,
                                           astigmatism_sign=h.objective.astigmatism_sign)
-            tiles = PsfTiles(tile_table(origins, tile, est))
-            alarm = tiles.focus_alarm(self.config.focus_alarm_um)
+            rows = tile_table(origins, tile, est)
+            alarm = focus_alarm(rows, self.config.focus_alarm_um)
             if alarm is not None:  # said in the result's warnings (not counted as out of domain: it is not)
-                tiles = PsfTiles(tiles.rows, alarm)
                 self.metrics.focus_alarms.labels(model.ref).inc()
-            tables.append(tiles)
+            tables.append(PsfTiles(rows, alarm))
             warnings[k] += self._domain.warnings(  # the stream's optics, once (a key of their own)
                 (job.identity, h.stream, model.ref, "optics"),
                 lambda h=h, o=optics: self._logged(h.stream, psf_domain_warnings(stage.card, o, tile)))

@@ -235,13 +235,11 @@ def _acquire(*, mm_config, sequence, frames, exposure_ms, server, stages, mode, 
     objective = None
     if server is not None and reads_psf(stages):
         objective = _objective(core, rig, optics or {})
-    if autofocus is not None:
-        from livescope.acquire.autofocus import FocusController, FocusedSequence
+    if autofocus is not None:  # refused in one line before acquiring, as run_acquisition would refuse it
+        from livescope.acquire.autofocus import focused_run
 
-        if not core.getFocusDevice():
-            fail("--autofocus needs a focus stage, and the Micro-Manager config sets none (Core-Focus)")
         try:
-            FocusedSequence.of(seq, FocusController(0.0))
+            focused_run(core, seq, autofocus)
         except ValueError as e:
             fail(f"--autofocus: {e}")
     total = len(list(seq.iter_events()))

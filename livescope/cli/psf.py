@@ -34,9 +34,9 @@ def psf(
     from livescope.cli._console import console
     from livescope.server.offline_psf import run_psf_offline
 
-    assumed = [f"{flag} {value:g}" for flag, given, value in (("--na", na, 1.4), ("--emission", emission, 600.0),
-                                                              ("--immersion", immersion, 1.515)) if given is None]
-    na, emission, immersion = na or 1.4, emission or 600.0, immersion or 1.515
+    optics = {"--na": (na, 1.4), "--emission": (emission, 600.0), "--immersion": (immersion, 1.515)}  # (given, default)
+    assumed = [f"{flag} {default:g}" for flag, (given, default) in optics.items() if given is None]
+    na, emission, immersion = (default if given is None else given for given, default in optics.values())
     _run_offline_job("psf", lambda progress: run_psf_offline(
         inp, out, na=na, emission_nm=emission, immersion_index=immersion, pixel_size_nm=pixel_size, tile_px=tile,
         astigmatism_sign=astigmatism_sign, model=model or "psf", model_dirs=[models or default_models_dir()],
