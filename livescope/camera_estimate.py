@@ -114,7 +114,7 @@ def estimate_camera(frames_adu: np.ndarray, *, max_frames: int = MAX_FRAMES) -> 
         raise ValueError(f"frames of shape {frames_adu.shape} are too small to measure the noise in (8x8 at least)")
     if len(frames) > max_frames:  # evenly spread, so bleaching still shows as a range of levels
         frames = frames[np.linspace(0, len(frames) - 1, max_frames).round().astype(int)]
-    levels, variances, flat, chooser = _tile_statistics(frames.astype(np.float64))
+    levels, variances, smooth_variances, flat, chooser = _tile_statistics(frames.astype(np.float64))
     if not np.any(variances > 0):
         raise ValueError("the frames have no pixel noise to measure (constant or empty background)")
     # The background's level and noise: those of the darkest fifth of the tiles. Emitters and structure
@@ -122,10 +122,16 @@ def estimate_camera(frames_adu: np.ndarray, *, max_frames: int = MAX_FRAMES) -> 
     # differ from the rest by their sampling noise only.
     darkest = chooser <= np.percentile(chooser, DARKEST_PERCENT)
     level, variance = float(np.median(levels[darkest])), float(np.median(variances[darkest]))
+    # Where the darkest tiles still hold light of broad spots or haze, their spread of values counts
+    # that light's slopes as noise (5x the noise in crowded astigmatic SMLM); their pixels' differences
+    # from their neighbours cancel a locally smooth signal. The smaller of the two is the noise.
+    variance = min(variance, float(np.median(smooth_variances[darkest])))
     plain = float(np.mean(flat[darkest]))
     if variance <= 0:
         raise ValueError("most of the frames' background has no noise to measure (constant or clipped at zero)")
-    slope, intercept, slope_se, intercept_se = _photon_transfer(levels[flat], variances[flat], variance)
+    # The line through the plain tiles' neighbour-difference noise: a haze of broad spots makes tiles
+    # of many levels that look plain, and their spread of values would put its slopes on the line.
+    slope, intercept, slope_se, intercept_se = _photon_transfer(levels[flat], smooth_variances[flat], variance)
     n_frames = len(frames)
     # A fitted line is believed when its slope is well measured and it goes through the darkest
     # tiles' background (crowded data can line up tiles of structure instead of background).
@@ -148,11 +154,13 @@ def estimate_camera(frames_adu: np.ndarray, *, max_frames: int = MAX_FRAMES) -> 
                           tiles=len(levels), frames=n_frames, plain_background_fraction=plain)
 
 
-def _tile_statistics(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _tile_statistics(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per tile of every frame: its background level (ADU) and noise variance (ADU^2), from the
     tile's lower quantiles (emitters and structure only add light, so the darker part of a tile is
-    its background); which tiles look like plain background (their upper half not much longer than
-    their lower half: emitters and structure lengthen it); and a second, independent level, from
+    its background); its noise variance again, as its pixels' differences from their neighbours
+    say it (`_smooth_cancelled_variance`); which tiles look like plain background (their upper half
+    not much longer than their lower half: emitters and structure lengthen it); and a second,
+    independent level, from
     the tile's other pixels (a checkerboard's other squares), to choose tiles by without biasing
     the noise measured in them."""
     t, h, w = frames.shape
@@ -165,7 +173,17 @@ def _tile_statistics(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
     x, other = tiles[:, black], tiles[:, ~black]
     level, variance, flat = _lower_quantile_statistics(x)
     chooser, _, _ = _lower_quantile_statistics(other)
-    return level, variance, flat, chooser
+    return level, variance, _smooth_cancelled_variance(tiles), flat, chooser
+
+
+def _smooth_cancelled_variance(tiles: np.ndarray) -> np.ndarray:
+    """Per tile (N, H, W): the noise variance from each inner pixel's difference to the mean of its
+    four direct neighbours (a locally linear signal cancels; white noise gives 1 + 1/4 the pixel's
+    variance), its largest tenth of squares left out (the peaks of emitters and edges), as
+    `noise_level_gain` measures it."""
+    centre = tiles[:, 1:-1, 1:-1]
+    cross = (tiles[:, :-2, 1:-1] + tiles[:, 2:, 1:-1] + tiles[:, 1:-1, :-2] + tiles[:, 1:-1, 2:]) / 4.0
+    return _trimmed_noise_variance((centre - cross).reshape(len(tiles), -1))
 
 
 def _lower_quantile_statistics(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -303,7 +321,7 @@ def photon_scale(frames_adu: np.ndarray, camera: CameraCalibration | None = None
 NOISE_LEVEL_BINS = 16
 MAX_NOISE_LEVEL_FRAMES = 16
 # E[x^2 | x^2 below its 90th percentile] for x ~ N(0, 1): the top tenth of squared differences
-# (edges, puncta) is left out of each bin's variance, and this corrects for the trimming.
+# (edges, puncta) is left out of a noise variance (`_trimmed_noise_variance`); this corrects for that.
 _TRIMMED_CHI2_MEAN = 0.623
 
 
@@ -337,9 +355,7 @@ def noise_level_gain(frames_adu: np.ndarray) -> tuple[float, float] | None:
     x = np.array([np.mean(level[g]) for g in groups])
     y = np.empty_like(x)
     for i, g in enumerate(groups):
-        squared = (residual[g] - np.median(residual[g])) ** 2
-        kept = squared[squared <= np.quantile(squared, 0.9)]
-        y[i] = kept.mean() / _TRIMMED_CHI2_MEAN / 1.25  # the difference's variance is 1 + 1/4 the pixel's
+        y[i] = _trimmed_noise_variance(residual[g] - np.median(residual[g]))
     if not np.all(y > 0) or np.ptp(x) <= 0:
         return None
     w = 1.0 / y  # a bin's variance is uncertain in proportion to itself
@@ -352,6 +368,15 @@ def noise_level_gain(frames_adu: np.ndarray) -> tuple[float, float] | None:
     if not (slope > 0 and slope_se < MAX_RELATIVE_SLOPE_ERROR * slope):
         return None
     return slope, intercept
+
+
+def _trimmed_noise_variance(residuals: np.ndarray) -> np.ndarray:
+    """A pixel's noise variance from its differences to the mean of its four direct neighbours (last
+    axis): their mean square with the largest tenth left out (edges, puncta, emitters' peaks),
+    corrected for the trimming and for the difference's own variance (1 + 1/4 the pixel's)."""
+    squared = np.sort(residuals**2, axis=-1)
+    kept = squared[..., : max(1, int(0.9 * squared.shape[-1]))]
+    return kept.mean(axis=-1) / _TRIMMED_CHI2_MEAN / 1.25
 
 
 def noise_sigma(image: np.ndarray) -> float:
