@@ -18,7 +18,7 @@ from enum import Enum
 from typing import Annotated, Any, Literal, Union
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 # The camera model is the core's (livescope/camera.py); a frame header carries its calibration.
 from livescope.camera import CameraCalibration
@@ -128,6 +128,13 @@ class Objective(BaseModel):
     immersion_index: float = Field(ge=1.0, le=1.7, description="refractive index of the immersion medium")
     astigmatism_sign: Literal[-1, 1] = Field(default=1, description=(
         "the sign of the rig's astigmatism (`Optics.astigmatism_waves`' convention), which signs the defocus"))
+
+    @model_validator(mode="after")
+    def _na_below_index(self) -> Objective:
+        # No objective collects light beyond its immersion's index: a typo (1.4 NA in water).
+        if self.na >= self.immersion_index:
+            raise ValueError(f"NA {self.na:g} must be below the immersion index {self.immersion_index:g}")
+        return self
 
 
 class FrameHeader(_Header):

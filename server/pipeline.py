@@ -32,9 +32,6 @@ def check_psf_optics(header: FrameHeader, version: ModelVersion) -> None:
     if missing:
         raise ProtocolError(ErrorCode.bad_header, f"stage {version.ref} needs the frame's {' and '.join(missing)} "
                                                   "(NA, emission and immersion index; nm per pixel)")
-    if header.objective.na >= header.objective.immersion_index:
-        raise ProtocolError(ErrorCode.bad_header, f"objective NA {header.objective.na:g} must be below its "
-                                                  f"immersion index {header.objective.immersion_index:g}")
     tile = tile_px_of(version.card)
     if min(header.shape) < tile:
         raise ProtocolError(ErrorCode.bad_header, f"stage {version.ref} reads {tile} px tiles; the frame is "

@@ -108,3 +108,11 @@ def test_a_cameras_read_noise_is_optional_on_the_wire_and_absent_when_unknown():
     with pytest.raises(ProtocolError, match="read_noise_e"):
         decode_header(json.dumps(frame_header(
             camera={"baseline_adu": 100, "e_per_adu": 0.5, "read_noise_e": -1})).encode())
+
+
+def test_an_objective_whose_na_reaches_its_immersion_index_is_refused_where_it_is_made():
+    from livescope.protocol import Objective
+
+    with pytest.raises(ValueError, match="NA 1.4 must be below the immersion index 1.33"):
+        Objective(na=1.4, emission_nm=600.0, immersion_index=1.33)
+    assert Objective(na=1.2, emission_nm=600.0, immersion_index=1.33).na == 1.2

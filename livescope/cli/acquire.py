@@ -283,8 +283,6 @@ def _objective(core, rig, given: dict):
         objective = Objective(**values)
     except ValidationError as e:
         fail(f"objective: {first_error(e)}")
-    if objective.na >= objective.immersion_index:
-        fail(f"--na {objective.na:g} must be below the immersion index {objective.immersion_index:g}")
     return objective
 
 
