@@ -100,6 +100,8 @@ class LoadedModel:
         """
         t = self.card.tiling
         run = self.run if frames.ndim == 3 else self.run_windows
+        if self._out_dims is not None and all(isinstance(d, int) for d in self._out_dims[1:]):
+            return run(frames)  # one estimate per window (psf): its tiles would not stitch into one
         fixed = t.tile_px is not None
         if not fixed and self._tile_px is None:
             try:

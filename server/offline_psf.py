@@ -19,7 +19,6 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from livescope.provenance import Provenance, sidecar_path
 from livescope.psf_estimate import PsfOptics, tile_estimates, tile_px_of, tile_table, write_tiles_csv
-from livescope.server.models import LoadedModel
 from livescope.server.offline import OfflineError, gate_warnings, load_model, pixel_size_nm_of, resolve_task_model
 from livescope.stackio import StackError, read_stack
 from livescope.validation import first_error
@@ -52,11 +51,12 @@ def tile_origins(h: int, w: int, tile_px: int) -> list[tuple[int, int]]:
     return [(y, x) for y in range(0, h - tile_px + 1, tile_px) for x in range(0, w - tile_px + 1, tile_px)]
 
 
-def estimate_tiles(model: LoadedModel, frames: np.ndarray, optics: PsfOptics, tile_px: int, *,
+def estimate_tiles(run: Callable[[np.ndarray], np.ndarray], frames: np.ndarray, optics: PsfOptics, tile_px: int, *,
                    astigmatism_sign: int = 1, batch: int = 64,
                    progress: Callable[[int, int], None] | None = None) -> tuple[list[tuple[int, int]], dict]:
     """Per tile of every frame of ``frames`` (T, H, W, ADU): the estimates of `tile_estimates`, frame
-    by frame, each array (T x tiles,), and the tiles' origins."""
+    by frame, each array (T x tiles,), and the tiles' origins. ``run``: the model on (N, C, tile,
+    tile) windows (a `LoadedModel.run_windows`, or the server's stage, which may move to the CPU)."""
     origins = tile_origins(*frames.shape[1:], tile_px)
     channels = optics.channels()
     outs = []
@@ -67,7 +67,7 @@ def estimate_tiles(model: LoadedModel, frames: np.ndarray, optics: PsfOptics, ti
         for k, (t, y, x) in enumerate(chunk):
             x_in[k, 0] = frames[t, y:y + tile_px, x:x + tile_px]
         x_in[:, 1:] = channels[None, :, None, None]
-        outs.append(model.run_windows(x_in))
+        outs.append(run(x_in))
         if progress is not None:
             progress(min(start + batch, len(items)) // max(len(origins), 1), len(frames))
     return origins, tile_estimates(np.concatenate(outs), astigmatism_sign)
@@ -107,7 +107,7 @@ def run_psf_offline(in_path: str | os.PathLike, out_csv: str | os.PathLike, *, n
     warnings = gate_warnings(card) + psf_domain_warnings(card, optics, tile)
     loaded = load_model(version, provider, threads)
     t0 = time.perf_counter()
-    origins, est = estimate_tiles(loaded, stack.frames, optics, tile, astigmatism_sign=astigmatism_sign,
+    origins, est = estimate_tiles(loaded.run_windows, stack.frames, optics, tile, astigmatism_sign=astigmatism_sign,
                                   progress=progress)
     seconds = time.perf_counter() - t0
     Provenance.of_one_model(operation=f"psf (tiles of {tile} px)", source=str(in_path), frame_count=stack.n_frames,

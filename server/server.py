@@ -864,23 +864,28 @@ class InferenceServer:
              worker: int = 0) -> tuple[LoadedModel, list[PsfTiles]]:
         """Each frame cut into the model's tiles, each read with the frame's optics -> one record per
         tile (`livescope.psf_estimate.TILE_DTYPE`). Optics outside the trained range add warnings."""
-        model = self.registry.load(stage, worker)
+        used = [self.registry.load(stage, worker)]  # the session that ran (a device out of memory: the CPU's)
+
+        def run(windows: np.ndarray) -> np.ndarray:
+            used[0], out = self._run_stage(stage, windows, worker=worker)
+            return out
+
         tile = tile_px_of(stage.card)
         tables = []
         for k, job in enumerate(jobs):
             h = job.header
             optics = PsfOptics.of(h.objective, h.pixel_size_um * 1000.0)
-            origins, est = estimate_tiles(model, x[k : k + 1], optics, tile,
+            origins, est = estimate_tiles(run, x[k : k + 1], optics, tile,
                                           astigmatism_sign=h.objective.astigmatism_sign)
             rows = tile_table(origins, tile, est)
             alarm = focus_alarm(rows, self.config.focus_alarm_um)
             if alarm is not None:  # said in the result's warnings (not counted as out of domain: it is not)
-                self.metrics.focus_alarms.labels(model.ref).inc()
+                self.metrics.focus_alarms.labels(stage.ref).inc()
             tables.append(PsfTiles(rows, alarm))
             warnings[k] += self._domain.warnings(  # the stream's optics, once (a key of their own)
-                (job.identity, h.stream, model.ref, "optics"),
+                (job.identity, h.stream, stage.ref, "optics"),
                 lambda h=h, o=optics: self._logged(h.stream, psf_domain_warnings(stage.card, o, tile)))
-        return model, tables
+        return used[0], tables
 
     def _localise(self, stage: ModelVersion, jobs: list[Job], x: np.ndarray, warnings: list[list[str]],
                   worker: int = 0) -> tuple[LoadedModel, list[EmitterTable]]:

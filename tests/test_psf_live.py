@@ -174,3 +174,34 @@ def test_a_viewer_counts_psf_tables_without_taking_them_for_localisations(server
     state.add(tiles)
     view = state.streams["psf-view"]
     assert view.results == 1 and view.emitters == 0 and view.tables == 0 and len(view.points_px) == 0
+
+
+def test_a_psf_stage_whose_device_runs_out_of_memory_moves_to_the_cpu_and_still_answers():
+    # As every other stage does (server._run_stage): a GPU that cannot hold even small tiles hands
+    # the model to the CPU instead of failing every frame. The 'device' is the real psf session
+    # under another provider's name that runs out of memory on every call.
+    from livescope.protocol import FrameHeader
+    from livescope.server.config import ServerConfig
+    from livescope.server.models import LoadedModel
+    from livescope.server.queue import Job
+    from livescope.server.server import InferenceServer
+
+    class FullDevice(LoadedModel):
+        def run_windows(self, x, out=None):
+            raise RuntimeError("CUDA failure 2: out of memory")
+
+    srv = InferenceServer(ServerConfig(metrics_port=None))  # not started: no sockets, the worker's path only
+    try:
+        version = srv.repository.resolve("psf", 1)
+        cpu = LoadedModel.load(version)
+        srv.registry._loaded[(version.ref, 0)] = FullDevice(version, cpu.session, "cuda", 0.0,
+                                                            _out_dims=cpu._out_dims)
+        image = frames_at_defocus(0.5)[0]
+        header = FrameHeader(stream="s", seq=0, shape=image.shape, pipeline=(SHIPPED,), pixel_size_um=0.108,
+                             objective=OIL)
+        model, (tiles,) = srv._psf(version, [Job(b"c", header, image, [version])], image[None], [[]])
+    finally:
+        srv.close()
+    assert model.provider == "cpu" and srv.registry.load(version).provider == "cpu"
+    assert len(tiles.rows) == (image.shape[0] // 64) * (image.shape[1] // 64)
+    assert np.all(np.isfinite(tiles.rows["abs_defocus_um"]))
