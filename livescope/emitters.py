@@ -26,6 +26,7 @@ import math
 import os
 import tempfile
 from dataclasses import dataclass
+from typing import ClassVar
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +78,8 @@ class EmitterTable:
     """Localisations (or ground-truth emitters): ``rows`` is a 1-D array of ``EMITTER_DTYPE``."""
 
     rows: np.ndarray
+    wire_fields: ClassVar[tuple[TableField, ...]] = EMITTER_FIELDS  # its records on the wire
+    warnings: ClassVar[tuple[str, ...]] = ()  # a table of emitters adds nothing to its result's warnings
 
     def __post_init__(self) -> None:
         if self.rows.dtype != EMITTER_DTYPE or self.rows.ndim != 1:

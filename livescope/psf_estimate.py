@@ -23,6 +23,7 @@ import math
 import os
 import tempfile
 from dataclasses import dataclass
+from typing import ClassVar
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +74,12 @@ class PsfTiles:
 
     rows: np.ndarray
     alarm: str | None = None  # why the frame looks out of focus (a live stage's threshold), if it does
+    wire_fields: ClassVar[tuple[TableField, ...]] = PSF_TILE_FIELDS
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """What the frame's result says beside its table: the focus alarm, if any."""
+        return (self.alarm,) if self.alarm else ()
 
 
 def focus_alarm(rows: np.ndarray, threshold_um: float) -> str | None:

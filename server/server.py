@@ -27,10 +27,10 @@ from queue import SimpleQueue
 import numpy as np
 import zmq
 
-from livescope.emitters import EMITTER_FIELDS, EmitterTable
+from livescope.emitters import EmitterTable
 from livescope.frc import FRC_FIELDS, frc_table
 from livescope.localise_maps import maps_to_emitters, range_warnings
-from livescope.psf_estimate import PSF_TILE_FIELDS, PsfOptics, PsfTiles, focus_alarm, tile_px_of, tile_table
+from livescope.psf_estimate import PsfOptics, PsfTiles, focus_alarm, tile_px_of, tile_table
 from livescope.protocol import (
     AckHeader,
     ControlReply,
@@ -709,7 +709,7 @@ class InferenceServer:
         t_start = time.perf_counter()
         x = jobs[0].image[None] if len(jobs) == 1 else np.stack([j.image for j in jobs])
         # per stage: images (N, H, W), or one emitter table per frame (a localise stage, last)
-        outputs: list[tuple[LoadedModel, np.ndarray | list[EmitterTable]]] = []
+        outputs: list[tuple[LoadedModel, np.ndarray | list[EmitterTable] | list[PsfTiles]]] = []
         stage = jobs[0].stages[0]
         warnings = [list(self._input_warnings(job)) for job in jobs]  # per frame; a localise stage adds
         try:
@@ -769,21 +769,17 @@ class InferenceServer:
                 send_message(pipe, raw, np.ascontiguousarray(job.image), envelope=[_PUBLISH, *envelope_tail])
             for i, (model, out) in enumerate(outputs):
                 final = i == len(outputs) - 1
-                if isinstance(out, list):  # a table: packed records of emitters or of PSF tiles
-                    payload = out[k].rows
-                    fields = PSF_TILE_FIELDS if isinstance(out[k], PsfTiles) else EMITTER_FIELDS
-                    shape: dict = dict(kind="table", shape=payload.shape, dtype="record", fields=fields)
+                if isinstance(out, list):  # a table per frame: packed records of emitters or of PSF tiles
+                    payload, told = out[k].rows, out[k].warnings
+                    shape: dict = dict(kind="table", shape=payload.shape, dtype="record", fields=out[k].wire_fields)
                 else:
-                    payload = np.ascontiguousarray(out[k])
+                    payload, told = np.ascontiguousarray(out[k]), ()
                     shape = dict(shape=payload.shape, dtype=payload.dtype.name)
                 result = ResultHeader(stream=h.stream, seq=h.seq, stage=h.pipeline[i],
                                       model=model.ref, final=final, **shape,
                                       pixel_size_um=h.pixel_size_um,
                                       z_um=h.z_um, dz_um=h.dz_um, event_index=h.event_index,
-                                      t_sent_ns=h.t_sent_ns, latency=latency,
-                                      warnings=tuple(warnings[k]) + (
-                                          (out[k].alarm,) if isinstance(out, list) and isinstance(out[k], PsfTiles)
-                                          and out[k].alarm else ()))
+                                      t_sent_ns=h.t_sent_ns, latency=latency, warnings=tuple(warnings[k]) + told)
                 self.metrics.results.labels(model.ref).inc()
                 if final and job.shared is not None and self._into_shared_memory(job, result, payload, pipe,
                                                                                   envelope_tail):
