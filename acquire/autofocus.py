@@ -116,6 +116,7 @@ class FocusController:
         self._cycles = self._corrections = self._searching = self._lost_run = 0
         self._largest = 0.0
         self.alarms: list[str] = []
+        self._standing: str | None = None  # the alarm that holds now: focus lost, or at the travel limit
 
     def position_for(self, t: int) -> float:
         """The focus position for time point ``t`` (asked once per time point, in order)."""
@@ -165,9 +166,12 @@ class FocusController:
             if self._lost_run == s.lost_after_cycles:
                 self.alarms.append(f"focus lost at cycle {cycle}: {self._lost_run} cycles without a focus peak "
                                    f"(searching about {centre:.2f} µm)")
+            if self._lost_run >= s.lost_after_cycles:
+                self._standing = (f"autofocus: no focus peak for {self._lost_run} cycles (searching about "
+                                  f"{centre:.2f} µm)")
         else:
             self._corrections += 1
-            self._lost_run = 0
+            self._lost_run, self._standing = 0, None
             # beyond the dither the fit extrapolates (and noise dominates it): trust it only that far
             peak = centre + float(np.clip(offset, -min(s.step_um, s.max_move_um), min(s.step_um, s.max_move_um)))
             # one cycle's fit is noisy: move part of the way from where the track expected the plane
@@ -182,8 +186,16 @@ class FocusController:
         if abs(new - self.start_um) > s.max_travel_um:
             new = self.start_um + math.copysign(s.max_travel_um, new - self.start_um)
             self.alarms.append(f"focus correction reached its travel limit ({s.max_travel_um:g} µm from the start)")
+            self._standing = f"autofocus: at its travel limit ({s.max_travel_um:g} µm from the start)"
         self._largest = max(self._largest, abs(new - centre))
         self.working_um, self._t_ref = new, t_mid
+
+    @property
+    def standing_alarm(self) -> str | None:
+        """The focus-loss alarm that holds now (no focus peak for the alarm's cycles and since, or the
+        correction at its travel limit), for the frames taken meanwhile; None once focus is found."""
+        with self._lock:
+            return self._standing
 
     def report(self) -> AutofocusReport:
         with self._lock:

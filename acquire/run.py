@@ -187,7 +187,7 @@ def run_acquisition(
             client.close(timeout_s=0)
             raise
         streamer = FrameStreamer(client, submit_timeout_s=server_timeout_s)
-        streamer.on_error = cancel
+        streamer.on_error, streamer.focus = cancel, focus
         outputs.insert(0, streamer)
     else:
         counter = _Counter(state, progress, t0, focus)

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import useq
 
+from livescope.acquire.autofocus import FocusController
 from livescope.client import StreamClient
 
 log = logging.getLogger("livescope.acquire")
@@ -26,6 +27,7 @@ class FrameStreamer:
         self.acquired = 0
         self.error: Exception | None = None
         self.on_error: Any = None  # called once with the exception (e.g. to cancel the MDA)
+        self.focus: FocusController | None = None  # the autofocus, whose standing alarm each frame carries
 
     def frameReady(self, img: np.ndarray, event: useq.MDAEvent, meta: dict) -> None:
         self.acquired += 1
@@ -38,6 +40,7 @@ class FrameStreamer:
                 z_um=event.z_pos if event.z_pos is not None else meta.get("position", {}).get("z"),
                 pixel_size_um=meta.get("pixel_size_um") or None,
                 t_acquired_ns=time.time_ns(),
+                focus_alarm=self.focus.standing_alarm if self.focus is not None else None,
                 timeout_s=self.submit_timeout_s,
             )
         except Exception as e:  # pymmcore-plus would only log it: keep it and stop the run

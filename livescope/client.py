@@ -251,19 +251,21 @@ class StreamClient:
         pixel_size_um: float | None = None,
         t_acquired_ns: int | None = None,
         dz_um: float | None = None,
+        focus_alarm: str | None = None,
         timeout_s: float = 30.0,
     ) -> int:
         """Queue one frame for the server; return its seq. The array must not change after.
 
         ``dz_um``: this frame's delta-z for a refocus stage, µm; None: the stream's (the
-        constructor's)."""
+        constructor's). ``focus_alarm``: why the acquisition has lost focus at this frame, if it
+        has (its results say it back; the server counts it)."""
         if image.ndim != 2:
             raise ValueError(f"a frame is a 2-D image, got shape {image.shape}")
         header = FrameHeader(
             stream=self.stream, seq=self._seq, shape=image.shape, dtype=image.dtype.name,
             pixel_size_um=pixel_size_um, z_um=z_um, event_index=event_index or {},
             pipeline=self.pipeline, mode=self.mode, t_acquired_ns=t_acquired_ns, camera=self.camera,
-            dz_um=self.dz_um if dz_um is None else dz_um, objective=self.objective)
+            dz_um=self.dz_um if dz_um is None else dz_um, objective=self.objective, focus_alarm=focus_alarm)
         with self._attach_lock:
             if self._shared is None:
                 self._shared = self._attach_shared_memory(image)

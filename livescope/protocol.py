@@ -117,6 +117,9 @@ class SharedSlot(BaseModel):
     result_capacity_bytes: int = Field(ge=0, lt=2**48, description="the most bytes a result there may have")
 
 
+MAX_FOCUS_ALARM_CHARS = 300
+
+
 class Objective(BaseModel):
     """The objective and emission a stream's frames are taken with: what a live ``psf`` stage needs
     besides the frame's pixel size (sent with every frame, as the camera's calibration is)."""
@@ -162,6 +165,9 @@ class FrameHeader(_Header):
     shm: SharedSlot | None = Field(default=None, description=(
         "the pixels lie in the sender's attached shared memory (same host); no payload part then"))
     objective: Objective | None = Field(default=None, description="the optics; needed by a psf stage")
+    focus_alarm: str | None = Field(default=None, min_length=1, max_length=MAX_FOCUS_ALARM_CHARS, description=(
+        "the acquisition's own focus-loss alarm at this frame (its autofocus finds no focus): said back in "
+        "the frame's results' warnings and counted in the metrics"))
 
     @field_validator("shape")
     @classmethod

@@ -23,8 +23,9 @@ class ServerMetrics:
                                      "Frames unlike the model's training data (their results say why)",
                                      ["model"], registry=r)
         self.focus_alarms = Counter("livescope_focus_alarms",
-                                    "psf results whose frame looked out of focus (their results say why)",
-                                    ["model"], registry=r)
+                                    "Frames out of focus, their results say why: by a psf model's reading (source: "
+                                    "the model), or by the acquisition's autofocus (source: acquisition)",
+                                    ["source"], registry=r)
         self.duplicates = Counter("livescope_frames_duplicate", "Resent frames de-duplicated",
                                   registry=r)
         self.inference = Histogram("livescope_inference_seconds", "Inference time per batch",

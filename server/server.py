@@ -712,6 +712,10 @@ class InferenceServer:
         outputs: list[tuple[LoadedModel, np.ndarray | list[EmitterTable] | list[PsfTiles]]] = []
         stage = jobs[0].stages[0]
         warnings = [list(self._input_warnings(job)) for job in jobs]  # per frame; a localise stage adds
+        for k, job in enumerate(jobs):
+            if job.header.focus_alarm is not None:  # the acquisition's own (its autofocus lost focus)
+                warnings[k].append(f"focus alarm (acquisition): {job.header.focus_alarm}")
+                self.metrics.focus_alarms.labels("acquisition").inc()
         try:
             for stage in jobs[0].stages:
                 t0 = time.perf_counter()

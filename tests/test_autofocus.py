@@ -48,6 +48,42 @@ def test_cycles_without_a_peak_raise_a_focus_loss_alarm():
     assert report.searching_cycles == 4 and len(report.alarms) == 1 and "focus lost" in report.alarms[0]
 
 
+def test_a_focus_loss_alarm_stands_from_the_alarm_until_a_peak_is_found_again():
+    ctl = FocusController(0.0, AutofocusSettings(lost_after_cycles=2))
+    standing = []
+    for t in range(9):  # three cycles of a blank field
+        ctl.position_for(t)
+        ctl.observe(t, 1.0)
+        standing.append(ctl.standing_alarm)
+    assert standing[:5] == [None] * 5  # the first cycle, and the second until its last frame
+    assert all(a is not None and "no focus peak for" in a for a in standing[5:])
+    for t in range(9, 12):  # the sample comes back: a peak
+        ctl.observe(t, gaussian_scores(ctl.position_for(t), ctl.working_um))
+    assert ctl.standing_alarm is None
+
+
+def test_frames_taken_while_focus_is_lost_say_so_in_their_results_and_the_metrics(own_server, tmp_path):
+    # A sample that races out of the autofocus's reach (0.5 µm a frame): from the alarm on, each frame
+    # carries it to the server, which says it back in the frame's result and counts it
+    import urllib.request
+
+    from livescope.launch import free_port
+
+    port = free_port()
+    srv = own_server("--metrics-port", str(port))
+    rig = VirtualRigConfig(sensor_shape_px=(128, 128), drift_um_per_frame=(0.0, 0.0, 0.5), seed=2)
+    seq = useq.MDASequence(time_plan={"interval": 0, "loops": 24})
+    summary = run_acquisition(open_microscope(rig=rig), seq, server=srv.frames, pipeline=["identity"],
+                              autofocus=AutofocusSettings(lost_after_cycles=2))
+    alarms = [w for w in summary.warnings if w.startswith("focus alarm (acquisition): autofocus: no focus peak")]
+    assert summary.autofocus.alarms and summary.results == 24 and alarms
+    assert summary.frames_with_warnings >= len(alarms)  # each distinct text once; frames counted each
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    counted = [float(line.split()[-1]) for line in metrics.splitlines()
+               if line.startswith('livescope_focus_alarms_total{source="acquisition"}')]
+    assert counted and 1 <= counted[0] <= summary.frames_with_warnings
+
+
 def test_a_sequence_with_a_z_plan_cannot_be_autofocused():
     seq = useq.MDASequence(time_plan={"interval": 0, "loops": 3}, z_plan={"range": 2, "step": 1})
     with pytest.raises(ValueError, match="z plan"):

@@ -157,7 +157,7 @@ def test_a_frame_read_beyond_the_alarm_threshold_carries_a_focus_alarm_and_count
             c.submit(frame, pixel_size_um=0.108)
             (answers[threshold],) = list(c.outcomes())
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-        answers[threshold + " counted"] = 'livescope_focus_alarms_total{model="psf@1"} 1.0' in metrics
+        answers[threshold + " counted"] = 'livescope_focus_alarms_total{source="psf@1"} 1.0' in metrics
     assert any(w.startswith("focus alarm") for w in answers["0.3"].header.warnings) and answers["0.3 counted"]
     assert not any("focus alarm" in w for w in answers["5"].header.warnings) and not answers["5 counted"]
     assert not any("baseline" in w for w in answers["5"].header.warnings)  # the graph scales each tile itself
