@@ -116,3 +116,16 @@ def test_an_objective_whose_na_reaches_its_immersion_index_is_refused_where_it_i
     with pytest.raises(ValueError, match="NA 1.4 must be below the immersion index 1.33"):
         Objective(na=1.4, emission_nm=600.0, immersion_index=1.33)
     assert Objective(na=1.2, emission_nm=600.0, immersion_index=1.33).na == 1.2
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"protocol":1,"type":"frame","stream":"\\ud800","seq":0,"shape":[4,6],"pipeline":["denoise"]}',
+    '{"protocol":1,"type":"frame","stream":"\ud800","seq":0,"shape":[4,6],"pipeline":["denoise"]}'.encode(
+        "utf-16", "surrogatepass"),  # no \\u escape: the surrogate is in the encoding itself
+    b'{"protocol":1,"type":"control","request_id":"r","command":"ping","args":{"x":' + b"[" * 20 + b"]" * 20 + b"}}",
+], ids=["escaped surrogate", "utf-16 surrogate", "deep nesting"])
+def test_a_header_with_a_lone_surrogate_or_deep_nesting_is_refused_however_it_is_spelled(raw):
+    with pytest.raises(ProtocolError) as e:
+        decode_header(raw)
+    assert e.value.code == ErrorCode.bad_header
+    assert "surrogate" in e.value.message or "nests deeper" in e.value.message
