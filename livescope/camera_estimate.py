@@ -160,9 +160,8 @@ def _tile_statistics(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
     its background); its noise variance again, as its pixels' differences from their neighbours
     say it (`_smooth_cancelled_variance`); which tiles look like plain background (their upper half
     not much longer than their lower half: emitters and structure lengthen it); and a second,
-    independent level, from
-    the tile's other pixels (a checkerboard's other squares), to choose tiles by without biasing
-    the noise measured in them."""
+    independent level, from the tile's other pixels (a checkerboard's other squares), to choose
+    tiles by without biasing the noise measured in them."""
     t, h, w = frames.shape
     th, tw = min(TILE_PX, h), min(TILE_PX, w)
     th, tw = th - th % 2, tw - tw % 2

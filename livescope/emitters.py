@@ -26,8 +26,8 @@ import math
 import os
 import tempfile
 from dataclasses import dataclass
-from typing import ClassVar
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 

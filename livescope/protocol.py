@@ -120,6 +120,13 @@ class SharedSlot(BaseModel):
 MAX_FOCUS_ALARM_CHARS = 300
 
 
+def check_na_below_index(na: float, immersion_index: float) -> None:
+    """ValueError where an objective's NA reaches its immersion's index: no objective collects light
+    beyond it, so it is a typo (1.4 NA in water)."""
+    if na >= immersion_index:
+        raise ValueError(f"NA {na:g} must be below the immersion index {immersion_index:g}")
+
+
 class Objective(BaseModel):
     """The objective and emission a stream's frames are taken with: what a live ``psf`` stage needs
     besides the frame's pixel size (sent with every frame, as the camera's calibration is)."""
@@ -134,9 +141,7 @@ class Objective(BaseModel):
 
     @model_validator(mode="after")
     def _na_below_index(self) -> Objective:
-        # No objective collects light beyond its immersion's index: a typo (1.4 NA in water).
-        if self.na >= self.immersion_index:
-            raise ValueError(f"NA {self.na:g} must be below the immersion index {self.immersion_index:g}")
+        check_na_below_index(self.na, self.immersion_index)
         return self
 
 

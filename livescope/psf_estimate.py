@@ -23,14 +23,14 @@ import math
 import os
 import tempfile
 from dataclasses import dataclass
-from typing import ClassVar
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from livescope.modelcard import ModelCard
-from livescope.protocol import Objective, TableField, table_dtype
+from livescope.protocol import Objective, TableField, check_na_below_index, table_dtype
 
 OPTICS_CHANNELS = ("na", "emission_um", "pixel_size_um", "immersion_index")
 OUTPUT_CHANNELS = (
@@ -121,8 +121,7 @@ class PsfOptics(BaseModel):
 
     @model_validator(mode="after")
     def _na_below_index(self) -> PsfOptics:
-        if self.na >= self.immersion_index:
-            raise ValueError(f"NA {self.na:g} must be below the immersion index {self.immersion_index:g}")
+        check_na_below_index(self.na, self.immersion_index)
         return self
 
     @classmethod

@@ -27,11 +27,11 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from livescope.emitters import EmitterTable
+from livescope.frc import FrcCurve
 from livescope.protocol import FrameHeader
 from livescope.render import RenderGrid, RenderMethod, RunningRender, finest_render_pixel_nm
 from livescope.server.context import fill_window
 from livescope.server.recent import RecentlyUsed
-from livescope.frc import FrcCurve
 from livescope.smlm_quality import SmlmQuality, assess
 
 log = logging.getLogger("livescope.server")

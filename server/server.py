@@ -30,7 +30,6 @@ import zmq
 from livescope.emitters import EmitterTable
 from livescope.frc import FRC_FIELDS, frc_table
 from livescope.localise_maps import maps_to_emitters, range_warnings
-from livescope.psf_estimate import PsfOptics, PsfTiles, focus_alarm, tile_px_of, tile_table
 from livescope.protocol import (
     AckHeader,
     ControlReply,
@@ -48,6 +47,7 @@ from livescope.protocol import (
     expected_nbytes,
     split_stage,
 )
+from livescope.psf_estimate import PsfOptics, PsfTiles, focus_alarm, tile_px_of, tile_table
 from livescope.repository import (
     ModelRepository,
     ModelVersion,

@@ -68,8 +68,9 @@ class StreamView:
         self.latencies_ms.append(h.latency.total_ms)
         self.warnings = h.warnings or self.warnings
         if h.kind == "table":
-            if np.asarray(result.data).dtype.names == EMITTER_DTYPE.names:  # not a psf stage's tiles
-                self._add_table(EmitterTable.from_payload(np.asarray(result.data)), h.pixel_size_um)
+            data = np.asarray(result.data)
+            if data.dtype.names == EMITTER_DTYPE.names:  # not a psf stage's tiles
+                self._add_table(EmitterTable.from_payload(data), h.pixel_size_um)
         else:
             self.restored.append((h.seq, np.array(result.data)))
 
