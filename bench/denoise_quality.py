@@ -31,7 +31,9 @@ frames, as above) and livescope self-trained on the test series for
 On the time series (FMD, foreign), also ``self_fine_tuned``: the shipped camera-agnostic model
 fine-tuned on them within the same budget, as ``livescope train denoise --from denoise@3 --data
 SERIES`` does (Noise2Noise on registered neighbouring frames; when that does not beat the start on
-its held-out pairs, nothing is written and the start is what is scored).
+its held-out pairs, nothing is written and the start is what is scored); and ``self_fine_tuned_ensemble``:
+the same model run as ``livescope denoise --ensemble`` runs it (each frame the mean over its 8 flips and
+quarter turns).
 
 BM3D, the classical anchor (the ``bm3d`` package, Makinen, Azzari & Foi; profile 'np', both
 stages), on every data set but only on a fixed subset, being seconds per frame: the first
@@ -375,12 +377,14 @@ def self_trained(frames: np.ndarray, budget_s: float, args: argparse.Namespace, 
     return run, info, session
 
 
-def fine_tuned(series: Sequence[np.ndarray], budget_s: float, args: argparse.Namespace) -> tuple[Denoiser, dict]:
+def fine_tuned(series: Sequence[np.ndarray], budget_s: float, args: argparse.Namespace
+               ) -> tuple[Denoiser, Denoiser, dict]:
     """The shipped camera-agnostic model fine-tuned on ``series`` (time series, noisy only) for
     ``budget_s``, as ``livescope train denoise --from denoise@3 --data SERIES... --budget-minutes M``
     does it (each series saved as a TIFF and read back by the command's loader; the last tenth held
     out), run as ``livescope denoise`` runs it. When fine-tuning does not beat the start on the held-out
-    pairs the command writes nothing and the start stays: so it is scored here."""
+    pairs the command writes nothing and the start stays: so it is scored here. Returned run once and
+    run as ``livescope denoise --ensemble`` runs it."""
     from livescope.models.denoise.finetune import FineTuneConfig, NoImprovement, fine_tune_and_publish
     from livescope.models.denoise.user_data import load_training_stacks
 
@@ -403,7 +407,8 @@ def fine_tuned(series: Sequence[np.ndarray], budget_s: float, args: argparse.Nam
         except NoImprovement as e:
             version, info["version"] = start, f"the start, unchanged: {e}"
         model = LoadedModel.load(version, RuntimeOptions(provider="cpu"))
-    return (lambda frames: restore_stack(model, frames, batch=1)), info
+    return ((lambda frames: restore_stack(model, frames, batch=1)),
+            (lambda frames: restore_stack(model, frames, batch=1, ensemble=True)), info)
 
 
 def careamics(train: np.ndarray, test: np.ndarray, budget_s: float,
@@ -580,7 +585,7 @@ def foreign_frames(peak_photons: float, size: int, frames: int, seed: int,
 def compare(noisy: np.ndarray, clean: np.ndarray, sigma_px: float, shipped: Denoiser,
             ours: Denoiser, theirs: np.ndarray | None, plan: Bm3dPlan | None = None,
             ours_with_context: Denoiser | None = None, ours_fine_tuned: Denoiser | None = None,
-            ) -> tuple[dict, dict[str, np.ndarray]]:
+            ours_fine_tuned_ensemble: Denoiser | None = None) -> tuple[dict, dict[str, np.ndarray]]:
     """Scores of every method on one test stack, and each method's first output frame. With a
     ``plan`` (and bm3d importable), also ``on_bm3d_subset``: BM3D and every other method scored on
     the plan's frames only (BM3D is too slow for whole stacks)."""
@@ -594,6 +599,8 @@ def compare(noisy: np.ndarray, clean: np.ndarray, sigma_px: float, shipped: Deno
         outputs["self_trained_context"] = ours_with_context(noisy)
     if ours_fine_tuned is not None:
         outputs["self_fine_tuned"] = ours_fine_tuned(noisy)
+    if ours_fine_tuned_ensemble is not None:
+        outputs["self_fine_tuned_ensemble"] = ours_fine_tuned_ensemble(noisy)
     if theirs is not None:
         outputs["careamics_n2v2"] = theirs
     table = {name: scores(images, clean) for name, images in outputs.items()}
@@ -631,7 +638,8 @@ def bm3d_subset(outputs: dict[str, np.ndarray], noisy: np.ndarray, clean: np.nda
     block: dict = {"frames": idx.tolist()}
     block.update({name: scores(images[idx], truth) for name, images in outputs.items()})
     block["bm3d"] = scores(out, truth) | choice | {"seconds": round(time.monotonic() - t0, 1)}
-    for name in ("shipped", "self_trained", "self_trained_context", "self_fine_tuned", "careamics_n2v2"):
+    for name in ("shipped", "self_trained", "self_trained_context", "self_fine_tuned", "self_fine_tuned_ensemble",
+                 "careamics_n2v2"):
         if name in block:
             block[f"{name}_minus_bm3d_psnr_db"] = round(block[name]["psnr_db"] - block["bm3d"]["psnr_db"], 3)
     return block, (out[0] if idx.size and idx[0] == 0 else None)
@@ -692,17 +700,18 @@ def real_data(args: argparse.Namespace, shipped: Denoiser) -> tuple[dict, dict |
     if args.context_frames > 1:
         log(f"FMD: training with {args.context_frames} context frames for {args.fmd_budget_minutes:g} min")
         ours_context, context_info, _ = self_trained(train, args.fmd_budget_minutes * 60.0, args, args.context_frames)
-    tuned, tuned_info = None, None
+    tuned, tuned_mean, tuned_info = None, None, None
     if args.fine_tune:
         log(f"FMD: fine-tuning {args.shipped} on fov1 and fov2 for {args.fmd_budget_minutes:g} min")
-        tuned, tuned_info = fine_tuned([read("fov1_raw.tif"), fov2_all], args.fmd_budget_minutes * 60.0, args)
+        tuned, tuned_mean, tuned_info = fine_tuned([read("fov1_raw.tif"), fov2_all], args.fmd_budget_minutes * 60.0,
+                                                   args)
     theirs = None
     if args.fmd_careamics:
         theirs, their_info = careamics(train, test, args.fmd_budget_minutes * 60.0, args)
     # The last frames of the test series: those with frames before them (a context model sees them).
     plan = bm3d_plan(last_of_each([0] * len(test), args.bm3d_frames), noise, args)
     table, panels = compare(test, np.broadcast_to(gt, test.shape), sigma, shipped, ours, theirs, plan, ours_context,
-                            tuned)
+                            tuned, tuned_mean)
     table["self_trained"].update(info)
     if tuned_info is not None:
         table["self_fine_tuned"].update(tuned_info)
@@ -736,14 +745,15 @@ def foreign_level(peak: float, args: argparse.Namespace, shipped: Denoiser) -> t
         log(f"foreign {peak:g} photons: training with {args.context_frames} context frames")
         ours_context, context_info, _ = self_trained(test.noisy_adu, args.foreign_budget_minutes * 60.0, args,
                                                      args.context_frames, series=test.scene)
-    tuned, tuned_info = None, None
+    tuned, tuned_mean, tuned_info = None, None, None
     if args.fine_tune:
         log(f"foreign {peak:g} photons: fine-tuning {args.shipped} on the test series")
-        tuned, tuned_info = fine_tuned([test.noisy_adu[g] for g in groups_of(test.scene)],
+        tuned, tuned_mean, tuned_info = fine_tuned([test.noisy_adu[g] for g in groups_of(test.scene)],
                                        args.foreign_budget_minutes * 60.0, args)
     # The last frames of each scene's series: those with frames before them (a context model sees them).
     plan = bm3d_plan(last_of_each(test.scene, args.bm3d_frames), FOREIGN_CAMERA.noise, args)
-    table, panels = compare(test.noisy_adu, test.clean_adu, sigma, shipped, ours, None, plan, ours_context, tuned)
+    table, panels = compare(test.noisy_adu, test.clean_adu, sigma, shipped, ours, None, plan, ours_context, tuned,
+                            tuned_mean)
     table["self_trained"].update(info)
     if tuned_info is not None:
         table["self_fine_tuned"].update(tuned_info)

@@ -35,6 +35,8 @@ class ModelRun(BaseModel):
     frame_count: int = Field(ge=1)
     model: str = Field(description="NAME@VERSION")
     model_sha256: str | None = Field(default=None, description="of the model's ONNX file")
+    ensemble_transforms: int = Field(default=1, ge=1, le=8, description=(
+        "each frame is the mean of the model's outputs over this many flips / quarter turns of it (1: one run)"))
 
 
 class CameraModel(BaseModel):
@@ -111,10 +113,12 @@ class Provenance(BaseModel):
 
     @classmethod
     def of_one_model(cls, *, operation: str, source: str, frame_count: int, model: str,
-                     model_file: Path | None = None, camera: CameraModel | None = None) -> Provenance:
+                     model_file: Path | None = None, camera: CameraModel | None = None,
+                     ensemble_transforms: int = 1) -> Provenance:
         """Every frame made by one model (an offline command)."""
         sha = sha256_of(model_file) if model_file is not None else None
-        runs = (ModelRun(first_frame=0, frame_count=frame_count, model=model, model_sha256=sha),) if frame_count else ()
+        runs = (ModelRun(first_frame=0, frame_count=frame_count, model=model, model_sha256=sha,
+                         ensemble_transforms=ensemble_transforms),) if frame_count else ()
         return cls(operation=operation, source=source, frame_count=frame_count, model_runs=runs, camera=camera)
 
 

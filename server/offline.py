@@ -28,6 +28,7 @@ from livescope.context import causal_windows
 from livescope.modelcard import ModelCard
 from livescope.provenance import CameraModel, Provenance
 from livescope.server.domain import domain_warnings
+from livescope.server.ensemble import ENSEMBLE_TASKS, TRANSFORMS, ensembled
 from livescope.server.tiling import DEFAULT_TILE_PX, effective_tile, is_out_of_memory, run_shrinking_on_oom
 from livescope.stackio import Stack, StackError, read_stack, stack_format, write_stack
 
@@ -72,6 +73,7 @@ class OfflineSummary(BaseModel):
     seconds: float
     warnings: tuple[str, ...] = ()
     camera: str | None = None  # how a camera-agnostic model's photons were obtained, in words
+    ensemble_transforms: int = 1  # each frame the mean over this many flips / quarter turns
 
     @property
     def frames_per_s(self) -> float:
@@ -81,8 +83,9 @@ class OfflineSummary(BaseModel):
         h, w = self.frame_shape
         tiles = f", tiles of {self.tile_px} px" if self.tile_px else ""
         clipped = f", {self.clipped_pixels} input pixels clipped" if self.clipped_pixels else ""
+        mean = f", each the mean of {self.ensemble_transforms} flips/turns" if self.ensemble_transforms > 1 else ""
         return (f"{self.model} ({self.provider}): {self.frames} frames of {h}x{w} px in "
-                f"{self.seconds:.1f} s ({self.frames_per_s:.1f} frames/s{tiles}{clipped}) -> {self.output}"
+                f"{self.seconds:.1f} s ({self.frames_per_s:.1f} frames/s{tiles}{mean}{clipped}) -> {self.output}"
                 + (f"\nphotons from {self.camera}" if self.camera else ""))
 
 
@@ -116,7 +119,7 @@ def tiling_for(card: ModelCard, tile_px: int | None = None) -> tuple[int, bool]:
 
 def restore_stack(model: RunsFrames, stack: Stack | np.ndarray, *, batch: int = 4,
                   tile_px: int | None = None, progress: Progress | None = None,
-                  scale: PhotonScale | None = None) -> np.ndarray:
+                  scale: PhotonScale | None = None, ensemble: bool = False) -> np.ndarray:
     """Run the model on every frame of a (T, H, W) stack; return float32 (T, H, W).
 
     A camera-agnostic model (card normalisation ``photons``) gets the frames in noise-equivalent
@@ -126,11 +129,14 @@ def restore_stack(model: RunsFrames, stack: Stack | np.ndarray, *, batch: int = 
     in before the stack's start: ``livescope.context.causal_windows``), as it would live.
     ``batch`` frames (or tiles, for frames larger than a tile) go to the model per call.
     ``tile_px`` overrides the default tile size for models that accept any size.
+    ``ensemble``: each tile's result is the mean over its 8 flips and quarter turns
+    (`livescope.server.ensemble`; 8x the time); OfflineError for a task without that symmetry.
     """
     frames = stack.frames if isinstance(stack, Stack) else stack
     if frames.ndim != 3:
         raise ValueError(f"frames must be (T, H, W), got shape {frames.shape}")
     card = model.card
+    check_ensemble(card, ensemble)
     tile, fixed = tiling_for(card, tile_px)
     t = frames.shape[0]
     out: np.ndarray | None = None
@@ -138,6 +144,8 @@ def restore_stack(model: RunsFrames, stack: Stack | np.ndarray, *, batch: int = 
     done = 0
     context = card.context_frames
     run = model.run if context == 1 else (lambda windows: model.run_windows(windows)[:, 0])
+    if ensemble:
+        run = ensembled(run)
     if card.normalisation.kind == "photons":
         run = (scale or photon_scale(frames)).around(run)
     while done < t:
@@ -155,6 +163,13 @@ def restore_stack(model: RunsFrames, stack: Stack | np.ndarray, *, batch: int = 
         if progress is not None:
             progress(done, t)
     return out if out is not None else np.empty((0, *frames.shape[1:]), np.float32)
+
+
+def check_ensemble(card: ModelCard, ensemble: bool) -> None:
+    """OfflineError when ``ensemble`` is asked of a model whose task a flip or a quarter turn changes."""
+    if ensemble and card.task not in ENSEMBLE_TASKS:
+        raise OfflineError(f"--ensemble averages over flips and quarter turns, which a {card.task} model "
+                           f"({card.ref}) does not allow; run it without --ensemble")
 
 
 def check_image_model(card: ModelCard, task: str | None) -> None:
@@ -243,7 +258,7 @@ def run_offline(task_stage: str, in_path: str | os.PathLike, out_path: str | os.
                 progress: Progress | None = None, batch: int = 4, tile_px: int | None = None,
                 provider: str | None = None, threads: int | None = None,
                 task: str | None = None, baseline_adu: float | None = None, e_per_adu: float | None = None,
-                em_gain: float = 1.0) -> OfflineSummary:
+                em_gain: float = 1.0, ensemble: bool = False) -> OfflineSummary:
     """Read IN, restore it with the model ``task_stage`` ('denoise' or 'denoise@2'), write OUT.
 
     ``task``: the command's task; a model trained for another task is refused. For a camera-agnostic
@@ -257,6 +272,7 @@ def run_offline(task_stage: str, in_path: str | os.PathLike, out_path: str | os.
         raise StackError(f"{out_path} already exists; choose another output or pass --overwrite")
     model_version = resolve_model(task_stage, model_dirs)
     check_image_model(model_version.card, task)
+    check_ensemble(model_version.card, ensemble)
     stack = read_stack(in_path)
     scale, warnings = scale_and_warnings(model_version.card, stack.frames, in_path, baseline_adu=baseline_adu,
                                          e_per_adu=e_per_adu, em_gain=em_gain)
@@ -267,23 +283,27 @@ def run_offline(task_stage: str, in_path: str | os.PathLike, out_path: str | os.
     clipped = 0 if stack.frames.dtype.name == in_dtype else sum(
         to_model_dtype(stack.frames[i:i + 64], in_dtype)[1] for i in range(0, stack.n_frames, 64))
     try:
-        restored = restore_stack(model, stack, batch=batch, tile_px=tile_px, progress=progress, scale=scale)
+        restored = restore_stack(model, stack, batch=batch, tile_px=tile_px, progress=progress, scale=scale,
+                                 ensemble=ensemble)
     except Exception as e:
         if not is_out_of_memory(e) or model.provider == "cpu":
             raise
         log.warning("%s: out of memory on %s even with small tiles; running on the CPU",
                     model.ref, model.provider)
         model = load_model(model_version, "cpu", threads)
-        restored = restore_stack(model, stack, batch=batch, tile_px=tile_px, progress=progress, scale=scale)
+        restored = restore_stack(model, stack, batch=batch, tile_px=tile_px, progress=progress, scale=scale,
+                                 ensemble=ensemble)
     seconds = time.perf_counter() - t0
     camera = None if scale is None else CameraModel(**scale.model_dump())
+    transforms = len(TRANSFORMS) if ensemble else 1
     write_stack(out_path, restored, stack, overwrite=overwrite, provenance=Provenance.of_one_model(
         operation=task or model.card.task, source=str(in_path), frame_count=len(restored), model=model.ref,
-        model_file=model_version.onnx_path, camera=camera))
+        model_file=model_version.onnx_path, camera=camera, ensemble_transforms=transforms))
     tile, fixed = tiling_for(model.card, tile_px)
     h, w = stack.frames.shape[1:]
     return OfflineSummary(model=model.ref, provider=model.provider, input=str(in_path),
                           output=str(out_path), frames=stack.n_frames, frame_shape=(h, w),
                           tile_px=tile if fixed or max(h, w) > tile else None,
                           clipped_pixels=clipped, seconds=seconds, warnings=warnings,
-                          camera=None if scale is None else scale.source)
+                          camera=None if scale is None else scale.source,
+                          ensemble_transforms=transforms)

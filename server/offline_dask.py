@@ -36,10 +36,12 @@ import numpy as np
 
 from livescope.camera_estimate import PhotonScale
 from livescope.provenance import CameraModel, Provenance, sha256_of
+from livescope.server.ensemble import TRANSFORMS
 from livescope.server.offline import (
     OfflineError,
     OfflineSummary,
     Progress,
+    check_ensemble,
     check_image_model,
     gate_warnings,
     load_model,
@@ -109,7 +111,7 @@ def run_offline_dask(task_stage: str, in_path: str | os.PathLike, out_path: str 
                      progress: Progress | None = None, batch: int = 4, tile_px: int | None = None,
                      provider: str | None = None, threads: int | None = None, task: str | None = None,
                      baseline_adu: float | None = None, e_per_adu: float | None = None, em_gain: float = 1.0,
-                     timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S) -> OfflineSummary:
+                     ensemble: bool = False, timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S) -> OfflineSummary:
     """`run_offline` on the Dask cluster ``scheduler`` (an address, or 'local:N'); IN and OUT OME-Zarr.
 
     ``threads``: each worker's onnxruntime threads (default: onnxruntime's; for local:N, the cores
@@ -119,6 +121,7 @@ def run_offline_dask(task_stage: str, in_path: str | os.PathLike, out_path: str 
     version = resolve_model(task_stage, model_dirs)
     card = version.card
     check_image_model(card, task)
+    check_ensemble(card, ensemble)
     if card.context_frames > 1 or card.tiling.tile_px is not None:
         need = "its neighbour frames" if card.context_frames > 1 else "a fixed tile size"
         raise OfflineError(f"{card.ref} needs {need}, which --dask does not give it yet; run it without --dask")
@@ -129,22 +132,26 @@ def run_offline_dask(task_stage: str, in_path: str | os.PathLike, out_path: str 
     n, h, w = frames.shape
     tile, _ = tiling_for(card, tile_px)
     chunks, depth = _tiled(frames, card, tile, batch)
+    transforms = len(TRANSFORMS) if ensemble else 1
     with dask_client(scheduler, timeout_s=timeout_s) as client:
         scale, warnings = _scale_and_warnings(client, card, frames, in_path, baseline_adu, e_per_adu, em_gain)
         t0 = time.perf_counter()
         provenance = Provenance.of_one_model(
             operation=task or card.task, source=str(in_path), frame_count=n, model=card.ref,
-            model_file=version.onnx_path, camera=None if scale is None else CameraModel(**scale.model_dump()))
+            model_file=version.onnx_path, camera=None if scale is None else CameraModel(**scale.model_dump()),
+            ensemble_transforms=transforms)
         clipped = _clipped(client, frames, card.inputs[0].dtype)
         _map_and_write(client, chunks, depth, _restore_chunk, out_path, info, provenance, overwrite, progress,
-                       **_model_args(version, provider, threads), batch=batch, tile_px=tile_px, scale=scale)
+                       **_model_args(version, provider, threads), batch=batch, tile_px=tile_px, scale=scale,
+                       ensemble=ensemble)
         seconds = time.perf_counter() - t0
         providers = _providers(client)
     plan = plan_tiles(h, w, tile_px=tile, halo_px=card.tiling.halo_px, size_multiple_px=card.tiling.size_multiple_px)
     return OfflineSummary(model=card.ref, provider=providers, input=str(in_path),
                           output=str(out_path), frames=n, frame_shape=(h, w),
                           tile_px=tile if plan.n_tiles > 1 else None, clipped_pixels=clipped, seconds=seconds,
-                          warnings=warnings, camera=None if scale is None else scale.source)
+                          warnings=warnings, camera=None if scale is None else scale.source,
+                          ensemble_transforms=transforms)
 
 
 def run_refocus_dask(in_path: str | os.PathLike, out_path: str | os.PathLike, *, scheduler: str,
@@ -322,8 +329,10 @@ def _providers_loaded() -> list[str]:
 
 
 def _restore_chunk(chunk: np.ndarray, *, version: ModelVersion, sha: str, provider: str | None,
-                   threads: int | None, batch: int, tile_px: int | None, scale: PhotonScale | None) -> np.ndarray:
-    return restore_stack(_model(version, sha, provider, threads), chunk, batch=batch, tile_px=tile_px, scale=scale)
+                   threads: int | None, batch: int, tile_px: int | None, scale: PhotonScale | None,
+                   ensemble: bool) -> np.ndarray:
+    return restore_stack(_model(version, sha, provider, threads), chunk, batch=batch, tile_px=tile_px, scale=scale,
+                         ensemble=ensemble)
 
 
 def _refocus_chunk(chunk: np.ndarray, *, version: ModelVersion, sha: str, provider: str | None,

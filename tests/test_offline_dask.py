@@ -63,6 +63,19 @@ def test_a_dask_run_writes_the_single_process_result_bit_for_bit_with_the_same_m
     assert [p.name for p in tmp_path.iterdir()] == ["out.ome.zarr"]  # no temporary folder left
 
 
+def test_an_ensembled_dask_run_is_the_single_process_ensembled_result_bit_for_bit(cluster, single, tmp_path):
+    run_offline("denoise@2", single / "in.ome.zarr", tmp_path / "one.ome.zarr", tile_px=TILE_PX, task="denoise",
+                ensemble=True)
+    summary = run_offline_dask("denoise@2", single / "in.ome.zarr", tmp_path / "out.ome.zarr",
+                               scheduler=cluster.scheduler_address, tile_px=TILE_PX, batch=2, threads=1,
+                               task="denoise", ensemble=True)
+    out, ref = read_stack(tmp_path / "out.ome.zarr"), read_stack(tmp_path / "one.ome.zarr")
+    assert np.array_equal(out.frames, ref.frames)
+    assert not np.array_equal(out.frames, read_stack(single / "single.ome.zarr").frames)
+    assert out.info.provenance.model_runs == ref.info.provenance.model_runs
+    assert out.info.provenance.model_runs[0].ensemble_transforms == summary.ensemble_transforms == 8
+
+
 def test_each_worker_process_loads_the_model_once(cluster, single, tmp_path):
     run_offline_dask("denoise@2", single / "in.ome.zarr", tmp_path / "out.ome.zarr",
                      scheduler=cluster.scheduler_address, tile_px=TILE_PX, threads=1)

@@ -83,13 +83,16 @@ def denoise(
         "--e-per-adu", help="Camera conversion gain, e-/ADU, for a camera-agnostic model (default: estimated).",
     )] = None,
     em_gain: Annotated[float, typer.Option("--em-gain", help="EMCCD gain (1 for sCMOS).")] = 1.0,
+    ensemble: Annotated[bool, typer.Option(
+        "--ensemble", help="Average the model over each frame's 8 flips and quarter turns: a little "
+                           "cleaner, 8x the time.")] = False,
 ) -> None:
     """Denoise a stack with the newest (or the named) denoise model. A camera-agnostic model works in
     photons: the camera is estimated from the stack (and printed) unless given."""
     if (e_per_adu is not None and e_per_adu <= 0) or em_gain < 1 or (baseline is not None and baseline < 0):
         fail("--e-per-adu must be positive, --em-gain at least 1, --baseline not negative")
     _offline("denoise", model, inp, out, models, overwrite, tile, batch, provider, dask, dask_timeout,
-             baseline_adu=baseline, e_per_adu=e_per_adu, em_gain=em_gain)
+             baseline_adu=baseline, e_per_adu=e_per_adu, em_gain=em_gain, ensemble=ensemble)
 
 
 def restore(
