@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from livescope.client import FrameOutcome, Result
 from livescope.emitters import EmitterTable
+from livescope.protocol import stage_name
 from livescope.provenance import DriftCorrection, Provenance
 from livescope.render import RenderGrid, RunningRender, render
 from livescope.smlm_quality import Assessment, SmlmQuality, assess
@@ -31,13 +32,13 @@ TABLE_STAGES = ("localise",)
 
 def gives_tables(pipeline: Sequence[str]) -> bool:
     """Whether a pipeline's final results are emitter tables (its last stage localises)."""
-    return bool(pipeline) and pipeline[-1].split("@")[0] in TABLE_STAGES
+    return bool(pipeline) and stage_name(pipeline[-1]) in TABLE_STAGES
 
 
 def localises(pipeline: Sequence[str]) -> bool:
     """Whether a pipeline has a localise stage: its frames need the camera's calibration and
     pixel size (the stage works in photons and nm)."""
-    return any(stage.split("@")[0] == "localise" for stage in pipeline)
+    return any(stage_name(stage) == "localise" for stage in pipeline)
 
 
 class SmlmStop(BaseModel):

@@ -10,7 +10,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from livescope.client import Result
-from livescope.protocol import Objective
+from livescope.protocol import Objective, stage_name
 from livescope.provenance import Provenance
 from livescope.psf_estimate import TILE_DTYPE, write_tiles_csv
 
@@ -19,7 +19,7 @@ PSF_STAGES = ("psf",)
 
 def reads_psf(pipeline: tuple[str, ...] | list[str]) -> bool:
     """Whether a pipeline's final results are PSF tile tables (its last stage is a psf model)."""
-    return bool(pipeline) and pipeline[-1].split("@")[0] in PSF_STAGES
+    return bool(pipeline) and stage_name(pipeline[-1]) in PSF_STAGES
 
 
 class PsfSummary(BaseModel):

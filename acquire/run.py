@@ -37,7 +37,7 @@ from pymmcore_plus import CMMCorePlus
 
 from livescope.camera import CameraCalibration
 from livescope.client import DeliveryMode, Refusal, Result, StreamClient
-from livescope.protocol import Objective
+from livescope.protocol import Objective, stage_name
 from livescope.smlm_quality import SmlmQuality
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ class AcquisitionSummary(BaseModel):
 def refocuses(pipeline: Sequence[str]) -> bool:
     """Whether a pipeline names a refocusing stage (a model named refocus, or refocus-something):
     only then does a delta-z mean anything."""
-    return any(stage.split("@")[0].startswith("refocus") for stage in pipeline)
+    return any(stage_name(stage).startswith("refocus") for stage in pipeline)
 
 
 def run_acquisition(
@@ -196,7 +196,7 @@ def run_acquisition(
     collector = journal = None
     writer = localisations = psf_tiles = None
     if client is not None:
-        stage = pipeline[-1].split("@")[0]
+        stage = stage_name(pipeline[-1])
         if tables:
             table_path, render_path = table_paths(output, stage) if output is not None else (None, None)
             localisations = LocalisationWriter(

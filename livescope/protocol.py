@@ -419,6 +419,12 @@ def table_dtype(fields: tuple[TableField, ...]) -> np.dtype:
 _STAGE_RE = re.compile(r"^(?P<name>[a-z][a-z0-9_-]*)(@(?P<version>[0-9]+))?$")
 
 
+def stage_name(stage: str) -> str:
+    """A pipeline stage's model name without its version: 'denoise@3' -> 'denoise' (no check: see
+    `split_stage`)."""
+    return stage.partition("@")[0]
+
+
 def split_stage(stage: str) -> tuple[str, int | None]:
     """'denoise@3' -> ('denoise', 3); 'denoise' -> ('denoise', None)."""
     m = _STAGE_RE.match(stage)

@@ -17,6 +17,7 @@ from livescope.protocol import (
     decode_header,
     encode_header,
     split_stage,
+    stage_name,
 )
 
 
@@ -88,6 +89,7 @@ def test_stage_names_may_pin_a_version():
     assert split_stage("denoise@12") == ("denoise", 12)
     with pytest.raises(ValueError):
         split_stage("Denoise@x")
+    assert [stage_name(s) for s in ("denoise@3", "refocus-astig", "psf")] == ["denoise", "refocus-astig", "psf"]
 
 
 def test_a_client_reads_server_headers_with_fields_it_does_not_know():

@@ -155,12 +155,13 @@ def _check_output(output: Path | None, overwrite: bool, stages: tuple[str, ...])
         return
     from livescope.acquire.localisations import gives_tables
     from livescope.acquire.results import restored_path, table_paths
+    from livescope.protocol import stage_name
 
     if not output.name.endswith((".ome.zarr", ".ome.tiff", ".ome.tif")):
         fail(f"--output must end in .ome.zarr or .ome.tiff: {output}")
     targets = [output]
     if stages:
-        stage = stages[-1].split("@")[0]
+        stage = stage_name(stages[-1])
         targets += table_paths(output, stage) if gives_tables(stages) else [restored_path(output, stage)]
     for target in targets:
         if target.exists() and not overwrite:

@@ -98,6 +98,8 @@ def _recover(account) -> None:
 
 
 def _interrupted_advice(account) -> str:
+    from livescope.protocol import stage_name
+
     plan = account.plan
     lines = [f"The run was interrupted after {account.frames_acquired} of {plan.frames_planned} frames. "
              f"{plan.raw_path} holds them; the planned frames never acquired read as zeros."]
@@ -107,7 +109,7 @@ def _interrupted_advice(account) -> str:
                     "at the end of a run, so readers see its first frame alone. Recover them with: "
                     f"livescope report {plan.raw_path} --recover")
     if plan.pipeline:
-        stage = plan.pipeline[-1].split("@")[0]
+        stage = stage_name(plan.pipeline[-1])
         offline = _OFFLINE.get(stage)
         if stage == "localise":
             lines.append("Its emitter table is written at the end of a run, so none was; localise the saved "
