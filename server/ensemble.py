@@ -2,8 +2,9 @@
 
 A denoiser trained with every flip and quarter turn of its patches (livescope's are) should give
 the same image whichever way up a frame is shown to it; it does not, exactly, and the 8 answers'
-errors are partly independent, so their mean is closer to the truth: +0.07 dB on FMD's real
-confocal frames for a fine-tuned denoiser (bench/denoise_quality.py), for 8x the model's time.
+errors are partly independent, so their mean is closer to the truth: for a fine-tuned denoiser,
++0.05 dB on FMD's real confocal frames and +0.17-0.21 dB on the bench's foreign series
+(bench/denoise_quality.py), for 8x the model's time.
 The same trick as EDSR's "self-ensemble" and careamics' ``tta_transforms``. Offline only: live,
 the 8x would cost the camera's rate.
 
