@@ -749,7 +749,7 @@ def foreign_level(peak: float, args: argparse.Namespace, shipped: Denoiser) -> t
     if args.fine_tune:
         log(f"foreign {peak:g} photons: fine-tuning {args.shipped} on the test series")
         tuned, tuned_mean, tuned_info = fine_tuned([test.noisy_adu[g] for g in groups_of(test.scene)],
-                                       args.foreign_budget_minutes * 60.0, args)
+                                                   args.foreign_budget_minutes * 60.0, args)
     # The last frames of each scene's series: those with frames before them (a context model sees them).
     plan = bm3d_plan(last_of_each(test.scene, args.bm3d_frames), FOREIGN_CAMERA.noise, args)
     table, panels = compare(test.noisy_adu, test.clean_adu, sigma, shipped, ours, None, plan, ours_context, tuned,

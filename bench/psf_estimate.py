@@ -73,7 +73,8 @@ def run(model: LoadedModel, tiles: np.ndarray, optics: PsfOptics) -> dict:
     return tile_estimates(out)
 
 
-def focal_series_part(model: LoadedModel, quick: bool, optics_list=HELD_OUT) -> dict:
+def focal_series_part(model: LoadedModel, quick: bool,
+                      optics_list: tuple[tuple[float, ...], ...] = HELD_OUT) -> dict:
     rng = np.random.default_rng(7)
     z_planes = np.round(np.arange(-1.0, 1.0001, 0.2 if quick else 0.1), 3)
     pixel_um, side = 0.1, 192  # the tile is the middle 64 px of a 192 px field (no wrap-around reaches it)

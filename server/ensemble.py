@@ -27,6 +27,11 @@ TRANSFORMS = tuple((turns, flip) for flip in (False, True) for turns in range(4)
 RunFn = Callable[[np.ndarray], np.ndarray]
 
 
+def transform_count(ensemble: bool) -> int:
+    """How many runs each frame's result is the mean of (what an output's provenance records)."""
+    return len(TRANSFORMS) if ensemble else 1
+
+
 def _forward(x: np.ndarray, turns: int, flip: bool) -> np.ndarray:
     y = np.rot90(x, turns, axes=(-2, -1))
     return np.ascontiguousarray(y[..., ::-1] if flip else y)

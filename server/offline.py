@@ -28,7 +28,7 @@ from livescope.context import causal_windows
 from livescope.modelcard import ModelCard
 from livescope.provenance import CameraModel, Provenance
 from livescope.server.domain import domain_warnings
-from livescope.server.ensemble import ENSEMBLE_TASKS, TRANSFORMS, ensembled
+from livescope.server.ensemble import ENSEMBLE_TASKS, ensembled, transform_count
 from livescope.server.tiling import DEFAULT_TILE_PX, effective_tile, is_out_of_memory, run_shrinking_on_oom
 from livescope.stackio import Stack, StackError, read_stack, stack_format, write_stack
 
@@ -295,7 +295,7 @@ def run_offline(task_stage: str, in_path: str | os.PathLike, out_path: str | os.
                                  ensemble=ensemble)
     seconds = time.perf_counter() - t0
     camera = None if scale is None else CameraModel(**scale.model_dump())
-    transforms = len(TRANSFORMS) if ensemble else 1
+    transforms = transform_count(ensemble)
     write_stack(out_path, restored, stack, overwrite=overwrite, provenance=Provenance.of_one_model(
         operation=task or model.card.task, source=str(in_path), frame_count=len(restored), model=model.ref,
         model_file=model_version.onnx_path, camera=camera, ensemble_transforms=transforms))

@@ -36,7 +36,7 @@ import numpy as np
 
 from livescope.camera_estimate import PhotonScale
 from livescope.provenance import CameraModel, Provenance, sha256_of
-from livescope.server.ensemble import TRANSFORMS
+from livescope.server.ensemble import transform_count
 from livescope.server.offline import (
     OfflineError,
     OfflineSummary,
@@ -132,7 +132,7 @@ def run_offline_dask(task_stage: str, in_path: str | os.PathLike, out_path: str 
     n, h, w = frames.shape
     tile, _ = tiling_for(card, tile_px)
     chunks, depth = _tiled(frames, card, tile, batch)
-    transforms = len(TRANSFORMS) if ensemble else 1
+    transforms = transform_count(ensemble)
     with dask_client(scheduler, timeout_s=timeout_s) as client:
         scale, warnings = _scale_and_warnings(client, card, frames, in_path, baseline_adu, e_per_adu, em_gain)
         t0 = time.perf_counter()
