@@ -17,7 +17,13 @@ def line_chart(series: dict[str, tuple[np.ndarray, np.ndarray]], x_label: str, y
     if not xs:
         return f"<p>no {y_label} to plot</p>"
     x_lo, x_hi = min(x.min() for x in xs), max(x.max() for x in xs)
-    y_lo, y_hi = 0.0, max(float(np.nanmax(y)) for y in ys) or 1.0
+    # The value axis spans zero and every value: a loss is read against zero, and a log-likelihood
+    # loss goes below it.
+    finite = [y[np.isfinite(y)] for y in ys]
+    y_lo = min([0.0] + [float(y.min()) for y in finite if len(y)])
+    y_hi = max([0.0] + [float(y.max()) for y in finite if len(y)])
+    if y_hi == y_lo:
+        y_hi = y_lo + 1.0
     left, bottom, pad = 56, 34, 10
 
     def px(x: np.ndarray, y: np.ndarray) -> str:
@@ -31,7 +37,7 @@ def line_chart(series: dict[str, tuple[np.ndarray, np.ndarray]], x_label: str, y
              f'<text x="{left}" y="{height - 18}">{x_lo:g}</text>',
              f'<text x="{width - pad}" y="{height - 18}" text-anchor="end">{x_hi:g}</text>',
              f'<text x="{(left + width) / 2}" y="{height - 4}" text-anchor="middle">{html.escape(x_label)}</text>',
-             f'<text x="{left - 4}" y="{height - bottom}" text-anchor="end">{y_lo:g}</text>',
+             f'<text x="{left - 4}" y="{height - bottom}" text-anchor="end">{y_lo:.3g}</text>',
              f'<text x="{left - 4}" y="{pad + 8}" text-anchor="end">{y_hi:.3g}</text>',
              f'<text x="12" y="{(height - bottom) / 2}" transform="rotate(-90 12 {(height - bottom) / 2})" '
              f'text-anchor="middle">{html.escape(y_label)}</text>']
