@@ -1,7 +1,8 @@
 """Does the PSF estimator's network learn defocus at all, and how fast? (issue 20). Prints JSON.
 
 Trains the shipped estimator's architecture (models/psf/estimate_net.py) on |defocus| alone with a
-plain squared error, on fresh simulated patches every step (models/psf/estimate_data.py: nothing seen
+plain squared error, in the trainer's own loop and optimiser settings (models/training_loop.py: AdamW,
+warm-up, cosine decay), on fresh simulated patches every step (models/psf/estimate_data.py: nothing seen
 twice), and scores it along the way on two fixed sets of fresh patches: optics the training draws
 (in-distribution) and the held-out optics region it never draws. Each score is the rms |defocus|
 error against the best constant for those patches (their own mean |z|), over the whole trained range
@@ -30,9 +31,8 @@ import torch
 
 from livescope.models.psf.estimate_data import PsfBatch, PsfSimulation, simulate
 from livescope.models.psf.estimate_net import PsfEstimator
-from livescope.models.psf.estimate_train import inputs_of
-
-WITHIN_UM = 1.0  # the issue's range
+from livescope.models.psf.estimate_train import WITHIN_UM, constant_guess_rms_nm, inputs_of
+from livescope.models.training_loop import LoopSettings, fit
 
 
 class FreshPatches(torch.utils.data.IterableDataset):
@@ -49,12 +49,9 @@ class FreshPatches(torch.utils.data.IterableDataset):
             yield inputs_of(b), torch.from_numpy(np.abs(b.defocus_um))
 
 
-def predict(net: PsfEstimator, x: torch.Tensor, device: torch.device) -> np.ndarray:
-    net.eval()
-    with torch.no_grad():
-        out = torch.cat([net(x[i:i + 256].to(device))[:, 0, 0, 0].cpu() for i in range(0, len(x), 256)])
-    net.train()
-    return out.numpy()
+def predict(net: torch.nn.Module, x: torch.Tensor, device: torch.device) -> np.ndarray:
+    """|defocus| (µm) of each input; the training loop has put ``net`` in eval mode without gradients."""
+    return torch.cat([net(x[i:i + 256].to(device))[:, 0, 0, 0].cpu() for i in range(0, len(x), 256)]).numpy()
 
 
 def scores(pred: np.ndarray, batch: PsfBatch) -> dict:
@@ -67,7 +64,8 @@ def scores(pred: np.ndarray, batch: PsfBatch) -> dict:
 
     every = np.ones_like(within)
     return {"rms_nm": round(rms(every)), "constant_rms_nm": round(float(z.std() * 1e3)),
-            "within_1um_rms_nm": round(rms(within)), "within_1um_constant_rms_nm": round(float(z[within].std() * 1e3)),
+            "within_1um_rms_nm": round(rms(within)),
+            "within_1um_constant_rms_nm": round(constant_guess_rms_nm(batch.defocus_um)),
             "within_1um_bias_nm": round(float(np.mean(pred[within] - z[within]) * 1e3)),
             "rms_over_constant_by_texture": {t: round(rms(tex == t) / float(z[tex == t].std() * 1e3), 3)
                                              for t in sorted(set(batch.texture))}}
@@ -95,29 +93,30 @@ def main() -> None:
                                         held_out=True)}
     inputs = {k: inputs_of(b) for k, b in sets.items()}
     net = PsfEstimator().to(device)
-    optimiser = torch.optim.AdamW(net.parameters(), lr=args.learning_rate, weight_decay=1e-4)
-    loader = torch.utils.data.DataLoader(FreshPatches(sim, args.batch, args.seed), batch_size=None,
-                                         num_workers=args.workers)
-    curve, running, t0 = [], None, time.perf_counter()
-    for step, (x, z) in enumerate(loader, start=1):
-        # linear warm-up over 200 steps, then cosine decay to zero at the last step
-        lr = args.learning_rate * min(1.0, step / 200) * 0.5 * (1 + np.cos(np.pi * step / args.steps))
-        for group in optimiser.param_groups:
-            group["lr"] = lr
-        loss = ((net(x.to(device))[:, 0, 0, 0] - z.to(device)) ** 2).mean()
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
-        optimiser.step()
-        value = float(loss.detach())
-        running = value if running is None else 0.98 * running + 0.02 * value
-        if step % args.evaluate_every == 0 or step == args.steps:
-            point = {"step": step, "seconds": round(time.perf_counter() - t0), "train_mse_um2": round(running, 4)}
-            point |= {k: scores(predict(net, inputs[k], device), sets[k]) for k in sets}
-            curve.append(point)
-            print(json.dumps(point), flush=True)
-        if step >= args.steps:
-            break
+    batches = iter(torch.utils.data.DataLoader(FreshPatches(sim, args.batch, args.seed), batch_size=None,
+                                               num_workers=args.workers))
+    steps_done, curve, t0 = 0, [], time.perf_counter()
+
+    def train_loss(g: torch.nn.Module) -> torch.Tensor:
+        nonlocal steps_done
+        steps_done += 1
+        x, z = next(batches)
+        return ((g(x.to(device))[:, 0, 0, 0] - z.to(device)) ** 2).mean()
+
+    def evaluate(g: torch.nn.Module) -> float:
+        predicted = {k: predict(g, inputs[k], device) for k in sets}
+        point = {"step": steps_done, "seconds": round(time.perf_counter() - t0)}
+        point |= {k: scores(predicted[k], sets[k]) for k in sets}
+        curve.append(point)
+        print(json.dumps(point), flush=True)
+        return float(np.mean((predicted["in_distribution"] - np.abs(sets["in_distribution"].defocus_um)) ** 2))
+
+    # The trainer's own loop and optimiser settings (models/psf/estimate_train.py), this loss
+    trained = fit(net, train_loss, evaluate, LoopSettings(learning_rate=args.learning_rate, steps=args.steps,
+                                                          budget_seconds=None, validate_every_steps=args.evaluate_every,
+                                                          weight_decay=1e-4, clip_grad_norm=5.0))
+    for point, (_, train_mse) in zip(curve, trained.curve.train):
+        point["train_mse_um2"] = round(train_mse, 4)
     print(json.dumps({"benchmark": "psf_learning", "machine": f"{platform.machine()} {torch.get_num_threads()} "
                       f"threads, {args.device}", "loss": "squared error on |defocus| (µm)", "batch": args.batch,
                       "learning_rate": args.learning_rate, "seed": args.seed, "trained_range_um": sim.defocus_um,
