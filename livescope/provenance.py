@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from livescope import __version__
+from livescope.code_version import code_version
 
 PROVENANCE_KEY = "livescope"
 """The OME-Zarr attribute and the OME-XML MapAnnotation namespace suffix that hold the record."""
@@ -67,7 +67,7 @@ class Provenance(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     schema_version: int = 1
-    software: str = f"livescope {__version__}"
+    software: str = Field(default_factory=lambda: f"livescope {code_version()}")
     created_utc: str = Field(default_factory=lambda: datetime.datetime.now(datetime.timezone.utc).isoformat(
         timespec="seconds"))
     operation: str = Field(description="the command or stage: denoise, restore, refocus, localise, ...")

@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from livescope import __version__
+from livescope.code_version import code_version
 from livescope.modelcard import ModelCard, QualityGate
 from livescope.models.bioimage import default_opset
 from livescope.repository import MODEL_FILE, write_version
@@ -77,7 +77,7 @@ def import_bioimage(package: Path, repository: Path, *, name: str | None = None,
         outputs=[{"name": OUTPUT, "dtype": "float32", "axes": "NCYX"}],
         normalisation={"kind": "none"},
         tiling={"size_multiple_px": step, "halo_px": halo or DEFAULT_HALO_PX, "tile_px": tile},
-        provenance={"command": command, "code_version": __version__,
+        provenance={"command": command, "code_version": code_version(),
                     "data": f"the package's own training data (see its documentation); package {Path(package).name}"},
         metrics={},
         gate=QualityGate(passed=False, metric="none", higher_is_better=True, new_value=0.0, classical_method=None,

@@ -13,7 +13,7 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto, helper
 
-import livescope
+from livescope.code_version import code_version
 from livescope.modelcard import MODEL_FILE, ModelCard, Provenance, TensorSpec
 
 # onnxruntime 1.31 reads IR <= 13; onnx 1.23 would write 14 by default.
@@ -43,7 +43,7 @@ def identity_card(version: int = 1) -> ModelCard:
         normalisation={"kind": "none"},
         provenance=Provenance(
             command="python -m livescope.models.identity models/shipped",
-            code_version=livescope.__version__,
+            code_version=code_version(),
             data="none (no training)",
         ),
     )

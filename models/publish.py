@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-import livescope
+from livescope.code_version import code_version
 from livescope.charts import line_chart
 from livescope.png import grey_png, stretched
 from livescope.modelcard import MODEL_FILE, ModelCard, Provenance, Task
@@ -51,7 +51,7 @@ class TrainingRecord:
     examples: np.ndarray | None = None
 
     def provenance(self) -> Provenance:
-        return Provenance(command=self.command, code_version=livescope.__version__, data=self.data,
+        return Provenance(command=self.command, code_version=code_version(), data=self.data,
                           data_hash=self.data_hash, seed=self.seed,
                           trained_at=datetime.now(timezone.utc).replace(microsecond=0),
                           train_seconds=round(self.train_seconds, 1), session_ids=self.session_ids)

@@ -14,6 +14,7 @@ import onnxruntime as ort
 import pytest
 import tifffile
 
+from livescope.code_version import code_version
 from livescope.modelcard import CARD_FILE, MODEL_FILE, ModelCard
 
 
@@ -134,6 +135,7 @@ def test_a_run_on_own_data_writes_the_next_version_with_a_card_naming_the_data(t
     assert str(stack) in card.provenance.data and "held out" in card.provenance.data
     assert card.provenance.data_hash.startswith("sha256:") and card.provenance.seed == 4
     assert "--data" in card.provenance.command and card.provenance.trained_at is not None
+    assert card.provenance.code_version == code_version()  # with the commit, from a checkout
     assert card.trained_for.pixel_size_nm == (108.0, 108.0)
     assert card.metrics["n2v_validation_mse_adu2"] > 0
     assert card.metrics["n2v_validation_mse_adu2_median_filter"] > 0
