@@ -6,11 +6,13 @@ warm-up, cosine decay), on fresh simulated patches every step (models/psf/estima
 twice), and scores it along the way on two fixed sets of fresh patches: optics the training draws
 (in-distribution) and the held-out optics region it never draws. Each score is the rms |defocus|
 error against the best constant for those patches (their own mean |z|), over the whole trained range
-(+-1.5 µm) and over the issue's +-1 µm, overall and per texture. What it tells apart:
+(`PsfSimulation.defocus_um`: +-1 µm; +-1.5 µm when the README's probe ran) and over the issue's +-1 µm,
+overall and per texture. What it tells apart:
 
 - held-out optics scoring like in-distribution: the miss is not about unseen optics;
-- the full-range error falling while the +-1 µm one does not: the network is learning, and what it
-  cannot yet read it guesses near the trained range's mean |z| (0.75 µm), a bias over +-1 µm;
+- the full-range error falling while the +-1 µm one does not (a trained range wider than +-1 µm): the
+  network is learning, and what it cannot yet read it guesses near the trained range's mean |z|, a bias
+  over +-1 µm (why the range is now +-1 µm);
 - how the error falls with steps: what more compute (a GPU) would buy.
 
 It publishes nothing. ``--workers N`` simulates in N processes (the simulation, not the network, is

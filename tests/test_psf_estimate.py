@@ -47,7 +47,7 @@ def test_simulated_batches_hold_truth_and_camera_counts_within_the_documented_ra
     sim = PsfSimulation()
     batch = simulate(sim, 8, np.random.default_rng(0))
     assert batch.adu.shape == (8, 64, 64) and batch.adu.min() >= 0 and float(batch.adu.max()) <= 65535
-    assert np.all(np.abs(batch.defocus_um) <= 1.5)
+    assert np.all(np.abs(batch.defocus_um) <= 1.0)
     na, em = batch.optics[:, 0], batch.optics[:, 1] * 1e3
     assert not any(sim.held_out(a, e) for a, e in zip(na, em))  # the benchmark's optics are never drawn
     held = simulate(sim, 8, np.random.default_rng(0), held_out=True)

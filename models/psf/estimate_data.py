@@ -9,7 +9,9 @@ Each patch is drawn fresh (nothing is seen twice):
   ``virtual`` (windows of the virtual microscope's filaments, beads and cell nuclei,
   acquire/virtual/specimen.py).
 - **Optics** (`PsfSimulation`): immersion air (NA 0.7-0.95), water (1.0-1.25) or oil (1.2-1.49);
-  emission 450-700 nm; pixel 60-160 nm at the sample; defocus uniform in +-1.5 µm; astigmatism and
+  emission 450-700 nm; pixel 60-160 nm at the sample; defocus uniform in +-1 µm (the range the estimate is
+  judged over: what a network cannot read from a tile it guesses near the trained range's mean |z|,
+  which over a wider trained range is a bias, measured with bench/psf_learning.py); astigmatism and
   spherical aberration each uniform in +-0.15 waves rms (Zernike Z(2,2), Z(4,0), `Optics`'
   convention); one region of the (NA, emission) plane is never drawn (``held_out``) so that the
   benchmark can test optics the network has not seen.
@@ -48,7 +50,7 @@ class PsfSimulation(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     patch_px: int = Field(default=64, ge=16, le=PERIOD_PX)
-    defocus_um: tuple[float, float] = (-1.5, 1.5)
+    defocus_um: tuple[float, float] = (-1.0, 1.0)
     astigmatism_waves: tuple[float, float] = (-0.15, 0.15)
     spherical_waves: tuple[float, float] = (-0.15, 0.15)
     emission_nm: tuple[float, float] = (450.0, 700.0)
