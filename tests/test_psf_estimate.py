@@ -134,7 +134,7 @@ def test_the_summary_runs_on_the_same_loaded_model_api(repository, tmp_path):
 def test_mistakes_are_one_line_without_a_traceback(repository, tmp_path, monkeypatch, args, says):
     monkeypatch.chdir(tmp_path)
     _stack(tmp_path / "in.tif")
-    named = [] if "--model" in args else ["--model", repository[1]]  # a candidate: no psf serves by default
+    named = [] if "--model" in args else ["--model", repository[1]]  # the fixture's own 4-step candidate
     result = runner.invoke(app, ["psf", *args, "--models", str(repository[0]), *named])
     assert result.exit_code == 2
     assert says in result.output and "Traceback" not in result.output
@@ -142,11 +142,10 @@ def test_mistakes_are_one_line_without_a_traceback(repository, tmp_path, monkeyp
     assert not (tmp_path / "out.csv").exists()
 
 
-def test_with_only_candidates_the_bare_name_says_why_none_is_used_and_how_to_use_one(repository, tmp_path,
-                                                                                    monkeypatch):
+def test_the_bare_name_uses_the_shipped_version_that_passed_the_gate_not_a_newer_candidate(repository, tmp_path,
+                                                                                          monkeypatch):
     monkeypatch.chdir(tmp_path)
     _stack(tmp_path / "in.tif")
     result = runner.invoke(app, ["psf", "in.tif", "out.csv", "--pixel-size", "100", "--models", str(repository[0])])
-    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
-    assert "no version of 'psf' passed the quality gate" in result.output and "--force" in result.output
-    assert not (tmp_path / "out.csv").exists()
+    assert result.exit_code == 0, result.output
+    assert repository[1] != "psf@1" and Provenance.of_table(tmp_path / "out.csv").model_of(1) == "psf@1"

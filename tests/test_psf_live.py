@@ -13,13 +13,13 @@ from livescope.protocol import Objective
 from livescope.psf_estimate import TILE_DTYPE
 
 OIL = Objective(na=1.4, emission_nm=600.0, immersion_index=1.515)
-SHIPPED = "psf@1"  # a candidate (it does not beat a constant guess: README): served here by force
+SHIPPED = "psf@1"  # passed the quality gate: activated without force
 
 
 def serve_psf(frames_address: str) -> None:
     with StreamClient(frames_address) as control:
         control.connect()
-        control.control("activate", model=SHIPPED, force=True)
+        control.control("activate", model=SHIPPED)
 
 
 @pytest.fixture(autouse=True)
