@@ -25,7 +25,7 @@ import onnx
 from onnx import numpy_helper
 
 from livescope.code_version import code_version
-from livescope.repository import ModelRepository, shipped_models_root
+from livescope.repository import ModelRepository, UnknownModelError, shipped_models_root
 
 
 def rerun_args(command: str, into: Path) -> list[str]:
@@ -65,7 +65,12 @@ def main() -> None:
     ap.add_argument("--models", type=Path, action="append", default=[], help="a repository besides the shipped one")
     args = ap.parse_args()
     name, _, version = args.model.partition("@")
-    target = ModelRepository([shipped_models_root(), *args.models]).resolve(name, int(version))
+    if not version.isdigit():
+        raise SystemExit(f"name the version to rerun as NAME@VERSION, e.g. psf@1 (not {args.model!r})")
+    try:
+        target = ModelRepository([shipped_models_root(), *args.models]).resolve(name, int(version))
+    except UnknownModelError as e:
+        raise SystemExit(str(e)) from None
     with tempfile.TemporaryDirectory(prefix="livescope-reproduce-") as scratch:
         cmd = [sys.executable, "-m", "livescope.cli", *rerun_args(target.card.provenance.command, Path(scratch))]
         t0 = time.perf_counter()
@@ -75,7 +80,7 @@ def main() -> None:
         written = sorted(Path(scratch).glob(f"{name}/*/model.onnx"))
         if not written:
             raise SystemExit(f"the command wrote no version of {name} (exit {done.returncode}): "
-                             f"{done.stderr.strip().splitlines()[-1:] or ['no message']}")
+                             f"{(done.stderr.strip().splitlines() or ['no message'])[-1]}")
         result = compare(weights(target.onnx_path), weights(written[-1]))
     print(json.dumps({"benchmark": "reproduce_model", "model": target.ref,
                       "command": target.card.provenance.command,

@@ -50,3 +50,10 @@ def test_a_version_trained_by_its_command_is_repeated_bit_for_bit(tmp_path) -> N
     report = json.loads(rerun.stdout)
     assert report["model"] == ref and report["bit_identical"] and report["max_abs_difference"] == 0.0
     assert report["trained_by_code"] == report["rerun_by_code"]
+
+
+@pytest.mark.parametrize("model, says", [("nosuch@1", "no model named 'nosuch'"), ("psf", "NAME@VERSION")])
+def test_a_model_it_cannot_find_is_one_line_without_a_traceback(model, says) -> None:
+    r = subprocess.run([sys.executable, "bench/reproduce_model.py", model], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 1 and says in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
